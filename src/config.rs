@@ -1,0 +1,365 @@
+//! The options of `gray.configure(opts)`: their defaults (one place for each) and their
+//! validation. Values arrive already converted from Lua into [`OptionValue`], so this file has no
+//! Lua in it and every rule is unit-tested.
+
+use std::fmt;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::ipset::IpSet;
+use crate::whitelist::{parse_entry, tokens};
+
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const DEFAULT_KEY: &str = "gray";
+pub const DEFAULT_PROD: &str = "@prod1";
+pub const DEFAULT_GRAY: &str = "@prod2-grey";
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
+pub const DEFAULT_CHANNEL: &str = "gray:changed";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The option names `configure` accepts, in the order the README documents them.
+pub const OPTION_NAMES: &[&str] = &[
+    "redis",
+    "key",
+    "prod",
+    "gray",
+    "refresh",
+    "channel",
+    "trusted_proxies",
+    "timeout",
+];
+
+/// A Lua value as far as option validation needs to see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    List(Vec<OptionValue>),
+    /// Any other Lua type, by its Lua type name.
+    Other(String),
+}
+
+impl OptionValue {
+    fn type_name(&self) -> &str {
+        match self {
+            OptionValue::Str(_) => "string",
+            OptionValue::Num(_) => "number",
+            OptionValue::Bool(_) => "boolean",
+            OptionValue::List(_) => "table",
+            OptionValue::Other(name) => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub redis: redis::ConnectionInfo,
+    /// The URL as given, with any password masked, for status and logs.
+    pub redis_display: String,
+    pub key: String,
+    pub prod: String,
+    pub gray: String,
+    pub refresh: Duration,
+    pub channel: Option<String>,
+    pub trusted_proxies: IpSet,
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_options(Vec::new()).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Validates `opts`; every error names the option it is about.
+    pub fn from_options(options: Vec<(String, OptionValue)>) -> Result<Self, ConfigError> {
+        let mut redis_url = DEFAULT_REDIS_URL.to_string();
+        let mut key = DEFAULT_KEY.to_string();
+        let mut prod = DEFAULT_PROD.to_string();
+        let mut gray = DEFAULT_GRAY.to_string();
+        let mut refresh = DEFAULT_REFRESH;
+        let mut channel = Some(DEFAULT_CHANNEL.to_string());
+        let mut trusted_proxies = IpSet::default();
+        let mut timeout = DEFAULT_TIMEOUT;
+
+        for (name, value) in options {
+            match name.as_str() {
+                "redis" => redis_url = non_empty_string(&name, value)?,
+                "key" => key = non_empty_string(&name, value)?,
+                "prod" => prod = non_empty_string(&name, value)?,
+                "gray" => gray = non_empty_string(&name, value)?,
+                "refresh" => refresh = positive_seconds(&name, value)?,
+                "timeout" => timeout = positive_seconds(&name, value)?,
+                "channel" => {
+                    channel = match value {
+                        OptionValue::Bool(false) => None,
+                        value => Some(non_empty_string(&name, value).map_err(|_| {
+                            invalid("opts.channel must be a non-empty string or false")
+                        })?),
+                    }
+                }
+                "trusted_proxies" => trusted_proxies = networks(&name, value)?,
+                _ => {
+                    return Err(invalid(format!(
+                        "unknown option opts.{name} (known: {})",
+                        OPTION_NAMES.join(", ")
+                    )))
+                }
+            }
+        }
+
+        let redis = redis::IntoConnectionInfo::into_connection_info(redis_url.as_str())
+            .map_err(|e| invalid(format!("opts.redis is not a valid Redis URL: {e}")))?;
+        Ok(Config {
+            redis_display: mask_password(&redis_url),
+            redis,
+            key,
+            prod,
+            gray,
+            refresh,
+            channel,
+            trusted_proxies,
+            timeout,
+        })
+    }
+}
+
+fn non_empty_string(name: &str, value: OptionValue) -> Result<String, ConfigError> {
+    match value {
+        OptionValue::Str(s) if !s.is_empty() => Ok(s),
+        other => Err(invalid(format!(
+            "opts.{name} must be a non-empty string, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// A duration in seconds; fractions allowed, at most a day so a typo cannot stall refreshes.
+fn positive_seconds(name: &str, value: OptionValue) -> Result<Duration, ConfigError> {
+    match value {
+        OptionValue::Num(n) if n.is_finite() && n > 0.0 && n <= 86_400.0 => {
+            Ok(Duration::from_secs_f64(n).max(Duration::from_millis(1)))
+        }
+        _ => Err(invalid(format!(
+            "opts.{name} must be a positive number of seconds (at most 86400)"
+        ))),
+    }
+}
+
+/// A list of IPs/CIDRs (a Lua array, or one string in the whitelist format).
+fn networks(name: &str, value: OptionValue) -> Result<IpSet, ConfigError> {
+    let items = match value {
+        OptionValue::List(items) => items,
+        OptionValue::Str(s) => vec![OptionValue::Str(s)],
+        other => {
+            return Err(invalid(format!(
+                "opts.{name} must be a list of IP addresses or CIDRs, got {}",
+                other.type_name()
+            )))
+        }
+    };
+    let mut nets: Vec<IpNet> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let OptionValue::Str(text) = item else {
+            return Err(invalid(format!(
+                "opts.{name}[{}] must be a string, got {}",
+                i + 1,
+                item.type_name()
+            )));
+        };
+        for token in tokens(text.as_bytes()) {
+            let (net, _) = parse_entry(token).map_err(|e| {
+                invalid(format!(
+                    "opts.{name}[{}] is not an IP address or CIDR: \"{}\" ({e})",
+                    i + 1,
+                    token.escape_ascii()
+                ))
+            })?;
+            nets.push(net);
+        }
+    }
+    Ok(IpSet::new(nets))
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`, so status and logs never show secrets.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OptionValue::*;
+
+    fn opts(pairs: &[(&str, OptionValue)]) -> Result<Config, ConfigError> {
+        Config::from_options(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn err(pairs: &[(&str, OptionValue)]) -> String {
+        opts(pairs).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn zero_configuration_gives_the_seed_setup() {
+        let c = Config::default();
+        assert_eq!(c.key, "gray");
+        assert_eq!(c.prod, "@prod1");
+        assert_eq!(c.gray, "@prod2-grey");
+        assert_eq!(c.refresh, Duration::from_secs(1));
+        assert_eq!(c.channel.as_deref(), Some("gray:changed"));
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.redis_display, "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn accepts_every_option() {
+        let c = opts(&[
+            ("redis", Str("redis://u:pw@127.0.0.1:6390/2".into())),
+            ("key", Str("canary".into())),
+            ("prod", Str("@stable".into())),
+            ("gray", Str("@canary".into())),
+            ("refresh", Num(0.25)),
+            ("channel", Bool(false)),
+            (
+                "trusted_proxies",
+                List(vec![Str("10.0.0.0/8".into()), Str("::1".into())]),
+            ),
+            ("timeout", Num(2.0)),
+        ])
+        .unwrap();
+        assert_eq!(c.refresh, Duration::from_millis(250));
+        assert_eq!(c.channel, None);
+        assert!(c.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        assert_eq!(c.redis.redis_settings().db(), 2);
+        assert_eq!(c.redis_display, "redis://u:***@127.0.0.1:6390/2");
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let cases: &[(&[(&str, OptionValue)], &str)] = &[
+            (
+                &[("refresh", Num(0.0))],
+                "opts.refresh must be a positive number of seconds",
+            ),
+            (
+                &[("refresh", Num(-1.0))],
+                "opts.refresh must be a positive number",
+            ),
+            (
+                &[("refresh", Num(f64::NAN))],
+                "opts.refresh must be a positive number",
+            ),
+            (
+                &[("refresh", Str("1".into()))],
+                "opts.refresh must be a positive number",
+            ),
+            (
+                &[("timeout", Num(1e9))],
+                "opts.timeout must be a positive number",
+            ),
+            (
+                &[("key", Str("".into()))],
+                "opts.key must be a non-empty string, got string",
+            ),
+            (
+                &[("prod", Num(1.0))],
+                "opts.prod must be a non-empty string, got number",
+            ),
+            (
+                &[("gray", Other("function".into()))],
+                "opts.gray must be a non-empty string, got function",
+            ),
+            (
+                &[("channel", Bool(true))],
+                "opts.channel must be a non-empty string or false",
+            ),
+            (
+                &[("redis", Str("http://x".into()))],
+                "opts.redis is not a valid Redis URL",
+            ),
+            (
+                &[("trusted_proxies", Num(1.0))],
+                "opts.trusted_proxies must be a list of IP addresses or CIDRs, got number",
+            ),
+            (
+                &[(
+                    "trusted_proxies",
+                    List(vec![Str("10.0.0.1".into()), Str("nope".into())]),
+                )],
+                "opts.trusted_proxies[2] is not an IP address or CIDR: \"nope\"",
+            ),
+            (
+                &[("trusted_proxies", List(vec![Bool(true)]))],
+                "opts.trusted_proxies[1] must be a string, got boolean",
+            ),
+            (
+                &[("refrsh", Num(1.0))],
+                "unknown option opts.refrsh (known: redis, key,",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let got = err(pairs);
+            assert!(
+                got.starts_with(expected),
+                "{got:?} should start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_accepts_one_string_list() {
+        let c = opts(&[("trusted_proxies", Str("10.0.0.0/8, 192.168.0.0/16".into()))]).unwrap();
+        assert!(c.trusted_proxies.contains("192.168.3.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(mask_password("redis://pw@h"), "redis://***@h");
+        assert_eq!(mask_password("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            mask_password("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+-- The Lua half of require("gray"): the request path and the nginx-facing glue.
+-- ngx.exec yields, and a yield cannot cross the Rust (C) frame, so route() lives here: it asks Rust
+-- for the decision through two FFI functions (no allocation, no Redis, no lock) and jumps in a Lua
+-- frame. Everything else is in Rust (`core`). Errors from misuse are raised here, blaming the
+-- caller; the request path never raises.
+local core, route_peer_ptr, route_forwarded_ptr = ...
+
+local ffi = require "ffi"
+
+local ngx = ngx
+local ngx_var = ngx.var
+local ngx_exec = ngx.exec
+local ngx_log = ngx.log
+local ngx_WARN = ngx.WARN
+local ngx_ERR = ngx.ERR
+local get_phase = ngx.get_phase
+local timer_every = ngx.timer.every
+local error = error
+local type = type
+
+local route_peer = ffi.cast("int (*)(const char *, size_t)", route_peer_ptr)
+local route_forwarded = ffi.cast(
+    "int (*)(const char *, size_t, const char *, size_t, const char *, size_t)",
+    route_forwarded_ptr)
+
+local NEED_FORWARDED = -1
+-- How often the worker copies the refresher's queued log lines into the error log.
+local LOG_DRAIN_INTERVAL = 0.2
+local LOG_LEVELS = { ngx.ERR, ngx.WARN, ngx.NOTICE, ngx.INFO }
+
+local _M = { _VERSION = core.version }
+
+-- targets[code] is the location for a decision code; [0] is production.
+local targets = {}
+local started = false
+
+local function sync_targets()
+    targets[0], targets[1] = core.targets()
+end
+
+local function drain_logs()
+    local lines = core.take_logs()
+    if not lines then
+        return
+    end
+    for i = 1, #lines, 2 do
+        ngx_log(LOG_LEVELS[lines[i]], "gray: ", lines[i + 1])
+    end
+end
+
+local function start(wait)
+    started = true
+    local ok, err = core.start(wait)
+    if not ok then
+        ngx_log(ngx_ERR, "gray: failed to start the refresher: ", err,
+                "; routing everyone to production")
+    end
+    drain_logs()
+    local timer_ok, timer_err = timer_every(LOG_DRAIN_INTERVAL, drain_logs)
+    if not timer_ok then
+        ngx_log(ngx_ERR, "gray: failed to create the log timer: ", timer_err)
+    end
+end
+
+local function start_lazily()
+    ngx_log(ngx_WARN, "gray: refresher started by a request; call require(\"gray\").init_worker() ",
+            "in init_worker_by_lua* so each worker loads the list before it serves")
+    start(false)
+end
+
+function _M.configure(opts)
+    if type(opts) ~= "table" then
+        error("bad argument #1 to 'configure' (table expected, got " .. type(opts) .. ")", 2)
+    end
+    local phase = get_phase()
+    if phase ~= "init" and phase ~= "init_worker" then
+        error("gray.configure must be called in init_by_lua* or init_worker_by_lua*, not in "
+              .. phase, 2)
+    end
+    if started then
+        error("gray.configure called after the refresher started in this worker", 2)
+    end
+    local ok, err = core.configure(opts)
+    if not ok then
+        error(err, 2)
+    end
+    sync_targets()
+    if phase == "init_worker" then
+        start(true)
+    end
+    return true
+end
+
+-- Starts this worker's refresher and waits (bounded by the Redis timeout) for the first load, so
+-- the first request is routed by the current list. Idempotent.
+function _M.init_worker()
+    if get_phase() ~= "init_worker" then
+        error("gray.init_worker must be called in init_worker_by_lua*", 2)
+    end
+    if not started then
+        start(true)
+    end
+    return true
+end
+
+function _M.route()
+    if not started then
+        start_lazily()
+    end
+    local peer = ngx_var.remote_addr
+    if not peer then
+        return ngx_exec(targets[0])
+    end
+    local code = route_peer(peer, #peer)
+    if code == NEED_FORWARDED then
+        local xff = ngx_var.http_x_forwarded_for
+        local xri = ngx_var.http_x_real_ip
+        code = route_forwarded(peer, #peer, xff, xff and #xff or 0, xri, xri and #xri or 0)
+    end
+    return ngx_exec(targets[code] or targets[0])
+end
+
+-- The decision route() would make, without the jump: location, reason.
+function _M.decide()
+    if not started then
+        start_lazily()
+    end
+    local code, reason = core.explain(ngx_var.remote_addr, ngx_var.http_x_forwarded_for,
+                                      ngx_var.http_x_real_ip)
+    return targets[code] or targets[0], reason
+end
+
+function _M.status()
+    return core.status()
+end
+
+if get_phase() == "init" then
+    -- A new configuration cycle (start or reload): forget options from the previous cycle.
+    core.reset()
+end
+sync_targets()
+
+return _M

@@ -1,0 +1,349 @@
+//! A set of IPv4 and IPv6 addresses built from hosts and CIDRs, with lookups that stay fast at
+//! millions of entries: overlapping networks are merged into disjoint ranges kept sorted, and a
+//! bucket index on the top 16 bits of the address narrows each binary search to a few entries.
+//!
+//! Immutable once built; building is done off the request path.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+/// Below this many ranges a plain binary search beats the bucket index (and saves its 256 KiB).
+const BUCKET_INDEX_MIN_RANGES: usize = 1024;
+const BUCKETS: usize = 1 << 16;
+
+/// An address key of one family: an unsigned integer whose top 16 bits pick a bucket.
+trait Key: Copy + Ord {
+    fn bucket(self) -> usize;
+}
+
+impl Key for u32 {
+    fn bucket(self) -> usize {
+        (self >> 16) as usize
+    }
+}
+
+impl Key for u128 {
+    fn bucket(self) -> usize {
+        (self >> 112) as usize
+    }
+}
+
+/// Disjoint inclusive ranges `starts[i]..=ends[i]`, sorted by start.
+#[derive(Debug, Clone, Default)]
+struct RangeTable<T> {
+    starts: Vec<T>,
+    ends: Vec<T>,
+    /// `buckets[b]` is the index of the first range whose start lies in bucket `b` or later;
+    /// empty when the table is small.
+    buckets: Vec<u32>,
+}
+
+impl<T: Key> RangeTable<T> {
+    fn build(mut ranges: Vec<(T, T)>) -> Self {
+        ranges.sort_unstable();
+        let mut starts: Vec<T> = Vec::with_capacity(ranges.len());
+        let mut ends: Vec<T> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match ends.last_mut() {
+                // Only overlapping ranges merge, so an entry that overlaps nothing stays itself and
+                // `decide()` can name it.
+                Some(last_end) if start <= *last_end => {
+                    if end > *last_end {
+                        *last_end = end;
+                    }
+                }
+                _ => {
+                    starts.push(start);
+                    ends.push(end);
+                }
+            }
+        }
+        starts.shrink_to_fit();
+        ends.shrink_to_fit();
+        let buckets = if starts.len() >= BUCKET_INDEX_MIN_RANGES {
+            let mut buckets = Vec::with_capacity(BUCKETS + 1);
+            let mut i = 0usize;
+            for bucket in 0..=BUCKETS {
+                while i < starts.len() && starts[i].bucket() < bucket {
+                    i += 1;
+                }
+                buckets.push(i as u32);
+            }
+            buckets
+        } else {
+            Vec::new()
+        };
+        RangeTable {
+            starts,
+            ends,
+            buckets,
+        }
+    }
+
+    /// The range holding `key`, as its index.
+    #[inline]
+    fn find(&self, key: T) -> Option<usize> {
+        let (lo, hi) = if self.buckets.is_empty() {
+            (0, self.starts.len())
+        } else {
+            let bucket = key.bucket();
+            (
+                self.buckets[bucket] as usize,
+                self.buckets[bucket + 1] as usize,
+            )
+        };
+        // Ranges left of `lo` all start in earlier buckets, so when no range of this bucket starts
+        // at or before `key`, the candidate is the last range of an earlier bucket.
+        let after = lo + self.starts[lo..hi].partition_point(|&start| start <= key);
+        let candidate = after.checked_sub(1)?;
+        (self.ends[candidate] >= key).then_some(candidate)
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        (self.starts.capacity() + self.ends.capacity()) * std::mem::size_of::<T>()
+            + self.buckets.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+/// An inclusive range of addresses that matched, for explaining a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchedRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl fmt::Display for MatchedRange {
+    /// A host prints as itself, an exact network as CIDR, anything else as `first-last`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (first, last, bits) = match (self.first, self.last) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return write!(f, "{}-{}", self.first, self.last),
+        };
+        if first == last {
+            return write!(f, "{}", self.first);
+        }
+        let span = last - first;
+        let is_network = span
+            .checked_add(1)
+            .is_none_or(|size| size.is_power_of_two())
+            && first & span == 0;
+        if is_network {
+            let prefix = bits - (span.count_ones());
+            write!(f, "{}/{}", self.first, prefix)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Hosts and networks of both families. IPv4-mapped IPv6 addresses are stored and looked up as
+/// IPv4, so `::ffff:10.0.0.1` and `10.0.0.1` are the same client.
+#[derive(Debug, Clone, Default)]
+pub struct IpSet {
+    v4: RangeTable<u32>,
+    v6: RangeTable<u128>,
+}
+
+impl IpSet {
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for net in nets {
+            match canonical_net(net) {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+            }
+        }
+        IpSet {
+            v4: RangeTable::build(v4),
+            v6: RangeTable::build(v6),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.len() == 0 && self.v6.len() == 0
+    }
+
+    #[inline]
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match canonical_addr(addr) {
+            IpAddr::V4(a) => self.v4.find(u32::from(a)).is_some(),
+            IpAddr::V6(a) => self.v6.find(u128::from(a)).is_some(),
+        }
+    }
+
+    /// The stored range that holds `addr`.
+    pub fn matching_range(&self, addr: IpAddr) -> Option<MatchedRange> {
+        match canonical_addr(addr) {
+            IpAddr::V4(a) => self.v4.find(u32::from(a)).map(|i| MatchedRange {
+                first: Ipv4Addr::from(self.v4.starts[i]).into(),
+                last: Ipv4Addr::from(self.v4.ends[i]).into(),
+            }),
+            IpAddr::V6(a) => self.v6.find(u128::from(a)).map(|i| MatchedRange {
+                first: Ipv6Addr::from(self.v6.starts[i]).into(),
+                last: Ipv6Addr::from(self.v6.ends[i]).into(),
+            }),
+        }
+    }
+
+    /// Memory held by the lookup tables, for status and the memory budget.
+    pub fn heap_bytes(&self) -> usize {
+        self.v4.heap_bytes() + self.v6.heap_bytes()
+    }
+}
+
+/// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
+#[inline]
+pub fn canonical_addr(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) becomes its IPv4 network (`10.0.0.0/8`).
+/// A mapped prefix shorter than /96 spans more than the mapped space and stays IPv6.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(n) = net {
+        if n.prefix_len() >= 96 {
+            if let Some(v4) = n.network().to_ipv4_mapped() {
+                if let Ok(mapped) = ipnet::Ipv4Net::new(v4, n.prefix_len() - 96) {
+                    return IpNet::V4(mapped);
+                }
+            }
+        }
+    }
+    net
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(entries: &[&str]) -> IpSet {
+        IpSet::new(entries.iter().map(|e| {
+            e.parse::<IpNet>()
+                .unwrap_or_else(|_| IpNet::from(e.parse::<IpAddr>().unwrap()))
+        }))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn exact_membership_not_prefix_or_substring() {
+        let s = set(&["127.0.0.10", "10.141.1.1"]);
+        assert!(s.contains(ip("127.0.0.10")));
+        assert!(!s.contains(ip("127.0.0.1")));
+        assert!(!s.contains(ip("10.1.1.1")));
+        assert!(!s.contains(ip("127.0.0.100")));
+    }
+
+    #[test]
+    fn cidrs_of_both_families() {
+        let s = set(&["10.0.0.0/8", "2001:db8::/32", "192.168.1.0/24"]);
+        for yes in [
+            "10.0.0.0",
+            "10.255.255.255",
+            "192.168.1.77",
+            "2001:db8::1",
+            "2001:db8:ffff::",
+        ] {
+            assert!(s.contains(ip(yes)), "{yes}");
+        }
+        for no in [
+            "11.0.0.0",
+            "9.255.255.255",
+            "192.168.2.1",
+            "2001:db9::",
+            "::1",
+        ] {
+            assert!(!s.contains(ip(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn mapped_ipv6_clients_match_ipv4_entries_and_back() {
+        let s = set(&["192.168.2.165", "::ffff:10.0.0.0/104"]);
+        assert!(s.contains(ip("::ffff:192.168.2.165")));
+        assert!(s.contains(ip("10.9.8.7")));
+        assert!(s.contains(ip("::ffff:10.9.8.7")));
+    }
+
+    #[test]
+    fn nested_and_overlapping_networks_merge() {
+        let s = set(&["10.1.0.0/16", "10.0.0.0/8", "10.1.2.3", "10.200.0.0/16"]);
+        assert!(s.contains(ip("10.2.0.0")));
+        assert!(s.contains(ip("10.1.2.3")));
+        assert_eq!(s.v4.len(), 1);
+        assert_eq!(
+            s.matching_range(ip("10.5.5.5")).unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+    }
+
+    #[test]
+    fn adjacent_entries_stay_apart_so_reasons_name_them() {
+        let s = set(&["127.0.0.1", "127.0.0.2"]);
+        assert_eq!(
+            s.matching_range(ip("127.0.0.2")).unwrap().to_string(),
+            "127.0.0.2"
+        );
+    }
+
+    #[test]
+    fn range_display() {
+        let r = |a: &str, b: &str| {
+            MatchedRange {
+                first: ip(a),
+                last: ip(b),
+            }
+            .to_string()
+        };
+        assert_eq!(r("0.0.0.0", "255.255.255.255"), "0.0.0.0/0");
+        assert_eq!(r("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), "::/0");
+        assert_eq!(r("10.0.0.0", "10.0.0.255"), "10.0.0.0/24");
+        assert_eq!(r("10.0.0.1", "10.0.0.4"), "10.0.0.1-10.0.0.4");
+        assert_eq!(r("10.0.0.2", "10.0.0.5"), "10.0.0.2-10.0.0.5");
+    }
+
+    /// Large tables use the bucket index; check it against a plain scan, including ranges that
+    /// start in one bucket and end in a later one.
+    #[test]
+    fn bucket_index_agrees_with_linear_scan() {
+        let mut nets = Vec::new();
+        let mut x: u32 = 12345;
+        for i in 0..5000u32 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let prefix = [32, 32, 24, 16, 12][(i % 5) as usize];
+            nets.push(IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(x), prefix)
+                    .unwrap()
+                    .trunc(),
+            ));
+        }
+        let s = IpSet::new(nets.clone());
+        assert!(!s.v4.buckets.is_empty());
+        let mut probe: u32 = 99;
+        for _ in 0..4000 {
+            probe = probe.wrapping_mul(22_695_477).wrapping_add(1);
+            let addr = IpAddr::V4(Ipv4Addr::from(probe));
+            let expected = nets.iter().any(|n| n.contains(&addr));
+            assert_eq!(s.contains(addr), expected, "{addr}");
+        }
+        for n in &nets {
+            assert!(s.contains(n.network()) && s.contains(n.broadcast()), "{n}");
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The LuaJIT binding: `luaopen_gray` builds the `core` table of Rust functions and hands it, with
+//! the two FFI decision functions, to the Lua glue in `gray.lua`, which returns the module.
+//!
+//! Rules at this boundary: nothing panics into nginx (FFI entry points catch every panic and
+//! answer production; mlua turns a panic in a callback into a Lua error), and the `core` functions
+//! report failures as `nil, err` values for the glue to raise or log, so users see plain messages.
+
+use std::ffi::c_int;
+use std::panic::catch_unwind;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mlua::prelude::*;
+
+use crate::config::{Config, OptionValue};
+use crate::refresher;
+use crate::snapshot::{Snapshot, Target};
+use crate::state::SHARED;
+
+/// Options from `configure`, for the refresher this process starts. `None` means the defaults.
+static CONFIG: Mutex<Option<Arc<Config>>> = Mutex::new(None);
+/// The process that started a refresher: a forked worker has a new pid and starts its own.
+static STARTED_PID: AtomicU32 = AtomicU32::new(0);
+/// How long `init_worker` waits for the first load beyond the Redis timeouts it is bounded by.
+const FIRST_LOAD_GRACE: Duration = Duration::from_millis(100);
+
+fn config() -> Arc<Config> {
+    CONFIG
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(|| Arc::new(Config::default()))
+        .clone()
+}
+
+/// # Safety
+/// `ptr` must point to `len` readable bytes, or be null with `len` 0 (LuaJIT passes a Lua string
+/// or nil).
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+    if ptr.is_null() {
+        None
+    } else {
+        // SAFETY: the caller guarantees `ptr` is valid for `len` bytes for this call.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
+/// FFI: the decision for the peer address alone, or `NEED_FORWARDED`.
+unsafe extern "C" fn route_peer(peer: *const u8, peer_len: usize) -> c_int {
+    catch_unwind(|| {
+        // SAFETY: called from gray.lua with a Lua string and its length.
+        let peer = unsafe { bytes(peer, peer_len) }.unwrap_or_default();
+        SHARED.snapshot.load().route_peer(peer)
+    })
+    .unwrap_or(Target::Prod as c_int)
+}
+
+/// FFI: the decision for a trusted peer, given its forwarding headers (null when absent).
+unsafe extern "C" fn route_forwarded(
+    peer: *const u8,
+    peer_len: usize,
+    forwarded_for: *const u8,
+    forwarded_for_len: usize,
+    real_ip: *const u8,
+    real_ip_len: usize,
+) -> c_int {
+    catch_unwind(|| {
+        // SAFETY: called from gray.lua with Lua strings (or nil) and their lengths.
+        let (peer, forwarded_for, real_ip) = unsafe {
+            (
+                bytes(peer, peer_len).unwrap_or_default(),
+                bytes(forwarded_for, forwarded_for_len),
+                bytes(real_ip, real_ip_len),
+            )
+        };
+        SHARED
+            .snapshot
+            .load()
+            .route_forwarded(peer, forwarded_for, real_ip)
+    })
+    .unwrap_or(Target::Prod as c_int)
+}
+
+fn option_value(value: LuaValue) -> OptionValue {
+    match value {
+        LuaValue::String(s) => match s.to_str() {
+            Ok(s) => OptionValue::Str(s.to_string()),
+            Err(_) => OptionValue::Other("non-UTF-8 string".into()),
+        },
+        LuaValue::Integer(n) => OptionValue::Num(n as f64),
+        LuaValue::Number(n) => OptionValue::Num(n),
+        LuaValue::Boolean(b) => OptionValue::Bool(b),
+        LuaValue::Table(t) => OptionValue::List(
+            t.sequence_values::<LuaValue>()
+                .map(|v| {
+                    v.map(option_value)
+                        .unwrap_or(OptionValue::Other("?".into()))
+                })
+                .collect(),
+        ),
+        other => OptionValue::Other(other.type_name().to_string()),
+    }
+}
+
+/// core.configure(opts) -> true | nil, err
+fn configure(_: &Lua, opts: LuaTable) -> LuaResult<(Option<bool>, Option<String>)> {
+    let mut options = Vec::new();
+    for pair in opts.pairs::<LuaValue, LuaValue>() {
+        let (name, value) = pair?;
+        let LuaValue::String(name) = name else {
+            return Ok((
+                None,
+                Some(format!(
+                    "opts keys must be option names, got a {}",
+                    name.type_name()
+                )),
+            ));
+        };
+        options.push((name.to_string_lossy(), option_value(value)));
+    }
+    match Config::from_options(options) {
+        Ok(config) => {
+            *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(config));
+            Ok((Some(true), None))
+        }
+        Err(e) => Ok((None, Some(e.to_string()))),
+    }
+}
+
+/// core.start(wait) -> true | nil, err. With `wait`, returns once the first load attempt finished
+/// (bounded by the Redis timeouts).
+fn start(_: &Lua, wait: bool) -> LuaResult<(Option<bool>, Option<String>)> {
+    let pid = std::process::id();
+    if STARTED_PID.swap(pid, Ordering::SeqCst) == pid {
+        return Ok((Some(true), None));
+    }
+    let config = config();
+    SHARED.snapshot.store(Arc::new(Snapshot {
+        trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+        loaded: None,
+    }));
+    let first_load = match refresher::spawn(config.clone(), &SHARED) {
+        Ok(first_load) => first_load,
+        Err(e) => return Ok((None, Some(e.to_string()))),
+    };
+    if wait {
+        // Connecting and reading are each bounded by the timeout.
+        let bound = config.timeout * 2 + FIRST_LOAD_GRACE;
+        if first_load.recv_timeout(bound).is_err() {
+            return Ok((
+                None,
+                Some(format!(
+                    "no answer from redis within {:.1}s; the list loads in the background",
+                    bound.as_secs_f64()
+                )),
+            ));
+        }
+    }
+    Ok((Some(true), None))
+}
+
+fn unix_seconds(t: Option<SystemTime>) -> Option<f64> {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
+
+fn status(lua: &Lua, _: ()) -> LuaResult<LuaTable> {
+    let config = config();
+    let snapshot = SHARED.current();
+    let refresh = SHARED.status();
+    let t = lua.create_table()?;
+    t.set(
+        "running",
+        STARTED_PID.load(Ordering::SeqCst) == std::process::id(),
+    )?;
+    t.set("redis", config.redis_display.as_str())?;
+    t.set("key", config.key.as_str())?;
+    t.set("redis_connected", refresh.connected)?;
+    t.set("subscribed", refresh.subscribed)?;
+    t.set("last_ok_at", unix_seconds(refresh.last_ok_at))?;
+    t.set("last_error", refresh.last_error)?;
+    t.set("last_error_at", unix_seconds(refresh.last_error_at))?;
+    t.set("failures", refresh.failures)?;
+    t.set("loaded", snapshot.loaded.is_some())?;
+    if let Some(loaded) = &snapshot.loaded {
+        let list = &loaded.list;
+        t.set("key_type", loaded.kind.as_str())?;
+        t.set("version", format!("{:016x}", loaded.version))?;
+        t.set("loaded_at", unix_seconds(Some(loaded.loaded_at)))?;
+        t.set("entries", list.entries())?;
+        t.set("entries_v4", list.entries_v4)?;
+        t.set("entries_v6", list.entries_v6)?;
+        t.set("rejected", list.rejected_count)?;
+        t.set(
+            "rejected_samples",
+            list.rejected
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>(),
+        )?;
+        t.set("host_bits_truncated", list.truncated_count)?;
+        t.set("memory_bytes", list.set.heap_bytes())?;
+    }
+    Ok(t)
+}
+
+/// core.explain(peer, x_forwarded_for, x_real_ip) -> code, reason
+fn explain(
+    _: &Lua,
+    (peer, forwarded_for, real_ip): (Option<LuaString>, Option<LuaString>, Option<LuaString>),
+) -> LuaResult<(i32, String)> {
+    let peer = peer.map(|p| p.as_bytes().to_vec()).unwrap_or_default();
+    let forwarded_for = forwarded_for.map(|h| h.as_bytes().to_vec());
+    let real_ip = real_ip.map(|h| h.as_bytes().to_vec());
+    let (target, reason) =
+        SHARED
+            .current()
+            .decide(&peer, forwarded_for.as_deref(), real_ip.as_deref());
+    Ok((target as i32, reason.to_string()))
+}
+
+/// core.take_logs() -> nil | { level, message, level, message, ... }
+fn take_logs(lua: &Lua, _: ()) -> LuaResult<Option<LuaTable>> {
+    let Some(lines) = SHARED.log.take() else {
+        return Ok(None);
+    };
+    let t = lua.create_table_with_capacity(lines.len() * 2, 0)?;
+    for (level, message) in lines {
+        t.raw_push(level as i32)?;
+        t.raw_push(message)?;
+    }
+    Ok(Some(t))
+}
+
+fn targets(_: &Lua, _: ()) -> LuaResult<(String, String)> {
+    let config = config();
+    Ok((config.prod.clone(), config.gray.clone()))
+}
+
+fn reset(_: &Lua, _: ()) -> LuaResult<()> {
+    *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    Ok(())
+}
+
+#[mlua::lua_module]
+fn gray(lua: &Lua) -> LuaResult<LuaValue> {
+    let core = lua.create_table()?;
+    core.set("version", env!("CARGO_PKG_VERSION"))?;
+    core.set("configure", lua.create_function(configure)?)?;
+    core.set("start", lua.create_function(start)?)?;
+    core.set("status", lua.create_function(status)?)?;
+    core.set("explain", lua.create_function(explain)?)?;
+    core.set("take_logs", lua.create_function(take_logs)?)?;
+    core.set("targets", lua.create_function(targets)?)?;
+    core.set("reset", lua.create_function(reset)?)?;
+    let glue = lua
+        .load(include_str!("gray.lua"))
+        .set_name("=gray")
+        .into_function()?;
+    glue.call((
+        core,
+        LuaLightUserData(route_peer as *mut std::ffi::c_void),
+        LuaLightUserData(route_forwarded as *mut std::ffi::c_void),
+    ))
+}

@@ -1,0 +1,268 @@
+//! The background refresher: one thread per worker process that keeps the snapshot in step with
+//! Redis. It polls every `refresh`, reloads at once on a message on `channel`, reconnects with
+//! backoff, and keeps the last good list through any failure. It never touches the Lua state
+//! (it talks to the worker only through [`Shared`]) and never blocks a request.
+
+use std::convert::Infallible;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Config;
+use crate::log::{Level, Throttle};
+use crate::snapshot::{LoadedList, Snapshot};
+use crate::source::{fetch, FetchError, Fetched};
+use crate::state::Shared;
+use crate::whitelist::Whitelist;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The same Redis error is logged at most this often.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// After a message, further messages arriving this close together are folded into one reload.
+const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
+
+/// Starts the refresher. The receiver gets one message when the first load attempt has finished,
+/// successful or not, so the worker can load before it serves.
+pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mpsc::Receiver<()>> {
+    let (first_load_done, first_load) = mpsc::channel();
+    let client = redis::Client::open(config.redis.clone()).map_err(std::io::Error::other)?;
+    let refresher = Refresher {
+        config,
+        shared,
+        client,
+        throttle: Throttle::new(ERROR_LOG_INTERVAL),
+        failures_in_a_row: 0,
+        first_load_done: Some(first_load_done),
+    };
+    thread::Builder::new()
+        .name("gray-refresher".into())
+        .spawn(move || refresher.run())?;
+    Ok(first_load)
+}
+
+struct Refresher {
+    config: Arc<Config>,
+    shared: &'static Shared,
+    client: redis::Client,
+    throttle: Throttle,
+    failures_in_a_row: u64,
+    first_load_done: Option<mpsc::Sender<()>>,
+}
+
+impl Refresher {
+    fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let Err(error) = self.session();
+            if self.failures_in_a_row == 0 {
+                backoff = FIRST_BACKOFF;
+            }
+            self.record_failure(&error, false);
+            thread::sleep(backoff);
+            // Never wait longer than a poll would: Redis coming back is seen within `refresh`.
+            backoff = (backoff * 2).min(self.config.refresh);
+        }
+    }
+
+    /// One connection's life: subscribe, load, then wait for a message or the next poll, until
+    /// something fails.
+    fn session(&mut self) -> Result<Infallible, String> {
+        let mut con = self
+            .connect()
+            .map_err(|e| format!("failed to connect to redis: {e}"))?;
+        let mut sub_con = match &self.config.channel {
+            Some(_) => self
+                .connect()
+                .map_err(|e| format!("failed to connect to redis: {e}"))?
+                .into(),
+            None => None,
+        };
+        let mut pubsub = sub_con.as_mut().map(|c| c.as_pubsub());
+        if let (Some(pubsub), Some(channel)) = (pubsub.as_mut(), &self.config.channel) {
+            pubsub
+                .subscribe(channel)
+                .map_err(|e| format!("failed to subscribe to {channel}: {e}"))?;
+        }
+        self.shared
+            .update_status(|s| s.subscribed = pubsub.is_some());
+        loop {
+            self.poll(&mut con)?;
+            self.wait(pubsub.as_mut())?;
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let timeout = self.config.timeout;
+        let con = self.client.get_connection_with_timeout(timeout)?;
+        // A Redis stopped with SIGSTOP would otherwise hold this thread forever.
+        con.set_read_timeout(Some(timeout))?;
+        con.set_write_timeout(Some(timeout))?;
+        Ok(con)
+    }
+
+    /// Waits until the next poll is due, or less when a message arrives on the channel.
+    fn wait(&self, pubsub: Option<&mut redis::PubSub<'_>>) -> Result<(), String> {
+        let Some(pubsub) = pubsub else {
+            thread::sleep(self.config.refresh);
+            return Ok(());
+        };
+        let lost = |e: redis::RedisError| format!("lost the subscription: {e}");
+        pubsub
+            .set_read_timeout(Some(self.config.refresh))
+            .map_err(lost)?;
+        match pubsub.get_message() {
+            Ok(_) => {
+                pubsub
+                    .set_read_timeout(Some(MESSAGE_COALESCE))
+                    .map_err(lost)?;
+                loop {
+                    match pubsub.get_message() {
+                        Ok(_) => continue,
+                        Err(e) if e.is_timeout() => return Ok(()),
+                        Err(e) => return Err(lost(e)),
+                    }
+                }
+            }
+            Err(e) if e.is_timeout() => Ok(()),
+            Err(e) => Err(lost(e)),
+        }
+    }
+
+    fn poll(&mut self, con: &mut redis::Connection) -> Result<(), String> {
+        let key = &self.config.key;
+        match fetch(con, key) {
+            Ok(fetched) => {
+                self.install(fetched);
+                self.record_success();
+                Ok(())
+            }
+            Err(FetchError::WrongType(kind)) => {
+                // The connection is fine; keep it and the last good list.
+                let error = format!("ignoring key {key}: {}", FetchError::WrongType(kind));
+                self.record_failure(&error, true);
+                Ok(())
+            }
+            Err(FetchError::Redis(e)) => Err(format!("failed to read key {key}: {e}")),
+        }
+    }
+
+    /// Parses and swaps in a new list unless the value is unchanged.
+    fn install(&mut self, fetched: Fetched) {
+        let version = fetched.version();
+        let current = self.shared.current();
+        if current
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.version == version)
+        {
+            return;
+        }
+        let started = Instant::now();
+        let list = Whitelist::parse(fetched.values());
+        let kind = fetched.kind();
+        drop(fetched);
+        self.report_parse(&list, kind, version, started.elapsed());
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            trusted_proxies: current.trusted_proxies.clone(),
+            loaded: Some(LoadedList {
+                list,
+                kind,
+                version,
+                loaded_at: SystemTime::now(),
+            }),
+        }));
+    }
+
+    fn report_parse(
+        &self,
+        list: &Whitelist,
+        kind: crate::snapshot::KeyKind,
+        version: u64,
+        took: Duration,
+    ) {
+        let key = &self.config.key;
+        let shared = self.shared;
+        shared.log(
+            Level::Notice,
+            format!(
+                "loaded whitelist from {} key {key}: {} entries ({} IPv4, {} IPv6), {} rejected, version {version:016x}, in {:.1} ms",
+                kind.as_str(),
+                list.entries(),
+                list.entries_v4,
+                list.entries_v6,
+                list.rejected_count,
+                took.as_secs_f64() * 1000.0
+            ),
+        );
+        for rejected in &list.rejected {
+            shared.log(
+                Level::Warn,
+                format!("rejected whitelist entry {rejected} in key {key}"),
+            );
+        }
+        if list.rejected_count > list.rejected.len() {
+            shared.log(
+                Level::Warn,
+                format!(
+                    "... and {} more rejected entries in key {key}",
+                    list.rejected_count - list.rejected.len()
+                ),
+            );
+        }
+        for t in &list.truncated {
+            shared.log(
+                Level::Warn,
+                format!(
+                    "whitelist entry \"{}\" has host bits set; using {}",
+                    t.entry, t.network
+                ),
+            );
+        }
+    }
+
+    fn record_success(&mut self) {
+        if self.failures_in_a_row > 0 {
+            self.shared.log(
+                Level::Notice,
+                format!(
+                    "redis is back after {} failed attempts",
+                    self.failures_in_a_row
+                ),
+            );
+        }
+        self.failures_in_a_row = 0;
+        self.throttle.clear();
+        self.shared.update_status(|s| {
+            s.connected = true;
+            s.last_ok_at = Some(SystemTime::now());
+        });
+        self.signal_first_load();
+    }
+
+    fn record_failure(&mut self, error: &str, still_connected: bool) {
+        self.failures_in_a_row += 1;
+        let keeping = if self.shared.current().loaded.is_some() {
+            "keeping the last good list"
+        } else {
+            "no list loaded yet, routing everyone to production"
+        };
+        if let Some(line) = self.throttle.check(error, Instant::now()) {
+            self.shared.log(Level::Err, format!("{line}; {keeping}"));
+        }
+        self.shared.update_status(|s| {
+            s.connected = still_connected;
+            s.subscribed &= still_connected;
+            s.failures += 1;
+            s.last_error = Some(error.to_string());
+            s.last_error_at = Some(SystemTime::now());
+        });
+        self.signal_first_load();
+    }
+
+    fn signal_first_load(&mut self) {
+        if let Some(done) = self.first_load_done.take() {
+            let _ = done.send(());
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What one worker process shares between its request path and its refresher thread: the current
+//! snapshot (swapped atomically, read lock-free), the refresher's status, and the log queue.
+//! Plain Rust data only; nothing here knows about Lua.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use once_cell::sync::Lazy;
+
+use crate::log::{Level, LogQueue};
+use crate::snapshot::Snapshot;
+
+/// What the refresher last saw of Redis, for `status()`.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshStatus {
+    pub connected: bool,
+    pub subscribed: bool,
+    pub last_ok_at: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+    pub failures: u64,
+}
+
+#[derive(Default)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub status: Mutex<RefreshStatus>,
+    pub log: LogQueue,
+}
+
+pub static SHARED: Lazy<Shared> = Lazy::new(Shared::default);
+
+impl Shared {
+    pub fn status(&self) -> RefreshStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn update_status(&self, update: impl FnOnce(&mut RefreshStatus)) {
+        update(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn log(&self, level: Level, message: String) {
+        self.log.push(level, message);
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+}

@@ -1,0 +1,265 @@
+//! The whitelist format: entries separated by commas, semicolons, whitespace or newlines; each an
+//! IPv4 or IPv6 address or a CIDR of either. One bad entry is rejected and reported; it never
+//! costs the rest of the list.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::ipset::{canonical_net, IpSet};
+
+/// How many rejected entries are kept verbatim for the log and `status()`; the rest are counted.
+pub const REJECTED_SAMPLES: usize = 10;
+/// Rejected entries are quoted up to this many bytes.
+const QUOTE_MAX: usize = 64;
+
+/// Why an entry was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryError {
+    NotAnAddress,
+    BadPrefixLength,
+    NotUtf8,
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntryError::NotAnAddress => "not an IPv4/IPv6 address or CIDR",
+            EntryError::BadPrefixLength => "bad prefix length",
+            EntryError::NotUtf8 => "not text",
+        })
+    }
+}
+
+/// A rejected entry, quoted safely for a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub entry: String,
+    pub error: EntryError,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\" ({})", self.entry, self.error)
+    }
+}
+
+/// A CIDR written with host bits set (`10.1.2.3/8`): accepted as its network, like nginx's
+/// `allow`, and reported so the operator can fix the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncated {
+    pub entry: String,
+    pub network: IpNet,
+}
+
+/// A parsed whitelist and what parsing it found.
+#[derive(Debug, Default)]
+pub struct Whitelist {
+    pub set: IpSet,
+    pub entries_v4: usize,
+    pub entries_v6: usize,
+    pub rejected_count: usize,
+    /// The first [`REJECTED_SAMPLES`] rejected entries.
+    pub rejected: Vec<Rejected>,
+    pub truncated_count: usize,
+    pub truncated: Vec<Truncated>,
+}
+
+impl Whitelist {
+    /// Parses every value (the string value of the key, or each member of a SET).
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut list = Whitelist::default();
+        let mut nets = Vec::new();
+        for token in values.into_iter().flat_map(tokens) {
+            match parse_entry(token) {
+                Ok((net, had_host_bits)) => {
+                    let net = canonical_net(net);
+                    match net {
+                        IpNet::V4(_) => list.entries_v4 += 1,
+                        IpNet::V6(_) => list.entries_v6 += 1,
+                    }
+                    if had_host_bits {
+                        list.truncated_count += 1;
+                        if list.truncated.len() < REJECTED_SAMPLES {
+                            list.truncated.push(Truncated {
+                                entry: quote(token),
+                                network: net,
+                            });
+                        }
+                    }
+                    nets.push(net);
+                }
+                Err(error) => {
+                    list.rejected_count += 1;
+                    if list.rejected.len() < REJECTED_SAMPLES {
+                        list.rejected.push(Rejected {
+                            entry: quote(token),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        list.set = IpSet::new(nets);
+        list
+    }
+
+    pub fn entries(&self) -> usize {
+        self.entries_v4 + self.entries_v6
+    }
+}
+
+fn is_separator(b: u8) -> bool {
+    matches!(b, b',' | b';' | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// The non-empty entries of one value.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| is_separator(b))
+        .filter(|token| !token.is_empty())
+}
+
+/// One entry: a host (`1.2.3.4`, `::1`) or a CIDR (`10.0.0.0/8`). The bool says the CIDR had host
+/// bits set and was truncated to its network.
+pub fn parse_entry(token: &[u8]) -> Result<(IpNet, bool), EntryError> {
+    let text = std::str::from_utf8(token).map_err(|_| EntryError::NotUtf8)?;
+    match text.split_once('/') {
+        None => text
+            .parse::<IpAddr>()
+            .map(|addr| (IpNet::from(addr), false))
+            .map_err(|_| EntryError::NotAnAddress),
+        Some((addr, prefix)) => {
+            let addr: IpAddr = addr.parse().map_err(|_| EntryError::NotAnAddress)?;
+            // u8::parse accepts a leading '+'; a prefix is plain digits only.
+            if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(EntryError::BadPrefixLength);
+            }
+            let prefix: u8 = prefix.parse().map_err(|_| EntryError::BadPrefixLength)?;
+            let net = IpNet::new(addr, prefix).map_err(|_| EntryError::BadPrefixLength)?;
+            let network = net.trunc();
+            Ok((network, network != net))
+        }
+    }
+}
+
+/// Printable, bounded form of untrusted bytes.
+fn quote(token: &[u8]) -> String {
+    let shown = &token[..token.len().min(QUOTE_MAX)];
+    let mut quoted = shown.escape_ascii().to_string();
+    if token.len() > QUOTE_MAX {
+        quoted.push_str("...");
+    }
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Whitelist {
+        Whitelist::parse([s.as_bytes()])
+    }
+
+    #[test]
+    fn entry_table() {
+        use EntryError::*;
+        type Case = (&'static str, Result<(&'static str, bool), EntryError>);
+        let cases: &[Case] = &[
+            ("192.168.2.165", Ok(("192.168.2.165/32", false))),
+            ("10.0.0.0/8", Ok(("10.0.0.0/8", false))),
+            ("10.1.2.3/8", Ok(("10.0.0.0/8", true))),
+            ("0.0.0.0/0", Ok(("0.0.0.0/0", false))),
+            ("::1", Ok(("::1/128", false))),
+            ("2001:db8::/32", Ok(("2001:db8::/32", false))),
+            ("2001:db8::1/32", Ok(("2001:db8::/32", true))),
+            ("::ffff:1.2.3.4", Ok(("::ffff:1.2.3.4/128", false))),
+            ("10.0.0.0/33", Err(BadPrefixLength)),
+            ("10.0.0.0/", Err(BadPrefixLength)),
+            ("10.0.0.0/+8", Err(BadPrefixLength)),
+            ("10.0.0.0/8/8", Err(BadPrefixLength)),
+            ("::/129", Err(BadPrefixLength)),
+            ("/8", Err(NotAnAddress)),
+            ("010.1.1.1", Err(NotAnAddress)),
+            ("1.2.3", Err(NotAnAddress)),
+            ("1.2.3.256", Err(NotAnAddress)),
+            ("1.2.3.4:80", Err(NotAnAddress)),
+            ("[::1]", Err(NotAnAddress)),
+            ("fe80::1%eth0", Err(NotAnAddress)),
+            ("localhost", Err(NotAnAddress)),
+            ("127.0.0.%d", Err(NotAnAddress)),
+        ];
+        for (input, expected) in cases {
+            let got =
+                parse_entry(input.as_bytes()).map(|(net, truncated)| (net.to_string(), truncated));
+            let expected = expected.clone().map(|(net, t)| (net.to_string(), t));
+            assert_eq!(got, expected, "{input}");
+        }
+        assert_eq!(parse_entry(b"\xff\xfe"), Err(NotUtf8));
+    }
+
+    #[test]
+    fn every_separator_splits() {
+        let list = parse("1.1.1.1,2.2.2.2;3.3.3.3 4.4.4.4\t5.5.5.5\n6.6.6.6\r\n7.7.7.7 ,; 8.8.8.8");
+        assert_eq!(list.entries(), 8);
+        assert_eq!(list.rejected_count, 0);
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_and_counted_and_the_rest_loads() {
+        let list = parse("127.0.0.1, bogus, 10.0.0.0/99, ::1, \u{1}x");
+        assert_eq!(list.entries_v4, 1);
+        assert_eq!(list.entries_v6, 1);
+        assert_eq!(list.rejected_count, 3);
+        assert_eq!(
+            list.rejected[0].to_string(),
+            "\"bogus\" (not an IPv4/IPv6 address or CIDR)"
+        );
+        assert_eq!(
+            list.rejected[1].to_string(),
+            "\"10.0.0.0/99\" (bad prefix length)"
+        );
+        assert_eq!(list.rejected[2].entry, "\\x01x");
+        assert!(list.set.contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejected_samples_are_bounded_but_all_counted() {
+        let value = "x ".repeat(1000) + "1.2.3.4";
+        let list = parse(&value);
+        assert_eq!(list.rejected_count, 1000);
+        assert_eq!(list.rejected.len(), REJECTED_SAMPLES);
+        assert_eq!(list.entries(), 1);
+    }
+
+    #[test]
+    fn long_garbage_is_quoted_shortly() {
+        let value = "a".repeat(1000);
+        let list = parse(&value);
+        assert_eq!(list.rejected[0].entry.len(), QUOTE_MAX + 3);
+    }
+
+    #[test]
+    fn host_bits_are_truncated_and_reported() {
+        let list = parse("10.1.2.3/8");
+        assert_eq!(list.truncated_count, 1);
+        assert_eq!(list.truncated[0].network.to_string(), "10.0.0.0/8");
+        assert!(list.set.contains("10.200.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn empty_and_separator_only_values_are_empty_lists() {
+        for value in ["", " ", ",,;\n"] {
+            let list = parse(value);
+            assert_eq!((list.entries(), list.rejected_count), (0, 0), "{value:?}");
+            assert!(list.set.is_empty());
+        }
+    }
+
+    #[test]
+    fn set_members_each_parse() {
+        let list = Whitelist::parse([&b"127.0.0.1"[..], b"::1", b"10.0.0.0/8 11.0.0.1"]);
+        assert_eq!(list.entries(), 4);
+    }
+}
