@@ -1,0 +1,206 @@
+# Routing: the drop-in shape, both routes, exact matching, CIDR, IPv6, SET keys, missing keys.
+use lib '.';
+use t::Gray;
+use Test::Nginx::Socket::Lua 'no_plan';
+
+add_block_preprocessor(\&gray_block);
+run_tests();
+
+__DATA__
+
+=== TEST 1: the version is reported
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t {
+        content_by_lua_block { ngx.say(require("gray")._VERSION) }
+    }
+--- response_body_like chomp
+^\d+\.\d+\.\d+$
+
+
+
+=== TEST 2: drop-in: classic nginx.conf shape, route.lua, upstreams; a whitelisted client goes to prod2-grey with its URI and args
+--- redis
+SET gray 192.168.2.165
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    upstream prod1 { server 127.0.0.1:$TEST_NGINX_SERVER_PORT; }
+    upstream prod2-grey { server 127.0.0.1:$TEST_NGINX_SERVER_PORT; }
+--- config
+    location /app/ { content_by_lua_file $TEST_NGINX_GRAY_ROOT/lua/route.lua; }
+    location @prod1 { proxy_pass http://prod1/backend/prod$request_uri; }
+    location @prod2-grey { proxy_pass http://prod2-grey/backend/gray$request_uri; }
+    location /backend/ { return 200 "$uri?$args\n"; }
+--- request eval
+["GET /app/page?x=1", "GET /app/page?x=2"]
+--- more_headers eval
+["X-Client: 192.168.2.165", "X-Client: 192.168.2.166"]
+--- response_body eval
+["/backend/gray/app/page?x=1\n", "/backend/prod/app/page?x=2\n"]
+
+
+
+=== TEST 3: a client not in the list goes to production
+--- redis
+SET gray 127.0.0.2
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+--- response_body
+prod
+
+
+
+=== TEST 4: exact membership: no substring or Lua-pattern matches
+--- redis
+SET gray "127.0.0.10 10.141.1.1 1.2.3.4"
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+--- request eval
+["GET /t", "GET /t", "GET /t", "GET /t", "GET /t", "GET /t"]
+--- more_headers eval
+["X-Client: 127.0.0.1", "X-Client: 10.1.1.1", "X-Client: 1.2.3.40", "X-Client: 127.0.0.10", "X-Client: 10.141.1.1", "X-Client: 1.2.3.4"]
+--- response_body eval
+["prod\n", "prod\n", "prod\n", "gray\n", "gray\n", "gray\n"]
+
+
+
+=== TEST 5: IPv4 CIDR, IPv6 host and CIDR, IPv4-mapped IPv6 client, all separators
+--- redis
+SET gray "10.0.0.0/8;2001:db8::/32,\n::1\t192.168.2.165"
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+--- request eval
+["GET /t", "GET /t", "GET /t", "GET /t", "GET /t", "GET /t", "GET /t", "GET /t"]
+--- more_headers eval
+["X-Client: 10.200.3.4", "X-Client: 11.0.0.1", "X-Client: 2001:db8:1::5", "X-Client: 2001:db9::1", "X-Client: ::1", "X-Client: ::2", "X-Client: ::ffff:192.168.2.165", "X-Client: ::ffff:10.1.1.1"]
+--- response_body eval
+["gray\n", "prod\n", "gray\n", "prod\n", "gray\n", "prod\n", "gray\n", "gray\n"]
+
+
+
+=== TEST 6: a Redis SET of entries is a list too
+--- redis
+SADD gray 127.0.0.5 10.0.0.0/8 2001:db8::1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray = require "gray"
+            local s = gray.status()
+            ngx.say(s.key_type, " ", s.entries, " v4=", s.entries_v4, " v6=", s.entries_v6)
+            ngx.say(gray.decide())
+        }
+    }
+--- more_headers
+X-Client: 10.9.9.9
+--- response_body
+set 3 v4=2 v6=1
+@prod2-greyclient 10.9.9.9 matched whitelist entry 10.0.0.0/8
+
+
+
+=== TEST 7: key missing: everyone to production (the operator rolled back), no error
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray = require "gray"
+            ngx.say(gray.decide())
+            ngx.say(gray.status().key_type)
+        }
+    }
+--- response_body
+@prod1client 127.0.0.1 is not in the whitelist (the key is missing: empty list)
+missing
+
+
+
+=== TEST 8: zero configuration: default Redis URL, key, and locations (route works without init_worker too)
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+    location = /status {
+        content_by_lua_block {
+            local s = require("gray").status()
+            ngx.say(s.redis, " ", s.key)
+        }
+    }
+--- request eval
+["GET /t", "GET /status"]
+--- response_body eval
+["prod\n", "redis://127.0.0.1:6379/0 gray\n"]
+--- error_log
+refresher started by a request
+
+
+
+=== TEST 9: custom key and location names
+--- redis
+SET canary 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0",
+            key = "canary", prod = "@stable", gray = "@next",
+        }
+    }
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+    location @stable { return 200 "stable\n"; }
+    location @next { return 200 "next\n"; }
+--- response_body
+next
+
+
+
+=== TEST 10: configure in init_by_lua, start in init_worker_by_lua
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    init_worker_by_lua_block { require("gray").init_worker() }
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+--- response_body
+gray
+
+
+
+=== TEST 11: route() from the access phase
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t {
+        access_by_lua_block { require("gray").route() }
+        content_by_lua_block { ngx.say("not routed") }
+    }
+--- response_body
+gray

@@ -1,0 +1,138 @@
+package t::Gray;
+
+# Shared set-up for gray's t/*.t files, usable under CPAN's Test::Nginx and under our runner alike:
+# - uses our runner (t/lib) only when no real Test::Nginx is installed;
+# - starts a private redis-server for the file (TCP on a free loopback port, plus a unix socket the
+#   tests keep control through) and stops it at the end;
+# - gray_block(), a block preprocessor: resets Redis before each block (blocks run shuffled and must
+#   stand alone), runs the block's `--- redis` commands, closes the TCP port when the block has
+#   `--- redis_down`, and fills in the config every block shares.
+
+use strict;
+use warnings;
+
+use Cwd qw(cwd);
+use File::Path qw(remove_tree);
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use Time::HiRes qw(sleep);
+
+use Exporter 'import';
+our @EXPORT = qw(gray_block);
+
+our $Root;
+
+BEGIN {
+    $Root = cwd();
+    unless (grep { !ref && -f "$_/Test/Nginx/Socket/Lua.pm" } @INC) {
+        unshift @INC, "$Root/t/lib";
+    }
+}
+
+$ENV{TEST_NGINX_LOAD_MODULES} //= join ' ',
+    '/usr/lib/nginx/modules/ndk_http_module.so', '/usr/lib/nginx/modules/ngx_http_lua_module.so';
+$ENV{TEST_NGINX_GRAY_CPATH} //= "$Root/target/release/lib?.so";
+$ENV{TEST_NGINX_GRAY_ROOT} //= $Root;
+
+sub free_port {
+    my $sock = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1)
+        or die "cannot find a free port: $!";
+    my $port = $sock->sockport;
+    close $sock;
+    return $port;
+}
+
+my $Owner = $$;
+my $Dir = tempdir('gray-test-XXXXXX', TMPDIR => 1);
+my $Port = free_port();
+my $Sock = "$Dir/redis.sock";
+system('redis-server', '--port', $Port, '--bind', '127.0.0.1', '--unixsocket', $Sock,
+       '--unixsocketperm', '777', '--save', '', '--appendonly', 'no', '--daemonize', 'yes',
+       '--pidfile', "$Dir/redis.pid", '--logfile', "$Dir/redis.log", '--dir', $Dir) == 0
+    or die "cannot start redis-server: $?";
+my $Pid;
+for (1 .. 100) {
+    if (open my $fh, '<', "$Dir/redis.pid") {
+        ($Pid) = <$fh> =~ /(\d+)/;
+    }
+    last if $Pid && -S $Sock;
+    sleep 0.05;
+}
+die "redis-server did not start (see $Dir/redis.log)" unless $Pid && -S $Sock;
+
+$ENV{TEST_NGINX_REDIS_PORT} = $Port;
+$ENV{TEST_NGINX_REDIS_SOCK} = $Sock;
+$ENV{TEST_NGINX_REDIS_PID} = $Pid;
+# A loopback port nothing listens on.
+$ENV{TEST_NGINX_DEAD_PORT} = free_port();
+
+END {
+    if ($$ == $Owner && $Pid) {
+        kill 'CONT', $Pid;
+        kill 'TERM', $Pid;
+        for (1 .. 100) { last if exited($Pid); sleep 0.05 }
+        remove_tree($Dir);
+    }
+}
+
+# redis-server daemonizes, so PID 1 reaps it, perhaps late: a zombie has exited.
+sub exited {
+    my $pid = shift;
+    open my $fh, '<', "/proc/$pid/stat" or return 1;
+    return (<$fh> // '') =~ /^\d+ \(.*\) Z/;
+}
+
+sub redis_cli {
+    my @commands = @_;
+    open my $cli, '|-', "redis-cli -s $Sock >/dev/null" or die "redis-cli: $!";
+    print $cli "$_\n" for @commands;
+    close $cli or die "redis-cli failed: @commands";
+}
+
+my $HttpConfig = <<"_EOC_";
+    lua_package_cpath "\$TEST_NGINX_GRAY_CPATH;;";
+    lua_package_path "\$TEST_NGINX_GRAY_ROOT/t/lua/?.lua;;";
+    # nginx's realip module sets \$remote_addr from X-Client, so one test client can be anyone.
+    set_real_ip_from 127.0.0.1;
+    real_ip_header X-Client;
+_EOC_
+
+my $MainConfig = <<'_EOC_';
+env TEST_NGINX_REDIS_SOCK;
+env TEST_NGINX_REDIS_PORT;
+env TEST_NGINX_REDIS_PID;
+env TEST_NGINX_GRAY_ROOT;
+_EOC_
+
+my $NamedLocations = <<'_EOC_';
+    location @prod1 { return 200 "prod\n"; }
+    location @prod2-grey { return 200 "gray\n"; }
+_EOC_
+
+sub gray_block {
+    my $block = shift;
+
+    kill 'CONT', $Pid;
+    redis_cli("CONFIG SET port $Port", 'CLIENT UNPAUSE', 'FLUSHALL');
+    if (defined $block->redis) {
+        redis_cli(grep { /\S/ } split /\n/, $block->redis);
+    }
+    if (defined $block->redis_down) {
+        redis_cli('CONFIG SET port 0');
+    }
+
+    $block->set_value('main_config', $MainConfig . ($block->main_config // ''));
+    $block->set_value('http_config', $HttpConfig . ($block->http_config // ''));
+    my $config = $block->config // '';
+    $config = $NamedLocations . $config unless $config =~ /location \@prod1\b/;
+    $block->set_value('config', $config);
+    if (!defined $block->request && !defined $block->pipelined_requests) {
+        $block->set_value('request', 'GET /t');
+    }
+    if (!defined $block->error_log && !defined $block->no_error_log) {
+        $block->set_value('no_error_log', "[error]\n[alert]\n[crit]");
+    }
+    return $block;
+}
+
+1;

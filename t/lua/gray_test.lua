@@ -1,0 +1,58 @@
+-- Test helpers for t/*.t: talk to the test's private Redis over its unix socket (which stays up
+-- when a test closes the TCP port), and wait for conditions instead of sleeping blindly.
+local redis = require "nginx.redis"
+
+local _M = {}
+
+local SOCK = "unix:" .. os.getenv("TEST_NGINX_REDIS_SOCK")
+local PORT = os.getenv("TEST_NGINX_REDIS_PORT")
+local PID = os.getenv("TEST_NGINX_REDIS_PID")
+
+-- One Redis command; raises on failure so a broken test set-up is loud.
+function _M.redis(cmd, ...)
+    local r = redis:new()
+    r:set_timeout(2000)
+    assert(r:connect(SOCK))
+    local res, err = r[cmd](r, ...)
+    assert(res ~= nil, err)
+    r:close()
+    return res
+end
+
+-- Redis refuses new connections and drops the module's: as good as stopped, and reversible.
+function _M.redis_down()
+    _M.redis("config", "set", "port", "0")
+    _M.redis("client", "kill", "type", "normal")
+    _M.redis("client", "kill", "type", "pubsub")
+end
+
+function _M.redis_up()
+    _M.redis("config", "set", "port", PORT)
+end
+
+-- SIGSTOP: connections are accepted by the kernel but nothing answers.
+function _M.redis_hang()
+    assert(os.execute("kill -STOP " .. PID) == 0)
+end
+
+function _M.redis_resume()
+    assert(os.execute("kill -CONT " .. PID) == 0)
+end
+
+-- Polls `check` every 10 ms until it returns true or `timeout` seconds pass; returns the result
+-- and the seconds waited.
+function _M.wait_for(check, timeout)
+    local start = ngx.now()
+    while true do
+        ngx.update_time()
+        if check() then
+            return true, ngx.now() - start
+        end
+        if ngx.now() - start > timeout then
+            return false, ngx.now() - start
+        end
+        ngx.sleep(0.01)
+    end
+end
+
+return _M
