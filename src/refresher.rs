@@ -82,7 +82,7 @@ impl Refresher {
         if let (Some(pubsub), Some(channel)) = (pubsub.as_mut(), &self.config.channel) {
             pubsub
                 .subscribe(channel)
-                .map_err(|e| format!("failed to subscribe to {channel}: {e}"))?;
+                .map_err(|e| format!("failed to subscribe to {channel}: {}", self.describe(&e)))?;
         }
         self.shared
             .update_status(|s| s.subscribed = pubsub.is_some());
@@ -101,13 +101,25 @@ impl Refresher {
         Ok(con)
     }
 
+    /// A hung Redis shows up as EAGAIN ("Resource temporarily unavailable"); say what it means.
+    fn describe(&self, e: &redis::RedisError) -> String {
+        if is_timeout(e) {
+            format!(
+                "timed out after {:.1}s ({e})",
+                self.config.timeout.as_secs_f64()
+            )
+        } else {
+            e.to_string()
+        }
+    }
+
     /// Waits until the next poll is due, or less when a message arrives on the channel.
     fn wait(&self, pubsub: Option<&mut redis::PubSub<'_>>) -> Result<(), String> {
         let Some(pubsub) = pubsub else {
             thread::sleep(self.config.refresh);
             return Ok(());
         };
-        let lost = |e: redis::RedisError| format!("lost the subscription: {e}");
+        let lost = |e: redis::RedisError| format!("lost the subscription: {}", self.describe(&e));
         pubsub
             .set_read_timeout(Some(self.config.refresh))
             .map_err(lost)?;
@@ -143,7 +155,9 @@ impl Refresher {
                 self.record_failure(&error, true);
                 Ok(())
             }
-            Err(FetchError::Redis(e)) => Err(format!("failed to read key {key}: {e}")),
+            Err(FetchError::Redis(e)) => {
+                Err(format!("failed to read key {key}: {}", self.describe(&e)))
+            }
         }
     }
 
@@ -265,4 +279,27 @@ impl Refresher {
             let _ = done.send(());
         }
     }
+}
+
+/// A timeout, also where the connection handshake wraps the I/O error.
+fn is_timeout(e: &redis::RedisError) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                return true;
+            }
+        }
+        if error
+            .downcast_ref::<redis::RedisError>()
+            .is_some_and(|e| e.is_timeout())
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }

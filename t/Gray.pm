@@ -6,7 +6,8 @@ package t::Gray;
 #   tests keep control through) and stops it at the end;
 # - gray_block(), a block preprocessor: resets Redis before each block (blocks run shuffled and must
 #   stand alone), runs the block's `--- redis` commands, closes the TCP port when the block has
-#   `--- redis_down`, and fills in the config every block shares.
+#   `--- redis_down`, stops it with SIGSTOP for `--- redis_hung`, and fills in the config every
+#   block shares.
 
 use strict;
 use warnings;
@@ -113,12 +114,15 @@ sub gray_block {
     my $block = shift;
 
     kill 'CONT', $Pid;
-    redis_cli("CONFIG SET port $Port", 'CLIENT UNPAUSE', 'FLUSHALL');
+    redis_cli("CONFIG SET port $Port", 'ACL DELUSER tester', 'FLUSHALL');
     if (defined $block->redis) {
         redis_cli(grep { /\S/ } split /\n/, $block->redis);
     }
     if (defined $block->redis_down) {
         redis_cli('CONFIG SET port 0');
+    }
+    if (defined $block->redis_hung) {
+        kill 'STOP', $Pid;
     }
 
     $block->set_value('main_config', $MainConfig . ($block->main_config // ''));

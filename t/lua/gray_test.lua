@@ -1,6 +1,12 @@
 -- Test helpers for t/*.t: talk to the test's private Redis over its unix socket (which stays up
 -- when a test closes the TCP port), and wait for conditions instead of sleeping blindly.
 local redis = require "nginx.redis"
+local ffi = require "ffi"
+
+-- kill(2) directly: os.execute's status is unreliable under nginx, whose SIGCHLD handler reaps
+-- the child first.
+ffi.cdef "int kill(int pid, int sig);"
+local SIGCONT, SIGSTOP = 18, 19
 
 local _M = {}
 
@@ -32,11 +38,11 @@ end
 
 -- SIGSTOP: connections are accepted by the kernel but nothing answers.
 function _M.redis_hang()
-    assert(os.execute("kill -STOP " .. PID) == 0)
+    assert(ffi.C.kill(tonumber(PID), SIGSTOP) == 0, "cannot stop redis")
 end
 
 function _M.redis_resume()
-    assert(os.execute("kill -CONT " .. PID) == 0)
+    assert(ffi.C.kill(tonumber(PID), SIGCONT) == 0, "cannot resume redis")
 end
 
 -- Polls `check` every 10 ms until it returns true or `timeout` seconds pass; returns the result

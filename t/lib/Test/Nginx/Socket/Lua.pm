@@ -334,7 +334,6 @@ sub run_block {
     stop_nginx();
     write_config($block);
     return unless start_nginx($name);
-    my $log_pos = -s "$ServRoot/logs/error.log" || 0;
 
     my $timeout = $block->timeout // $Timeout;
     my @responses;
@@ -366,8 +365,9 @@ sub run_block {
     sleep($block->wait) if $block->wait;
     sleep 0.15;
     my $log = '';
+    # The log was wiped before this block's nginx started, so it holds exactly this block's lines,
+    # start-up included.
     if (open my $fh, '<', "$ServRoot/logs/error.log") {
-        seek $fh, $log_pos, 0;
         local $/;
         $log = <$fh> // '';
     }

@@ -1,0 +1,223 @@
+# Keeping the in-memory list in step with Redis: polling, pub/sub, bad entries, wrong types.
+use lib '.';
+use t::Gray;
+use Test::Nginx::Socket::Lua 'no_plan';
+
+add_block_preprocessor(\&gray_block);
+run_tests();
+
+__DATA__
+
+=== TEST 1: a plain SET (no publish, the seed's workflow) takes effect within refresh
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.5, channel = false,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            ngx.say((gray.decide()))
+            T.redis("set", "gray", "127.0.0.1")
+            local switched, waited = T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 1.5)
+            ngx.say("switched: ", switched, ", within refresh: ", waited <= 0.5 + 0.2)
+        }
+    }
+--- response_body
+@prod1
+switched: true, within refresh: true
+
+
+
+=== TEST 2: SET + PUBLISH takes effect at once, long before the next poll
+--- redis
+SET gray 127.0.0.9
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 60,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            ngx.say((gray.decide()), " subscribed=", gray.status().subscribed)
+            T.redis("set", "gray", "127.0.0.1")
+            T.redis("publish", "gray:changed", "1")
+            local switched = T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 0.5)
+            ngx.say("switched: ", switched)
+        }
+    }
+--- response_body
+@prod1 subscribed=true
+switched: true
+
+
+
+=== TEST 3: a custom channel
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 60, channel = "ops:gray",
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            T.redis("sadd", "gray", "127.0.0.1")
+            T.redis("publish", "gray:changed", "1")
+            ngx.say("other channel ignored: ", not T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 0.3))
+            T.redis("publish", "ops:gray", "1")
+            ngx.say("own channel: ", (T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 0.5)))
+        }
+    }
+--- response_body
+other channel ignored: true
+own channel: true
+
+
+
+=== TEST 4: bad entries are skipped and logged with their text; the good ones load
+--- redis
+SET gray "127.0.0.1, bogus, 10.0.0.0/99 ::1 10.1.2.3/8"
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray = require "gray"
+            local s = gray.status()
+            ngx.say("entries=", s.entries, " rejected=", s.rejected,
+                    " host_bits_truncated=", s.host_bits_truncated)
+            ngx.say(s.rejected_samples[1])
+            ngx.say((gray.decide()))
+        }
+    }
+--- response_body
+entries=3 rejected=2 host_bits_truncated=1
+"bogus" (not an IPv4/IPv6 address or CIDR)
+@prod2-grey
+--- error_log
+rejected whitelist entry "bogus" (not an IPv4/IPv6 address or CIDR) in key gray
+rejected whitelist entry "10.0.0.0/99" (bad prefix length) in key gray
+whitelist entry "10.1.2.3/8" has host bits set; using 10.0.0.0/8
+loaded whitelist from string key gray: 3 entries (2 IPv4, 1 IPv6), 2 rejected
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: a key of the wrong type never loaded: production, and an error naming the type
+--- redis
+RPUSH gray 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray = require "gray"
+            local s = gray.status()
+            ngx.say(gray.decide())
+            ngx.say(s.last_error, " connected=", s.redis_connected)
+        }
+    }
+--- response_body
+@prod1no whitelist loaded yet
+ignoring key gray: key holds a list, expected a string or a set connected=true
+--- error_log
+ignoring key gray: key holds a list, expected a string or a set; no list loaded yet, routing everyone to production
+
+
+
+=== TEST 6: a key turned to the wrong type after a load: the last good list stays
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.2,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            T.redis("del", "gray")
+            T.redis("hset", "gray", "127.0.0.2", "1")
+            T.redis("publish", "gray:changed", "1")
+            T.wait_for(function() return gray.status().last_error end, 1)
+            ngx.say((gray.decide()), " ", gray.status().last_error)
+        }
+    }
+--- response_body
+@prod2-grey ignoring key gray: key holds a hash, expected a string or a set
+--- wait: 0.5
+--- error_log
+key holds a hash, expected a string or a set; keeping the last good list
+
+
+
+=== TEST 7: deleting the key empties the list (roll back): everyone to production
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            ngx.say((gray.decide()))
+            T.redis("del", "gray")
+            T.redis("publish", "gray:changed", "1")
+            T.wait_for(function() return gray.decide() == "@prod1" end, 1)
+            ngx.say(gray.decide())
+        }
+    }
+--- response_body
+@prod2-grey
+@prod1client 127.0.0.1 is not in the whitelist (the key is missing: empty list)
+
+
+
+=== TEST 8: status() tells an operator what is loaded and from where, never the password
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://tester:secret@127.0.0.1:$TEST_NGINX_REDIS_PORT/0",
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local s = require("gray").status()
+            ngx.say(s.running, " ", s.loaded, " ", s.key_type, " ", s.entries_v4, "+", s.entries_v6)
+            ngx.say(s.redis)
+            ngx.say(#s.version, " ", type(s.loaded_at), " ", type(s.last_ok_at), " ", s.redis_connected)
+        }
+    }
+--- redis
+SET gray "127.0.0.1 ::1"
+ACL SETUSER tester on >secret ~* +@all
+--- response_body_like chomp
+^true true string 1\+1
+redis://tester:\*\*\*@127\.0\.0\.1:\d+/0
+16 number number true
+$
