@@ -64,8 +64,9 @@ die "redis-server did not start (see $Dir/redis.log)" unless $Pid && -S $Sock;
 $ENV{TEST_NGINX_REDIS_PORT} = $Port;
 $ENV{TEST_NGINX_REDIS_SOCK} = $Sock;
 $ENV{TEST_NGINX_REDIS_PID} = $Pid;
-# A loopback port nothing listens on.
+# A loopback port nothing listens on, and one for a test's second server block.
 $ENV{TEST_NGINX_DEAD_PORT} = free_port();
+$ENV{TEST_NGINX_EXTRA_PORT} = free_port();
 
 END {
     if ($$ == $Owner && $Pid) {

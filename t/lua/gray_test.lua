@@ -6,7 +6,7 @@ local ffi = require "ffi"
 -- kill(2) directly: os.execute's status is unreliable under nginx, whose SIGCHLD handler reaps
 -- the child first.
 ffi.cdef "int kill(int pid, int sig);"
-local SIGCONT, SIGSTOP = 18, 19
+local SIGHUP, SIGCONT, SIGSTOP = 1, 18, 19
 
 local _M = {}
 
@@ -43,6 +43,56 @@ end
 
 function _M.redis_resume()
     assert(ffi.C.kill(tonumber(PID), SIGCONT) == 0, "cannot resume redis")
+end
+
+-- GET `path` from this nginx on `port` over a new connection: status, body.
+function _M.http_get(port, path)
+    local sock = ngx.socket.tcp()
+    sock:settimeout(2000)
+    local ok, err = sock:connect("127.0.0.1", port)
+    if not ok then
+        return nil, err
+    end
+    sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    local response = sock:receive("*a")
+    sock:close()
+    if not response then
+        return nil, "no response"
+    end
+    return tonumber(response:match("^HTTP/%d%.%d (%d+)")), response:match("\r\n\r\n(.*)$")
+end
+
+local function read_file(path)
+    local f = io.open(path)
+    if not f then
+        return nil
+    end
+    local data = f:read("*a")
+    f:close()
+    return data
+end
+
+function _M.master_pid()
+    return tonumber(read_file(ngx.config.prefix() .. "logs/nginx.pid"))
+end
+
+function _M.reload()
+    assert(ffi.C.kill(_M.master_pid(), SIGHUP) == 0, "cannot signal the master")
+end
+
+-- The worker processes of this nginx, and how many threads each runs.
+function _M.workers()
+    local master = _M.master_pid()
+    local children = read_file("/proc/" .. master .. "/task/" .. master .. "/children") or ""
+    local workers = {}
+    for pid in children:gmatch("%d+") do
+        local status = read_file("/proc/" .. pid .. "/status") or ""
+        if not status:match("State:%s+Z") then
+            workers[#workers + 1] = { pid = tonumber(pid),
+                                      threads = tonumber(status:match("Threads:%s+(%d+)")) }
+        end
+    end
+    return workers
 end
 
 -- Polls `check` every 10 ms until it returns true or `timeout` seconds pass; returns the result

@@ -1,0 +1,121 @@
+# Several workers: each loads before it serves; reloads start fresh refreshers and leave no
+# stray threads or processes.
+use lib '.';
+use t::Gray;
+use Test::Nginx::Socket::Lua 'no_plan';
+
+workers(2);
+master_on();
+add_block_preprocessor(\&gray_block);
+run_tests();
+
+__DATA__
+
+=== TEST 1: two workers are both right from their first request
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    lua_shared_dict first_route 1m;
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    server {
+        # reuseport: one socket per worker, so new connections spread over both workers.
+        listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
+        location / { content_by_lua_block { require("gray").route() } }
+        location @prod1 {
+            content_by_lua_block { ngx.shared.first_route:add(ngx.worker.pid(), "prod") ngx.say("prod") }
+        }
+        location @prod2-grey {
+            content_by_lua_block { ngx.shared.first_route:add(ngx.worker.pid(), "gray") ngx.say("gray") }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local first = ngx.shared.first_route
+            for _ = 1, 200 do
+                T.http_get($TEST_NGINX_EXTRA_PORT, "/")
+                if #first:get_keys() >= 2 then
+                    break
+                end
+            end
+            local outcomes = {}
+            for _, pid in ipairs(first:get_keys()) do
+                outcomes[#outcomes + 1] = first:get(pid)
+            end
+            ngx.say(#outcomes, " workers, first requests: ", table.concat(outcomes, " "))
+        }
+    }
+--- response_body
+2 workers, first requests: gray gray
+
+
+
+=== TEST 2: nginx -s reload: new workers route by the list from their first request; old ones leave no trace
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    lua_shared_dict first_route 1m;
+    init_by_lua_block {
+        package.loaded.generation = tostring(ngx.now()) .. "-" .. tostring(math.random())
+    }
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
+        location / { content_by_lua_block { require("gray").route() } }
+        location @prod1 { content_by_lua_block { ngx.say("prod ", require "generation") } }
+        location @prod2-grey { content_by_lua_block { ngx.say("gray ", require "generation") } }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local mine = require "generation"
+            local before = #T.workers()
+            T.reload()
+            local seen
+            local reloaded = T.wait_for(function()
+                local status, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/")
+                local route, generation = (body or ""):match("^(%a+) (%S+)")
+                if generation and generation ~= mine then
+                    seen = route
+                    return true
+                end
+            end, 5)
+            ngx.say("workers before: ", before, ", reloaded: ", reloaded,
+                    ", first answer of a new worker: ", seen)
+        }
+    }
+    location = /check {
+        content_by_lua_block {
+            local T = require "gray_test"
+            -- The old workers finish their requests, then exit. This request itself may have
+            -- been accepted by an old worker just before it began shutting down.
+            local function others()
+                local me = ngx.worker.exiting() and ngx.worker.pid()
+                local list = {}
+                for _, w in ipairs(T.workers()) do
+                    if w.pid ~= me then
+                        list[#list + 1] = w
+                    end
+                end
+                return list
+            end
+            local settled = T.wait_for(function() return #others() == 2 end, 5)
+            local threads = {}
+            for _, w in ipairs(others()) do
+                threads[#threads + 1] = w.threads
+            end
+            ngx.say("settled: ", settled, ", threads per worker: ", table.concat(threads, " "))
+        }
+    }
+--- request eval
+["GET /t", "GET /check"]
+--- timeout: 10
+--- response_body eval
+["workers before: 2, reloaded: true, first answer of a new worker: gray\n",
+ "settled: true, threads per worker: 2 2\n"]
