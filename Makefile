@@ -1,0 +1,59 @@
+# gray: gray (canary) release routing for nginx/OpenResty. `make help` lists the targets.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+LUA_CMOD_DIR ?= $(PREFIX)/lib/lua/5.1
+SHARE_DIR ?= $(PREFIX)/share/gray
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
+GATEWAY_PORT ?= 8080
+REDIS_PORT ?= 6379
+
+LIB := target/release/libgray.so
+
+.PHONY: help deps build run test test-unit test-nginx lint check-conf install uninstall clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+deps: ## Install the Debian packages (nginx, Lua module, Redis) if missing
+	@scripts/deps.sh
+
+build: ## Build the module (target/release/libgray.so)
+	$(CARGO) build --release --locked
+
+$(LIB): build
+
+run: deps build ## Redis, two demo backends and the gateway on 127.0.0.1:8080 (GATEWAY_PORT=, REDIS_PORT=); Ctrl-C stops
+	@GATEWAY_PORT=$(GATEWAY_PORT) REDIS_PORT=$(REDIS_PORT) scripts/run-demo.sh
+
+test: deps build lint test-unit check-conf test-nginx ## Everything: lint, unit tests, nginx config check, Test::Nginx suite
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked -- -D warnings
+	$(CARGO) clippy --locked --no-default-features --all-targets -- -D warnings
+
+test-unit: ## cargo test of the pure core (no nginx, no Lua)
+	$(CARGO) test --locked --no-default-features
+
+check-conf: deps ## nginx -t on the example and demo configs
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	sed -e "s|@RUN_DIR@|$$tmp|g" -e "s|@CPATH@|$(CURDIR)/$(LIB)|g" -e "s|@ROUTE_LUA@|$(CURDIR)/lua/route.lua|g" \
+	    -e "s|@[A-Z_]*PORT@|1|g" nginx-conf/demo.conf > $$tmp/demo.conf && \
+	nginx -q -t -p $$tmp/ -c $$tmp/demo.conf && \
+	sed -e "s|/run/nginx.pid|$$tmp/nginx.pid|" -e "s|/var/log/nginx/|$$tmp/|g" nginx-conf/nginx.conf > $$tmp/nginx.conf && \
+	nginx -q -t -p /usr/share/nginx/ -c $$tmp/nginx.conf && echo "check-conf: nginx-conf/*.conf are valid"
+
+test-nginx: deps build ## The t/*.t suite against real nginx and a private redis-server
+	prove -r t
+
+install: build ## gray.so into PREFIX/lib/lua/5.1 (LuaJIT default cpath), route.lua into PREFIX/share/gray (PREFIX=/usr/local, DESTDIR)
+	install -D -m 0755 $(LIB) $(DESTDIR)$(LUA_CMOD_DIR)/gray.so
+	install -D -m 0644 lua/route.lua $(DESTDIR)$(SHARE_DIR)/route.lua
+
+uninstall: ## Remove what install installed
+	rm -f $(DESTDIR)$(LUA_CMOD_DIR)/gray.so $(DESTDIR)$(SHARE_DIR)/route.lua
+
+clean: ## Remove build and test output
+	$(CARGO) clean
+	rm -rf t/servroot .run

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Installs the Debian packages gray's build, tests and demo need; does nothing when all are there.
+set -eu
+
+packages="nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
+lua-nginx-redis redis-server curl"
+
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing Debian packages:$missing (run as root, or install them)" >&2
+    exit 1
+fi
+echo "deps: installing$missing"
+apt-get update -qq
+# Package scripts must not start system services on their default ports.
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
