@@ -39,7 +39,8 @@ test-unit: ## cargo test of the pure core (no nginx, no Lua)
 check-conf: deps ## nginx -t on the example and demo configs
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	sed -e "s|@RUN_DIR@|$$tmp|g" -e "s|@CPATH@|$(CURDIR)/$(LIB)|g" -e "s|@ROUTE_LUA@|$(CURDIR)/lua/route.lua|g" \
-	    -e "s|@[A-Z_]*PORT@|1|g" nginx-conf/demo.conf > $$tmp/demo.conf && \
+	    -e "s|@GATEWAY_PORT@|18080|" -e "s|@PROD_PORT@|18081|" -e "s|@GRAY_PORT@|18082|" -e "s|@REDIS_PORT@|16379|" \
+	    nginx-conf/demo.conf > $$tmp/demo.conf && \
 	nginx -q -t -p $$tmp/ -c $$tmp/demo.conf && \
 	sed -e "s|/run/nginx.pid|$$tmp/nginx.pid|" -e "s|/var/log/nginx/|$$tmp/|g" nginx-conf/nginx.conf > $$tmp/nginx.conf && \
 	nginx -q -t -p /usr/share/nginx/ -c $$tmp/nginx.conf && echo "check-conf: nginx-conf/*.conf are valid"

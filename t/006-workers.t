@@ -53,7 +53,7 @@ SET gray 127.0.0.1
 
 
 
-=== TEST 2: nginx -s reload: new workers route by the list from their first request; old ones leave no trace
+=== TEST 2: nginx -s reload under requests: none fails, new workers route by the list from their first request, old ones leave no trace
 --- redis
 SET gray 127.0.0.1
 --- http_config
@@ -76,6 +76,17 @@ SET gray 127.0.0.1
             local T = require "gray_test"
             local mine = require "generation"
             local before = #T.workers()
+            local sent, failed, done = 0, 0, false
+            local load = ngx.thread.spawn(function()
+                while not done do
+                    local status = T.http_get($TEST_NGINX_SERVER_PORT, "/r")
+                    sent = sent + 1
+                    if status ~= 200 then
+                        failed = failed + 1
+                    end
+                end
+            end)
+            ngx.sleep(0.2)
             T.reload()
             local seen
             local reloaded = T.wait_for(function()
@@ -86,10 +97,15 @@ SET gray 127.0.0.1
                     return true
                 end
             end, 5)
+            ngx.sleep(0.5)
+            done = true
+            ngx.thread.wait(load)
             ngx.say("workers before: ", before, ", reloaded: ", reloaded,
                     ", first answer of a new worker: ", seen)
+            ngx.say("requests across the reload: ", sent > 10, ", failed: ", failed)
         }
     }
+    location = /r { content_by_lua_block { require("gray").route() } }
     location = /check {
         content_by_lua_block {
             local T = require "gray_test"
@@ -117,5 +133,5 @@ SET gray 127.0.0.1
 ["GET /t", "GET /check"]
 --- timeout: 10
 --- response_body eval
-["workers before: 2, reloaded: true, first answer of a new worker: gray\n",
+["workers before: 2, reloaded: true, first answer of a new worker: gray\nrequests across the reload: true, failed: 0\n",
  "settled: true, threads per worker: 2 2\n"]
