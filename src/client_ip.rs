@@ -15,6 +15,19 @@ pub fn parse_addr(bytes: &[u8]) -> Option<IpAddr> {
     text.parse::<IpAddr>().ok().map(canonical_addr)
 }
 
+/// Decodes `$binary_remote_addr`: 4 bytes for IPv4, 16 for IPv6 (anything else, e.g. the empty
+/// value of a unix-socket peer, is not an IP client). The request path reads this form because it
+/// needs no text parsing.
+#[inline]
+pub fn binary_addr(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Some(IpAddr::from(v4));
+    }
+    <[u8; 16]>::try_from(bytes)
+        .ok()
+        .map(|v6| canonical_addr(IpAddr::from(v6)))
+}
+
 /// One forwarded hop: an address, optionally with a port (`1.2.3.4:80`, `[::1]:80`, `[::1]`),
 /// which some proxies add.
 fn parse_hop(bytes: &[u8]) -> Option<IpAddr> {
@@ -99,6 +112,21 @@ mod tests {
         assert_eq!(parse_addr(b" ::1 "), Some(ip("::1")));
         assert_eq!(parse_addr(b"unix:"), None);
         assert_eq!(parse_addr(b""), None);
+    }
+
+    #[test]
+    fn decodes_binary_remote_addr() {
+        assert_eq!(binary_addr(&[127, 0, 0, 1]), Some(ip("127.0.0.1")));
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(binary_addr(&mapped), Some(ip("10.1.2.3")));
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(binary_addr(&v6), Some(ip("::1")));
+        assert_eq!(binary_addr(b""), None);
+        assert_eq!(binary_addr(b"127.0.0.1"), None);
     }
 
     #[test]

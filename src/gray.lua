@@ -54,6 +54,8 @@ local function start(wait)
     if not ok then
         ngx_log(ngx_ERR, "gray: failed to start the refresher: ", err,
                 "; routing everyone to production")
+    elseif err then
+        ngx_log(ngx_WARN, "gray: ", err)
     end
     drain_logs()
     local timer_ok, timer_err = timer_every(LOG_DRAIN_INTERVAL, drain_logs)
@@ -107,7 +109,8 @@ function _M.route()
     if not started then
         start_lazily()
     end
-    local peer = ngx_var.remote_addr
+    -- The binary form (4 or 16 bytes) needs no parsing; realip updates it like $remote_addr.
+    local peer = ngx_var.binary_remote_addr
     if not peer then
         return ngx_exec(targets[0])
     end

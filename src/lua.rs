@@ -45,7 +45,7 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
     }
 }
 
-/// FFI: the decision for the peer address alone, or `NEED_FORWARDED`.
+/// FFI: the decision for the peer (`$binary_remote_addr`) alone, or `NEED_FORWARDED`.
 unsafe extern "C" fn route_peer(peer: *const u8, peer_len: usize) -> c_int {
     catch_unwind(|| {
         // SAFETY: called from gray.lua with a Lua string and its length.
@@ -127,8 +127,8 @@ fn configure(_: &Lua, opts: LuaTable) -> LuaResult<(Option<bool>, Option<String>
     }
 }
 
-/// core.start(wait) -> true | nil, err. With `wait`, returns once the first load attempt finished
-/// (bounded by the Redis timeouts).
+/// core.start(wait) -> true [, note] | nil, err. With `wait`, returns once the first load attempt
+/// finished, bounded by the Redis timeouts; the note says when that bound ran out.
 fn start(_: &Lua, wait: bool) -> LuaResult<(Option<bool>, Option<String>)> {
     let pid = std::process::id();
     if STARTED_PID.swap(pid, Ordering::SeqCst) == pid {
@@ -150,7 +150,7 @@ fn start(_: &Lua, wait: bool) -> LuaResult<(Option<bool>, Option<String>)> {
             return Ok((
                 None,
                 Some(format!(
-                    "no answer from redis within {:.1}s; the list loads in the background",
+                    "no answer from redis within {:.1}s; serving before the first load, which continues in the background",
                     bound.as_secs_f64()
                 )),
             ));

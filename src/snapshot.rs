@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::client_ip::{client_ip, parse_addr, Source};
+use crate::client_ip::{binary_addr, client_ip, parse_addr, Source};
 use crate::ipset::{IpSet, MatchedRange};
 use crate::whitelist::Whitelist;
 
@@ -125,10 +125,11 @@ fn source_note(source: Source) -> &'static str {
 }
 
 impl Snapshot {
-    /// The request path: a target for the peer address alone, or [`NEED_FORWARDED`].
+    /// The request path: a target for the peer (`$binary_remote_addr`) alone, or
+    /// [`NEED_FORWARDED`].
     #[inline]
     pub fn route_peer(&self, peer: &[u8]) -> i32 {
-        let Some(peer) = parse_addr(peer) else {
+        let Some(peer) = binary_addr(peer) else {
             return Target::Prod as i32;
         };
         if !self.trusted_proxies.is_empty() && self.trusted_proxies.contains(peer) {
@@ -137,14 +138,14 @@ impl Snapshot {
         self.target_for(peer) as i32
     }
 
-    /// The request path for a trusted peer, with its forwarding headers.
+    /// The request path for a trusted peer (`$binary_remote_addr`), with its forwarding headers.
     pub fn route_forwarded(
         &self,
         peer: &[u8],
         forwarded_for: Option<&[u8]>,
         real_ip: Option<&[u8]>,
     ) -> i32 {
-        let Some(peer) = parse_addr(peer) else {
+        let Some(peer) = binary_addr(peer) else {
             return Target::Prod as i32;
         };
         let (client, _) = client_ip(peer, forwarded_for, real_ip, &self.trusted_proxies);
@@ -159,7 +160,7 @@ impl Snapshot {
         }
     }
 
-    /// The same decision as the request path, with its reason.
+    /// The same decision as the request path, with its reason; `peer` is `$remote_addr` (text).
     pub fn decide(
         &self,
         peer: &[u8],
@@ -220,8 +221,8 @@ mod tests {
     #[test]
     fn whitelisted_client_goes_to_gray_everyone_else_to_prod() {
         let s = snapshot("127.0.0.10", &[]);
-        assert_eq!(s.route_peer(b"127.0.0.10"), Target::Gray as i32);
-        assert_eq!(s.route_peer(b"127.0.0.1"), Target::Prod as i32);
+        assert_eq!(s.route_peer(&[127, 0, 0, 10]), Target::Gray as i32);
+        assert_eq!(s.route_peer(&[127, 0, 0, 1]), Target::Prod as i32);
         let (target, reason) = s.decide(b"127.0.0.10", None, None);
         assert_eq!(target, Target::Gray);
         assert_eq!(
@@ -247,24 +248,20 @@ mod tests {
     #[test]
     fn unparsable_peer_goes_to_prod() {
         let s = snapshot("0.0.0.0/0", &[]);
-        assert_eq!(s.route_peer(b"unix:"), Target::Prod as i32);
+        assert_eq!(s.route_peer(b""), Target::Prod as i32);
         assert_eq!(s.decide(b"unix:", None, None).0, Target::Prod);
     }
 
     #[test]
     fn trusted_peer_needs_its_headers() {
         let s = snapshot("2.2.2.2", &["127.0.0.1"]);
-        assert_eq!(s.route_peer(b"127.0.0.1"), NEED_FORWARDED);
-        assert_eq!(
-            s.route_forwarded(b"127.0.0.1", Some(b"2.2.2.2"), None),
-            Target::Gray as i32
-        );
-        assert_eq!(
-            s.route_forwarded(b"127.0.0.1", None, None),
-            Target::Prod as i32
-        );
+        let (trusted, untrusted) = ([127, 0, 0, 1], [127, 0, 0, 2]);
+        assert_eq!(s.route_peer(&trusted), NEED_FORWARDED);
+        let gray = Target::Gray as i32;
+        assert_eq!(s.route_forwarded(&trusted, Some(b"2.2.2.2"), None), gray);
+        assert_eq!(s.route_forwarded(&trusted, None, None), Target::Prod as i32);
         // An untrusted peer claiming a whitelisted address is decided by its own address.
-        assert_eq!(s.route_peer(b"127.0.0.2"), Target::Prod as i32);
+        assert_eq!(s.route_peer(&untrusted), Target::Prod as i32);
         assert_eq!(
             s.decide(b"127.0.0.1", Some(b"2.2.2.2"), None).1.to_string(),
             "client 2.2.2.2 (from X-Forwarded-For) matched whitelist entry 2.2.2.2"
