@@ -10,7 +10,7 @@ REDIS_PORT ?= 6379
 
 LIB := target/release/libgray.so
 
-.PHONY: help deps build run test test-unit test-nginx lint check-conf install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx lint check-conf bench install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ check-conf: deps ## nginx -t on the example and demo configs
 
 test-nginx: deps build ## The t/*.t suite against real nginx and a private redis-server
 	prove -r t
+
+bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a smoke run, bench/RESULTS.quick.md)
+	@scripts/deps.sh wrk valgrind
+	python3 bench/run.py $(if $(QUICK),--quick)
 
 install: build ## gray.so into PREFIX/lib/lua/5.1 (LuaJIT default cpath), route.lua into PREFIX/share/gray (PREFIX=/usr/local, DESTDIR)
 	install -D -m 0755 $(LIB) $(DESTDIR)$(LUA_CMOD_DIR)/gray.so

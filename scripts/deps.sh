@@ -1,9 +1,10 @@
 #!/bin/sh
-# Installs the Debian packages gray's build, tests and demo need; does nothing when all are there.
+# Installs the Debian packages gray's build, tests and demo need, plus any named as arguments
+# (make bench adds wrk and valgrind); does nothing when all are there.
 set -eu
 
 packages="nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
-lua-nginx-redis redis-server curl"
+lua-nginx-redis redis-server curl $*"
 
 missing=""
 for p in $packages; do

@@ -1,0 +1,705 @@
+#!/usr/bin/env python3
+"""`make bench`: gray side by side with the classic per-request-Redis script, a pure-Lua cache,
+nginx's native geo, and the bare paths, in one run on loopback. Writes bench/RESULTS.md
+(bench/RESULTS.quick.md with --quick).
+
+Everything it starts (redis-server, nginx, wrk, valgrind) is stopped when it ends, also on Ctrl-C.
+Only 127.0.0.1 is used. Throughput ratios come from runs interleaved in one session, order
+alternated across rounds; instruction counts come from callgrind, which is repeatable where
+wall-clock on shared cores is not.
+"""
+
+import argparse
+import datetime
+import http.client
+import ipaddress
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB_DIR = os.path.join(TOP, "target", "release")
+MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
+
+REDIS_PORT = 16479
+PROXIED_PORT = 16480
+DECISION_PORT = 16483
+BACKEND_PROD_PORT = 16481
+BACKEND_GRAY_PORT = 16482
+CALLGRIND_PORT = 16484
+
+CLIENT = "127.0.0.1"
+VARIANTS = {
+    "v1": "classic: connect + GET + string.find per request",
+    "v2": "classic with a keepalive pool",
+    "v3": "pure-Lua per-worker cache",
+    "v4": "nginx geo + map (static)",
+    "v5": "plain proxy_pass, no decision",
+    "v6": "bare Lua: ngx.exec(\"@prod1\")",
+    "v7": "gray: require(\"gray\").route()",
+}
+# A per-request copy of a 1M-entry string is pointless for the classic script.
+VARIANTS_AT_1M = ["v3", "v4", "v5", "v6", "v7"]
+
+RUN_DIR = None
+PROCESSES = []
+
+
+def log(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+def spawn(args, **kwargs):
+    proc = subprocess.Popen(args, **kwargs)
+    PROCESSES.append(proc)
+    return proc
+
+
+def stop(proc, sig=signal.SIGTERM, timeout=15):
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc in PROCESSES:
+        PROCESSES.remove(proc)
+
+
+def stop_all(*_):
+    for proc in list(PROCESSES):
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        stop(proc, signal.SIGQUIT if "nginx" in str(proc.args) else signal.SIGTERM, timeout=5)
+
+
+def wait_port(port, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection(CLIENT, port, timeout=1)
+            conn.request("GET", "/__ready")
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing answers on {CLIENT}:{port}")
+
+
+# --- redis ------------------------------------------------------------------------------------
+
+class Redis:
+    def __init__(self):
+        self.dir = os.path.join(RUN_DIR, "redis")
+        os.makedirs(self.dir, exist_ok=True)
+        self.proc = spawn(["redis-server", "--port", str(REDIS_PORT), "--bind", CLIENT, "--save", "",
+                           "--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log",
+                           "--proto-max-bulk-len", "1gb"])
+        for _ in range(200):
+            if self.cli("PING", check=False) == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args, check=True):
+        out = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), *args], capture_output=True, text=True)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"redis-cli {args[:2]}: {out.stderr}")
+        return out.stdout.strip()
+
+    def put_list(self, entries, kind):
+        """Replaces the key `gray` with `entries`, as a string or a SET, in one pipe."""
+        def command(*words):
+            parts = [f"*{len(words)}\r\n"]
+            for w in words:
+                parts.append(f"${len(w.encode())}\r\n{w}\r\n")
+            return "".join(parts)
+        chunks = [command("DEL", "gray")]
+        if kind == "string":
+            chunks.append(command("SET", "gray", ",".join(entries)))
+        else:
+            for i in range(0, len(entries), 1000):
+                chunks.append(command("SADD", "gray", *entries[i:i + 1000]))
+        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "--pipe"], input="".join(chunks).encode(),
+                       capture_output=True, check=True)
+
+    def publish(self):
+        self.cli("PUBLISH", "gray:changed", "1")
+
+    def connect(self):
+        return RespConnection()
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class RespConnection:
+    """A persistent Redis connection, so timings do not include starting redis-cli."""
+
+    def __init__(self):
+        self.sock = socket.create_connection((CLIENT, REDIS_PORT))
+        self.reader = self.sock.makefile("rb")
+
+    def call(self, *words):
+        payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        self.sock.sendall(payload.encode())
+        reply = self.reader.readline()
+        if not reply[:1] in (b"+", b":"):
+            raise RuntimeError(f"redis: {words[0]}: {reply!r}")
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+# --- lists ------------------------------------------------------------------------------------
+
+def make_list(size, member):
+    """`size` entries; with `member`, the client (127.0.0.1) is the last one (the worst case for
+    a scan). 1 and 10k: IPv4 hosts. 1M: mixed IPv4/IPv6 hosts and CIDRs."""
+    rng = random.Random(0x67726179 + size)
+    entries = []
+    want = size - 1
+    while len(entries) < want:
+        if size < 1_000_000:
+            entries.append(str(ipaddress.IPv4Address(rng.randrange(0x0B000000, 0x7E000000))))
+            continue
+        pick = rng.random()
+        if pick < 0.45:
+            entries.append(str(ipaddress.IPv4Address(rng.randrange(0x0B000000, 0x7E000000))))
+        elif pick < 0.90:
+            entries.append(str(ipaddress.IPv6Address((0x2000 << 112) | (rng.getrandbits(128) >> 3))))
+        elif pick < 0.95:
+            net = ipaddress.IPv4Network((rng.randrange(0x0B000000, 0x7E000000), rng.randrange(20, 31)), strict=False)
+            entries.append(str(net))
+        else:
+            net = ipaddress.IPv6Network(((0x2000 << 112) | (rng.getrandbits(128) >> 3), rng.randrange(48, 121)), strict=False)
+            entries.append(str(net))
+    entries.append(CLIENT if member else "10.0.0.1")
+    return entries
+
+
+# --- nginx ------------------------------------------------------------------------------------
+
+def nginx_prefix(name):
+    prefix = os.path.join(RUN_DIR, name)
+    shutil.rmtree(prefix, ignore_errors=True)
+    os.makedirs(os.path.join(prefix, "logs"))
+    return prefix
+
+
+def temp_paths(prefix):
+    return "\n".join(f"    {kind}_temp_path {prefix}/{kind}_temp;"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+
+
+def start_backends():
+    prefix = nginx_prefix("backends")
+    conf = f"""
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temp_paths(prefix)}
+    server {{ listen {CLIENT}:{BACKEND_PROD_PORT}; keepalive_requests 1000000;
+             location / {{ return 200 "prod\\n"; }} }}
+    server {{ listen {CLIENT}:{BACKEND_GRAY_PORT}; keepalive_requests 1000000;
+             location / {{ return 200 "gray\\n"; }} }}
+}}
+"""
+    path = os.path.join(prefix, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    proc = spawn(["nginx", "-p", prefix + "/", "-c", path])
+    wait_port(BACKEND_PROD_PORT)
+    return proc
+
+
+def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_cache=True):
+    """One server that proxies (named locations proxy_pass) and one that answers decisions
+    directly (named locations return 200), each with a location per variant. The single-process
+    form (for callgrind) has only v5-v7: no geo table or Lua cache to load under valgrind."""
+    geo = os.path.join(prefix, "geo.conf")
+    with open(geo, "w") as f:
+        f.writelines(f"{e} 1;\n" for e in ([] if single_process else entries))
+    proxy = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
+    locations = f"""
+        location = /v1 {{ content_by_lua_block {{ return require("classic").route({REDIS_PORT}, false) }} }}
+        location = /v2 {{ content_by_lua_block {{ return require("classic").route({REDIS_PORT}, true) }} }}
+        location = /v3 {{ content_by_lua_block {{ return require("luacache").route() }} }}
+        location = /v6 {{ content_by_lua_block {{ return ngx.exec("@prod1") }} }}
+        location = /v7 {{ content_by_lua_block {{ return require("gray").route() }} }}
+        location = /__ready {{ return 200; }}
+"""
+    if single_process:
+        head = "master_process off;\ndaemon off;"
+        servers = f"""
+    server {{
+        listen {CLIENT}:{port}; keepalive_requests 1000000;
+{locations}
+        location = /v5 {{ proxy_pass http://prod1; {proxy} }}
+        location @prod1 {{ proxy_pass http://prod1; {proxy} }}
+        location @prod2-grey {{ proxy_pass http://prod2-grey; {proxy} }}
+    }}"""
+    else:
+        head = "worker_processes 1;\ndaemon off;"
+        servers = f"""
+    server {{
+        listen {CLIENT}:{PROXIED_PORT}; keepalive_requests 1000000;
+{locations}
+        location = /v4 {{ proxy_pass http://$geo_upstream; {proxy} }}
+        location = /v5 {{ proxy_pass http://prod1; {proxy} }}
+        location @prod1 {{ proxy_pass http://prod1; {proxy} }}
+        location @prod2-grey {{ proxy_pass http://prod2-grey; {proxy} }}
+    }}
+    server {{
+        listen {CLIENT}:{DECISION_PORT}; keepalive_requests 1000000;
+{locations}
+        location = /v4 {{ return 200 "$geo_answer\\n"; }}
+        location = /v5 {{ return 200 "prod\\n"; }}
+        location @prod1 {{ return 200 "prod\\n"; }}
+        location @prod2-grey {{ return 200 "gray\\n"; }}
+    }}"""
+    channel = "\"gray:changed\"" if not single_process else "false"
+    return f"""
+{chr(10).join(f"load_module {m};" for m in MODULES)}
+{head}
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log notice;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temp_paths(prefix)}
+    lua_package_cpath "{LIB_DIR}/lib?.so;;";
+    lua_package_path "{TOP}/bench/lua/?.lua;;";
+    init_worker_by_lua_block {{
+        require("gray").configure{{
+            redis = "redis://{CLIENT}:{REDIS_PORT}/0", refresh = {refresh}, channel = {channel},
+            timeout = 5,
+        }}
+        {f'require("luacache").init_worker({REDIS_PORT}, {refresh})' if lua_cache and not single_process else ""}
+    }}
+    geo $geo_gray {{
+        default 0;
+        include {geo};
+    }}
+    map $geo_gray $geo_upstream {{ 0 prod1; 1 prod2-grey; }}
+    map $geo_gray $geo_answer {{ 0 prod; 1 gray; }}
+    upstream prod1 {{ server {CLIENT}:{BACKEND_PROD_PORT}; keepalive 64; }}
+    upstream prod2-grey {{ server {CLIENT}:{BACKEND_GRAY_PORT}; keepalive 64; }}
+{servers}
+}}
+"""
+
+
+def start_gateway(entries, refresh, lua_cache=True):
+    prefix = nginx_prefix("gateway")
+    path = os.path.join(prefix, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(gateway_conf(prefix, entries, refresh, lua_cache=lua_cache))
+    proc = spawn(["nginx", "-p", prefix + "/", "-c", path])
+    wait_port(DECISION_PORT, timeout=600)
+    return proc, prefix
+
+
+def get(port, path, conn=None):
+    conn = conn or http.client.HTTPConnection(CLIENT, port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read().decode()
+
+
+def wait_until(check, timeout, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def worker_pids(prefix):
+    with open(os.path.join(prefix, "nginx.pid")) as f:
+        master = f.read().strip()
+    with open(f"/proc/{master}/task/{master}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+# --- wrk --------------------------------------------------------------------------------------
+
+def wrk(port, path, seconds, connections=16):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "--latency",
+                          f"http://{CLIENT}:{port}{path}"], capture_output=True, text=True, check=True).stdout
+
+    def latency(label):
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+        return float(m.group(1)) * scale[m.group(2)] if m else float("nan")
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failures = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return {"rps": rps, "p50": latency("50%"), "p99": latency("99%"), "failures": failures}
+
+
+def summarize(runs):
+    rps = [r["rps"] for r in runs]
+    return {
+        "rps": statistics.median(rps),
+        "spread": (max(rps) - min(rps)) / statistics.median(rps) if len(rps) > 1 else 0.0,
+        "p50": statistics.median(r["p50"] for r in runs),
+        "p99": statistics.median(r["p99"] for r in runs),
+        "failures": sum(r["failures"] for r in runs),
+    }
+
+
+# --- phases -----------------------------------------------------------------------------------
+
+def throughput(redis, opts):
+    """req/s, p50, p99 for every variant, proxied and decision-only, per list size and membership."""
+    results = {}
+    sizes = [1, 10_000] if opts.quick else [1, 10_000, 1_000_000]
+    for size in sizes:
+        variants = VARIANTS_AT_1M if size >= 1_000_000 else list(VARIANTS)
+        for member in (True, False):
+            entries = make_list(size, member)
+            redis.put_list(entries, "set" if size >= 1_000_000 else "string")
+            # A 1M list is re-read in full on each poll: pollers must not dominate the measurement.
+            refresh = 60 if size >= 1_000_000 else 1
+            log(f"throughput: {size} entries, client {'in' if member else 'not in'} the list")
+            gateway, prefix = start_gateway(entries, refresh)
+            expected = "gray" if member else "prod"
+            assert wait_until(lambda: get(DECISION_PORT, "/v7")[1].strip() == expected, 120), "gray did not load"
+            assert wait_until(lambda: get(DECISION_PORT, "/v3")[1].strip() == expected, 120), "lua cache did not load"
+            for v in variants:
+                status, body = get(DECISION_PORT, f"/{v}")
+                want = "prod" if v in ("v5", "v6") else expected
+                if status != 200 or body.strip() != want:
+                    raise RuntimeError(f"{v} answered {status} {body!r}, expected {want}")
+            for rnd in range(opts.rounds):
+                order = variants if rnd % 2 == 0 else list(reversed(variants))
+                for mode, port in (("proxied", PROXIED_PORT), ("decision", DECISION_PORT)):
+                    for v in order:
+                        results.setdefault((size, member, mode, v), []).append(wrk(port, f"/{v}", opts.seconds))
+            stop(gateway, signal.SIGQUIT)
+    return {k: summarize(v) for k, v in results.items()}
+
+
+def callgrind(redis, opts):
+    """Instructions per request in the gateway: (N2 run - N1 run) / (N2 - N1), single process."""
+    n1, n2 = (200, 1200) if opts.quick else (1000, 3000)
+    sizes = [1] if opts.quick else [1, 1_000_000]
+    counts = {}
+    for size in sizes:
+        entries = make_list(size, True)
+        redis.put_list(entries, "set")
+        for rep in range(opts.repeats):
+            for v in ("v5", "v6", "v7"):
+                totals = []
+                for n in (n1, n2):
+                    log(f"callgrind: {size} entries, {v}, {n} requests (repeat {rep + 1})")
+                    totals.append(callgrind_total(entries, v, n))
+                counts.setdefault((size, v), []).append((totals[1] - totals[0]) / (n2 - n1))
+    return counts
+
+
+def callgrind_total(entries, variant, requests):
+    prefix = nginx_prefix("callgrind")
+    path = os.path.join(prefix, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(gateway_conf(prefix, entries, refresh=3600, single_process=True, port=CALLGRIND_PORT))
+    out = os.path.join(prefix, "callgrind.out")
+    proc = spawn(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", f"--callgrind-out-file={out}",
+                  "nginx", "-p", prefix + "/", "-c", path], stderr=subprocess.DEVNULL)
+    error_log = os.path.join(prefix, "logs", "error.log")
+    # Wait for the list without sending requests: they would count.
+    loaded = wait_until(lambda: os.path.exists(error_log) and "loaded whitelist" in open(error_log).read(), 900, 0.5)
+    assert loaded, "gray did not load under valgrind"
+    wait_port(CALLGRIND_PORT, timeout=120)
+    conn = http.client.HTTPConnection(CLIENT, CALLGRIND_PORT, timeout=60)
+    for _ in range(requests):
+        status, _ = get(CALLGRIND_PORT, f"/{variant}", conn)
+        assert status == 200
+    conn.close()
+    stop(proc, signal.SIGQUIT, timeout=120)
+    with open(out) as f:
+        return int(re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M).group(1))
+
+
+def matcher(opts):
+    args = ["cargo", "bench", "--no-default-features", "--bench", "matcher", "--"]
+    if opts.quick:
+        args += ["--warm-up-time", "0.1", "--measurement-time", "0.3"]
+    subprocess.run(args, cwd=TOP, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    base = os.path.join(TOP, "target", "criterion", "lookup")
+    for group in sorted(os.listdir(base)):
+        for size in sorted(os.listdir(os.path.join(base, group))):
+            estimates = os.path.join(base, group, size, "new", "estimates.json")
+            if os.path.exists(estimates):
+                with open(estimates) as f:
+                    median = json.load(f)["median"]["point_estimate"]
+                results[(group, int(size))] = median / 4096
+    return results
+
+
+def propagation(redis, opts):
+    """Time from SET (+ PUBLISH) to the first request routed by the new list."""
+    redis.put_list(["10.0.0.1"], "string")
+    gateway, _ = start_gateway(["10.0.0.1"], refresh=1)
+    conn = http.client.HTTPConnection(CLIENT, DECISION_PORT, timeout=5)
+    red = redis.connect()
+    results = {}
+    for publish, trials in ((True, opts.trials), (False, max(3, opts.trials // 10))):
+        times = []
+        for i in range(trials):
+            member = i % 2 == 0
+            want = "gray" if member else "prod"
+            start = time.perf_counter()
+            red.call("SET", "gray", CLIENT if member else "10.0.0.1")
+            if publish:
+                red.call("PUBLISH", "gray:changed", "1")
+            while get(DECISION_PORT, "/v7", conn)[1].strip() != want:
+                if time.perf_counter() - start > 5:
+                    raise RuntimeError("the new list never took effect")
+            times.append((time.perf_counter() - start) * 1000)
+            time.sleep(0.02 if publish else random.uniform(0, 0.3))
+        results["publish" if publish else "poll"] = times
+    red.close()
+    stop(gateway, signal.SIGQUIT)
+    return results
+
+
+def rebuild(redis, opts):
+    """A 1M-entry list: load + swap time, worker RSS before/after, request p99 while it swaps."""
+    redis.cli("DEL", "gray")
+    # Without the Lua cache, whose own copy of the list would land in the same RSS.
+    gateway, prefix = start_gateway([], refresh=60, lua_cache=False)
+    worker = worker_pids(prefix)[0]
+    rss_before = rss_mib(worker)
+    entries = make_list(1_000_000, True)
+    redis.put_list(entries, "set")
+    conn = http.client.HTTPConnection(CLIENT, DECISION_PORT, timeout=5)
+    start = time.perf_counter()
+    redis.publish()
+    assert wait_until(lambda: get(DECISION_PORT, "/v7", conn)[1].strip() == "gray", 60, 0.001)
+    load_ms = (time.perf_counter() - start) * 1000
+    time.sleep(1)
+    rss_after = rss_mib(worker)
+    with open(os.path.join(prefix, "logs", "error.log")) as f:
+        parse_ms = [float(m) for m in re.findall(r"loaded whitelist from set key gray: 1000000 .*? in ([\d.]+) ms", f.read())]
+    quiet = wrk(DECISION_PORT, "/v7", opts.swap_seconds)
+    # Swap a fresh 1M-entry snapshot in about once a second while wrk measures.
+    swapper = spawn([sys.executable, "-c", f"""
+import subprocess, time
+end = time.time() + {opts.swap_seconds}
+i = 0
+while time.time() < end:
+    subprocess.run(["redis-cli", "-p", "{REDIS_PORT}", "SADD" if i % 2 else "SREM", "gray", "10.255.255.{{}}".format(i % 250)], capture_output=True)
+    subprocess.run(["redis-cli", "-p", "{REDIS_PORT}", "PUBLISH", "gray:changed", "1"], capture_output=True)
+    i += 1
+    time.sleep(1)
+"""])
+    swapping = wrk(DECISION_PORT, "/v7", opts.swap_seconds)
+    swapper.wait()
+    PROCESSES.remove(swapper)
+    stop(gateway, signal.SIGQUIT)
+    return {"load_ms": load_ms, "parse_ms": parse_ms, "rss_before": rss_before, "rss_after": rss_after,
+            "quiet": quiet, "swapping": swapping}
+
+
+def redis_hung(redis, opts):
+    """Throughput and p99 of the Redis-dependent variants with Redis up, then stopped (SIGSTOP)."""
+    redis.put_list([CLIENT], "string")
+    gateway, _ = start_gateway([CLIENT], refresh=1)
+    results = {}
+    for state in ("up", "hung"):
+        for v in ("v1", "v2", "v7"):
+            if state == "hung":
+                redis.pause()
+            try:
+                results[(v, state)] = wrk(PROXIED_PORT, f"/{v}", opts.seconds)
+            finally:
+                redis.resume()
+            time.sleep(1.5)
+    stop(gateway, signal.SIGQUIT)
+    return results
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def machine():
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        m = re.search(r"model name\s*:\s*(.+)", f.read())
+        if m:
+            cpu = m.group(1)
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{platform.node()}, {os.cpu_count()} cores ({cpu}), Linux {platform.release()}, {nginx}, {rustc}"
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def report(opts, tp, cg, mt, prop, rb, hung, elapsed):
+    lines = [f"# gray benchmark{' (QUICK smoke run: short, not for quoting)' if opts.quick else ''}", "",
+             f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; "
+             f"`make bench{' QUICK=1' if opts.quick else ''}`, {elapsed / 60:.0f} minutes.", "",
+             "Loopback only. Gateway: nginx, 1 worker; backends: one nginx worker answering `return 200`, "
+             "upstream keepalive on; load: `wrk -t1 -c16` against one location per variant. "
+             f"{opts.rounds} round(s) of {opts.seconds}s per variant, order alternated between rounds; "
+             "req/s is the median, spread is (max-min)/median across rounds. These 2 shared cores spread "
+             "10-90% between identical runs: quote ratios from one table, and instruction counts (below) for "
+             "small differences.", "",
+             "Variants: " + "; ".join(f"**{k}** {v}" for k, v in VARIANTS.items()) + ".", "",
+             "At 1M entries variants 1 and 2 are not run (every request would copy a ~30 MB string from "
+             "Redis and scan it); the 1M list is a SET of mixed IPv4/IPv6 hosts and CIDRs, re-read every 60 s "
+             "(gray, Lua cache) so the pollers do not dominate. The Lua cache matches hosts exactly and IPv4 "
+             "CIDRs by prefix; it does not handle IPv6 CIDRs.", ""]
+
+    lines += ["## Throughput and latency", ""]
+    sizes = sorted({k[0] for k in tp})
+    for size in sizes:
+        for member in (True, False):
+            for mode in ("proxied", "decision"):
+                rows = [(v, tp[(size, member, mode, v)]) for v in VARIANTS if (size, member, mode, v) in tp]
+                if not rows:
+                    continue
+                ref = tp.get((size, member, mode, "v6"))
+                plain = tp.get((size, member, mode, "v5"))
+                lines += [f"### {size:,} entries, client {'in' if member else 'not in'} the list, "
+                          f"{'proxied' if mode == 'proxied' else 'decision only (the chosen location answers)'}", "",
+                          "| variant | req/s | spread | p50 ms | p99 ms | vs bare Lua (v6) | vs plain (v5) | failed |",
+                          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                for v, r in rows:
+                    lines.append(f"| {v} {VARIANTS[v]} | {r['rps']:,.0f} | {r['spread']:.0%} | {r['p50']:.2f} | "
+                                 f"{r['p99']:.2f} | {r['rps'] / ref['rps']:.2f}x | {r['rps'] / plain['rps']:.2f}x | "
+                                 f"{r['failures']} |")
+                lines.append("")
+
+    lines += ["## Instructions per request (callgrind)", "",
+              "nginx single process under `valgrind --tool=callgrind`, one keep-alive client; "
+              "(N2-run total - N1-run total) / (N2 - N1). The list is loaded before the first request. "
+              f"{opts.repeats} repeat(s); median (min-max).", "",
+              "| entries | plain proxy_pass (v5) | bare Lua (v6) | gray (v7) | gray - bare Lua | target |",
+              "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    for size in sorted({k[0] for k in cg}):
+        med = {v: statistics.median(cg[(size, v)]) for v in ("v5", "v6", "v7")}
+        rng = {v: f"{min(cg[(size, v)]):,.0f}-{max(cg[(size, v)]):,.0f}" for v in ("v5", "v6", "v7")}
+        delta = med["v7"] - med["v6"]
+        lines.append(f"| {size:,} | {med['v5']:,.0f} ({rng['v5']}) | {med['v6']:,.0f} ({rng['v6']}) | "
+                     f"{med['v7']:,.0f} ({rng['v7']}) | {delta:,.0f} | <= 1,000: {'met' if delta <= 1000 else 'missed'} |")
+    lines.append("")
+
+    lines += ["## The matcher alone (criterion)", "",
+              "`cargo bench --no-default-features --bench matcher`: ns per lookup, median, seeded random "
+              "lists (one entry in ten a network) and probes.", "",
+              "| lookup | 10 | 10,000 | 1,000,000 |", "| --- | ---: | ---: | ---: |"]
+    for group in sorted({g for g, _ in mt}):
+        cells = [f"{mt[(group, s)]:.1f}" if (group, s) in mt else "-" for s in (10, 10_000, 1_000_000)]
+        lines.append(f"| {group.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    worst = max((ns for (g, s), ns in mt.items() if s == 1_000_000 and g.startswith("mixed")), default=float("nan"))
+    lines += ["", f"Target <= 50 ns at 1M mixed entries: worst {worst:.1f} ns, {'met' if worst <= 50 else 'missed'}.", ""]
+
+    pub, poll = prop["publish"], prop["poll"]
+    lines += ["## Propagation", "",
+              "Time from `SET` to the first request (a keep-alive client polling the decision-only gray "
+              "location) routed by the new list, 1 worker, refresh 1 s.", "",
+              "| how | trials | p50 ms | p99 ms | max ms |", "| --- | ---: | ---: | ---: | ---: |",
+              f"| SET + PUBLISH | {len(pub)} | {pct(pub, 50):.1f} | {pct(pub, 99):.1f} | {max(pub):.1f} |",
+              f"| SET only (poll, refresh 1 s) | {len(poll)} | {pct(poll, 50):.0f} | {pct(poll, 99):.0f} | {max(poll):.0f} |",
+              "", f"Target p99 <= 50 ms after a publish: {'met' if pct(pub, 99) <= 50 else 'missed'}.", ""]
+
+    if rb:
+        added = rb["rss_after"] - rb["rss_before"]
+        lines += ["## Rebuild of a 1M-entry list", "",
+                  f"- PUBLISH to first request routed by the new 1M-entry list (fetch + parse + swap, off the "
+                  f"request path): {rb['load_ms']:.0f} ms; parse and build alone (gray's log): "
+                  f"{', '.join(f'{p:.0f}' for p in rb['parse_ms'])} ms.",
+                  f"- Worker RSS: {rb['rss_before']:.1f} MiB with an empty list, {rb['rss_after']:.1f} MiB with 1M "
+                  f"entries: {added:.1f} MiB added (target <= 40 MB: {'met' if added <= 40 * 1.048576 else 'missed'}).",
+                  f"- Decision-only gray, {opts.swap_seconds}s of wrk: quiet {rb['quiet']['rps']:,.0f} req/s, "
+                  f"p99 {rb['quiet']['p99']:.2f} ms; with a 1M-entry snapshot rebuilt and swapped about once a "
+                  f"second {rb['swapping']['rps']:,.0f} req/s, p99 {rb['swapping']['p99']:.2f} ms "
+                  f"(failed: {rb['quiet']['failures']}, {rb['swapping']['failures']}). The rebuild runs on the "
+                  "refresher thread, which shares these 2 cores with nginx, Redis and wrk.", ""]
+    else:
+        lines += ["## Rebuild of a 1M-entry list", "", "Not run in the QUICK smoke mode.", ""]
+
+    lines += ["## Redis hung (SIGSTOP) during load", "",
+              "Proxied, 1 entry (the client is in it), wrk --timeout 2s.", "",
+              "| variant | Redis up: req/s | p99 ms | Redis hung: req/s | p99 ms | failed while hung |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for v in ("v1", "v2", "v7"):
+        up, down = hung[(v, "up")], hung[(v, "hung")]
+        lines.append(f"| {v} {VARIANTS[v]} | {up['rps']:,.0f} | {up['p99']:.2f} | {down['rps']:,.0f} | "
+                     f"{down['p99']:.2f} | {down['failures']} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    global RUN_DIR
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a couple of minutes")
+    opts = parser.parse_args()
+    opts.rounds = 1 if opts.quick else 3
+    opts.seconds = 1 if opts.quick else 5
+    opts.repeats = 1 if opts.quick else 3
+    opts.trials = 20 if opts.quick else 100
+    opts.swap_seconds = 10
+
+    RUN_DIR = tempfile.mkdtemp(prefix="gray-bench-")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    started = time.time()
+    try:
+        redis = Redis()
+        start_backends()
+        mt = matcher(opts)
+        tp = throughput(redis, opts)
+        prop = propagation(redis, opts)
+        hung = redis_hung(redis, opts)
+        rb = None if opts.quick else rebuild(redis, opts)
+        cg = callgrind(redis, opts)
+    finally:
+        stop_all()
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+    out = os.path.join(TOP, "bench", "RESULTS.quick.md" if opts.quick else "RESULTS.md")
+    with open(out, "w") as f:
+        f.write(report(opts, tp, cg, mt, prop, rb, hung, time.time() - started))
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
