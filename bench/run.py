@@ -421,8 +421,10 @@ def callgrind(redis, opts):
     for size in sizes:
         entries = make_list(size, True)
         redis.put_list(entries, "set")
+        # v5 and v6 never read the list, so their counts do not depend on its size.
+        variants = ("v5", "v6", "v7") if size == 1 else ("v7",)
         for rep in range(opts.repeats):
-            for v in ("v5", "v6", "v7"):
+            for v in variants:
                 totals = []
                 for n in (n1, n2):
                     log(f"callgrind: {size} entries, {v}, {n} requests (repeat {rep + 1})")
@@ -610,13 +612,15 @@ def report(opts, tp, cg, mt, prop, rb, hung, elapsed):
 
     lines += ["## Instructions per request (callgrind)", "",
               "nginx single process under `valgrind --tool=callgrind`, one keep-alive client; "
-              "(N2-run total - N1-run total) / (N2 - N1). The list is loaded before the first request. "
+              "(N2-run total - N1-run total) / (N2 - N1). The list is loaded before the first request; "
+              "v5 and v6 never read it, so the 1M row repeats their 1-entry counts. "
               f"{opts.repeats} repeat(s); median (min-max).", "",
               "| entries | plain proxy_pass (v5) | bare Lua (v6) | gray (v7) | gray - bare Lua | target |",
               "| ---: | ---: | ---: | ---: | ---: | --- |"]
     for size in sorted({k[0] for k in cg}):
-        med = {v: statistics.median(cg[(size, v)]) for v in ("v5", "v6", "v7")}
-        rng = {v: f"{min(cg[(size, v)]):,.0f}-{max(cg[(size, v)]):,.0f}" for v in ("v5", "v6", "v7")}
+        runs = {v: cg.get((size, v), cg[(1, v)]) for v in ("v5", "v6", "v7")}
+        med = {v: statistics.median(runs[v]) for v in runs}
+        rng = {v: f"{min(runs[v]):,.0f}-{max(runs[v]):,.0f}" for v in runs}
         delta = med["v7"] - med["v6"]
         lines.append(f"| {size:,} | {med['v5']:,.0f} ({rng['v5']}) | {med['v6']:,.0f} ({rng['v6']}) | "
                      f"{med['v7']:,.0f} ({rng['v7']}) | {delta:,.0f} | <= 1,000: {'met' if delta <= 1000 else 'missed'} |")
