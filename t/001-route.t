@@ -9,10 +9,6 @@ run_tests();
 __DATA__
 
 === TEST 1: the version is reported
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         content_by_lua_block { ngx.say(require("gray")._VERSION) }
@@ -48,10 +44,6 @@ SET gray 192.168.2.165
 === TEST 3: a client not in the list goes to production
 --- redis
 SET gray 127.0.0.2
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t { content_by_lua_block { require("gray").route() } }
 --- response_body
@@ -62,10 +54,6 @@ prod
 === TEST 4: exact membership: no substring or Lua-pattern matches
 --- redis
 SET gray "127.0.0.10 10.141.1.1 1.2.3.4"
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t { content_by_lua_block { require("gray").route() } }
 --- request eval
@@ -80,10 +68,6 @@ SET gray "127.0.0.10 10.141.1.1 1.2.3.4"
 === TEST 5: IPv4 CIDR, IPv6 host and CIDR, IPv4-mapped IPv6 client, all separators
 --- redis
 SET gray "10.0.0.0/8;2001:db8::/32,\n::1\t192.168.2.165"
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t { content_by_lua_block { require("gray").route() } }
 --- request eval
@@ -98,10 +82,6 @@ SET gray "10.0.0.0/8;2001:db8::/32,\n::1\t192.168.2.165"
 === TEST 6: a Redis SET of entries is a list too
 --- redis
 SADD gray 127.0.0.5 10.0.0.0/8 2001:db8::1
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         content_by_lua_block {
@@ -120,10 +100,6 @@ set 3 v4=2 v6=1
 
 
 === TEST 7: key missing: everyone to production (the operator rolled back), no error
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         content_by_lua_block {
@@ -139,6 +115,8 @@ missing
 
 
 === TEST 8: zero configuration: default Redis URL, key, and locations (route works without init_worker too)
+--- http_config
+    # No init_worker_by_lua: the first route() starts the refresher.
 --- config
     location = /t { content_by_lua_block { require("gray").route() } }
     location = /status {
@@ -193,10 +171,6 @@ gray
 === TEST 11: route() from the access phase
 --- redis
 SET gray 127.0.0.1
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         access_by_lua_block { require("gray").route() }

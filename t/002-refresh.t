@@ -92,10 +92,6 @@ own channel: true
 === TEST 4: bad entries are skipped and logged with their text; the good ones load
 --- redis
 SET gray "127.0.0.1, bogus, 10.0.0.0/99 ::1 10.1.2.3/8"
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         content_by_lua_block {
@@ -124,10 +120,6 @@ loaded whitelist from string key gray: 3 entries (2 IPv4, 1 IPv6), 2 rejected
 === TEST 5: a key of the wrong type never loaded: production, and an error naming the type
 --- redis
 RPUSH gray 127.0.0.1
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         content_by_lua_block {
@@ -176,10 +168,6 @@ key holds a hash, expected a string or a set; keeping the last good list
 === TEST 7: deleting the key empties the list (roll back): everyone to production
 --- redis
 SET gray 127.0.0.1
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         content_by_lua_block {

@@ -12,10 +12,6 @@ __DATA__
 === TEST 1: without trusted proxies, X-Forwarded-For and X-Real-IP are ignored
 --- redis
 SET gray 2.2.2.2
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t { content_by_lua_block { require("gray").route() } }
 --- request eval

@@ -73,10 +73,6 @@ gray
 
 
 === TEST 3: configure outside the init phases is a programmer error
---- http_config
-    init_worker_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
-    }
 --- config
     location = /t {
         content_by_lua_block {

@@ -6,8 +6,9 @@ package t::Gray;
 #   tests keep control through) and stops it at the end;
 # - gray_block(), a block preprocessor: resets Redis before each block (blocks run shuffled and must
 #   stand alone), runs the block's `--- redis` commands, closes the TCP port when the block has
-#   `--- redis_down`, stops it with SIGSTOP for `--- redis_hung`, and fills in the config every
-#   block shares.
+#   `--- redis_down`, stops it with SIGSTOP for `--- redis_hung`, and fills in what blocks share:
+#   the module paths, the named locations, `GET /t`, no errors logged, and (for a block without
+#   its own `--- http_config`) gray configured against the test Redis in init_worker.
 
 use strict;
 use warnings;
@@ -99,6 +100,12 @@ my $HttpConfig = <<"_EOC_";
     real_ip_header X-Client;
 _EOC_
 
+my $DefaultGray = <<'_EOC_';
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+_EOC_
+
 my $MainConfig = <<'_EOC_';
 env TEST_NGINX_REDIS_SOCK;
 env TEST_NGINX_REDIS_PORT;
@@ -127,7 +134,7 @@ sub gray_block {
     }
 
     $block->set_value('main_config', $MainConfig . ($block->main_config // ''));
-    $block->set_value('http_config', $HttpConfig . ($block->http_config // ''));
+    $block->set_value('http_config', $HttpConfig . ($block->http_config // $DefaultGray));
     my $config = $block->config // '';
     $config = $NamedLocations . $config unless $config =~ /location \@prod1\b/;
     $block->set_value('config', $config);
