@@ -174,28 +174,30 @@ class RespConnection:
 # --- lists ------------------------------------------------------------------------------------
 
 def make_list(size, member):
-    """`size` entries; with `member`, the client (127.0.0.1) is the last one (the worst case for
-    a scan). 1 and 10k: IPv4 hosts. 1M: mixed IPv4/IPv6 hosts and CIDRs."""
+    """`size` distinct entries; with `member`, the client (127.0.0.1) is the last one (the worst
+    case for a scan). 1 and 10k: IPv4 hosts. 1M: mixed IPv4/IPv6 hosts and CIDRs."""
     rng = random.Random(0x67726179 + size)
-    entries = []
-    want = size - 1
-    while len(entries) < want:
-        if size < 1_000_000:
-            entries.append(str(ipaddress.IPv4Address(rng.randrange(0x0B000000, 0x7E000000))))
-            continue
-        pick = rng.random()
+
+    def ipv4():
+        return rng.randrange(0x0B000000, 0x7E000000)
+
+    def ipv6():
+        return (0x2000 << 112) | (rng.getrandbits(128) >> 3)
+
+    def candidate():
+        pick = rng.random() if size >= 1_000_000 else 0.0
         if pick < 0.45:
-            entries.append(str(ipaddress.IPv4Address(rng.randrange(0x0B000000, 0x7E000000))))
-        elif pick < 0.90:
-            entries.append(str(ipaddress.IPv6Address((0x2000 << 112) | (rng.getrandbits(128) >> 3))))
-        elif pick < 0.95:
-            net = ipaddress.IPv4Network((rng.randrange(0x0B000000, 0x7E000000), rng.randrange(20, 31)), strict=False)
-            entries.append(str(net))
-        else:
-            net = ipaddress.IPv6Network(((0x2000 << 112) | (rng.getrandbits(128) >> 3), rng.randrange(48, 121)), strict=False)
-            entries.append(str(net))
-    entries.append(CLIENT if member else "10.0.0.1")
-    return entries
+            return str(ipaddress.IPv4Address(ipv4()))
+        if pick < 0.90:
+            return str(ipaddress.IPv6Address(ipv6()))
+        if pick < 0.95:
+            return str(ipaddress.IPv4Network((ipv4(), rng.randrange(20, 31)), strict=False))
+        return str(ipaddress.IPv6Network((ipv6(), rng.randrange(48, 121)), strict=False))
+
+    entries = {}
+    while len(entries) < size - 1:
+        entries.setdefault(candidate(), None)
+    return list(entries) + [CLIENT if member else "10.0.0.1"]
 
 
 # --- nginx ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ pub fn binary_addr(bytes: &[u8]) -> Option<IpAddr> {
 
 /// One forwarded hop: an address, optionally with a port (`1.2.3.4:80`, `[::1]:80`, `[::1]`),
 /// which some proxies add.
-fn parse_hop(bytes: &[u8]) -> Option<IpAddr> {
+pub fn parse_hop(bytes: &[u8]) -> Option<IpAddr> {
     if let Some(addr) = parse_addr(bytes) {
         return Some(addr);
     }

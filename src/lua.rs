@@ -90,14 +90,18 @@ fn option_value(value: LuaValue) -> OptionValue {
         LuaValue::Integer(n) => OptionValue::Num(n as f64),
         LuaValue::Number(n) => OptionValue::Num(n),
         LuaValue::Boolean(b) => OptionValue::Bool(b),
-        LuaValue::Table(t) => OptionValue::List(
-            t.sequence_values::<LuaValue>()
-                .map(|v| {
-                    v.map(option_value)
-                        .unwrap_or(OptionValue::Other("?".into()))
-                })
-                .collect(),
-        ),
+        LuaValue::Table(t) => {
+            let items: Vec<OptionValue> = t
+                .sequence_values::<LuaValue>()
+                .map(|v| v.map_or(OptionValue::Other("?".into()), option_value))
+                .collect();
+            // Keys beyond 1..n mean a map where a list was meant: not a list, never an empty one.
+            if t.pairs::<LuaValue, LuaValue>().count() == items.len() {
+                OptionValue::List(items)
+            } else {
+                OptionValue::Other("table with non-list keys".into())
+            }
+        }
         other => OptionValue::Other(other.type_name().to_string()),
     }
 }

@@ -3,6 +3,7 @@
 //! backoff, and keeps the last good list through any failure. It never touches the Lua state
 //! (it talks to the worker only through [`Shared`]) and never blocks a request.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::log::{Level, Throttle};
-use crate::snapshot::{LoadedList, Snapshot};
+use crate::snapshot::{KeyKind, LoadedList, Snapshot};
 use crate::source::{fetch, FetchError, Fetched};
 use crate::state::Shared;
 use crate::whitelist::Whitelist;
@@ -34,6 +35,7 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         throttle: Throttle::new(ERROR_LOG_INTERVAL),
         failures_in_a_row: 0,
         first_load_done: Some(first_load_done),
+        warned: HashSet::new(),
     };
     thread::Builder::new()
         .name("gray-refresher".into())
@@ -48,6 +50,7 @@ struct Refresher {
     throttle: Throttle,
     failures_in_a_row: u64,
     first_load_done: Option<mpsc::Sender<()>>,
+    warned: HashSet<String>,
 }
 
 impl Refresher {
@@ -68,27 +71,45 @@ impl Refresher {
     /// One connection's life: subscribe, load, then wait for a message or the next poll, until
     /// something fails.
     fn session(&mut self) -> Result<Infallible, String> {
-        let mut con = self
-            .connect()
-            .map_err(|e| format!("failed to connect to redis: {e}"))?;
-        let mut sub_con = match &self.config.channel {
-            Some(_) => self
-                .connect()
-                .map_err(|e| format!("failed to connect to redis: {e}"))?
-                .into(),
+        let mut con = self.connect().map_err(|e| self.connect_error(&e))?;
+        let mut sub_con = match self.config.channel.clone() {
+            Some(channel) => self.subscribe(&channel)?,
             None => None,
         };
         let mut pubsub = sub_con.as_mut().map(|c| c.as_pubsub());
-        if let (Some(pubsub), Some(channel)) = (pubsub.as_mut(), &self.config.channel) {
-            pubsub
-                .subscribe(channel)
-                .map_err(|e| format!("failed to subscribe to {channel}: {}", self.describe(&e)))?;
-        }
         self.shared
             .update_status(|s| s.subscribed = pubsub.is_some());
         loop {
             self.poll(&mut con)?;
             self.wait(pubsub.as_mut())?;
+        }
+    }
+
+    fn connect_error(&self, e: &redis::RedisError) -> String {
+        format!("failed to connect to redis: {}", self.describe(e))
+    }
+
+    /// A connection subscribed to `channel`, or `None` when Redis refuses the subscription (an
+    /// ACL without pub/sub, say): polling alone still works.
+    fn subscribe(&mut self, channel: &str) -> Result<Option<redis::Connection>, String> {
+        let mut con = self.connect().map_err(|e| self.connect_error(&e))?;
+        // A plain query: redis 1.8's PubSub::subscribe takes an error reply for success.
+        match redis::cmd("SUBSCRIBE")
+            .arg(channel)
+            .query::<redis::Value>(&mut con)
+        {
+            Ok(_) => Ok(Some(con)),
+            Err(e) if e.is_io_error() => Err(format!(
+                "failed to subscribe to {channel}: {}",
+                self.describe(&e)
+            )),
+            Err(e) => {
+                self.warn_once(format!(
+                    "cannot subscribe to {channel} ({e}); changes are seen by polling every {:.1}s",
+                    self.config.refresh.as_secs_f64()
+                ));
+                Ok(None)
+            }
         }
     }
 
@@ -188,13 +209,7 @@ impl Refresher {
         }));
     }
 
-    fn report_parse(
-        &self,
-        list: &Whitelist,
-        kind: crate::snapshot::KeyKind,
-        version: u64,
-        took: Duration,
-    ) {
+    fn report_parse(&self, list: &Whitelist, kind: KeyKind, version: u64, took: Duration) {
         let key = &self.config.key;
         let shared = self.shared;
         shared.log(
@@ -232,6 +247,13 @@ impl Refresher {
                     t.entry, t.network
                 ),
             );
+        }
+    }
+
+    /// A condition that repeats on every reconnect but is not a failure.
+    fn warn_once(&mut self, message: String) {
+        if self.warned.insert(message.clone()) {
+            self.shared.log(Level::Warn, message);
         }
     }
 

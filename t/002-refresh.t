@@ -209,3 +209,36 @@ ACL SETUSER tester on >secret ~* +@all
 redis://tester:\*\*\*@127\.0\.0\.1:\d+/0
 16 number number true
 $
+
+
+
+=== TEST 9: Redis refuses SUBSCRIBE (ACL without pub/sub): the list still loads, by polling
+--- redis
+SET gray 127.0.0.1
+ACL SETUSER tester on >secret ~* +@all -@pubsub
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://tester:secret@127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.2,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local s = gray.status()
+            ngx.say((gray.decide()), " subscribed=", s.subscribed)
+            T.redis("set", "gray", "127.0.0.2")
+            ngx.say("seen by polling: ", (T.wait_for(function()
+                return gray.decide() == "@prod1"
+            end, 1)))
+        }
+    }
+--- response_body
+@prod2-grey subscribed=false
+seen by polling: true
+--- error_log
+cannot subscribe to gray:changed
+changes are seen by polling every 0.2s
+--- no_error_log
+[error]

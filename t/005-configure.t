@@ -24,6 +24,7 @@ __DATA__
             { channel = true },
             { trusted_proxies = { "10.0.0.0/8", "nope" } },
             { trusted_proxies = 5 },
+            { trusted_proxies = { proxy = "10.0.0.1" } },
             "redis://127.0.0.1",
         }
         for _, opts in ipairs(cases) do
@@ -51,6 +52,7 @@ opts.prod must be a non-empty string, got number
 opts.channel must be a non-empty string or false
 opts.trusted_proxies[2] is not an IP address or CIDR: "nope" (not an IPv4/IPv6 address or CIDR)
 opts.trusted_proxies must be a list of IP addresses or CIDRs, got number
+opts.trusted_proxies must be a list of IP addresses or CIDRs, got table with non-list keys
 bad argument #1 to 'configure' (table expected, got string)
 
 
