@@ -207,6 +207,8 @@ impl Refresher {
                 loaded_at: SystemTime::now(),
             }),
         }));
+        drop(current);
+        release_freed_memory();
     }
 
     fn report_parse(&self, list: &Whitelist, kind: KeyKind, version: u64, took: Duration) {
@@ -324,4 +326,20 @@ fn is_timeout(e: &redis::RedisError) -> bool {
         source = error.source();
     }
     false
+}
+
+/// Parsing a large list frees tens of megabytes of temporaries (the raw members, the parsed
+/// networks), which glibc otherwise keeps mapped in this thread's arena for good: give them back.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim takes no pointers and only returns free memory to the system; glibc
+        // makes it safe to call from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
