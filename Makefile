@@ -5,12 +5,14 @@ DESTDIR ?=
 LUA_CMOD_DIR ?= $(PREFIX)/lib/lua/5.1
 SHARE_DIR ?= $(PREFIX)/share/gray
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := whitelist client_ip
 GATEWAY_PORT ?= 8080
 REDIS_PORT ?= 6379
 
 LIB := target/release/libgray.so
 
-.PHONY: help deps build run test test-unit test-nginx lint check-conf bench install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx lint check-conf bench fuzz install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -51,6 +53,15 @@ test-nginx: deps build ## The t/*.t suite against real nginx and a private redis
 bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a smoke run, bench/RESULTS.quick.md)
 	@scripts/deps.sh wrk valgrind
 	python3 bench/run.py $(if $(QUICK),--quick)
+
+fuzz: ## Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of each parser for FUZZ_SECONDS (60)
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@# New inputs go to target/fuzz-corpus; fuzz/corpus holds the committed seeds only.
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p target/fuzz-corpus/$$t && \
+	    (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+	        -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
+	done
 
 install: build ## gray.so into PREFIX/lib/lua/5.1 (LuaJIT default cpath), route.lua into PREFIX/share/gray (PREFIX=/usr/local, DESTDIR)
 	install -D -m 0755 $(LIB) $(DESTDIR)$(LUA_CMOD_DIR)/gray.so

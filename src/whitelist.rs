@@ -257,6 +257,20 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing: `::/80` spans the IPv4-mapped range. Mapped addresses are IPv4 clients,
+    /// and an IPv6 network never matches IPv4 clients (`::/0` means every IPv6 client, not
+    /// everyone); only mapped entries of /96 or longer are IPv4 entries.
+    #[test]
+    fn ipv6_networks_spanning_the_mapped_range_do_not_match_ipv4_clients() {
+        let list = parse("::/80 ::/0");
+        assert!(list.set.contains("::".parse().unwrap()));
+        assert!(list.set.contains("2001:db8::1".parse().unwrap()));
+        assert!(!list.set.contains("::ffff:255.255.255.255".parse().unwrap()));
+        assert!(!list.set.contains("10.1.2.3".parse().unwrap()));
+        let mapped = parse("::ffff:0:0/96");
+        assert!(mapped.set.contains("10.1.2.3".parse().unwrap()));
+    }
+
     #[test]
     fn set_members_each_parse() {
         let list = Whitelist::parse([&b"127.0.0.1"[..], b"::1", b"10.0.0.0/8 11.0.0.1"]);
