@@ -231,11 +231,16 @@ http {{
              location / {{ return 200 "gray\\n"; }} }}
 }}
 """
+    return start_nginx(prefix, conf, BACKEND_PROD_PORT)
+
+
+def start_nginx(prefix, conf, ready_port, timeout=120):
+    """Writes `conf` into `prefix` and runs nginx in the foreground until `ready_port` answers."""
     path = os.path.join(prefix, "nginx.conf")
     with open(path, "w") as f:
         f.write(conf)
     proc = spawn(["nginx", "-p", prefix + "/", "-c", path])
-    wait_port(BACKEND_PROD_PORT)
+    wait_port(ready_port, timeout)
     return proc
 
 
@@ -319,12 +324,8 @@ http {{
 
 def start_gateway(entries, refresh, lua_cache=True):
     prefix = nginx_prefix("gateway")
-    path = os.path.join(prefix, "nginx.conf")
-    with open(path, "w") as f:
-        f.write(gateway_conf(prefix, entries, refresh, lua_cache=lua_cache))
-    proc = spawn(["nginx", "-p", prefix + "/", "-c", path])
-    wait_port(DECISION_PORT, timeout=600)
-    return proc, prefix
+    conf = gateway_conf(prefix, entries, refresh, lua_cache=lua_cache)
+    return start_nginx(prefix, conf, DECISION_PORT, timeout=600), prefix
 
 
 def get(port, path, conn=None):
