@@ -209,9 +209,16 @@ def nginx_prefix(name):
     return prefix
 
 
-def temp_paths(prefix):
-    return "\n".join(f"    {kind}_temp_path {prefix}/{kind}_temp;"
+def preamble(prefix, log_level):
+    """What every nginx here starts with: its files under `prefix`, then `http {` opened."""
+    temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind}_temp;"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log {log_level};
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temp}"""
 
 
 def start_backends():
@@ -219,12 +226,7 @@ def start_backends():
     conf = f"""
 worker_processes 1;
 daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-{temp_paths(prefix)}
+{preamble(prefix, "warn")}
     server {{ listen {CLIENT}:{BACKEND_PROD_PORT}; keepalive_requests 1000000;
              location / {{ return 200 "prod\\n"; }} }}
     server {{ listen {CLIENT}:{BACKEND_GRAY_PORT}; keepalive_requests 1000000;
@@ -294,12 +296,7 @@ def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_
     return f"""
 {chr(10).join(f"load_module {m};" for m in MODULES)}
 {head}
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log notice;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-{temp_paths(prefix)}
+{preamble(prefix, "notice")}
     lua_package_cpath "{LIB_DIR}/lib?.so;;";
     lua_package_path "{TOP}/bench/lua/?.lua;;";
     init_worker_by_lua_block {{
