@@ -17,6 +17,8 @@ pub const DEFAULT_GRAY: &str = "@prod2-grey";
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_CHANNEL: &str = "gray:changed";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Room for about 1.25 million mixed IPv4/IPv6 entries (a 1M-entry list is ~26 MB of text).
+pub const DEFAULT_MAX_BYTES: usize = 32 << 20;
 
 /// The option names `configure` accepts, in the order the README documents them.
 pub const OPTION_NAMES: &[&str] = &[
@@ -28,6 +30,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "channel",
     "trusted_proxies",
     "timeout",
+    "max_bytes",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -80,6 +83,8 @@ pub struct Config {
     pub channel: Option<String>,
     pub trusted_proxies: IpSet,
     pub timeout: Duration,
+    /// The largest list text (string length, or the sum of a SET's member lengths) gray reads.
+    pub max_bytes: usize,
 }
 
 impl Default for Config {
@@ -99,6 +104,7 @@ impl Config {
         let mut channel = Some(DEFAULT_CHANNEL.to_string());
         let mut trusted_proxies = IpSet::default();
         let mut timeout = DEFAULT_TIMEOUT;
+        let mut max_bytes = DEFAULT_MAX_BYTES;
 
         for (name, value) in options {
             match name.as_str() {
@@ -117,6 +123,7 @@ impl Config {
                     }
                 }
                 "trusted_proxies" => trusted_proxies = networks(&name, value)?,
+                "max_bytes" => max_bytes = byte_count(&name, value)?,
                 _ => {
                     return Err(invalid(format!(
                         "unknown option opts.{name} (known: {})",
@@ -138,6 +145,7 @@ impl Config {
             channel,
             trusted_proxies,
             timeout,
+            max_bytes,
         })
     }
 }
@@ -160,6 +168,18 @@ fn positive_seconds(name: &str, value: OptionValue) -> Result<Duration, ConfigEr
         }
         _ => Err(invalid(format!(
             "opts.{name} must be a positive number of seconds (at most 86400)"
+        ))),
+    }
+}
+
+/// A whole number of bytes, from 1 KiB (any smaller cap is a typo) to 4 GiB.
+fn byte_count(name: &str, value: OptionValue) -> Result<usize, ConfigError> {
+    match value {
+        OptionValue::Num(n) if n.fract() == 0.0 && (1024.0..=4_294_967_296.0).contains(&n) => {
+            Ok(n as usize)
+        }
+        _ => Err(invalid(format!(
+            "opts.{name} must be a whole number of bytes from 1024 to 4294967296"
         ))),
     }
 }
@@ -249,6 +269,7 @@ mod tests {
         assert_eq!(c.channel.as_deref(), Some("gray:changed"));
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.redis_display, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.max_bytes, 32 << 20);
     }
 
     #[test]
@@ -265,8 +286,10 @@ mod tests {
                 List(vec![Str("10.0.0.0/8".into()), Str("::1".into())]),
             ),
             ("timeout", Num(2.0)),
+            ("max_bytes", Num(1048576.0)),
         ])
         .unwrap();
+        assert_eq!(c.max_bytes, 1 << 20);
         assert_eq!(c.refresh, Duration::from_millis(250));
         assert_eq!(c.channel, None);
         assert!(c.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
@@ -331,6 +354,18 @@ mod tests {
             (
                 &[("trusted_proxies", List(vec![Bool(true)]))],
                 "opts.trusted_proxies[1] must be a string, got boolean",
+            ),
+            (
+                &[("max_bytes", Num(100.0))],
+                "opts.max_bytes must be a whole number of bytes from 1024",
+            ),
+            (
+                &[("max_bytes", Num(2048.5))],
+                "opts.max_bytes must be a whole number of bytes",
+            ),
+            (
+                &[("max_bytes", Str("32m".into()))],
+                "opts.max_bytes must be a whole number of bytes",
             ),
             (
                 &[("refrsh", Num(1.0))],

@@ -164,15 +164,15 @@ impl Refresher {
 
     fn poll(&mut self, con: &mut redis::Connection) -> Result<(), String> {
         let key = &self.config.key;
-        match fetch(con, key) {
+        match fetch(con, key, self.config.max_bytes) {
             Ok(fetched) => {
                 self.install(fetched);
                 self.record_success();
                 Ok(())
             }
-            Err(FetchError::WrongType(kind)) => {
+            Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
                 // The connection is fine; keep it and the last good list.
-                let error = format!("ignoring key {key}: {}", FetchError::WrongType(kind));
+                let error = format!("ignoring key {key}: {refused}");
                 self.record_failure(&error, true);
                 Ok(())
             }

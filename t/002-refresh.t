@@ -242,3 +242,51 @@ cannot subscribe to gray:changed
 changes are seen by polling every 0.2s
 --- no_error_log
 [error]
+
+
+
+=== TEST 10: a value over max_bytes is refused unread, string or set: the last good list stays
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.2, max_bytes = 4096,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local function refused(message)
+                return T.wait_for(function()
+                    return (gray.status().last_error or ""):find(message, 1, true)
+                end, 2)
+            end
+            T.redis("set", "gray", string.rep("10.0.0.1,", 500))
+            T.redis("publish", "gray:changed", "1")
+            ngx.say(refused("value is 4500 bytes, over max_bytes (4096 bytes)") ~= nil, " ",
+                    (gray.decide()))
+            local members = {}
+            for i = 1, 500 do
+                members[i] = "10.0." .. math.floor(i / 256) .. "." .. i % 256
+            end
+            T.redis("del", "gray")
+            T.redis("sadd", "gray", unpack(members))
+            T.redis("publish", "gray:changed", "1")
+            ngx.say(refused("set members exceed max_bytes (4096 bytes)") ~= nil, " ",
+                    (gray.decide()))
+            T.redis("set", "gray", string.rep("10.0.0.1,", 450))
+            T.redis("publish", "gray:changed", "1")
+            ngx.say("under the cap: ", (T.wait_for(function()
+                return gray.decide() == "@prod1"
+            end, 2)))
+        }
+    }
+--- response_body
+true @prod2-grey
+true @prod2-grey
+under the cap: true
+--- error_log
+ignoring key gray: value is 4500 bytes, over max_bytes (4096 bytes); keeping the last good list
+--- wait: 0.3
