@@ -12,7 +12,7 @@ REDIS_PORT ?= 6379
 
 LIB := target/release/libgray.so
 
-.PHONY: help deps build run test test-unit test-nginx lint check-conf bench fuzz install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx test-chaos lint check-conf bench chaos fuzz install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ $(LIB): build
 run: deps build ## Redis, two demo backends and the gateway on 127.0.0.1:8080 (GATEWAY_PORT=, REDIS_PORT=); Ctrl-C stops
 	@GATEWAY_PORT=$(GATEWAY_PORT) REDIS_PORT=$(REDIS_PORT) scripts/run-demo.sh
 
-test: deps build lint test-unit check-conf test-nginx ## Everything: lint, unit tests, nginx config check, Test::Nginx suite
+test: deps build lint test-unit check-conf test-nginx test-chaos ## Everything: lint, unit tests, nginx config check, Test::Nginx suite, fault suite
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --check
@@ -53,6 +53,14 @@ test-nginx: deps build ## The t/*.t suite against real nginx and a private redis
 bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a smoke run, bench/RESULTS.quick.md)
 	@scripts/deps.sh wrk valgrind
 	python3 bench/run.py $(if $(QUICK),--quick)
+
+test-chaos: build ## The fault suite: faults and bad input under wrk load, every response counted; fails when a figure is off
+	@scripts/deps.sh wrk
+	python3 chaos/run.py
+
+chaos: build ## The fault suite, and its table written to chaos/RESULTS.md
+	@scripts/deps.sh wrk
+	python3 chaos/run.py --report chaos/RESULTS.md
 
 fuzz: ## Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of each parser for FUZZ_SECONDS (60)
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

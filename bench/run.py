@@ -20,16 +20,17 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIB_DIR = os.path.join(TOP, "target", "release")
-MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from harness import (HOST as CLIENT, LIB_DIR, PROCESSES, TOP, Redis, get, load_modules,  # noqa: E402
+                     preamble, rss_mib, spawn, start_nginx, stop, stop_all, wait_port, wait_until,
+                     worker_pids)
+import harness  # noqa: E402
 
 REDIS_PORT = 16479
 PROXIED_PORT = 16480
@@ -38,7 +39,6 @@ BACKEND_PROD_PORT = 16481
 BACKEND_GRAY_PORT = 16482
 CALLGRIND_PORT = 16484
 
-CLIENT = "127.0.0.1"
 VARIANTS = {
     "v1": "classic: connect + GET + string.find per request",
     "v2": "classic with a keepalive pool",
@@ -52,123 +52,10 @@ VARIANTS = {
 VARIANTS_AT_1M = ["v3", "v4", "v5", "v6", "v7"]
 
 RUN_DIR = None
-PROCESSES = []
 
 
 def log(*args):
-    print("bench:", *args, file=sys.stderr, flush=True)
-
-
-# --- processes --------------------------------------------------------------------------------
-
-def spawn(args, **kwargs):
-    proc = subprocess.Popen(args, **kwargs)
-    PROCESSES.append(proc)
-    return proc
-
-
-def stop(proc, sig=signal.SIGTERM, timeout=15):
-    if proc.poll() is None:
-        try:
-            proc.send_signal(sig)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc in PROCESSES:
-        PROCESSES.remove(proc)
-
-
-def stop_all(*_):
-    for proc in list(PROCESSES):
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        stop(proc, signal.SIGQUIT if "nginx" in str(proc.args) else signal.SIGTERM, timeout=5)
-
-
-def wait_port(port, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            conn = http.client.HTTPConnection(CLIENT, port, timeout=1)
-            conn.request("GET", "/__ready")
-            conn.getresponse().read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing answers on {CLIENT}:{port}")
-
-
-# --- redis ------------------------------------------------------------------------------------
-
-class Redis:
-    def __init__(self):
-        self.dir = os.path.join(RUN_DIR, "redis")
-        os.makedirs(self.dir, exist_ok=True)
-        self.proc = spawn(["redis-server", "--port", str(REDIS_PORT), "--bind", CLIENT, "--save", "",
-                           "--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log",
-                           "--proto-max-bulk-len", "1gb"])
-        for _ in range(200):
-            if self.cli("PING", check=False) == "PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def cli(self, *args, check=True):
-        out = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), *args], capture_output=True, text=True)
-        if check and out.returncode != 0:
-            raise RuntimeError(f"redis-cli {args[:2]}: {out.stderr}")
-        return out.stdout.strip()
-
-    def put_list(self, entries, kind):
-        """Replaces the key `gray` with `entries`, as a string or a SET, in one pipe."""
-        def command(*words):
-            parts = [f"*{len(words)}\r\n"]
-            for w in words:
-                parts.append(f"${len(w.encode())}\r\n{w}\r\n")
-            return "".join(parts)
-        chunks = [command("DEL", "gray")]
-        if kind == "string":
-            chunks.append(command("SET", "gray", ",".join(entries)))
-        else:
-            for i in range(0, len(entries), 1000):
-                chunks.append(command("SADD", "gray", *entries[i:i + 1000]))
-        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "--pipe"], input="".join(chunks).encode(),
-                       capture_output=True, check=True)
-
-    def publish(self):
-        self.cli("PUBLISH", "gray:changed", "1")
-
-    def connect(self):
-        return RespConnection()
-
-    def pause(self):
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self):
-        self.proc.send_signal(signal.SIGCONT)
-
-
-class RespConnection:
-    """A persistent Redis connection, so timings do not include starting redis-cli."""
-
-    def __init__(self):
-        self.sock = socket.create_connection((CLIENT, REDIS_PORT))
-        self.reader = self.sock.makefile("rb")
-
-    def call(self, *words):
-        payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
-        self.sock.sendall(payload.encode())
-        reply = self.reader.readline()
-        if not reply[:1] in (b"+", b":"):
-            raise RuntimeError(f"redis: {words[0]}: {reply!r}")
-
-    def close(self):
-        self.reader.close()
-        self.sock.close()
+    harness.log("bench", *args)
 
 
 # --- lists ------------------------------------------------------------------------------------
@@ -203,22 +90,7 @@ def make_list(size, member):
 # --- nginx ------------------------------------------------------------------------------------
 
 def nginx_prefix(name):
-    prefix = os.path.join(RUN_DIR, name)
-    shutil.rmtree(prefix, ignore_errors=True)
-    os.makedirs(os.path.join(prefix, "logs"))
-    return prefix
-
-
-def preamble(prefix, log_level):
-    """What every nginx here starts with: its files under `prefix`, then `http {` opened."""
-    temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind}_temp;"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log {log_level};
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-{temp}"""
+    return harness.nginx_prefix(RUN_DIR, name)
 
 
 def start_backends():
@@ -234,16 +106,6 @@ daemon off;
 }}
 """
     return start_nginx(prefix, conf, BACKEND_PROD_PORT)
-
-
-def start_nginx(prefix, conf, ready_port, timeout=120):
-    """Writes `conf` into `prefix` and runs nginx in the foreground until `ready_port` answers."""
-    path = os.path.join(prefix, "nginx.conf")
-    with open(path, "w") as f:
-        f.write(conf)
-    proc = spawn(["nginx", "-p", prefix + "/", "-c", path])
-    wait_port(ready_port, timeout)
-    return proc
 
 
 def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_cache=True):
@@ -294,7 +156,7 @@ def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_
     }}"""
     channel = "\"gray:changed\"" if not single_process else "false"
     return f"""
-{chr(10).join(f"load_module {m};" for m in MODULES)}
+{load_modules()}
 {head}
 {preamble(prefix, "notice")}
     lua_package_cpath "{LIB_DIR}/lib?.so;;";
@@ -323,34 +185,6 @@ def start_gateway(entries, refresh, lua_cache=True):
     prefix = nginx_prefix("gateway")
     conf = gateway_conf(prefix, entries, refresh, lua_cache=lua_cache)
     return start_nginx(prefix, conf, DECISION_PORT, timeout=600), prefix
-
-
-def get(port, path, conn=None):
-    conn = conn or http.client.HTTPConnection(CLIENT, port, timeout=10)
-    conn.request("GET", path)
-    response = conn.getresponse()
-    return response.status, response.read().decode()
-
-
-def wait_until(check, timeout, interval=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return False
-
-
-def worker_pids(prefix):
-    with open(os.path.join(prefix, "nginx.pid")) as f:
-        master = f.read().strip()
-    with open(f"/proc/{master}/task/{master}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 # --- wrk --------------------------------------------------------------------------------------
@@ -698,7 +532,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     started = time.time()
     try:
-        redis = Redis()
+        redis = Redis(REDIS_PORT, RUN_DIR)
         start_backends()
         mt = matcher(opts)
         tp = throughput(redis, opts)

@@ -1,0 +1,622 @@
+#!/usr/bin/env python3
+"""`make chaos`: faults and bad input under a steady wrk load against a two-worker gateway, every
+response counted. Prints a table (fault, requests, non-2xx, socket errors, misrouted, recovered
+after) and the checks behind it (also into --report FILE), and exits 1 when any figure is off.
+
+Loopback only, about two minutes; every process it starts is stopped when it ends, also on Ctrl-C.
+The gateway runs gray with its defaults (refresh 1 s, timeout 1 s, max_bytes 32 MiB), trusting
+X-Forwarded-For from 127.0.0.1 so that one wrk can speak for many clients; a second gateway that
+trusts only 127.0.0.2 receives the spoofed headers.
+"""
+
+import argparse
+import datetime
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from harness import (HOST, LIB_DIR, PROCESSES, TOP, Redis, alive, get, load_modules,  # noqa: E402
+                     nginx_prefix, preamble, rss_mib, spawn, start_nginx, stop_all, wait_until,
+                     worker_pids)
+import harness  # noqa: E402
+
+REDIS_PORT = 16579
+GATEWAY_PORT = 16580
+BACKEND_PROD_PORT = 16581
+BACKEND_GRAY_PORT = 16582
+SPOOF_PORT = 16583
+
+REFRESH = 1.0    # gray's default
+RECOVERY_BOUND = REFRESH + 0.5
+RELOADS = 20
+LOAD_LUA = os.path.join(TOP, "chaos", "load.lua")
+
+# The good list: 1,000 entries (IPv4 hosts, IPv6 hosts, IPv4 CIDRs). Non-members include
+# addresses a substring match would take for members (10.1.7.1 in "10.1.7.10").
+MEMBER_HOSTS_V4 = [f"10.1.{a}.{b}" for a in range(100) for b in range(1, 6)]
+MEMBER_HOSTS_V6 = [f"2001:db8:1::{i:x}" for i in range(1, 251)]
+MEMBER_NETS = [f"10.2.{a}.0/24" for a in range(250)]
+GOOD = MEMBER_HOSTS_V4 + MEMBER_HOSTS_V6 + MEMBER_NETS
+MEMBERS = MEMBER_HOSTS_V4[::5] + MEMBER_HOSTS_V6[::5] + [f"10.2.{a}.77" for a in range(0, 250, 5)]
+NON_MEMBERS = ([f"10.1.{a}.{b}0" for a in range(0, 100, 4) for b in (1, 2)] + [f"110.1.{a}.1" for a in range(25)]
+               + [f"2001:db8:1::1:{i:x}" for i in range(25)] + [f"10.3.{a}.77" for a in range(25)])
+PROBE = "10.9.9.9"   # not in the good list: a change that adds it is "the new state"
+
+RUN_DIR = None
+
+
+def log(*args):
+    harness.log("chaos", *args)
+
+
+# --- gateways ---------------------------------------------------------------------------------
+
+def start_backends():
+    """nginx answering "<route> <expected>"; returns how to reload it."""
+    prefix = nginx_prefix(RUN_DIR, "backends")
+    conf = f"""
+worker_processes 1;
+daemon off;
+{preamble(prefix, "warn")}
+    server {{ listen {HOST}:{BACKEND_PROD_PORT}; keepalive_requests 1000000;
+             location / {{ return 200 "prod $http_x_expect\\n"; }} }}
+    server {{ listen {HOST}:{BACKEND_GRAY_PORT}; keepalive_requests 1000000;
+             location / {{ return 200 "gray $http_x_expect\\n"; }} }}
+}}
+"""
+    start_nginx(prefix, conf, BACKEND_PROD_PORT)
+    return lambda: subprocess.run(["nginx", "-p", prefix + "/", "-c", os.path.join(prefix, "nginx.conf"),
+                                   "-s", "reload"], check=True, capture_output=True)
+
+
+class Gateway:
+    """nginx with two workers routing with gray and proxying to the backends."""
+
+    def __init__(self, name, port, trusted):
+        self.port = port
+        self.prefix = nginx_prefix(RUN_DIR, name)
+        self.conf = os.path.join(self.prefix, "nginx.conf")
+        proxy = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
+        conf = f"""
+{load_modules()}
+worker_processes 2;
+daemon off;
+{preamble(self.prefix, "notice")}
+    lua_package_cpath "{LIB_DIR}/lib?.so;;";
+    init_worker_by_lua_block {{
+        require("gray").configure{{
+            redis = "redis://{HOST}:{REDIS_PORT}/0", trusted_proxies = "{trusted}",
+        }}
+    }}
+    upstream prod1 {{ server {HOST}:{BACKEND_PROD_PORT}; keepalive 16; }}
+    upstream prod2-grey {{ server {HOST}:{BACKEND_GRAY_PORT}; keepalive 16; }}
+    server {{
+        listen {HOST}:{port}; keepalive_requests 1000000;
+        location / {{ content_by_lua_block {{ return require("gray").route() }} }}
+        location @prod1 {{ proxy_pass http://prod1; {proxy} }}
+        location @prod2-grey {{ proxy_pass http://prod2-grey; {proxy} }}
+        location = /__ready {{ return 200; }}
+    }}
+}}
+"""
+        self.proc = start_nginx(self.prefix, conf, port)
+        self.error_log = os.path.join(self.prefix, "logs", "error.log")
+
+    def route(self, client, conn=None):
+        status, body = get(self.port, "/", conn, headers={"X-Forwarded-For": client, "X-Expect": "-"})
+        return body.split()[0] if status == 200 else f"status {status}"
+
+    def signal(self, name):
+        subprocess.run(["nginx", "-p", self.prefix + "/", "-c", self.conf, "-s", name], check=True,
+                       capture_output=True)
+
+    def workers(self):
+        return worker_pids(self.prefix)
+
+    def log_text(self, since=0):
+        with open(self.error_log, errors="replace") as f:
+            f.seek(since)
+            return f.read()
+
+    def log_size(self):
+        return os.path.getsize(self.error_log)
+
+
+def wait_routes(gateway, client, route, timeout=10):
+    return wait_until(lambda: gateway.route(client) == route, timeout, 0.02)
+
+
+def put_good(redis, gateway, kind="string"):
+    """Back to the good list (plus nothing else) and wait until both workers route by it."""
+    redis.put_list(GOOD, kind)
+    redis.publish()
+    for client, route in ((MEMBERS[0], "gray"), (PROBE, "prod")):
+        # Several tries: the two workers take turns answering.
+        for _ in range(4):
+            assert wait_routes(gateway, client, route), f"{client} never routed to {route}"
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+def member_requests():
+    """The steady load: members and non-members, IPv4 and IPv6, through the trusted proxy."""
+    lines = [f"gray\tX-Forwarded-For: {c}" for c in MEMBERS] + [f"prod\tX-Forwarded-For: {c}" for c in NON_MEMBERS]
+    random.Random(1).shuffle(lines)
+    return lines
+
+
+class Load:
+    """wrk in the background until `finish`; its counts are judged by `accept`."""
+
+    def __init__(self, port, requests):
+        self.dir = tempfile.mkdtemp(dir=RUN_DIR)
+        requests_file = os.path.join(self.dir, "requests")
+        with open(requests_file, "w") as f:
+            f.write("\n".join(requests) + "\n")
+        self.result_file = os.path.join(self.dir, "result")
+        env = dict(os.environ, CHAOS_REQUESTS=requests_file, CHAOS_RESULT=self.result_file)
+        self.proc = spawn(["wrk", "-t2", "-c32", "-d600s", "--timeout", "5s", "-s", LOAD_LUA,
+                           f"http://{HOST}:{port}/"], env=env, stdout=subprocess.DEVNULL)
+        time.sleep(1)   # steady before the fault
+
+    def finish(self):
+        time.sleep(1)   # steady after it
+        self.proc.send_signal(signal.SIGINT)   # wrk stops, reports, and runs done()
+        self.proc.wait(30)
+        PROCESSES.remove(self.proc)
+        counts, errors = [], 0
+        with open(self.result_file) as f:
+            for line in f:
+                fields = line.split()
+                if fields[0] == "errors":
+                    errors = sum(map(int, fields[1:]))
+                else:
+                    bucket, status, expected, route, n = fields
+                    counts.append((int(bucket) / 10, int(status), expected, route, int(n)))
+        return counts, errors
+
+
+def same(expected, route, _start):
+    return route == expected
+
+
+class Row:
+    def __init__(self, fault, counts, errors, accept=same, recovered=None):
+        self.fault = fault
+        self.requests = sum(n for *_, n in counts) + errors
+        self.non_2xx = sum(n for _, status, _, _, n in counts if not 200 <= status < 300)
+        self.errors = errors
+        self.misrouted = sum(n for start, status, expected, route, n in counts
+                             if 200 <= status < 300 and not accept(expected, route, start))
+        self.recovered = recovered
+        self.checks = []
+
+    def check(self, ok, what):
+        self.checks.append((bool(ok), what))
+        return ok
+
+    @property
+    def ok(self):
+        if self.requests is None:
+            return all(ok for ok, _ in self.checks)
+        return (self.requests > 0 and self.non_2xx == 0 and self.errors == 0 and self.misrouted == 0
+                and (self.recovered is None or self.recovered <= RECOVERY_BOUND)
+                and all(ok for ok, _ in self.checks))
+
+
+def recovery(gateway, client, route, since):
+    """Seconds from `since` until `client` is routed to `route` (a client of our own, not wrk's)."""
+    assert wait_routes(gateway, client, route, 30), f"{client} never routed to {route}"
+    return time.time() - since
+
+
+def logged(gateway, pattern, since=0):
+    return re.search(pattern, gateway.log_text(since)) is not None
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+def baseline(redis, gw):
+    load = Load(gw.port, member_requests())
+    return Row("none (baseline)", *load.finish())
+
+
+def redis_killed(redis, gw):
+    since = gw.log_size()
+    redis.cli("SAVE")   # a restarted Redis comes back with its data, as one with persistence does
+    load = Load(gw.port, member_requests())
+    redis.kill()
+    time.sleep(3 * REFRESH)
+    redis.start()
+    back = time.time()
+    redis.pipe(["SET", "gray", ",".join(GOOD + [PROBE])], ["PUBLISH", "gray:changed", "1"])
+    recovered = recovery(gw, PROBE, "gray", back)
+    row = Row("Redis killed (SIGKILL) 3 s, restarted", *load.finish(), recovered=recovered)
+    row.check(logged(gw, r"gray: failed to (connect to redis|read key gray)", since), "error log: gray says Redis is away")
+    row.check(logged(gw, r"gray: redis is back after \d+ failed attempts", since), "error log: redis is back")
+    put_good(redis, gw)
+    return row
+
+
+def redis_hung(redis, gw):
+    since = gw.log_size()
+    load = Load(gw.port, member_requests())
+    redis.pause()
+    time.sleep(3 * REFRESH)
+    redis.resume()
+    back = time.time()
+    redis.pipe(["SET", "gray", ",".join(GOOD + [PROBE])], ["PUBLISH", "gray:changed", "1"])
+    recovered = recovery(gw, PROBE, "gray", back)
+    row = Row("Redis hung (SIGSTOP) 3 s, continued", *load.finish(), recovered=recovered)
+    row.check(logged(gw, r"timed out after 1\.0s", since), "error log: gray names the timeout")
+    put_good(redis, gw)
+    return row
+
+
+def redis_restarted_empty(redis, gw):
+    since = gw.log_size()
+    load = Load(gw.port, member_requests())
+    redis.kill()
+    redis.forget_dump()
+    time.sleep(REFRESH)
+    redis.start()
+    back = time.time()
+    recovered = recovery(gw, MEMBERS[0], "prod", back)
+
+    def accept(expected, route, start):
+        # Members go to production once the empty key is seen: either route while that happens.
+        if start + 0.1 <= back:
+            return route == expected
+        if start < back + RECOVERY_BOUND:
+            return True
+        return route == "prod"
+    row = Row("Redis restarted empty (key gone)", *load.finish(), accept=accept, recovered=recovered)
+    row.check(logged(gw, r"loaded whitelist from missing key gray: 0 entries", since), "error log: the empty list loaded")
+    put_good(redis, gw)
+    return row
+
+
+def fd_profile(pid):
+    """Threads and file descriptors of a process, by kind. Connections to clients and upstreams
+    come and go with the load; everything else must be the same in every generation of workers."""
+    sockets = {}
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                state = fields[3]
+                sockets[fields[9]] = ("listen" if state == "0A" else "redis" if remote_port == REDIS_PORT
+                                      else "upstream" if remote_port in (BACKEND_PROD_PORT, BACKEND_GRAY_PORT)
+                                      else "client" if local_port in (GATEWAY_PORT, SPOOF_PORT) else "tcp")
+    profile = {"threads": len(os.listdir(f"/proc/{pid}/task"))}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        m = re.match(r"socket:\[(\d+)\]", target)
+        kind = (sockets.get(m.group(1), "unix socket") if m else "pipe" if target.startswith("pipe:")
+                else "anon" if target.startswith("anon_inode:") else "file")
+        profile[kind] = profile.get(kind, 0) + 1
+    return profile
+
+
+def fixed(profile):
+    return {k: v for k, v in profile.items() if k not in ("client", "upstream")}
+
+
+def describe(profile):
+    return ", ".join(f"{k} {v}" for k, v in sorted(profile.items()))
+
+
+def reloads(redis, gw):
+    master = gw.proc.pid
+    first = gw.workers()
+    master_before = fd_profile(master)
+    workers_before = [fixed(fd_profile(w)) for w in first]
+    exits_before = gw.log_text().count("exited with code 0")
+    # One connection per request: see keepalive_reference for why.
+    load = Load(gw.port, [f"{line}\tConnection: close" for line in member_requests()])
+    seen, current = set(first), first
+    for _ in range(RELOADS):
+        gw.signal("reload")
+        # A reload is done when a new generation of two workers runs; then reload again.
+        assert wait_until(lambda: len(set(gw.workers()) - seen) >= 2, 30), "reload never finished"
+        current = [w for w in gw.workers() if w not in seen]
+        seen.update(current)
+        time.sleep(0.3)
+    old = sorted(seen - set(current))
+    exited = wait_until(lambda: not any(alive(w) for w in old), 30)
+    row = Row(f"{RELOADS} x nginx -s reload (a new connection per request)", *load.finish())
+    row.check(exited, f"all {len(old)} old workers exited")
+    exits = gw.log_text().count("exited with code 0") - exits_before
+    row.check(exits == len(old), f"master logged {exits} of {len(old)} 'exited with code 0'")
+    row.check(not logged(gw, r"exited on signal|\[alert\]|\[crit\]|\[emerg\]"), "no crash, alert or crit in the error log")
+    master_after = fd_profile(master)
+    workers_after = [fixed(fd_profile(w)) for w in gw.workers()]
+    row.check(master_after == master_before,
+              f"master: {describe(master_before)} before; {describe(master_after)} after")
+    def key(profiles):
+        return sorted(sorted(p.items()) for p in profiles)
+    row.check(key(workers_after) == key(workers_before),
+              "workers: " + " / ".join(map(describe, workers_before)) + " before; "
+              + " / ".join(map(describe, workers_after)) + " after")
+    return row
+
+
+def keepalive_reference(gw, reload_backends):
+    """Not judged, reported: the same reloads under keep-alive load, for gray and for nginx alone.
+    An old worker closes its idle keep-alive connections when it shuts down; a request sent on one
+    at that moment fails. Browsers and HTTP libraries retry it (RFC 9112, 9.3.1); wrk does not and
+    counts a read error, with or without gray."""
+    figures = []
+    for name, port, reload in (("gray gateway", gw.port, lambda: gw.signal("reload")),
+                               ("nginx alone (return 200, no Lua)", BACKEND_PROD_PORT, reload_backends)):
+        load = Load(port, member_requests())
+        for _ in range(RELOADS):
+            reload()
+            time.sleep(0.6)
+        counts, errors = load.finish()
+        figures.append((name, sum(n for *_, n in counts) + errors, errors))
+    return figures
+
+
+def quit_gateway(gw, name, expected_exits):
+    workers = gw.workers()
+    exits_before = gw.log_text().count("exited with code 0")
+    gw.signal("quit")
+    try:
+        gw.proc.wait(30)
+        master_exited = True
+    except subprocess.TimeoutExpired:
+        master_exited = False
+    PROCESSES.remove(gw.proc)
+    row = Row(f"nginx -s quit ({name})", [], 0)
+    row.requests = None
+    row.check(master_exited and gw.proc.returncode == 0, f"master exited with code {gw.proc.returncode}")
+    row.check(not any(alive(w) for w in workers), f"its {len(workers)} workers are gone")
+    exits = gw.log_text().count("exited with code 0") - exits_before
+    row.check(exits == expected_exits, f"master logged {exits} of {expected_exits} 'exited with code 0'")
+    row.check(not logged(gw, r"exited on signal|\[alert\]|\[crit\]|\[emerg\]"), "no crash, alert or crit in the error log")
+    return row
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def garbage_entries(rng, n):
+    shapes = [lambda: f"{rng.randrange(256, 1000)}.{rng.randrange(256)}.0.1",
+              lambda: f"10.{rng.randrange(256)}.{rng.randrange(256)}",
+              lambda: f"10.5.{rng.randrange(256)}.0/{rng.randrange(33, 99)}",
+              lambda: f"2001:db8::{rng.randrange(1 << 16):x}::{rng.randrange(1 << 16):x}",
+              lambda: "".join(rng.choice("ghijklmnopqrstuvwxyz-_./") for _ in range(rng.randrange(1, 30))),
+              lambda: f"10.6.{rng.randrange(256)}.{rng.randrange(256)}/-1"]
+    return [rng.choice(shapes)() for _ in range(n)]
+
+
+def rss(gw):
+    return {w: rss_mib(w) for w in gw.workers()}
+
+
+def abuse(gw, fault, redis_commands, log_pattern, log_what, max_growth_mib=16):
+    """Bad input under load: the good entries stay in effect, the log says what was wrong, memory
+    stays bounded, no worker dies. The returned row's `since` is where this fault's log starts."""
+    since = gw.log_size()
+    before = rss(gw)
+    load = Load(gw.port, member_requests())
+    redis_commands()
+    # Long enough for a publish and a poll either way.
+    time.sleep(2 * REFRESH)
+    after = rss(gw)
+    row = Row(fault, *load.finish())
+    row.since = since
+    row.check(logged(gw, log_pattern, since), f"error log: {log_what}")
+    row.check(set(after) == set(before), "the same workers before and after (no crash)")
+    growth = max(after[w] - before[w] for w in before if w in after) if set(after) == set(before) else float("inf")
+    row.check(growth <= max_growth_mib, f"worker RSS grew {growth:.1f} MiB (bound {max_growth_mib})")
+    return row
+
+
+def garbage(redis, gw):
+    rng = random.Random(2)
+    entries = GOOD + garbage_entries(rng, 10_000)
+    rng.shuffle(entries)
+    row = abuse(gw, "10,000 garbage + 1,000 good entries",
+                lambda: redis.pipe(["SET", "gray", ",".join(entries)], ["PUBLISH", "gray:changed", "1"]),
+                r"loaded whitelist from string key gray: 1000 entries \(750 IPv4, 250 IPv6\), 10000 rejected",
+                "1000 entries loaded, 10000 rejected, samples quoted")
+    row.check(logged(gw, r"\.\.\. and 9990 more rejected entries in key gray", row.since), "error log: the rest counted")
+    return row
+
+
+def huge_value(redis, gw):
+    good = ",".join(GOOD) + ","
+    value = (good * (50 * 1024 * 1024 // len(good) + 1))[:50 * 1024 * 1024]
+    row = abuse(gw, "a 50 MB value",
+                lambda: redis.pipe(["SET", "gray", value], ["PUBLISH", "gray:changed", "1"]),
+                r"ignoring key gray: value is 52428800 bytes, over max_bytes \(33554432 bytes\); keeping the last good list",
+                "refused, over max_bytes, last good list kept", max_growth_mib=8)
+    put_good(redis, gw)
+    return row
+
+
+def binary_value(redis, gw):
+    rng = random.Random(3)
+    parts = [e.encode() for e in GOOD]
+    # Bytes that can never spell an address: controls and non-ASCII, some invalid UTF-8.
+    alphabet = [0, 1, 0x7f] + list(range(0x80, 0x100))
+    parts += [bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 24))) for _ in range(2000)]
+    rng.shuffle(parts)
+    value = b",".join(parts)
+    row = abuse(gw, "binary bytes around the good entries",
+                lambda: redis.pipe([b"SET", b"gray", value], ["PUBLISH", "gray:changed", "1"]),
+                r"rejected whitelist entry \"[^\"]*\" \(not text\)", "binary entries rejected as not text")
+    row.check(logged(gw, r"loaded whitelist from string key gray: 1000 entries", row.since),
+              "error log: the 1000 good entries loaded")
+    return row
+
+
+def wrong_type(redis, gw):
+    row = abuse(gw, "a key of the wrong type (list)",
+                lambda: redis.pipe(["MULTI"], ["DEL", "gray"], ["RPUSH", "gray", *GOOD[:10]], ["EXEC"],
+                                   ["PUBLISH", "gray:changed", "1"]),
+                r"ignoring key gray: key holds a list, expected a string or a set; keeping the last good list",
+                "ignored, last good list kept")
+    put_good(redis, gw)
+    return row
+
+
+def churn(redis, gw):
+    """The good entries stay; 50 others come and go every 10 ms, each change published."""
+    put_good(redis, gw, kind="set")
+    stop_churn = threading.Event()
+    changes = [0]
+
+    def churner():
+        con = redis.connect()
+        rng = random.Random(4)
+        while not stop_churn.is_set():
+            extra = f"10.7.0.{rng.randrange(50)}"
+            con.call("SADD" if rng.random() < 0.5 else "SREM", "gray", extra)
+            con.call("PUBLISH", "gray:changed", "1")
+            changes[0] += 1
+            time.sleep(0.01)
+        con.close()
+    thread = threading.Thread(target=churner)
+
+    def run():
+        thread.start()
+        time.sleep(3)
+        stop_churn.set()
+        thread.join()
+    row = abuse(gw, "entries changing every 10 ms", run, r"loaded whitelist from set key gray",
+                "set reloads logged")
+    row.check(changes[0] >= 100, f"{changes[0]} published changes")
+    put_good(redis, gw)
+    return row
+
+
+# --- spoofing -----------------------------------------------------------------------------------
+
+def spoofed_headers():
+    """Every one claims members; the peer (127.0.0.1) is not trusted by the spoof gateway."""
+    m = MEMBERS
+    many = ", ".join(m[i % len(m)] for i in range(200))
+    headers = [f"X-Forwarded-For: {m[0]}", f"X-Real-IP: {m[1]}", f"X-Forwarded-For: {m[2]}, {m[3]}",
+               f"X-Forwarded-For: {many}", f"X-Forwarded-For: {m[4]}\tX-Real-IP: {m[5]}",
+               f"X-Forwarded-For: 127.0.0.2, {m[6]}", f"X-Forwarded-For: {m[7]}:443",
+               "X-Forwarded-For: [2001:db8:1::5]:443", f"X-Real-IP: {m[8]}, {m[9]}",
+               "X-Forwarded-For: " + "9" * 6000, f"X-Forwarded-For: {m[10]}" + ", x" * 1000]
+    return [f"prod\t{h}" for h in headers]
+
+
+def forwarded_headers():
+    """Long, malformed and many-hop headers from the trusted proxy, with what they must derive."""
+    m, n = MEMBERS, NON_MEMBERS
+    many_ending_member = ", ".join(n[i % len(n)] for i in range(199)) + f", {m[0]}"
+    many_ending_non_member = ", ".join(m[i % len(m)] for i in range(199)) + f", {n[0]}"
+    cases = [("gray", many_ending_member), ("prod", many_ending_non_member),
+             ("gray", f"{m[1]}, 127.0.0.1, 127.0.0.1"),       # trusted hops are skipped
+             ("gray", f" , ,{m[2]} ,, "),                     # blanks and empty hops
+             ("gray", f"{m[3]}:8080"), ("gray", "[2001:db8:1::5]:443"), ("gray", "[2001:db8:1::a]"),
+             ("prod", f"{m[4]}, bogus"),                      # unparsable: the peer, as realip does
+             ("prod", "9" * 6000), ("prod", f"{m[5]}0"), ("prod", f"::ffff:{n[1]}"),
+             ("gray", f"::ffff:{m[6]}")]
+    return [f"{want}\tX-Forwarded-For: {h}" for want, h in cases]
+
+
+def spoofing(redis, spoof):
+    load = Load(spoof.port, spoofed_headers())
+    time.sleep(2)
+    return Row("spoofed XFF / X-Real-IP from an untrusted peer", *load.finish())
+
+
+def forwarded(redis, gw):
+    load = Load(gw.port, forwarded_headers())
+    time.sleep(2)
+    return Row("long, malformed, many-hop XFF from the trusted proxy", *load.finish())
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def table(rows, reference):
+    lines = ["| fault | requests | non-2xx | socket errors | misrouted | recovered after | result |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        if r.requests is None:
+            figures = "- | - | - | -"
+        else:
+            figures = f"{r.requests:,} | {r.non_2xx} | {r.errors} | {r.misrouted}"
+        recovered = f"{r.recovered:.2f} s" if r.recovered is not None else "-"
+        lines.append(f"| {r.fault} | {figures} | {recovered} | {'ok' if r.ok else 'FAILED'} |")
+    lines += ["", f"For reference, not judged: the same {RELOADS} reloads with keep-alive connections "
+              "(wrk does not retry a request on a keep-alive connection the old worker closed):", ""]
+    lines += [f"- {name}: {errors} socket errors in {requests:,} requests" for name, requests, errors in reference]
+    lines += ["", "Checks behind each row:", ""]
+    for r in rows:
+        for ok, what in r.checks:
+            lines.append(f"- {'ok' if ok else 'FAILED'}: {r.fault}: {what}")
+    return "\n".join(lines)
+
+
+def main():
+    global RUN_DIR
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", metavar="FILE", help="also write the table, as Markdown, to FILE")
+    opts = parser.parse_args()
+    RUN_DIR = tempfile.mkdtemp(prefix="gray-chaos-")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    started = time.time()
+    rows, reference = [], []
+    try:
+        redis = Redis(REDIS_PORT, RUN_DIR)
+        redis.put_list(GOOD, "string")
+        reload_backends = start_backends()
+        gw = Gateway("gateway", GATEWAY_PORT, trusted="127.0.0.1")
+        spoof = Gateway("spoof", SPOOF_PORT, trusted="127.0.0.2")
+        put_good(redis, gw)
+        for fault in (baseline, redis_killed, redis_hung, redis_restarted_empty, garbage, huge_value,
+                      binary_value, wrong_type, churn, forwarded, reloads):
+            log(fault.__name__)
+            rows.append(fault(redis, gw))
+        log("keep-alive reference")
+        reference = keepalive_reference(gw, reload_backends)
+        log("spoofing")
+        rows.append(spoofing(redis, spoof))
+        log("quit")
+        rows.append(quit_gateway(gw, "gateway", expected_exits=2))
+        rows.append(quit_gateway(spoof, "spoof gateway", expected_exits=2))
+    finally:
+        stop_all()
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+    text = table(rows, reference)
+    print(text)
+    failed = [r.fault for r in rows if not r.ok]
+    if opts.report:
+        write_report(opts.report, text, failed, time.time() - started)
+    if failed:
+        log("FAILED:", ", ".join(failed))
+        sys.exit(1)
+
+
+def write_report(out, text, failed, elapsed):
+    with open(out, "w") as f:
+        f.write(f"# gray under faults (`make chaos`)\n\nRun {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+                f"UTC, {elapsed:.0f} s. Gateway: nginx, 2 workers, gray with its defaults "
+                f"(refresh {REFRESH:.0f} s); load: `wrk -t2 -c32`, members and non-members of a 1,000-entry "
+                f"list through a trusted proxy; recovered after: Redis back to the new state routed (bound "
+                f"{RECOVERY_BOUND:.1f} s).\n\n{text}\n\n{'FAILED: ' + ', '.join(failed) if failed else 'All passed.'}\n")
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

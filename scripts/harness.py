@@ -1,0 +1,228 @@
+"""What `make bench` and `make chaos` share: starting and always stopping redis-server and nginx
+on loopback, talking to them, and reading a process's resources from /proc.
+
+Every process started through `spawn` is stopped by `stop_all`, which the runners call in a
+`finally`, so a failed run leaves nothing behind.
+"""
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB_DIR = os.path.join(TOP, "target", "release")
+MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
+HOST = "127.0.0.1"
+
+PROCESSES = []
+
+
+def log(name, *args):
+    print(f"{name}:", *args, file=sys.stderr, flush=True)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+def spawn(args, **kwargs):
+    proc = subprocess.Popen(args, **kwargs)
+    PROCESSES.append(proc)
+    return proc
+
+
+def stop(proc, sig=signal.SIGTERM, timeout=15):
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc in PROCESSES:
+        PROCESSES.remove(proc)
+
+
+def stop_all(*_):
+    for proc in list(PROCESSES):
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        stop(proc, signal.SIGQUIT if "nginx" in str(proc.args) else signal.SIGTERM, timeout=5)
+
+
+def wait_until(check, timeout, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def wait_port(port, timeout=120):
+    def answers():
+        try:
+            get(port, "/__ready", timeout=1)
+            return True
+        except OSError:
+            return False
+    if not wait_until(answers, timeout):
+        raise RuntimeError(f"nothing answers on {HOST}:{port}")
+
+
+def get(port, path, conn=None, headers=None, timeout=10):
+    conn = conn or http.client.HTTPConnection(HOST, port, timeout=timeout)
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, response.read().decode()
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+def worker_pids(prefix):
+    with open(os.path.join(prefix, "nginx.pid")) as f:
+        master = f.read().strip()
+    with open(f"/proc/{master}/task/{master}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def alive(pid):
+    """Running, not a zombie: a container's PID 1 may reap exited daemons late."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# --- redis ------------------------------------------------------------------------------------
+
+class Redis:
+    """A private redis-server on loopback. `start` again after `kill` restarts it on the same
+    port and directory, from its dump if one was saved, as a real restart would."""
+
+    def __init__(self, port, run_dir):
+        self.port = port
+        self.dir = os.path.join(run_dir, f"redis-{port}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.start()
+
+    def start(self):
+        self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
+                           "--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log",
+                           "--proto-max-bulk-len", "1gb"])
+        if not wait_until(lambda: self.cli("PING", check=False) == "PONG", 10):
+            raise RuntimeError("redis-server did not start")
+
+    def kill(self):
+        stop(self.proc, signal.SIGKILL)
+
+    def forget_dump(self):
+        try:
+            os.remove(os.path.join(self.dir, "dump.rdb"))
+        except FileNotFoundError:
+            pass
+
+    def cli(self, *args, check=True):
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"redis-cli {args[:2]}: {out.stderr}")
+        return out.stdout.strip()
+
+    def pipe(self, *commands):
+        """Runs commands (each a list of str or bytes words) in one `redis-cli --pipe`."""
+        def word(w):
+            return w if isinstance(w, bytes) else w.encode()
+        payload = b"".join(
+            f"*{len(c)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(word(w)), word(w)) for w in c)
+            for c in commands)
+        subprocess.run(["redis-cli", "-p", str(self.port), "--pipe"], input=payload,
+                       capture_output=True, check=True)
+
+    def put_list(self, entries, kind, key="gray"):
+        """Replaces `key` with `entries`, as a string or a SET, in one transaction: a reader never
+        sees the key missing or half filled."""
+        commands = [["MULTI"], ["DEL", key]]
+        if kind == "string":
+            commands.append(["SET", key, ",".join(entries)])
+        else:
+            commands += [["SADD", key, *entries[i:i + 1000]] for i in range(0, len(entries), 1000)]
+        self.pipe(*commands, ["EXEC"])
+
+    def publish(self):
+        self.cli("PUBLISH", "gray:changed", "1")
+
+    def connect(self):
+        return RespConnection(self.port)
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class RespConnection:
+    """A persistent Redis connection, so timings do not include starting redis-cli."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection((HOST, port))
+        self.reader = self.sock.makefile("rb")
+
+    def call(self, *words):
+        payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        self.sock.sendall(payload.encode())
+        reply = self.reader.readline()
+        if not reply[:1] in (b"+", b":"):
+            raise RuntimeError(f"redis: {words[0]}: {reply!r}")
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+# --- nginx ------------------------------------------------------------------------------------
+
+def nginx_prefix(run_dir, name):
+    prefix = os.path.join(run_dir, name)
+    shutil.rmtree(prefix, ignore_errors=True)
+    os.makedirs(os.path.join(prefix, "logs"))
+    return prefix
+
+
+def preamble(prefix, log_level, worker_connections=4096):
+    """What every nginx here starts with: its files under `prefix`, then `http {` opened."""
+    temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind}_temp;"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log {log_level};
+events {{ worker_connections {worker_connections}; }}
+http {{
+    access_log off;
+{temp}"""
+
+
+def load_modules():
+    return "\n".join(f"load_module {m};" for m in MODULES)
+
+
+def start_nginx(prefix, conf, ready_port, timeout=120):
+    """Writes `conf` into `prefix` and runs nginx in the foreground until `ready_port` answers."""
+    path = os.path.join(prefix, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    proc = spawn(["nginx", "-p", prefix + "/", "-c", path])
+    wait_port(ready_port, timeout)
+    return proc
