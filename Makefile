@@ -12,7 +12,7 @@ REDIS_PORT ?= 6379
 
 LIB := target/release/libgray.so
 
-.PHONY: help deps build run test test-unit test-nginx test-chaos lint check-conf bench chaos fuzz install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx test-chaos test-valgrind lint check-conf bench chaos fuzz install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -53,6 +53,14 @@ test-nginx: deps build ## The t/*.t suite against real nginx and a private redis
 bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a smoke run, bench/RESULTS.quick.md)
 	@scripts/deps.sh wrk valgrind
 	python3 bench/run.py $(if $(QUICK),--quick)
+
+test-valgrind: deps build ## The t/*.t suite with nginx under valgrind memcheck (slow); fails on any memcheck report
+	@scripts/deps.sh valgrind
+	@dir=$$(mktemp -d) && trap 'rm -rf $$dir' EXIT && \
+	GRAY_VALGRIND_DIR=$$dir TEST_NGINX_BINARY=$(CURDIR)/scripts/valgrind-nginx TEST_NGINX_TIMEOUT=20 prove -r t && \
+	found=$$(find $$dir -type f -size +0) && \
+	if [ -n "$$found" ]; then cat $$found; echo "test-valgrind: memcheck reports from $$(echo $$found | wc -w) nginx processes"; exit 1; fi && \
+	echo "test-valgrind: $$(ls $$dir | wc -l) nginx processes, no memcheck report"
 
 test-chaos: build ## The fault suite: faults and bad input under wrk load, every response counted; fails when a figure is off
 	@scripts/deps.sh wrk

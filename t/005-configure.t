@@ -25,6 +25,8 @@ __DATA__
             { trusted_proxies = { "10.0.0.0/8", "nope" } },
             { trusted_proxies = 5 },
             { trusted_proxies = { proxy = "10.0.0.1" } },
+            { max_bytes = 100 },
+            { max_bytes = "32m" },
             "redis://127.0.0.1",
         }
         for _, opts in ipairs(cases) do
@@ -45,7 +47,7 @@ __DATA__
 opts.refresh must be a positive number of seconds (at most 86400)
 opts.refresh must be a positive number of seconds (at most 86400)
 opts.timeout must be a positive number of seconds (at most 86400)
-unknown option opts.refrsh (known: redis, key, prod, gray, refresh, channel, trusted_proxies, timeout)
+unknown option opts.refrsh (known: redis, key, prod, gray, refresh, channel, trusted_proxies, timeout, max_bytes)
 opts.redis is not a valid Redis URL: Redis URL did not parse - InvalidClientConfig
 opts.key must be a non-empty string, got string
 opts.prod must be a non-empty string, got number
@@ -53,6 +55,8 @@ opts.channel must be a non-empty string or false
 opts.trusted_proxies[2] is not an IP address or CIDR: "nope" (not an IPv4/IPv6 address or CIDR)
 opts.trusted_proxies must be a list of IP addresses or CIDRs, got number
 opts.trusted_proxies must be a list of IP addresses or CIDRs, got table with non-list keys
+opts.max_bytes must be a whole number of bytes from 1024 to 4294967296
+opts.max_bytes must be a whole number of bytes from 1024 to 4294967296
 bad argument #1 to 'configure' (table expected, got string)
 
 

@@ -138,10 +138,12 @@ sub is_running {
     return $stat !~ /^\d+ \(.*\) Z/;
 }
 
+# Generous waits: they end as soon as nginx is up or gone, and nginx under valgrind
+# (TEST_NGINX_BINARY set to a wrapper) starts and exits slowly.
 sub stop_nginx {
     my $pid = nginx_pid() or return;
     kill 'QUIT', $pid;
-    for (1 .. 100) {
+    for (1 .. 600) {
         return unless is_running($pid);
         sleep 0.05;
     }
@@ -220,7 +222,7 @@ sub start_nginx {
         Test::More::diag(`cat $ServRoot/logs/error.log 2>/dev/null`);
         return 0;
     }
-    for (1 .. 100) {
+    for (1 .. 600) {
         my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $ServerPort);
         return 1 if $sock;
         sleep 0.05;
