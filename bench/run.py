@@ -466,8 +466,8 @@ def report(opts, tp, cg, mt, prop, rb, hung, elapsed):
         lines.append(f"| {size:,} | {cell['v5']} | {cell['v6']} | {cell['address']} | {cell['v7']} | "
                      f"{delta:,.0f}: {'met' if delta <= 1000 else 'missed'} | {med['v7'] - med['address']:,.0f} |")
     lines += ["", "\"Reading the client address\" is `require` + a module function that reads "
-              "`ngx.var.binary_remote_addr` and jumps (bench/lua/address.lua): everything gray does "
-              "except deciding, and what any Lua router that looks at the client pays."]
+              "`$binary_remote_addr` as gray does (the FFI function behind `ngx.var`, into a pointer, no "
+              "Lua string) and jumps (bench/lua/address.lua): everything gray does except deciding."]
     lines.append("")
 
     lines += ["## The matcher alone (criterion)", "",

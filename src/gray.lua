@@ -18,12 +18,35 @@ local timer_every = ngx.timer.every
 local error = error
 local type = type
 
+local get_request = require("resty.core.base").get_request
+-- Declares ngx_http_lua_ffi_var_get, through which ngx.var reads variables.
+require "resty.core.var"
+local var_get = ffi.C.ngx_http_lua_ffi_var_get
+
 local route_peer = ffi.cast("int (*)(const char *, size_t)", route_peer_ptr)
 local route_forwarded = ffi.cast(
     "int (*)(const char *, size_t, const char *, size_t, const char *, size_t)",
     route_forwarded_ptr)
 
 local NEED_FORWARDED = -1
+local NGX_OK = 0
+
+-- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
+-- copying it into a Lua string: a pointer into the request's memory, valid until it ends.
+local ADDR_VAR = "binary_remote_addr"
+local addr_lowcase = ffi.new("char[?]", #ADDR_VAR)
+local addr_value = ffi.new("char *[1]")
+local addr_len = ffi.new("size_t[1]")
+local var_err = ffi.new("char *[1]")
+
+local function peer_addr()
+    local r = get_request()
+    if r == nil or var_get(r, ADDR_VAR, #ADDR_VAR, addr_lowcase, 0, addr_value, addr_len,
+                           var_err) ~= NGX_OK then
+        return nil
+    end
+    return addr_value[0], addr_len[0]
+end
 -- How often the worker copies the refresher's queued log lines into the error log.
 local LOG_DRAIN_INTERVAL = 0.2
 local LOG_LEVELS = { ngx.ERR, ngx.WARN, ngx.NOTICE, ngx.INFO }
@@ -110,15 +133,15 @@ function _M.route()
         start_lazily()
     end
     -- The binary form (4 or 16 bytes) needs no parsing; realip updates it like $remote_addr.
-    local peer = ngx_var.binary_remote_addr
+    local peer, peer_len = peer_addr()
     if not peer then
         return ngx_exec(targets[0])
     end
-    local code = route_peer(peer, #peer)
+    local code = route_peer(peer, peer_len)
     if code == NEED_FORWARDED then
         local xff = ngx_var.http_x_forwarded_for
         local xri = ngx_var.http_x_real_ip
-        code = route_forwarded(peer, #peer, xff, xff and #xff or 0, xri, xri and #xri or 0)
+        code = route_forwarded(peer, peer_len, xff, xff and #xff or 0, xri, xri and #xri or 0)
     end
     return ngx_exec(targets[code] or targets[0])
 end
