@@ -18,6 +18,9 @@ use crate::state::Shared;
 use crate::whitelist::Whitelist;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// A read at least this large is followed by a new connection: redis-rs keeps a read buffer as
+/// large as the largest reply for the life of a connection, which would pin a copy of a big list.
+const LARGE_READ: usize = 1 << 20;
 /// The same Redis error is logged at most this often.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// After a message, further messages arriving this close together are folded into one reload.
@@ -26,6 +29,7 @@ const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
 /// Starts the refresher. The receiver gets one message when the first load attempt has finished,
 /// successful or not, so the worker can load before it serves.
 pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mpsc::Receiver<()>> {
+    map_large_allocations();
     let (first_load_done, first_load) = mpsc::channel();
     let client = redis::Client::open(config.redis.clone()).map_err(std::io::Error::other)?;
     let refresher = Refresher {
@@ -55,6 +59,7 @@ struct Refresher {
 
 impl Refresher {
     fn run(mut self) {
+        yield_to_requests();
         let mut backoff = FIRST_BACKOFF;
         loop {
             let Err(error) = self.session();
@@ -71,7 +76,7 @@ impl Refresher {
     /// One connection's life: subscribe, load, then wait for a message or the next poll, until
     /// something fails.
     fn session(&mut self) -> Result<Infallible, String> {
-        let mut con = self.connect().map_err(|e| self.connect_error(&e))?;
+        let mut con = Some(self.connect().map_err(|e| self.connect_error(&e))?);
         let mut sub_con = match self.config.channel.clone() {
             Some(channel) => self.subscribe(&channel)?,
             None => None,
@@ -80,7 +85,14 @@ impl Refresher {
         self.shared
             .update_status(|s| s.subscribed = pubsub.is_some());
         loop {
-            self.poll(&mut con)?;
+            let command = match con.as_mut() {
+                Some(command) => command,
+                None => con.insert(self.connect().map_err(|e| self.connect_error(&e))?),
+            };
+            if self.poll(command)? >= LARGE_READ {
+                con = None;
+                release_freed_memory();
+            }
             self.wait(pubsub.as_mut())?;
         }
     }
@@ -162,19 +174,22 @@ impl Refresher {
         }
     }
 
-    fn poll(&mut self, con: &mut redis::Connection) -> Result<(), String> {
+    /// Reads the key and installs what changed; returns how many bytes of list it read.
+    fn poll(&mut self, con: &mut redis::Connection) -> Result<usize, String> {
         let key = &self.config.key;
+        let started = Instant::now();
         match fetch(con, key, self.config.max_bytes) {
             Ok(fetched) => {
-                self.install(fetched);
+                let bytes = fetched.bytes();
+                self.install(fetched, started.elapsed());
                 self.record_success();
-                Ok(())
+                Ok(bytes)
             }
             Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
                 // The connection is fine; keep it and the last good list.
                 let error = format!("ignoring key {key}: {refused}");
                 self.record_failure(&error, true);
-                Ok(())
+                Ok(0)
             }
             Err(FetchError::Redis(e)) => {
                 Err(format!("failed to read key {key}: {}", self.describe(&e)))
@@ -183,7 +198,7 @@ impl Refresher {
     }
 
     /// Parses and swaps in a new list unless the value is unchanged.
-    fn install(&mut self, fetched: Fetched) {
+    fn install(&mut self, fetched: Fetched, read_took: Duration) {
         let version = fetched.version();
         let current = self.shared.current();
         if current
@@ -197,7 +212,7 @@ impl Refresher {
         let list = Whitelist::parse(fetched.values());
         let kind = fetched.kind();
         drop(fetched);
-        self.report_parse(&list, kind, version, started.elapsed());
+        self.report_parse(&list, kind, version, read_took, started.elapsed());
         self.shared.snapshot.store(Arc::new(Snapshot {
             trusted_proxies: current.trusted_proxies.clone(),
             loaded: Some(LoadedList {
@@ -211,19 +226,27 @@ impl Refresher {
         release_freed_memory();
     }
 
-    fn report_parse(&self, list: &Whitelist, kind: KeyKind, version: u64, took: Duration) {
+    fn report_parse(
+        &self,
+        list: &Whitelist,
+        kind: KeyKind,
+        version: u64,
+        read_took: Duration,
+        parse_took: Duration,
+    ) {
         let key = &self.config.key;
         let shared = self.shared;
         shared.log(
             Level::Notice,
             format!(
-                "loaded whitelist from {} key {key}: {} entries ({} IPv4, {} IPv6), {} rejected, version {version:016x}, in {:.1} ms",
+                "loaded whitelist from {} key {key}: {} entries ({} IPv4, {} IPv6), {} rejected, version {version:016x}, read in {:.1} ms, parsed in {:.1} ms",
                 kind.as_str(),
                 list.entries(),
                 list.entries_v4,
                 list.entries_v6,
                 list.rejected_count,
-                took.as_secs_f64() * 1000.0
+                read_took.as_secs_f64() * 1000.0,
+                parse_took.as_secs_f64() * 1000.0
             ),
         );
         for rejected in &list.rejected {
@@ -326,6 +349,55 @@ fn is_timeout(e: &redis::RedisError) -> bool {
         source = error.source();
     }
     false
+}
+
+/// The refresher's nice value: on a busy machine a large rebuild takes longer, requests do not.
+const REFRESHER_NICE: std::ffi::c_int = 10;
+
+/// Lowers this thread's CPU priority below the worker's (Linux nice values are per thread).
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    {
+        const PRIO_PROCESS: std::ffi::c_int = 0;
+        extern "C" {
+            fn gettid() -> std::ffi::c_int;
+            fn setpriority(
+                which: std::ffi::c_int,
+                who: std::ffi::c_int,
+                prio: std::ffi::c_int,
+            ) -> std::ffi::c_int;
+        }
+        // SAFETY: both take and return plain integers; `who` is this thread's own id.
+        unsafe {
+            setpriority(PRIO_PROCESS, gettid(), REFRESHER_NICE);
+        }
+    }
+}
+
+/// Allocations from this size up get their own mapping, returned to the system when freed.
+const MMAP_THRESHOLD: std::ffi::c_int = 4 << 20;
+
+/// A large list passes through big temporary buffers (the value as read, the parsed networks) on
+/// the refresher thread. glibc serves them from the thread's arena once a large free has raised its
+/// dynamic mmap threshold, and `malloc_trim` never gives back the top of a thread arena: a worker
+/// would keep a list's worth of freed memory for good. A fixed threshold keeps them mapped apart.
+/// It is process-wide, but nginx itself makes no allocations this large; an operator's own
+/// MALLOC_MMAP_THRESHOLD_ wins.
+fn map_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+            return;
+        }
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        // SAFETY: mallopt takes no pointers; glibc serialises it with its own locks.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
 }
 
 /// Parsing a large list frees tens of megabytes of temporaries (the raw members, the parsed

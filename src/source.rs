@@ -177,6 +177,11 @@ impl Fetched {
         }
     }
 
+    /// The size of the list text: the string's length, or the sum of the members' lengths.
+    pub fn bytes(&self) -> usize {
+        self.values().iter().map(|v| v.len()).sum()
+    }
+
     /// The values to parse: the string, or each member.
     pub fn values(&self) -> Vec<&[u8]> {
         match self {
