@@ -250,7 +250,7 @@ def throughput(redis, opts):
 
 def callgrind(redis, opts):
     """Instructions per request in the gateway: (N2 run - N1 run) / (N2 - N1), single process."""
-    n1, n2 = (200, 1200) if opts.quick else (1000, 3000)
+    n1, n2 = (200, 1200) if opts.quick else (1000, 6000)
     sizes = [1] if opts.quick else [1, 1_000_000]
     counts = {}
     for size in sizes:
