@@ -475,6 +475,35 @@ def wrong_type(redis, gw):
     return row
 
 
+def large_rereads(redis, gw):
+    """A 20 MB list (the good entries and 1.4M others) read again on 5 new connections: each worker
+    keeps one copy of the list, not one per read."""
+    filler = [f"100.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(1_400_000)]
+    value = ",".join(GOOD + filler)
+    state = {}
+
+    def run():
+        redis.pipe(["SET", "gray", value], ["PUBLISH", "gray:changed", "1"])
+        loaded = wait_until(lambda: gw.log_text(since).count("loaded whitelist from string key gray: 1401000") >= 2, 30)
+        state["loaded"] = loaded
+        time.sleep(1)
+        state["rss"] = rss(gw)
+        for _ in range(5):
+            redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+            redis.cli("CLIENT", "KILL", "TYPE", "normal")
+            time.sleep(1.5)
+    since = gw.log_size()
+    row = abuse(gw, f"a {len(value) / 1e6:.0f} MB list read again 5 times", run,
+                r"loaded whitelist from string key gray: 1401000 entries", "1,401,000 entries loaded",
+                max_growth_mib=64)
+    row.check(state["loaded"], "both workers loaded it")
+    after = rss(gw)
+    growth = max(after[w] - state["rss"][w] for w in after if w in state["rss"])
+    row.check(growth <= 4, f"worker RSS moved {growth:+.1f} MiB over the 5 re-reads (bound 4)")
+    put_good(redis, gw)
+    return row
+
+
 def churn(redis, gw):
     """The good entries stay; 50 others come and go every 10 ms, each change published."""
     put_good(redis, gw, kind="set")
@@ -585,7 +614,7 @@ def main():
         spoof = Gateway("spoof", SPOOF_PORT, trusted="127.0.0.2")
         put_good(redis, gw)
         for fault in (baseline, redis_killed, redis_hung, redis_restarted_empty, garbage, huge_value,
-                      binary_value, wrong_type, churn, forwarded, reloads):
+                      binary_value, wrong_type, large_rereads, churn, forwarded, reloads):
             log(fault.__name__)
             rows.append(fault(redis, gw))
         log("keep-alive reference")
