@@ -33,6 +33,7 @@ local function build(entries)
         end
     end
     hosts, nets, prefixes = new_hosts, new_nets, new_prefixes
+    ngx.log(ngx.NOTICE, "luacache: loaded ", #entries, " entries")
 end
 
 local function refresh(premature, port)
