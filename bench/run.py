@@ -94,18 +94,7 @@ def nginx_prefix(name):
 
 
 def start_backends():
-    prefix = nginx_prefix("backends")
-    conf = f"""
-worker_processes 1;
-daemon off;
-{preamble(prefix, "warn")}
-    server {{ listen {CLIENT}:{BACKEND_PROD_PORT}; keepalive_requests 1000000;
-             location / {{ return 200 "prod\\n"; }} }}
-    server {{ listen {CLIENT}:{BACKEND_GRAY_PORT}; keepalive_requests 1000000;
-             location / {{ return 200 "gray\\n"; }} }}
-}}
-"""
-    return start_nginx(prefix, conf, BACKEND_PROD_PORT)
+    return harness.start_responders(RUN_DIR, {BACKEND_PROD_PORT: "prod", BACKEND_GRAY_PORT: "gray"})[0]
 
 
 def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_cache=True):

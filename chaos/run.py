@@ -24,8 +24,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 from harness import (HOST, LIB_DIR, PROCESSES, TOP, Redis, alive, get, load_modules,  # noqa: E402
-                     nginx_prefix, preamble, rss_mib, spawn, start_nginx, stop_all, wait_until,
-                     worker_pids)
+                     nginx_prefix, preamble, rss_mib, spawn, start_nginx, start_responders, stop_all,
+                     wait_until, worker_pids)
 import harness  # noqa: E402
 
 REDIS_PORT = 16579
@@ -61,18 +61,8 @@ def log(*args):
 
 def start_backends():
     """nginx answering "<route> <expected>"; returns how to reload it."""
-    prefix = nginx_prefix(RUN_DIR, "backends")
-    conf = f"""
-worker_processes 1;
-daemon off;
-{preamble(prefix, "warn")}
-    server {{ listen {HOST}:{BACKEND_PROD_PORT}; keepalive_requests 1000000;
-             location / {{ return 200 "prod $http_x_expect\\n"; }} }}
-    server {{ listen {HOST}:{BACKEND_GRAY_PORT}; keepalive_requests 1000000;
-             location / {{ return 200 "gray $http_x_expect\\n"; }} }}
-}}
-"""
-    start_nginx(prefix, conf, BACKEND_PROD_PORT)
+    _, prefix = start_responders(RUN_DIR, {BACKEND_PROD_PORT: "prod $http_x_expect",
+                                           BACKEND_GRAY_PORT: "gray $http_x_expect"})
     return lambda: subprocess.run(["nginx", "-p", prefix + "/", "-c", os.path.join(prefix, "nginx.conf"),
                                    "-s", "reload"], check=True, capture_output=True)
 
@@ -229,36 +219,34 @@ def baseline(redis, gw):
     return Row("none (baseline)", *load.finish())
 
 
-def redis_killed(redis, gw):
+def redis_away(redis, gw, fault, take_away, bring_back, log_checks):
+    """Redis gone for three refresh intervals under load, then back with a new state (the probe
+    client added): the last good list routes meanwhile, the new one within the bound after."""
     since = gw.log_size()
-    redis.cli("SAVE")   # a restarted Redis comes back with its data, as one with persistence does
     load = Load(gw.port, member_requests())
-    redis.kill()
+    take_away()
     time.sleep(3 * REFRESH)
-    redis.start()
+    bring_back()
     back = time.time()
     redis.pipe(["SET", "gray", ",".join(GOOD + [PROBE])], ["PUBLISH", "gray:changed", "1"])
     recovered = recovery(gw, PROBE, "gray", back)
-    row = Row("Redis killed (SIGKILL) 3 s, restarted", *load.finish(), recovered=recovered)
-    row.check(logged(gw, r"gray: failed to (connect to redis|read key gray)", since), "error log: gray says Redis is away")
-    row.check(logged(gw, r"gray: redis is back after \d+ failed attempts", since), "error log: redis is back")
+    row = Row(fault, *load.finish(), recovered=recovered)
+    for pattern, what in log_checks:
+        row.check(logged(gw, pattern, since), f"error log: {what}")
     put_good(redis, gw)
     return row
+
+
+def redis_killed(redis, gw):
+    redis.cli("SAVE")   # a restarted Redis comes back with its data, as one with persistence does
+    return redis_away(redis, gw, "Redis killed (SIGKILL) 3 s, restarted", redis.kill, redis.start,
+                      [(r"gray: failed to (connect to redis|read key gray)", "gray says Redis is away"),
+                       (r"gray: redis is back after \d+ failed attempts", "redis is back")])
 
 
 def redis_hung(redis, gw):
-    since = gw.log_size()
-    load = Load(gw.port, member_requests())
-    redis.pause()
-    time.sleep(3 * REFRESH)
-    redis.resume()
-    back = time.time()
-    redis.pipe(["SET", "gray", ",".join(GOOD + [PROBE])], ["PUBLISH", "gray:changed", "1"])
-    recovered = recovery(gw, PROBE, "gray", back)
-    row = Row("Redis hung (SIGSTOP) 3 s, continued", *load.finish(), recovered=recovered)
-    row.check(logged(gw, r"timed out after 1\.0s", since), "error log: gray names the timeout")
-    put_good(redis, gw)
-    return row
+    return redis_away(redis, gw, "Redis hung (SIGSTOP) 3 s, continued", redis.pause, redis.resume,
+                      [(r"timed out after 1\.0s", "gray names the timeout")])
 
 
 def redis_restarted_empty(redis, gw):

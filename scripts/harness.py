@@ -226,3 +226,20 @@ def start_nginx(prefix, conf, ready_port, timeout=120):
     proc = spawn(["nginx", "-p", prefix + "/", "-c", path])
     wait_port(ready_port, timeout)
     return proc
+
+
+def start_responders(run_dir, answers):
+    """One nginx worker answering `return 200 <body>` on each port of `answers` ({port: body}, the
+    body in nginx syntax); returns the process and its prefix."""
+    prefix = nginx_prefix(run_dir, "backends")
+    servers = "".join(f"""
+    server {{ listen {HOST}:{port}; keepalive_requests 1000000;
+             location / {{ return 200 "{body}\\n"; }} }}""" for port, body in answers.items())
+    conf = f"""
+worker_processes 1;
+daemon off;
+{preamble(prefix, "warn")}{servers}
+}}
+"""
+    return start_nginx(prefix, conf, next(iter(answers))), prefix
+
