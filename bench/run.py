@@ -254,7 +254,9 @@ def callgrind(redis, opts):
                 for n in (n1, n2):
                     log(f"callgrind: {size} entries, {v}, {n} requests (repeat {rep + 1})")
                     totals.append(callgrind_total(entries, v, n))
-                counts.setdefault((size, v), []).append((totals[1] - totals[0]) / (n2 - n1))
+                (all1, alloc1), (all2, alloc2) = totals
+                counts.setdefault((size, v), []).append((all2 - all1) / (n2 - n1))
+                counts.setdefault((size, v, "no alloc"), []).append(((all2 - alloc2) - (all1 - alloc1)) / (n2 - n1))
     return counts
 
 
@@ -283,7 +285,18 @@ def callgrind_total(entries, variant, requests):
     conn.close()
     stop(proc, signal.SIGQUIT, timeout=120)
     with open(f"{out}-01") as f:
-        return int(re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M).group(1))
+        total = int(re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M).group(1))
+    return total, allocator_instructions(f"{out}-01")
+
+
+def allocator_instructions(profile):
+    """Instructions spent inside glibc's malloc.c. nginx allocates from it for every request, and
+    what a search through its bins costs depends on the heap's layout at start-up: it is what moves
+    a variant's count by a few hundred between runs. gray allocates nothing per request."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", profile],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(m.group(1).replace(",", ""))
+               for m in re.finditer(r"^\s*([\d,]+) \([^)]*\)\s+\S*/malloc/malloc\.c:", out, re.M))
 
 
 def matcher(opts):
@@ -462,19 +475,28 @@ def report(opts, tp, cg, mt, prop, rb, hung, elapsed):
               "only gray's count is taken again at 1M (the other variants do not read the list; the Lua "
               "cache is measured at 1 entry only: its client is a host entry, a hash hit at any size). "
               f"{opts.repeats} repeat(s); median (min-max). Separate nginx runs differ by up to a few "
-              "hundred instructions per request; differences smaller than that are ties.", "",
-              "| entries | plain proxy_pass (v5) | bare Lua (v6) | reading the client address | Lua cache (v3) "
+              "hundred instructions per request (the allocator, below); smaller differences are ties.", ""]
+    header = ["| entries | plain proxy_pass (v5) | bare Lua (v6) | reading the client address | Lua cache (v3) "
               "| gray (v7) | gray - bare Lua (target <= 1,000) | gray's decision (gray - reading the address) |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     columns = ("v5", "v6", "address", "v3", "v7")
-    for size in sorted({k[0] for k in cg}):
-        runs = {v: cg.get((size, v), cg.get((1, v))) for v in columns if v != "v3" or size == 1}
-        med = {v: statistics.median(r) for v, r in runs.items() if r}
-        cell = {v: f"{med[v]:,.0f} ({min(runs[v]):,.0f}-{max(runs[v]):,.0f})" if v in med else "-"
-                for v in columns}
-        delta = med["v7"] - med["v6"]
-        lines.append(f"| {size:,} | {cell['v5']} | {cell['v6']} | {cell['address']} | {cell['v3']} | {cell['v7']} | "
-                     f"{delta:,.0f}: {'met' if delta <= 1000 else 'missed'} | {med['v7'] - med['address']:,.0f} |")
+    for counted in ((), ("no alloc",)):
+        if counted:
+            lines += ["", "The same runs without the instructions spent inside glibc's allocator (malloc.c): "
+                      "nginx allocates from it for every request and its cost moves with the heap's layout "
+                      "at start-up (two modes ~400 apart); gray allocates nothing per request. These "
+                      "counts repeat within a few dozen instructions.", ""]
+        lines += header
+        for size in sorted({k[0] for k in cg}):
+            runs = {v: cg.get((size, v, *counted), cg.get((1, v, *counted))) for v in columns
+                    if v != "v3" or size == 1}
+            med = {v: statistics.median(r) for v, r in runs.items() if r}
+            cell = {v: f"{med[v]:,.0f} ({min(runs[v]):,.0f}-{max(runs[v]):,.0f})" if v in med else "-"
+                    for v in columns}
+            delta = med["v7"] - med["v6"]
+            lines.append(f"| {size:,} | {cell['v5']} | {cell['v6']} | {cell['address']} | {cell['v3']} | "
+                         f"{cell['v7']} | {delta:,.0f}: {'met' if delta <= 1000 else 'missed'} | "
+                         f"{med['v7'] - med['address']:,.0f} |")
     lines += ["", "\"Reading the client address\" is `require` + a module function that reads "
               "`$binary_remote_addr` as gray does (the FFI function behind `ngx.var`, into a pointer, no "
               "Lua string) and jumps (bench/lua/address.lua): everything gray does except deciding."]
