@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::log::{Level, Throttle};
+use crate::os;
 use crate::snapshot::{KeyKind, LoadedList, Snapshot};
 use crate::source::{fetch, FetchError, Fetched};
 use crate::state::Shared;
@@ -29,7 +30,7 @@ const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
 /// Starts the refresher. The receiver gets one message when the first load attempt has finished,
 /// successful or not, so the worker can load before it serves.
 pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mpsc::Receiver<()>> {
-    map_large_allocations();
+    os::map_large_allocations();
     let (first_load_done, first_load) = mpsc::channel();
     let client = redis::Client::open(config.redis.clone()).map_err(std::io::Error::other)?;
     let refresher = Refresher {
@@ -47,6 +48,15 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
     Ok(first_load)
 }
 
+/// What one poll did, for the memory housekeeping after it.
+#[derive(Default)]
+struct Polled {
+    /// Bytes of list read from Redis.
+    bytes: usize,
+    /// A new list replaced the previous one.
+    replaced: bool,
+}
+
 struct Refresher {
     config: Arc<Config>,
     shared: &'static Shared,
@@ -59,7 +69,7 @@ struct Refresher {
 
 impl Refresher {
     fn run(mut self) {
-        yield_to_requests();
+        os::lower_thread_priority();
         let mut backoff = FIRST_BACKOFF;
         loop {
             let Err(error) = self.session();
@@ -89,9 +99,14 @@ impl Refresher {
                 Some(command) => command,
                 None => con.insert(self.connect().map_err(|e| self.connect_error(&e))?),
             };
-            if self.poll(command)? >= LARGE_READ {
+            let polled = self.poll(command)?;
+            if polled.bytes >= LARGE_READ {
                 con = None;
-                release_freed_memory();
+            }
+            // The read's temporaries, the parse's and any replaced list are freed by now (and,
+            // after a large read, the connection's buffer): give them back in one go.
+            if polled.bytes >= LARGE_READ || polled.replaced {
+                os::release_freed_memory();
             }
             self.wait(pubsub.as_mut())?;
         }
@@ -174,22 +189,22 @@ impl Refresher {
         }
     }
 
-    /// Reads the key and installs what changed; returns how many bytes of list it read.
-    fn poll(&mut self, con: &mut redis::Connection) -> Result<usize, String> {
+    /// Reads the key and installs what changed.
+    fn poll(&mut self, con: &mut redis::Connection) -> Result<Polled, String> {
         let key = &self.config.key;
         let started = Instant::now();
         match fetch(con, key, self.config.max_bytes) {
             Ok(fetched) => {
                 let bytes = fetched.bytes();
-                self.install(fetched, started.elapsed());
+                let replaced = self.install(fetched, started.elapsed());
                 self.record_success();
-                Ok(bytes)
+                Ok(Polled { bytes, replaced })
             }
             Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
                 // The connection is fine; keep it and the last good list.
                 let error = format!("ignoring key {key}: {refused}");
                 self.record_failure(&error, true);
-                Ok(0)
+                Ok(Polled::default())
             }
             Err(FetchError::Redis(e)) => {
                 Err(format!("failed to read key {key}: {}", self.describe(&e)))
@@ -197,8 +212,8 @@ impl Refresher {
         }
     }
 
-    /// Parses and swaps in a new list unless the value is unchanged.
-    fn install(&mut self, fetched: Fetched, read_took: Duration) {
+    /// Parses and swaps in a new list unless the value is unchanged; says whether it did.
+    fn install(&mut self, fetched: Fetched, read_took: Duration) -> bool {
         let version = fetched.version();
         let current = self.shared.current();
         if current
@@ -206,7 +221,7 @@ impl Refresher {
             .as_ref()
             .is_some_and(|l| l.version == version)
         {
-            return;
+            return false;
         }
         let started = Instant::now();
         let list = Whitelist::parse(fetched.values());
@@ -222,8 +237,7 @@ impl Refresher {
                 loaded_at: SystemTime::now(),
             }),
         }));
-        drop(current);
-        release_freed_memory();
+        true
     }
 
     fn report_parse(
@@ -349,69 +363,4 @@ fn is_timeout(e: &redis::RedisError) -> bool {
         source = error.source();
     }
     false
-}
-
-/// The refresher's nice value: on a busy machine a large rebuild takes longer, requests do not.
-const REFRESHER_NICE: std::ffi::c_int = 10;
-
-/// Lowers this thread's CPU priority below the worker's (Linux nice values are per thread).
-fn yield_to_requests() {
-    #[cfg(target_os = "linux")]
-    {
-        const PRIO_PROCESS: std::ffi::c_int = 0;
-        extern "C" {
-            fn gettid() -> std::ffi::c_int;
-            fn setpriority(
-                which: std::ffi::c_int,
-                who: std::ffi::c_int,
-                prio: std::ffi::c_int,
-            ) -> std::ffi::c_int;
-        }
-        // SAFETY: both take and return plain integers; `who` is this thread's own id.
-        unsafe {
-            setpriority(PRIO_PROCESS, gettid(), REFRESHER_NICE);
-        }
-    }
-}
-
-/// Allocations from this size up get their own mapping, returned to the system when freed.
-const MMAP_THRESHOLD: std::ffi::c_int = 4 << 20;
-
-/// A large list passes through big temporary buffers (the value as read, the parsed networks) on
-/// the refresher thread. glibc serves them from the thread's arena once a large free has raised its
-/// dynamic mmap threshold, and `malloc_trim` never gives back the top of a thread arena: a worker
-/// would keep a list's worth of freed memory for good. A fixed threshold keeps them mapped apart.
-/// It is process-wide, but nginx itself makes no allocations this large; an operator's own
-/// MALLOC_MMAP_THRESHOLD_ wins.
-fn map_large_allocations() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
-            return;
-        }
-        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-        extern "C" {
-            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-        }
-        // SAFETY: mallopt takes no pointers; glibc serialises it with its own locks.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        }
-    }
-}
-
-/// Parsing a large list frees tens of megabytes of temporaries (the raw members, the parsed
-/// networks), which glibc otherwise keeps mapped in this thread's arena for good: give them back.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: malloc_trim takes no pointers and only returns free memory to the system; glibc
-        // makes it safe to call from any thread.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
 }

@@ -179,7 +179,11 @@ impl Fetched {
 
     /// The size of the list text: the string's length, or the sum of the members' lengths.
     pub fn bytes(&self) -> usize {
-        self.values().iter().map(|v| v.len()).sum()
+        match self {
+            Fetched::Missing => 0,
+            Fetched::String(value) => value.len(),
+            Fetched::Set(members) => members.iter().map(Vec::len).sum(),
+        }
     }
 
     /// The values to parse: the string, or each member.
