@@ -18,17 +18,15 @@ import os
 import platform
 import random
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 from harness import (HOST as CLIENT, LIB_DIR, PROCESSES, TOP, Redis, get, load_modules,  # noqa: E402
-                     preamble, rss_mib, spawn, start_nginx, stop, stop_all, wait_port, wait_until,
+                     preamble, rss_mib, spawn, start_nginx, stop, wait_port, wait_until,
                      worker_pids)
 import harness  # noqa: E402
 
@@ -569,10 +567,8 @@ def main():
     opts.trials = 20 if opts.quick else 100
     opts.swap_seconds = 10
 
-    RUN_DIR = tempfile.mkdtemp(prefix="gray-bench-")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     started = time.time()
-    try:
+    with harness.run_dir("gray-bench-") as RUN_DIR:
         redis = Redis(REDIS_PORT, RUN_DIR)
         start_backends()
         mt = matcher(opts)
@@ -581,9 +577,6 @@ def main():
         hung = redis_hung(redis, opts)
         rb = None if opts.quick else {kind: rebuild(redis, opts, kind) for kind in ("set", "string")}
         cg = callgrind(redis, opts)
-    finally:
-        stop_all()
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
     out = os.path.join(TOP, "bench", "RESULTS.quick.md" if opts.quick else "RESULTS.md")
     with open(out, "w") as f:
         f.write(report(opts, tp, cg, mt, prop, rb, hung, time.time() - started))

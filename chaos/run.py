@@ -14,7 +14,6 @@ import datetime
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 from harness import (HOST, LIB_DIR, PROCESSES, TOP, Redis, alive, get, load_modules,  # noqa: E402
-                     nginx_prefix, preamble, rss_mib, spawn, start_nginx, start_responders, stop_all,
+                     nginx_prefix, preamble, rss_mib, signal_nginx, spawn, start_nginx, start_responders,
                      wait_until, worker_pids)
 import harness  # noqa: E402
 
@@ -63,8 +62,7 @@ def start_backends():
     """nginx answering "<route> <expected>"; returns how to reload it."""
     _, prefix = start_responders(RUN_DIR, {BACKEND_PROD_PORT: "prod $http_x_expect",
                                            BACKEND_GRAY_PORT: "gray $http_x_expect"})
-    return lambda: subprocess.run(["nginx", "-p", prefix + "/", "-c", os.path.join(prefix, "nginx.conf"),
-                                   "-s", "reload"], check=True, capture_output=True)
+    return lambda: signal_nginx(prefix, "reload")
 
 
 class Gateway:
@@ -73,7 +71,6 @@ class Gateway:
     def __init__(self, name, port, trusted):
         self.port = port
         self.prefix = nginx_prefix(RUN_DIR, name)
-        self.conf = os.path.join(self.prefix, "nginx.conf")
         proxy = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
         conf = f"""
 {load_modules()}
@@ -105,8 +102,7 @@ daemon off;
         return body.split()[0] if status == 200 else f"status {status}"
 
     def signal(self, name):
-        subprocess.run(["nginx", "-p", self.prefix + "/", "-c", self.conf, "-s", name], check=True,
-                       capture_output=True)
+        signal_nginx(self.prefix, name)
 
     def workers(self):
         return worker_pids(self.prefix)
@@ -395,6 +391,13 @@ def rss(gw):
     return {w: rss_mib(w) for w in gw.workers()}
 
 
+def rss_growth(before, after):
+    """The largest growth of one worker's RSS, MiB; infinite if the workers changed (one died)."""
+    if set(after) != set(before):
+        return float("inf")
+    return max(after[w] - before[w] for w in before)
+
+
 def abuse(gw, fault, redis_commands, log_pattern, log_what, max_growth_mib=16):
     """Bad input under load: the good entries stay in effect, the log says what was wrong, memory
     stays bounded, no worker dies. The returned row's `since` is where this fault's log starts."""
@@ -409,7 +412,7 @@ def abuse(gw, fault, redis_commands, log_pattern, log_what, max_growth_mib=16):
     row.since = since
     row.check(logged(gw, log_pattern, since), f"error log: {log_what}")
     row.check(set(after) == set(before), "the same workers before and after (no crash)")
-    growth = max(after[w] - before[w] for w in before if w in after) if set(after) == set(before) else float("inf")
+    growth = rss_growth(before, after)
     row.check(growth <= max_growth_mib, f"worker RSS grew {growth:.1f} MiB (bound {max_growth_mib})")
     return row
 
@@ -485,8 +488,7 @@ def large_rereads(redis, gw):
                 r"loaded whitelist from string key gray: 1401000 entries", "1,401,000 entries loaded",
                 max_growth_mib=64)
     row.check(state["loaded"], "both workers loaded it")
-    after = rss(gw)
-    growth = max(after[w] - state["rss"][w] for w in after if w in state["rss"])
+    growth = rss_growth(state["rss"], rss(gw))
     row.check(growth <= 4, f"worker RSS moved {growth:+.1f} MiB over the 5 re-reads (bound 4)")
     put_good(redis, gw)
     return row
@@ -590,11 +592,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", metavar="FILE", help="also write the table, as Markdown, to FILE")
     opts = parser.parse_args()
-    RUN_DIR = tempfile.mkdtemp(prefix="gray-chaos-")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     started = time.time()
     rows, reference = [], []
-    try:
+    with harness.run_dir("gray-chaos-") as RUN_DIR:
         redis = Redis(REDIS_PORT, RUN_DIR)
         redis.put_list(GOOD, "string")
         reload_backends = start_backends()
@@ -612,9 +612,6 @@ def main():
         log("quit")
         rows.append(quit_gateway(gw, "gateway", expected_exits=2))
         rows.append(quit_gateway(spoof, "spoof gateway", expected_exits=2))
-    finally:
-        stop_all()
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
     text = table(rows, reference)
     print(text)
     failed = [r.fault for r in rows if not r.ok]

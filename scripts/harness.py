@@ -5,6 +5,7 @@ Every process started through `spawn` is stopped by `stop_all`, which the runner
 `finally`, so a failed run leaves nothing behind.
 """
 
+import contextlib
 import http.client
 import os
 import re
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +57,19 @@ def stop_all(*_):
             except ProcessLookupError:
                 pass
         stop(proc, signal.SIGQUIT if "nginx" in str(proc.args) else signal.SIGTERM, timeout=5)
+
+
+@contextlib.contextmanager
+def run_dir(prefix):
+    """A scratch directory for one run; when the run ends, also by an exception or SIGTERM, every
+    process `spawn` started is stopped and the directory removed."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        yield path
+    finally:
+        stop_all()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_until(check, timeout, interval=0.05):
@@ -228,10 +243,16 @@ def start_nginx(prefix, conf, ready_port, timeout=120):
     return proc
 
 
-def start_responders(run_dir, answers):
+def signal_nginx(prefix, name):
+    """`nginx -s name` (reload, quit, ...) for the nginx `start_nginx` started in `prefix`."""
+    subprocess.run(["nginx", "-p", prefix + "/", "-c", os.path.join(prefix, "nginx.conf"), "-s", name],
+                   check=True, capture_output=True)
+
+
+def start_responders(directory, answers):
     """One nginx worker answering `return 200 <body>` on each port of `answers` ({port: body}, the
     body in nginx syntax); returns the process and its prefix."""
-    prefix = nginx_prefix(run_dir, "backends")
+    prefix = nginx_prefix(directory, "backends")
     servers = "".join(f"""
     server {{ listen {HOST}:{port}; keepalive_requests 1000000;
              location / {{ return 200 "{body}\\n"; }} }}""" for port, body in answers.items())
