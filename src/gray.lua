@@ -1,9 +1,9 @@
 -- The Lua half of require("gray"): the request path and the nginx-facing glue.
 -- ngx.exec yields, and a yield cannot cross the Rust (C) frame, so route() lives here: it asks Rust
--- for the decision through two FFI functions (no allocation, no Redis, no lock) and jumps in a Lua
+-- for the decision through FFI functions (no allocation, no Redis, no lock) and jumps in a Lua
 -- frame. Everything else is in Rust (`core`). Errors from misuse are raised here, blaming the
 -- caller; the request path never raises.
-local core, route_peer_ptr, route_forwarded_ptr = ...
+local core, route_request_ptr, route_peer_ptr, route_forwarded_ptr = ...
 
 local ffi = require "ffi"
 
@@ -23,12 +23,15 @@ local get_request = require("resty.core.base").get_request
 require "resty.core.var"
 local var_get = ffi.C.ngx_http_lua_ffi_var_get
 
-local route_peer = ffi.cast("int (*)(const char *, size_t)", route_peer_ptr)
+local route_request = ffi.cast("int (*)(void *)", route_request_ptr)
+local route_peer = ffi.cast("int (*)(void *, const char *, size_t)", route_peer_ptr)
 local route_forwarded = ffi.cast(
     "int (*)(const char *, size_t, const char *, size_t, const char *, size_t)",
     route_forwarded_ptr)
 
+local PROD = 0
 local NEED_FORWARDED = -1
+local NEED_ADDRESS = -2
 local NGX_OK = 0
 
 -- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
@@ -39,14 +42,13 @@ local addr_value = ffi.new("char *[1]")
 local addr_len = ffi.new("size_t[1]")
 local var_err = ffi.new("char *[1]")
 
-local function peer_addr()
-    local r = get_request()
-    if r == nil or var_get(r, ADDR_VAR, #ADDR_VAR, addr_lowcase, 0, addr_value, addr_len,
-                           var_err) ~= NGX_OK then
+local function peer_addr(r)
+    if var_get(r, ADDR_VAR, #ADDR_VAR, addr_lowcase, 0, addr_value, addr_len, var_err) ~= NGX_OK then
         return nil
     end
     return addr_value[0], addr_len[0]
 end
+
 -- How often the worker copies the refresher's queued log lines into the error log.
 local LOG_DRAIN_INTERVAL = 0.2
 local LOG_LEVELS = { ngx.ERR, ngx.WARN, ngx.NOTICE, ngx.INFO }
@@ -132,16 +134,23 @@ function _M.route()
     if not started then
         start_lazily()
     end
-    -- The binary form (4 or 16 bytes) needs no parsing; realip updates it like $remote_addr.
-    local peer, peer_len = peer_addr()
-    if not peer then
+    local r = get_request()
+    if r == nil then
         return ngx_exec(targets[0])
     end
-    local code = route_peer(peer, peer_len)
+    -- Rust reads the address from the request once this nginx's layout is proven (the first
+    -- request proves it against the variable); the binary form needs no parsing, and realip
+    -- updates it like $remote_addr.
+    local code = route_request(r)
+    if code == NEED_ADDRESS then
+        local peer, peer_len = peer_addr(r)
+        code = peer and route_peer(r, peer, peer_len) or PROD
+    end
     if code == NEED_FORWARDED then
+        local peer, peer_len = peer_addr(r)
         local xff = ngx_var.http_x_forwarded_for
         local xri = ngx_var.http_x_real_ip
-        code = route_forwarded(peer, peer_len, xff, xff and #xff or 0, xri, xri and #xri or 0)
+        code = route_forwarded(peer, peer_len or 0, xff, xff and #xff or 0, xri, xri and #xri or 0)
     end
     return ngx_exec(targets[code] or targets[0])
 end

@@ -13,6 +13,7 @@ pub mod client_ip;
 pub mod config;
 pub mod ipset;
 pub mod log;
+pub mod nginx_request;
 mod os;
 pub mod refresher;
 pub mod snapshot;

@@ -178,3 +178,18 @@ SET gray 127.0.0.1
     }
 --- response_body
 gray
+
+
+
+=== TEST 12: the client address is read from the request itself once the first request proved nginx's layout; decisions are the same either way
+--- redis
+SET gray "127.0.0.10 2001:db8::/32"
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+    location = /read { content_by_lua_block { ngx.say(require("gray").status().address_read) } }
+--- request eval
+["GET /read", "GET /t", "GET /read", "GET /t", "GET /t", "GET /t", "GET /t", "GET /t"]
+--- more_headers eval
+["X-Client: 127.0.0.10", "X-Client: 127.0.0.10", "X-Client: 127.0.0.10", "X-Client: 127.0.0.10", "X-Client: 127.0.0.1", "X-Client: 2001:db8::5", "X-Client: 2001:db9::5", "X-Client: ::ffff:127.0.0.10"]
+--- response_body eval
+["unchecked\n", "gray\n", "connection\n", "gray\n", "prod\n", "gray\n", "prod\n", "gray\n"]
