@@ -113,6 +113,12 @@ def rss_mib(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
 
 
+def peak_rss_mib(pid):
+    """The process's resident-set high-water mark (VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+
+
 def alive(pid):
     """Running, not a zombie: a container's PID 1 may reap exited daemons late."""
     try:

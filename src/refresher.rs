@@ -195,7 +195,7 @@ impl Refresher {
         let started = Instant::now();
         match fetch(con, key, self.config.max_bytes) {
             Ok(fetched) => {
-                let bytes = fetched.bytes();
+                let bytes = fetched.bytes;
                 let replaced = self.install(fetched, started.elapsed());
                 self.record_success();
                 Ok(Polled { bytes, replaced })
@@ -214,7 +214,7 @@ impl Refresher {
 
     /// Parses and swaps in a new list unless the value is unchanged; says whether it did.
     fn install(&mut self, fetched: Fetched, read_took: Duration) -> bool {
-        let version = fetched.version();
+        let (kind, version) = (fetched.kind, fetched.version);
         let current = self.shared.current();
         if current
             .loaded
@@ -224,9 +224,7 @@ impl Refresher {
             return false;
         }
         let started = Instant::now();
-        let list = Whitelist::parse(fetched.values());
-        let kind = fetched.kind();
-        drop(fetched);
+        let list = fetched.into_list();
         self.report_parse(&list, kind, version, read_took, started.elapsed());
         self.shared.snapshot.store(Arc::new(Snapshot {
             trusted_proxies: current.trusted_proxies.clone(),
@@ -250,10 +248,15 @@ impl Refresher {
     ) {
         let key = &self.config.key;
         let shared = self.shared;
+        // A SET's members are parsed as its batches arrive; what is left after reading is indexing.
+        let (read, parse) = match kind {
+            KeyKind::Set => ("read and parsed", "indexed"),
+            _ => ("read", "parsed"),
+        };
         shared.log(
             Level::Notice,
             format!(
-                "loaded whitelist from {} key {key}: {} entries ({} IPv4, {} IPv6), {} rejected, version {version:016x}, read in {:.1} ms, parsed in {:.1} ms",
+                "loaded whitelist from {} key {key}: {} entries ({} IPv4, {} IPv6), {} rejected, version {version:016x}, {read} in {:.1} ms, {parse} in {:.1} ms",
                 kind.as_str(),
                 list.entries(),
                 list.entries_v4,

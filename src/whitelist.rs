@@ -69,9 +69,30 @@ pub struct Whitelist {
 impl Whitelist {
     /// Parses every value (the string value of the key, or each member of a SET).
     pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let mut list = Whitelist::default();
-        let mut nets = Vec::new();
-        for token in values.into_iter().flat_map(tokens) {
+        let mut builder = WhitelistBuilder::default();
+        for value in values {
+            builder.add(value);
+        }
+        builder.finish()
+    }
+
+    pub fn entries(&self) -> usize {
+        self.entries_v4 + self.entries_v6
+    }
+}
+
+/// A whitelist parsed a value at a time (a SET arrives in batches), indexed once at the end.
+#[derive(Debug, Default)]
+pub struct WhitelistBuilder {
+    list: Whitelist,
+    nets: Vec<IpNet>,
+}
+
+impl WhitelistBuilder {
+    /// Parses one value: the key's string, or a member of a SET.
+    pub fn add(&mut self, value: &[u8]) {
+        let list = &mut self.list;
+        for token in tokens(value) {
             match parse_entry(token) {
                 Ok((net, had_host_bits)) => {
                     let net = canonical_net(net);
@@ -88,7 +109,7 @@ impl Whitelist {
                             });
                         }
                     }
-                    nets.push(net);
+                    self.nets.push(net);
                 }
                 Err(error) => {
                     list.rejected_count += 1;
@@ -101,12 +122,14 @@ impl Whitelist {
                 }
             }
         }
-        list.set = IpSet::new(nets);
-        list
     }
 
-    pub fn entries(&self) -> usize {
-        self.entries_v4 + self.entries_v6
+    /// Builds the lookup tables from everything added.
+    pub fn finish(self) -> Whitelist {
+        Whitelist {
+            set: IpSet::new(self.nets),
+            ..self.list
+        }
     }
 }
 

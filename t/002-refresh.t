@@ -290,3 +290,47 @@ under the cap: true
 --- error_log
 ignoring key gray: value is 4500 bytes, over max_bytes (4096 bytes); keeping the last good list
 --- wait: 0.3
+
+
+
+=== TEST 11: a SET read in several SSCAN batches: refused when a later batch crosses max_bytes, loaded whole when under it, and the connection stays in step
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.2, max_bytes = 150000,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local fill = "for i = 1, tonumber(ARGV[1]) do redis.call('sadd', KEYS[1], '10.' "
+                         .. ".. math.floor(i / 65536) .. '.' .. math.floor(i / 256) % 256 .. '.' .. i % 256) end"
+            T.redis("eval", fill, 1, "gray", 25000)
+            T.redis("publish", "gray:changed", "1")
+            ngx.say("refused: ", (T.wait_for(function()
+                return (gray.status().last_error or ""):find("set members exceed max_bytes (150000 bytes)",
+                                                             1, true)
+            end, 2)) ~= nil)
+            T.redis("del", "gray")
+            T.redis("eval", fill, 1, "gray", 12000)
+            T.redis("publish", "gray:changed", "1")
+            T.wait_for(function() return gray.status().entries == 12000 end, 2)
+            ngx.say("entries: ", gray.status().entries)
+            T.redis("del", "gray")
+            T.redis("set", "gray", "127.0.0.1")
+            T.redis("publish", "gray:changed", "1")
+            ngx.say("then a string: ", (T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 2)))
+        }
+    }
+--- response_body
+refused: true
+entries: 12000
+then a string: true
+--- error_log
+stopped reading after
+--- no_error_log
+failed to read key
+--- wait: 0.3
