@@ -177,10 +177,9 @@ def start_gateway(entries, refresh, lua_cache=True):
 
 # --- wrk --------------------------------------------------------------------------------------
 
-def wrk(port, path, seconds, connections=16, script=None):
+def wrk(port, path, seconds, connections=16):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "--latency",
-                          *(["-s", script] if script else []), f"http://{CLIENT}:{port}{path}"],
-                         capture_output=True, text=True, check=True).stdout
+                          f"http://{CLIENT}:{port}{path}"], capture_output=True, text=True, check=True).stdout
 
     def latency(label):
         m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
