@@ -153,18 +153,11 @@ pub struct IpSet {
 
 impl IpSet {
     pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
+        let mut builder = IpSetBuilder::default();
         for net in nets {
-            match canonical_net(net) {
-                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
-                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
-            }
+            builder.insert(net);
         }
-        IpSet {
-            v4: RangeTable::build(v4),
-            v6: RangeTable::build(v6),
-        }
+        builder.build()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,6 +189,33 @@ impl IpSet {
     /// Memory held by the lookup tables, for status and the memory budget.
     pub fn heap_bytes(&self) -> usize {
         self.v4.heap_bytes() + self.v6.heap_bytes()
+    }
+}
+
+/// An [`IpSet`] being filled: each network kept as the range of its family, nothing else.
+#[derive(Debug, Default)]
+pub struct IpSetBuilder {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl IpSetBuilder {
+    pub fn insert(&mut self, net: IpNet) {
+        match canonical_net(net) {
+            IpNet::V4(n) => self
+                .v4
+                .push((u32::from(n.network()), u32::from(n.broadcast()))),
+            IpNet::V6(n) => self
+                .v6
+                .push((u128::from(n.network()), u128::from(n.broadcast()))),
+        }
+    }
+
+    pub fn build(self) -> IpSet {
+        IpSet {
+            v4: RangeTable::build(self.v4),
+            v6: RangeTable::build(self.v6),
+        }
     }
 }
 

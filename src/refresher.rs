@@ -95,14 +95,7 @@ impl Refresher {
         self.shared
             .update_status(|s| s.subscribed = pubsub.is_some());
         loop {
-            let command = match con.as_mut() {
-                Some(command) => command,
-                None => con.insert(self.connect().map_err(|e| self.connect_error(&e))?),
-            };
-            let polled = self.poll(command)?;
-            if polled.bytes >= LARGE_READ {
-                con = None;
-            }
+            let polled = self.poll(&mut con)?;
             // The read's temporaries, the parse's and any replaced list are freed by now (and,
             // after a large read, the connection's buffer): give them back in one go.
             if polled.bytes >= LARGE_READ || polled.replaced {
@@ -189,13 +182,22 @@ impl Refresher {
         }
     }
 
-    /// Reads the key and installs what changed.
-    fn poll(&mut self, con: &mut redis::Connection) -> Result<Polled, String> {
+    /// Reads the key and installs what changed. Connects first if `con` is `None`, and leaves it
+    /// `None` after a large read: redis-rs keeps its largest reply's buffer for a connection's life,
+    /// so it goes before the parse needs memory of its own.
+    fn poll(&mut self, con: &mut Option<redis::Connection>) -> Result<Polled, String> {
+        let command = match con.as_mut() {
+            Some(command) => command,
+            None => con.insert(self.connect().map_err(|e| self.connect_error(&e))?),
+        };
         let key = &self.config.key;
         let started = Instant::now();
-        match fetch(con, key, self.config.max_bytes) {
+        match fetch(command, key, self.config.max_bytes) {
             Ok(fetched) => {
                 let bytes = fetched.bytes;
+                if bytes >= LARGE_READ {
+                    *con = None;
+                }
                 let replaced = self.install(fetched, started.elapsed());
                 self.record_success();
                 Ok(Polled { bytes, replaced })

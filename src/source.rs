@@ -49,10 +49,17 @@ impl Fetched {
 
     /// The whitelist, parsed (a string) and indexed.
     pub fn into_list(self) -> Whitelist {
-        match self.entries {
-            Entries::Text(value) => Whitelist::parse([value.as_slice()]),
-            Entries::Parsed(builder) => builder.finish(),
-        }
+        let builder = match self.entries {
+            Entries::Text(value) => {
+                let mut builder = WhitelistBuilder::default();
+                builder.add(&value);
+                // A large value is freed before the index is built: one less copy at the peak.
+                drop(value);
+                builder
+            }
+            Entries::Parsed(builder) => *builder,
+        };
+        builder.finish()
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::ipset::{canonical_net, IpSet};
+use crate::ipset::{canonical_net, IpSet, IpSetBuilder};
 
 /// How many rejected entries are kept verbatim for the log and `status()`; the rest are counted.
 pub const REJECTED_SAMPLES: usize = 10;
@@ -85,7 +85,7 @@ impl Whitelist {
 #[derive(Debug, Default)]
 pub struct WhitelistBuilder {
     list: Whitelist,
-    nets: Vec<IpNet>,
+    set: IpSetBuilder,
 }
 
 impl WhitelistBuilder {
@@ -109,7 +109,7 @@ impl WhitelistBuilder {
                             });
                         }
                     }
-                    self.nets.push(net);
+                    self.set.insert(net);
                 }
                 Err(error) => {
                     list.rejected_count += 1;
@@ -127,7 +127,7 @@ impl WhitelistBuilder {
     /// Builds the lookup tables from everything added.
     pub fn finish(self) -> Whitelist {
         Whitelist {
-            set: IpSet::new(self.nets),
+            set: self.set.build(),
             ..self.list
         }
     }
