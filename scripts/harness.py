@@ -113,6 +113,19 @@ def rss_mib(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
 
 
+def cpu_seconds(pid, threads="all"):
+    """CPU time (user + system) of a process: all its threads, or only the ones other than its
+    main thread (threads="others": in an nginx worker, gray's refresher)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if threads == "others" and int(tid) == pid:
+            continue
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid):
     """The process's resident-set high-water mark (VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
