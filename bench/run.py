@@ -520,9 +520,9 @@ def report(opts, tp, cg, mt, prop, rb, hung, elapsed):
               "cache is measured at 1 entry only: its client is a host entry, a hash hit at any size). "
               f"{opts.repeats} repeat(s); median (min-max). Separate nginx runs differ by up to a few "
               "hundred instructions per request (the allocator, below); smaller differences are ties.", ""]
-    header = ["| entries | plain proxy_pass (v5) | bare Lua (v6) | reading the client address | Lua cache (v3) "
-              "| gray (v7) | gray - bare Lua (target <= 1,000) | gray's decision (gray - reading the address) |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    header = ["| entries | plain proxy_pass (v5) | bare Lua (v6) | `$binary_remote_addr` through ngx.var's FFI "
+              "| Lua cache (v3) | gray (v7) | gray - bare Lua (target <= 1,000) |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     columns = ("v5", "v6", "address", "v3", "v7")
     for counted in ((), ("no alloc",)):
         if counted:
@@ -539,11 +539,12 @@ def report(opts, tp, cg, mt, prop, rb, hung, elapsed):
                     for v in columns}
             delta = med["v7"] - med["v6"]
             lines.append(f"| {size:,} | {cell['v5']} | {cell['v6']} | {cell['address']} | {cell['v3']} | "
-                         f"{cell['v7']} | {delta:,.0f}: {'met' if delta <= 1000 else 'missed'} | "
-                         f"{med['v7'] - med['address']:,.0f} |")
-    lines += ["", "\"Reading the client address\" is `require` + a module function that reads "
-              "`$binary_remote_addr` as gray does (the FFI function behind `ngx.var`, into a pointer, no "
-              "Lua string) and jumps (bench/lua/address.lua): everything gray does except deciding."]
+                         f"{cell['v7']} | {delta:,.0f}: {'met' if delta <= 1000 else 'missed'} |")
+    lines += ["", "The `$binary_remote_addr` column is `require` + a module function that reads the variable "
+              "through the FFI function behind `ngx.var` (into a pointer, no Lua string) and jumps "
+              "(bench/lua/address.lua): what reading the address costs a Lua router, and what gray pays in a "
+              "worker that could not prove nginx's request layout (README, How it works). gray reads it from "
+              "the request itself once proven, so its whole decision costs less than that read alone."]
     lines.append("")
 
     lines += ["## The matcher alone (criterion)", "",

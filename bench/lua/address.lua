@@ -1,7 +1,7 @@
--- Callgrind reference for `make bench`: what gray does on each request except deciding. A module
--- function that reads the client address as gray does (ngx.var's FFI function, into a pointer,
--- no Lua string) and jumps, so gray's cost splits into "reading the client address" and "gray's
--- decision" (the FFI call into Rust and the lookup).
+-- Callgrind reference for `make bench`: what reading the client address through nginx's variable
+-- costs. A module function that reads $binary_remote_addr through ngx.var's FFI function (into a
+-- pointer, no Lua string) and jumps: what any Lua router pays for the address, and what gray pays in
+-- a worker that could not prove nginx's request layout and falls back to the variable.
 local ffi = require "ffi"
 local get_request = require("resty.core.base").get_request
 require "resty.core.var"
