@@ -407,21 +407,23 @@ while time.time() < end:
 
 
 def redis_hung(redis, opts):
-    """Throughput and p99 of the Redis-dependent variants with Redis up, then stopped (SIGSTOP)."""
+    """Throughput and p99 of the Redis-dependent variants with Redis up and stopped (SIGSTOP),
+    alternating up and hung over the rounds."""
     redis.put_list([CLIENT], "string")
     gateway, _ = start_gateway([CLIENT], refresh=1)
     results = {}
-    for state in ("up", "hung"):
-        for v in ("v1", "v2", "v7"):
-            if state == "hung":
-                redis.pause()
-            try:
-                results[(v, state)] = wrk(PROXIED_PORT, f"/{v}", opts.seconds)
-            finally:
-                redis.resume()
-            time.sleep(1.5)
+    for rnd in range(opts.rounds):
+        for state in ("up", "hung") if rnd % 2 == 0 else ("hung", "up"):
+            for v in ("v1", "v2", "v7"):
+                if state == "hung":
+                    redis.pause()
+                try:
+                    results.setdefault((v, state), []).append(wrk(PROXIED_PORT, f"/{v}", opts.seconds))
+                finally:
+                    redis.resume()
+                time.sleep(1.5)
     stop(gateway, signal.SIGQUIT)
-    return results
+    return {k: summarize(v) for k, v in results.items()}
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -590,13 +592,15 @@ def report(opts, tp, cg, mt, prop, rb, hung, elapsed):
     lines += rebuild_report(opts, rb)
 
     lines += ["## Redis hung (SIGSTOP) during load", "",
-              "Proxied, 1 entry (the client is in it), wrk --timeout 2s.", "",
-              "| variant | Redis up: req/s | p99 ms | Redis hung: req/s | p99 ms | failed while hung |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+              f"Proxied, 1 entry (the client is in it), wrk --timeout 2s; {opts.rounds} round(s) of "
+              f"{opts.seconds}s per variant and state, up and hung alternating; medians, spread as above.", "",
+              "| variant | Redis up: req/s | spread | p99 ms | Redis hung: req/s | spread | p99 ms "
+              "| failed while hung |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for v in ("v1", "v2", "v7"):
         up, down = hung[(v, "up")], hung[(v, "hung")]
-        lines.append(f"| {v} {VARIANTS[v]} | {up['rps']:,.0f} | {up['p99']:.2f} | {down['rps']:,.0f} | "
-                     f"{down['p99']:.2f} | {down['failures']} |")
+        lines.append(f"| {v} {VARIANTS[v]} | {up['rps']:,.0f} | {up['spread']:.0%} | {up['p99']:.2f} "
+                     f"| {down['rps']:,.0f} | {down['spread']:.0%} | {down['p99']:.2f} | {down['failures']} |")
     lines.append("")
     return "\n".join(lines)
 
