@@ -200,8 +200,10 @@ pub struct IpSetBuilder {
 }
 
 impl IpSetBuilder {
-    pub fn insert(&mut self, net: IpNet) {
-        match canonical_net(net) {
+    /// Adds `net` as its canonical form ([`canonical_net`]), which it returns.
+    pub fn insert(&mut self, net: IpNet) -> IpNet {
+        let net = canonical_net(net);
+        match net {
             IpNet::V4(n) => self
                 .v4
                 .push((u32::from(n.network()), u32::from(n.broadcast()))),
@@ -209,6 +211,7 @@ impl IpSetBuilder {
                 .v6
                 .push((u128::from(n.network()), u128::from(n.broadcast()))),
         }
+        net
     }
 
     pub fn build(self) -> IpSet {

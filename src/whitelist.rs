@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::ipset::{canonical_net, IpSet, IpSetBuilder};
+use crate::ipset::{IpSet, IpSetBuilder};
 
 /// How many rejected entries are kept verbatim for the log and `status()`; the rest are counted.
 pub const REJECTED_SAMPLES: usize = 10;
@@ -95,7 +95,7 @@ impl WhitelistBuilder {
         for token in tokens(value) {
             match parse_entry(token) {
                 Ok((net, had_host_bits)) => {
-                    let net = canonical_net(net);
+                    let net = self.set.insert(net);
                     match net {
                         IpNet::V4(_) => list.entries_v4 += 1,
                         IpNet::V6(_) => list.entries_v6 += 1,
@@ -109,7 +109,6 @@ impl WhitelistBuilder {
                             });
                         }
                     }
-                    self.set.insert(net);
                 }
                 Err(error) => {
                     list.rejected_count += 1;
