@@ -142,12 +142,15 @@ function _M.route()
     -- request proves it against the variable); the binary form needs no parsing, and realip
     -- updates it like $remote_addr.
     local code = route_request(r)
+    local peer, peer_len
     if code == NEED_ADDRESS then
-        local peer, peer_len = peer_addr(r)
+        peer, peer_len = peer_addr(r)
         code = peer and route_peer(r, peer, peer_len) or PROD
     end
     if code == NEED_FORWARDED then
-        local peer, peer_len = peer_addr(r)
+        if not peer then
+            peer, peer_len = peer_addr(r)
+        end
         local xff = ngx_var.http_x_forwarded_for
         local xri = ngx_var.http_x_real_ip
         code = route_forwarded(peer, peer_len or 0, xff, xff and #xff or 0, xri, xri and #xri or 0)
