@@ -390,10 +390,12 @@ while time.time() < end:
     i += 1
     time.sleep(1)
 """])
-    cpu_before = [cpu_seconds(w, threads="others") for w in worker_pids(prefix)], cpu_seconds(redis.proc.pid)
+    def refreshers_cpu_seconds():
+        return sum(cpu_seconds(w, threads="others") for w in worker_pids(prefix))
+    refreshers_before, redis_before = refreshers_cpu_seconds(), cpu_seconds(redis.proc.pid)
     swapping = wrk(DECISION_PORT, "/v7", opts.swap_seconds)
-    refreshers_cpu = sum(cpu_seconds(w, threads="others") for w in worker_pids(prefix)) - sum(cpu_before[0])
-    redis_cpu = cpu_seconds(redis.proc.pid) - cpu_before[1]
+    refreshers_cpu = refreshers_cpu_seconds() - refreshers_before
+    redis_cpu = cpu_seconds(redis.proc.pid) - redis_before
     with open(os.path.join(prefix, "logs", "error.log")) as f:
         swaps = len(re.findall(rf"loaded whitelist from {kind} key gray", f.read())) - len(loads)
     swapping_paced = wrk(DECISION_PORT, "/v7", opts.swap_seconds, PACED_CONNECTIONS, PACED)

@@ -109,8 +109,18 @@ def worker_pids(prefix):
 
 
 def rss_mib(pid):
+    return status_mib(pid, "VmRSS")
+
+
+def peak_rss_mib(pid):
+    """The process's resident-set high-water mark."""
+    return status_mib(pid, "VmHWM")
+
+
+def status_mib(pid, field):
+    """A memory field of /proc/<pid>/status (reported in kB), in MiB."""
     with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 def cpu_seconds(pid, threads="all"):
@@ -124,12 +134,6 @@ def cpu_seconds(pid, threads="all"):
             fields = f.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid):
-    """The process's resident-set high-water mark (VmHWM)."""
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 def alive(pid):
