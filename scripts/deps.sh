@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs the Debian packages gray's build, tests and demo need, plus any named as arguments
-# (make bench adds wrk and valgrind); does nothing when all are there.
+# Installs the Debian packages gray's build and demo need, plus any named as arguments (the test
+# targets add Test::Nginx's Perl dependencies, make bench wrk and valgrind); does nothing when all
+# are there.
 set -eu
 
 packages="nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache

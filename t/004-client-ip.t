@@ -90,6 +90,43 @@ SET gray 2.2.2.2
 --- config
     location = /t { content_by_lua_block { require("gray").route() } }
 --- more_headers eval
-"X-Client: 10.0.0.1\nX-Forwarded-For: 2.2.2.2, " . join(", ", ("10.0.0.5") x 500)
+"X-Client: 10.0.0.1\nX-Forwarded-For: 2.2.2.2, " . CORE::join(", ", ("10.0.0.5") x 500)
 --- response_body
 gray
+
+
+
+=== TEST 5: the PROXY protocol: with `listen ... proxy_protocol` alone the client is the load balancer; realip's `real_ip_header proxy_protocol` makes it the PROXY header's client
+--- redis
+SET gray 127.0.0.77
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT proxy_protocol;
+        location / { content_by_lua_block { require("gray").route() } }
+        location /realip/ {
+            real_ip_header proxy_protocol;
+            content_by_lua_block { require("gray").route() }
+        }
+        location @prod1 { return 200 "prod\n"; }
+        location @prod2-grey { return 200 "gray\n"; }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            for _, path in ipairs({ "/", "/realip/" }) do
+                local sock = ngx.socket.tcp()
+                assert(sock:connect("127.0.0.1", $TEST_NGINX_EXTRA_PORT))
+                sock:send("PROXY TCP4 127.0.0.77 127.0.0.1 40000 80\r\nGET " .. path
+                          .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                local response = sock:receive("*a")
+                sock:close()
+                ngx.print(path, " ", response:match("\r\n\r\n(.*)$"))
+            end
+        }
+    }
+--- response_body
+/ prod
+/realip/ gray

@@ -1,14 +1,16 @@
 package t::Gray;
 
-# Shared set-up for gray's t/*.t files, usable under CPAN's Test::Nginx and under our runner alike:
-# - uses our runner (t/lib) only when no real Test::Nginx is installed;
+# Shared set-up for gray's t/*.t files, run under the real Test::Nginx (`make test-nginx`):
 # - starts a private redis-server for the file (TCP on a free loopback port, plus a unix socket the
 #   tests keep control through) and stops it at the end;
 # - gray_block(), a block preprocessor: resets Redis before each block (blocks run shuffled and must
 #   stand alone), runs the block's `--- redis` commands, closes the TCP port when the block has
 #   `--- redis_down`, stops it with SIGSTOP for `--- redis_hung`, and fills in what blocks share:
 #   the module paths, the named locations, `GET /t`, no errors logged, and (for a block without
-#   its own `--- http_config`) gray configured against the test Redis in init_worker.
+#   its own `--- http_config`) gray configured against the test Redis in init_worker;
+# - guards every block against [alert], [crit] and [emerg] (a worker crash after the response,
+#   say), also the blocks with their own error_log checks. A block that provokes one on purpose
+#   names it in `--- expected_alert` (or _crit, _emerg), which is then required instead.
 
 use strict;
 use warnings;
@@ -22,15 +24,10 @@ use Time::HiRes qw(sleep);
 use Exporter 'import';
 our @EXPORT = qw(gray_block);
 
-our $Root;
+our $Root = cwd();
 
-BEGIN {
-    $Root = cwd();
-    unless (grep { !ref && -f "$_/Test/Nginx/Socket/Lua.pm" } @INC) {
-        unshift @INC, "$Root/t/lib";
-    }
-}
-
+# Debian's nginx loads the Lua module dynamically; an nginx with it built in (OpenResty) runs with
+# TEST_NGINX_LOAD_MODULES set empty.
 $ENV{TEST_NGINX_LOAD_MODULES} //= join ' ',
     '/usr/lib/nginx/modules/ndk_http_module.so', '/usr/lib/nginx/modules/ngx_http_lua_module.so';
 $ENV{TEST_NGINX_GRAY_CPATH} //= "$Root/target/release/lib?.so";
@@ -141,10 +138,42 @@ sub gray_block {
     if (!defined $block->request && !defined $block->pipelined_requests) {
         $block->set_value('request', 'GET /t');
     }
-    if (!defined $block->error_log && !defined $block->no_error_log) {
-        $block->set_value('no_error_log', "[error]\n[alert]\n[crit]");
-    }
+    guard_error_log($block);
     return $block;
+}
+
+my %Guard = (alert => '[alert]', crit => '[crit]', emerg => '[emerg]');
+
+sub guard_error_log {
+    my $block = shift;
+    my @guard;
+    my @expected;
+    for my $level (sort keys %Guard) {
+        my $expected = $block->can("expected_$level") && $block->${\"expected_$level"};
+        if (defined $expected && length $expected) {
+            chomp $expected;
+            # With its level, so Test::Nginx's own warning about the level is silenced too.
+            push @expected, qr/\[$level\].*\Q$expected\E/;
+        } else {
+            push @guard, $Guard{$level};
+        }
+    }
+    $block->set_value('error_log', [patterns($block->error_log), @expected]) if @expected;
+    my @forbidden = patterns($block->no_error_log);
+    @forbidden = ('[error]') if !@forbidden && !defined $block->error_log;
+    for my $pattern (@guard) {
+        push @forbidden, $pattern unless grep { !ref && $_ eq $pattern } @forbidden;
+    }
+    $block->set_value('no_error_log', \@forbidden);
+}
+
+# A section's patterns as a list: lines of text, one regex, or an eval'd array.
+sub patterns {
+    my $value = shift;
+    return () unless defined $value;
+    return @$value if ref $value eq 'ARRAY';
+    return ($value) if ref $value;
+    return grep { length } split /\n+/, $value;
 }
 
 1;

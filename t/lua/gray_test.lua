@@ -1,6 +1,10 @@
 -- Test helpers for t/*.t: talk to the test's private Redis over its unix socket (which stays up
 -- when a test closes the TCP port), and wait for conditions instead of sleeping blindly.
-local redis = require "nginx.redis"
+-- OpenResty ships lua-resty-redis as resty.redis, Debian as nginx.redis.
+local has_resty_redis, redis = pcall(require, "resty.redis")
+if not has_resty_redis then
+    redis = require "nginx.redis"
+end
 local ffi = require "ffi"
 
 -- kill(2) directly: os.execute's status is unreliable under nginx, whose SIGCHLD handler reaps
@@ -21,6 +25,22 @@ function _M.redis(cmd, ...)
     assert(r:connect(SOCK))
     local res, err = r[cmd](r, ...)
     assert(res ~= nil, err)
+    r:close()
+    return res
+end
+
+-- Several commands as one MULTI/EXEC transaction, so no poll sees a state in between (a DEL
+-- before the SADD that refills the key, say): T.redis_atomic({ "del", "gray" }, { "sadd", "gray", "1.1.1.1" })
+function _M.redis_atomic(...)
+    local r = redis:new()
+    r:set_timeout(2000)
+    assert(r:connect(SOCK))
+    assert(r:multi())
+    for _, command in ipairs({ ... }) do
+        assert(r[command[1]](r, unpack(command, 2)))
+    end
+    local res, err = r:exec()
+    assert(res, err)
     r:close()
     return res
 end
