@@ -135,6 +135,18 @@ impl Config {
 
         let redis = redis::IntoConnectionInfo::into_connection_info(redis_url.as_str())
             .map_err(|e| invalid(format!("opts.redis is not a valid Redis URL: {e}")))?;
+        // gray speaks RESP2 on connections of its own (connection.rs): refuse what it would
+        // otherwise ignore, rather than fail to load at run time.
+        if redis.redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
+            return Err(invalid(
+                "opts.redis asks for protocol=resp3, which gray does not speak; remove it (RESP2 works with every Redis)",
+            ));
+        }
+        if matches!(redis.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            return Err(invalid(
+                "opts.redis is a rediss:// (TLS) URL, which this build of gray does not support",
+            ));
+        }
         Ok(Config {
             redis_display: mask_password(&redis_url),
             redis,
@@ -366,6 +378,10 @@ mod tests {
             (
                 &[("max_bytes", Str("32m".into()))],
                 "opts.max_bytes must be a whole number of bytes",
+            ),
+            (
+                &[("redis", Str("redis://127.0.0.1/0?protocol=resp3".into()))],
+                "opts.redis asks for protocol=resp3, which gray does not speak",
             ),
             (
                 &[("refrsh", Num(1.0))],

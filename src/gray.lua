@@ -13,6 +13,7 @@ local ngx_exec = ngx.exec
 local ngx_log = ngx.log
 local ngx_WARN = ngx.WARN
 local ngx_ERR = ngx.ERR
+local ngx_now = ngx.now
 local get_phase = ngx.get_phase
 local timer_every = ngx.timer.every
 local error = error
@@ -29,9 +30,9 @@ local route_forwarded = ffi.cast(
     "int (*)(const char *, size_t, const char *, size_t, const char *, size_t)",
     route_forwarded_ptr)
 
-local PROD = 0
-local NEED_FORWARDED = -1
-local NEED_ADDRESS = -2
+local PROD = core.codes.prod
+local NEED_FORWARDED = core.codes.need_forwarded
+local NEED_ADDRESS = core.codes.need_address
 local NGX_OK = 0
 
 -- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
@@ -55,15 +56,38 @@ local LOG_LEVELS = { ngx.ERR, ngx.WARN, ngx.NOTICE, ngx.INFO }
 
 local _M = { _VERSION = core.version }
 
--- targets[code] is the location for a decision code; [0] is production.
+-- This VM's options: its configuration cycle's (see lua.rs, Options).
+local options = core.defaults
+-- targets[code] is the location for a decision code; [PROD] is production.
 local targets = {}
+-- This VM has asked for the refresher (it may run already, started by another VM of the process).
 local started = false
+-- A failed thread start is tried again from the log timer, at most this often.
+local START_RETRY_INTERVAL = 5
+local start_failed_at
 
 local function sync_targets()
-    targets[0], targets[1] = core.targets()
+    targets[PROD], targets[core.codes.gray] = core.targets(options)
+end
+
+local function start(wait)
+    started = true
+    local ok, err = core.start(options, wait)
+    if ok == nil then
+        start_failed_at = ngx_now()
+        ngx_log(ngx_ERR, "gray: ", err, "; routing everyone to production")
+    elseif err then
+        ngx_log(ngx_WARN, "gray: ", err)
+    end
+    sync_targets()
+    return ok
 end
 
 local function drain_logs()
+    if start_failed_at and ngx_now() - start_failed_at >= START_RETRY_INTERVAL then
+        start_failed_at = nil
+        start(false)
+    end
     local lines = core.take_logs()
     if not lines then
         return
@@ -73,26 +97,26 @@ local function drain_logs()
     end
 end
 
-local function start(wait)
-    started = true
-    local ok, err = core.start(wait)
-    if not ok then
-        ngx_log(ngx_ERR, "gray: failed to start the refresher: ", err,
-                "; routing everyone to production")
-    elseif err then
-        ngx_log(ngx_WARN, "gray: ", err)
+-- Starts the refresher and, if this call started it for the process, the timer that drains its
+-- log lines: one of each per worker process, however many VMs it runs.
+local function start_with_timer(wait)
+    local ok = start(wait)
+    if ok == false then
+        return false
     end
     drain_logs()
     local timer_ok, timer_err = timer_every(LOG_DRAIN_INTERVAL, drain_logs)
     if not timer_ok then
         ngx_log(ngx_ERR, "gray: failed to create the log timer: ", timer_err)
     end
+    return true
 end
 
 local function start_lazily()
-    ngx_log(ngx_WARN, "gray: refresher started by a request; call require(\"gray\").init_worker() ",
-            "in init_worker_by_lua* so each worker loads the list before it serves")
-    start(false)
+    if start_with_timer(false) then
+        ngx_log(ngx_WARN, "gray: refresher started by a request; call require(\"gray\").init_worker() ",
+                "in init_worker_by_lua* so each worker loads the list before it serves")
+    end
 end
 
 function _M.configure(opts)
@@ -107,13 +131,14 @@ function _M.configure(opts)
     if started then
         error("gray.configure called after the refresher started in this worker", 2)
     end
-    local ok, err = core.configure(opts)
-    if not ok then
+    local configured, err = core.configure(opts)
+    if not configured then
         error(err, 2)
     end
+    options = configured
     sync_targets()
     if phase == "init_worker" then
-        start(true)
+        start_with_timer(true)
     end
     return true
 end
@@ -125,7 +150,7 @@ function _M.init_worker()
         error("gray.init_worker must be called in init_worker_by_lua*", 2)
     end
     if not started then
-        start(true)
+        start_with_timer(true)
     end
     return true
 end
@@ -136,7 +161,7 @@ function _M.route()
     end
     local r = get_request()
     if r == nil then
-        return ngx_exec(targets[0])
+        return ngx_exec(targets[PROD])
     end
     -- Rust reads the address from the request once this nginx's layout is proven (the first
     -- request proves it against the variable); the binary form needs no parsing, and realip
@@ -155,7 +180,7 @@ function _M.route()
         local xri = ngx_var.http_x_real_ip
         code = route_forwarded(peer, peer_len or 0, xff, xff and #xff or 0, xri, xri and #xri or 0)
     end
-    return ngx_exec(targets[code] or targets[0])
+    return ngx_exec(targets[code] or targets[PROD])
 end
 
 -- The decision route() would make, without the jump: location, reason.
@@ -165,17 +190,13 @@ function _M.decide()
     end
     local code, reason = core.explain(ngx_var.remote_addr, ngx_var.http_x_forwarded_for,
                                       ngx_var.http_x_real_ip)
-    return targets[code] or targets[0], reason
+    return targets[code] or targets[PROD], reason
 end
 
 function _M.status()
-    return core.status()
+    return core.status(options)
 end
 
-if get_phase() == "init" then
-    -- A new configuration cycle (start or reload): forget options from the previous cycle.
-    core.reset()
-end
 sync_targets()
 
 return _M

@@ -11,6 +11,7 @@
 
 pub mod client_ip;
 pub mod config;
+pub mod connection;
 pub mod ipset;
 pub mod log;
 pub mod nginx_request;

@@ -17,26 +17,39 @@ use crate::config::{Config, OptionValue};
 use crate::log::Level;
 use crate::nginx_request::AddressReader;
 use crate::refresher;
-use crate::snapshot::{Snapshot, Target};
+use crate::snapshot::{code, Snapshot, Target};
 use crate::state::SHARED;
 
-/// Options from `configure`, for the refresher this process starts. `None` means the defaults.
-static CONFIG: Mutex<Option<Arc<Config>>> = Mutex::new(None);
-/// The process that started a refresher: a forked worker has a new pid and starts its own.
+/// A configuration cycle's options, held by that cycle's Lua VM. nginx runs init_by_lua for a new
+/// cycle in a new VM and closes it if it rejects the configuration, so options kept here belong
+/// to the cycle nginx actually runs, also in workers the master respawns later.
+#[derive(Clone)]
+struct Options(Arc<Config>);
+
+impl LuaUserData for Options {}
+
+/// The process whose refresher is running: a forked worker has a new pid and starts its own.
 static STARTED_PID: AtomicU32 = AtomicU32::new(0);
+/// The options this process's refresher runs with. Request VMs under `lua_code_cache off` hold
+/// only the defaults; what they route by is what the refresher was started with.
+static RUNNING: Mutex<Option<Arc<Config>>> = Mutex::new(None);
 /// How this process reads a request's client address.
 static ADDRESS: AddressReader = AddressReader::new();
-/// Returned by `route_request` when the address has to be read through the variable.
-const NEED_ADDRESS: c_int = -2;
 /// How long `init_worker` waits for the first load beyond the Redis timeouts it is bounded by.
 const FIRST_LOAD_GRACE: Duration = Duration::from_millis(100);
 
-fn config() -> Arc<Config> {
-    CONFIG
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(|| Arc::new(Config::default()))
-        .clone()
+fn running_here() -> bool {
+    STARTED_PID.load(Ordering::SeqCst) == std::process::id()
+}
+
+/// The options in force: the running refresher's in a process that started one, else the VM's.
+fn active(options: &Options) -> Arc<Config> {
+    if running_here() {
+        if let Some(config) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return config.clone();
+        }
+    }
+    options.0.clone()
 }
 
 /// # Safety
@@ -52,20 +65,20 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
 }
 
 /// FFI: the decision for request `r`, its address read from the request itself, or
-/// `NEED_ADDRESS` when it has to come through `$binary_remote_addr` (see `nginx_request`).
+/// `code::NEED_ADDRESS` when it has to come through `$binary_remote_addr` (see `nginx_request`).
 unsafe extern "C" fn route_request(r: *const c_void) -> c_int {
     catch_unwind(|| {
         // SAFETY: gray.lua passes the current request, from resty.core's get_request().
         match unsafe { ADDRESS.peer(r) } {
             Some(peer) => SHARED.snapshot.load().route_peer(peer),
-            None => NEED_ADDRESS,
+            None => code::NEED_ADDRESS,
         }
     })
     .unwrap_or(Target::Prod as c_int)
 }
 
 /// FFI: the decision for the peer (`$binary_remote_addr` of request `r`) alone, or
-/// `NEED_FORWARDED`. The first IP peer also proves (or not) the address offsets for this process.
+/// `code::NEED_FORWARDED`. The first IP peer also proves (or not) the address offsets for this process.
 unsafe extern "C" fn route_peer(r: *const c_void, peer: *const u8, peer_len: usize) -> c_int {
     catch_unwind(|| {
         // SAFETY: called from gray.lua with the current request and the variable's value.
@@ -135,8 +148,8 @@ fn option_value(value: LuaValue) -> OptionValue {
     }
 }
 
-/// core.configure(opts) -> true | nil, err
-fn configure(_: &Lua, opts: LuaTable) -> LuaResult<(Option<bool>, Option<String>)> {
+/// core.configure(opts) -> options | nil, err
+fn configure(_: &Lua, opts: LuaTable) -> LuaResult<(Option<Options>, Option<String>)> {
     let mut options = Vec::new();
     for pair in opts.pairs::<LuaValue, LuaValue>() {
         let (name, value) = pair?;
@@ -152,36 +165,48 @@ fn configure(_: &Lua, opts: LuaTable) -> LuaResult<(Option<bool>, Option<String>
         options.push((name.to_string_lossy(), option_value(value)));
     }
     match Config::from_options(options) {
-        Ok(config) => {
-            *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(config));
-            Ok((Some(true), None))
-        }
+        Ok(config) => Ok((Some(Options(Arc::new(config))), None)),
         Err(e) => Ok((None, Some(e.to_string()))),
     }
 }
 
-/// core.start(wait) -> true [, note] | nil, err. With `wait`, returns once the first load attempt
-/// finished, bounded by the Redis timeouts; the note says when that bound ran out.
-fn start(_: &Lua, wait: bool) -> LuaResult<(Option<bool>, Option<String>)> {
+/// core.start(options, wait) -> started [, note] | nil, err. `started` is false when this process
+/// already runs a refresher (a second VM of the same worker, as under `lua_code_cache off`): one
+/// refresher per process. With `wait`, returns once the first load attempt finished, bounded by
+/// the Redis timeouts; the note says when that bound ran out.
+fn start(
+    _: &Lua,
+    (options, wait): (LuaUserDataRef<Options>, bool),
+) -> LuaResult<(Option<bool>, Option<String>)> {
     let pid = std::process::id();
     if STARTED_PID.swap(pid, Ordering::SeqCst) == pid {
-        return Ok((Some(true), None));
+        return Ok((Some(false), None));
     }
-    let config = config();
+    let config = options.0.clone();
     SHARED.snapshot.store(Arc::new(Snapshot {
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         loaded: None,
     }));
     let first_load = match refresher::spawn(config.clone(), &SHARED) {
         Ok(first_load) => first_load,
-        Err(e) => return Ok((None, Some(e.to_string()))),
+        Err(e) => {
+            // Not running: a later call may try again.
+            STARTED_PID.store(0, Ordering::SeqCst);
+            let error = format!("failed to start the refresher thread: {e}");
+            SHARED.update_status(|s| {
+                s.last_error = Some(error.clone());
+                s.last_error_at = Some(SystemTime::now());
+            });
+            return Ok((None, Some(error)));
+        }
     };
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(config.clone());
     if wait {
         // Connecting and reading are each bounded by the timeout.
         let bound = config.timeout * 2 + FIRST_LOAD_GRACE;
         if first_load.recv_timeout(bound).is_err() {
             return Ok((
-                None,
+                Some(true),
                 Some(format!(
                     "no answer from redis within {:.1}s; serving before the first load, which continues in the background",
                     bound.as_secs_f64()
@@ -197,15 +222,13 @@ fn unix_seconds(t: Option<SystemTime>) -> Option<f64> {
         .map(|d| d.as_secs_f64())
 }
 
-fn status(lua: &Lua, _: ()) -> LuaResult<LuaTable> {
-    let config = config();
+fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
+    let config = active(&options);
     let snapshot = SHARED.current();
     let refresh = SHARED.status();
     let t = lua.create_table()?;
-    t.set(
-        "running",
-        STARTED_PID.load(Ordering::SeqCst) == std::process::id(),
-    )?;
+    t.set("running", running_here() && refresh.running)?;
+    t.set("restarts", refresh.restarts)?;
     t.set("redis", config.redis_display.as_str())?;
     t.set("key", config.key.as_str())?;
     t.set("redis_connected", refresh.connected)?;
@@ -266,14 +289,20 @@ fn take_logs(lua: &Lua, _: ()) -> LuaResult<Option<LuaTable>> {
     Ok(Some(t))
 }
 
-fn targets(_: &Lua, _: ()) -> LuaResult<(String, String)> {
-    let config = config();
+/// core.targets(options) -> prod, gray
+fn targets(_: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<(String, String)> {
+    let config = active(&options);
     Ok((config.prod.clone(), config.gray.clone()))
 }
 
-fn reset(_: &Lua, _: ()) -> LuaResult<()> {
-    *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    Ok(())
+/// The decision codes, for the glue: one definition, in `snapshot`.
+fn codes(lua: &Lua) -> LuaResult<LuaTable> {
+    let t = lua.create_table()?;
+    t.set("prod", Target::Prod as i32)?;
+    t.set("gray", Target::Gray as i32)?;
+    t.set("need_forwarded", code::NEED_FORWARDED)?;
+    t.set("need_address", code::NEED_ADDRESS)?;
+    Ok(t)
 }
 
 #[mlua::lua_module]
@@ -286,7 +315,8 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     core.set("explain", lua.create_function(explain)?)?;
     core.set("take_logs", lua.create_function(take_logs)?)?;
     core.set("targets", lua.create_function(targets)?)?;
-    core.set("reset", lua.create_function(reset)?)?;
+    core.set("defaults", Options(Arc::new(Config::default())))?;
+    core.set("codes", codes(lua)?)?;
     let glue = lua
         .load(include_str!("gray.lua"))
         .set_name("=gray")

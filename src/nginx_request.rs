@@ -6,16 +6,21 @@
 //! 64-bit Linux) are trusted only once they are proven for this nginx: the pointer that
 //! `$binary_remote_addr` returns for a request must be the one found at them. Until a worker has
 //! checked, or if the check fails, the address comes through the variable. The check compares
-//! pointers and never follows one it has not proven; realip, HTTP/2 and the PROXY protocol change
-//! `r->connection->sockaddr` itself, so both ways always read the same address.
+//! pointers and follows none it has not proven, except `r->connection`: the first field after the
+//! request's `uint32_t signature`, at offset 8 in every nginx since the field exists (the check
+//! reads it to find the connection). realip changes `r->connection->sockaddr` itself, so both
+//! ways always read the same address; that includes the PROXY protocol's client only when realip
+//! takes it (`real_ip_header proxy_protocol`): with `listen ... proxy_protocol` alone, the
+//! connection's address, and so gray's client, is the load balancer's.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// `ngx_connection_t *connection` in `ngx_http_request_t`, after `uint32_t signature`.
 const REQUEST_CONNECTION: usize = 8;
-/// `struct sockaddr *sockaddr` in `ngx_connection_t`, after nine pointers, an fd, an `off_t` and
-/// an `int type` (added in 1.9.13).
+/// `struct sockaddr *sockaddr` in `ngx_connection_t`, after ten pointers (`data`, `read`,
+/// `write`, `recv`, `send`, `recv_chain`, `send_chain`, `listening`, `log`, `pool`), the `fd`,
+/// the `off_t sent` and the `int type` added in 1.9.13.
 const CONNECTION_SOCKADDR: usize = 104;
 
 const AF_INET: u16 = 2;
@@ -124,7 +129,9 @@ impl AddressReader {
 /// `r->connection->sockaddr`, by the offsets above.
 ///
 /// # Safety
-/// `r` is a live `ngx_http_request_t *`; on a 64-bit target, so both reads stay inside the structs.
+/// `r` is a live `ngx_http_request_t *`, on a 64-bit target, so both reads stay inside the
+/// structs. The first read (`r->connection`, offset 8) is sound before any proof: that field has
+/// never moved. The second is only an address until the caller has proven the offset.
 unsafe fn sockaddr(r: *const c_void) -> *const u8 {
     // SAFETY: per the function's contract.
     unsafe {

@@ -5,12 +5,15 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
+use crate::connection::{self, Connection, Reply};
 use crate::log::{Level, Throttle};
 use crate::os;
 use crate::snapshot::{KeyKind, LoadedList, Snapshot};
@@ -19,33 +22,97 @@ use crate::state::Shared;
 use crate::whitelist::Whitelist;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// A read at least this large is followed by a new connection: redis-rs keeps a read buffer as
-/// large as the largest reply for the life of a connection, which would pin a copy of a big list.
+/// The longest wait before a refresher that panicked is started again.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// A read at least this large is followed by a new connection, so the memory it took goes back
+/// before the parse needs memory of its own.
 const LARGE_READ: usize = 1 << 20;
 /// The same Redis error is logged at most this often.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
-/// After a message, further messages arriving this close together are folded into one reload.
+/// Messages arriving within this long of the first one are folded into one reload: a fixed
+/// deadline, so a publisher that never pauses still gets its changes loaded.
 const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
+/// The largest pub/sub message read; a bigger one loses the subscription (it is never ours).
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Fault injection for the tests of the supervisor: with `GRAY_FAULT=refresher-panic` in the
+/// worker's environment (nginx's `env` directive), the first session of each process panics.
+const FAULT_ENV: &str = "GRAY_FAULT";
+static FAULT_INJECTED: AtomicBool = AtomicBool::new(false);
 
 /// Starts the refresher. The receiver gets one message when the first load attempt has finished,
 /// successful or not, so the worker can load before it serves.
 pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mpsc::Receiver<()>> {
     os::map_large_allocations();
     let (first_load_done, first_load) = mpsc::channel();
-    let client = redis::Client::open(config.redis.clone()).map_err(std::io::Error::other)?;
-    let refresher = Refresher {
+    let mut refresher = Refresher {
         config,
         shared,
-        client,
         throttle: Throttle::new(ERROR_LOG_INTERVAL),
         failures_in_a_row: 0,
         first_load_done: Some(first_load_done),
         warned: HashSet::new(),
     };
-    thread::Builder::new()
+    shared.update_status(|s| s.running = true);
+    let spawned = thread::Builder::new()
         .name("gray-refresher".into())
-        .spawn(move || refresher.run())?;
+        .spawn(move || {
+            os::lower_thread_priority();
+            supervise(
+                || match refresher.run() {},
+                |message, backoff| {
+                    shared.update_status(|s| {
+                        s.running = false;
+                        s.restarts += 1;
+                        s.last_error = Some(format!("the refresher panicked: {message}"));
+                        s.last_error_at = Some(SystemTime::now());
+                    });
+                    shared.log(
+                        Level::Err,
+                        format!(
+                            "the refresher panicked ({message}); restarting it in {:.1}s, keeping the last good list",
+                            backoff.as_secs_f64()
+                        ),
+                    );
+                },
+                || shared.update_status(|s| s.running = true),
+            );
+        });
+    if let Err(e) = spawned {
+        shared.update_status(|s| s.running = false);
+        return Err(e);
+    }
     Ok(first_load)
+}
+
+/// Runs `body` until it returns, catching every panic: `panicked` is told the message and the
+/// backoff, then `restarted` once the backoff has passed and `body` runs again. The backoff
+/// doubles up to `MAX_RESTART_BACKOFF` and starts over after a run of an hour without a panic.
+fn supervise(
+    mut body: impl FnMut(),
+    mut panicked: impl FnMut(&str, Duration),
+    mut restarted: impl FnMut(),
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let began = Instant::now();
+        let payload = match panic::catch_unwind(AssertUnwindSafe(&mut body)) {
+            Ok(()) => return,
+            Err(payload) => payload,
+        };
+        if began.elapsed() > Duration::from_secs(3600) {
+            backoff = FIRST_BACKOFF;
+        }
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        panicked(&message, backoff);
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+        restarted();
+    }
 }
 
 /// What one poll did, for the memory housekeeping after it.
@@ -60,7 +127,6 @@ struct Polled {
 struct Refresher {
     config: Arc<Config>,
     shared: &'static Shared,
-    client: redis::Client,
     throttle: Throttle,
     failures_in_a_row: u64,
     first_load_done: Option<mpsc::Sender<()>>,
@@ -68,8 +134,7 @@ struct Refresher {
 }
 
 impl Refresher {
-    fn run(mut self) {
-        os::lower_thread_priority();
+    fn run(&mut self) -> Infallible {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let Err(error) = self.session();
@@ -86,14 +151,18 @@ impl Refresher {
     /// One connection's life: subscribe, load, then wait for a message or the next poll, until
     /// something fails.
     fn session(&mut self) -> Result<Infallible, String> {
-        let mut con = Some(self.connect().map_err(|e| self.connect_error(&e))?);
-        let mut sub_con = match self.config.channel.clone() {
+        if std::env::var(FAULT_ENV).is_ok_and(|f| f == "refresher-panic")
+            && !FAULT_INJECTED.swap(true, Ordering::SeqCst)
+        {
+            panic!("fault injected by {FAULT_ENV}=refresher-panic");
+        }
+        let mut con = Some(self.connect()?);
+        let mut subscription = match self.config.channel.clone() {
             Some(channel) => self.subscribe(&channel)?,
             None => None,
         };
-        let mut pubsub = sub_con.as_mut().map(|c| c.as_pubsub());
         self.shared
-            .update_status(|s| s.subscribed = pubsub.is_some());
+            .update_status(|s| s.subscribed = subscription.is_some());
         loop {
             let polled = self.poll(&mut con)?;
             // The read's temporaries, the parse's and any replaced list are freed by now (and,
@@ -101,50 +170,45 @@ impl Refresher {
             if polled.bytes >= LARGE_READ || polled.replaced {
                 os::release_freed_memory();
             }
-            self.wait(pubsub.as_mut())?;
+            self.wait(subscription.as_mut())?;
         }
     }
 
-    fn connect_error(&self, e: &redis::RedisError) -> String {
-        format!("failed to connect to redis: {}", self.describe(e))
+    fn connect(&self) -> Result<Connection, String> {
+        Connection::open(&self.config.redis, self.config.timeout)
+            .map_err(|e| format!("failed to connect to redis: {}", self.describe(&e)))
     }
 
     /// A connection subscribed to `channel`, or `None` when Redis refuses the subscription (an
     /// ACL without pub/sub, say): polling alone still works.
-    fn subscribe(&mut self, channel: &str) -> Result<Option<redis::Connection>, String> {
-        let mut con = self.connect().map_err(|e| self.connect_error(&e))?;
-        // A plain query: redis 1.8's PubSub::subscribe takes an error reply for success.
-        match redis::cmd("SUBSCRIBE")
-            .arg(channel)
-            .query::<redis::Value>(&mut con)
-        {
-            Ok(_) => Ok(Some(con)),
-            Err(e) if e.is_io_error() => Err(format!(
-                "failed to subscribe to {channel}: {}",
-                self.describe(&e)
+    fn subscribe(&mut self, channel: &str) -> Result<Option<Connection>, String> {
+        let mut con = self.connect()?;
+        match con.query(redis::cmd("SUBSCRIBE").arg(channel), MAX_MESSAGE) {
+            Ok(Reply::Array(Some(confirmation)))
+                if confirmation.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) =>
+            {
+                Ok(Some(con))
+            }
+            Ok(other) => Err(format!(
+                "failed to subscribe to {channel}: unexpected reply {other:?}"
             )),
-            Err(e) => {
+            Err(connection::Error::Server(refusal)) => {
                 self.warn_once(format!(
-                    "cannot subscribe to {channel} ({e}); changes are seen by polling every {:.1}s",
+                    "cannot subscribe to {channel} ({refusal}); changes are seen by polling every {:.1}s",
                     self.config.refresh.as_secs_f64()
                 ));
                 Ok(None)
             }
+            Err(e) => Err(format!(
+                "failed to subscribe to {channel}: {}",
+                self.describe(&e)
+            )),
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let timeout = self.config.timeout;
-        let con = self.client.get_connection_with_timeout(timeout)?;
-        // A Redis stopped with SIGSTOP would otherwise hold this thread forever.
-        con.set_read_timeout(Some(timeout))?;
-        con.set_write_timeout(Some(timeout))?;
-        Ok(con)
-    }
-
     /// A hung Redis shows up as EAGAIN ("Resource temporarily unavailable"); say what it means.
-    fn describe(&self, e: &redis::RedisError) -> String {
-        if is_timeout(e) {
+    fn describe(&self, e: &connection::Error) -> String {
+        if e.is_timeout() {
             format!(
                 "timed out after {:.1}s ({e})",
                 self.config.timeout.as_secs_f64()
@@ -154,41 +218,37 @@ impl Refresher {
         }
     }
 
-    /// Waits until the next poll is due, or less when a message arrives on the channel.
-    fn wait(&self, pubsub: Option<&mut redis::PubSub<'_>>) -> Result<(), String> {
-        let Some(pubsub) = pubsub else {
+    /// Waits until the next poll is due, or less when a message arrives on the channel; the
+    /// messages that follow the first within `MESSAGE_COALESCE` are read with it.
+    fn wait(&self, subscription: Option<&mut Connection>) -> Result<(), String> {
+        let Some(con) = subscription else {
             thread::sleep(self.config.refresh);
             return Ok(());
         };
-        let lost = |e: redis::RedisError| format!("lost the subscription: {}", self.describe(&e));
-        pubsub
-            .set_read_timeout(Some(self.config.refresh))
-            .map_err(lost)?;
-        match pubsub.get_message() {
-            Ok(_) => {
-                pubsub
-                    .set_read_timeout(Some(MESSAGE_COALESCE))
-                    .map_err(lost)?;
-                loop {
-                    match pubsub.get_message() {
-                        Ok(_) => continue,
-                        Err(e) if e.is_timeout() => return Ok(()),
-                        Err(e) => return Err(lost(e)),
-                    }
-                }
+        let lost = |e: connection::Error| format!("lost the subscription: {}", self.describe(&e));
+        if con
+            .read_within(self.config.refresh, MAX_MESSAGE)
+            .map_err(lost)?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let deadline = Instant::now() + MESSAGE_COALESCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || con.read_within(left, MAX_MESSAGE).map_err(lost)?.is_none() {
+                return Ok(());
             }
-            Err(e) if e.is_timeout() => Ok(()),
-            Err(e) => Err(lost(e)),
         }
     }
 
     /// Reads the key and installs what changed. Connects first if `con` is `None`, and leaves it
-    /// `None` after a large read: redis-rs keeps its largest reply's buffer for a connection's life,
-    /// so it goes before the parse needs memory of its own.
-    fn poll(&mut self, con: &mut Option<redis::Connection>) -> Result<Polled, String> {
+    /// `None` after a large read (its memory goes back before the parse) and after a refusal that
+    /// left a reply half-read.
+    fn poll(&mut self, con: &mut Option<Connection>) -> Result<Polled, String> {
         let command = match con.as_mut() {
             Some(command) => command,
-            None => con.insert(self.connect().map_err(|e| self.connect_error(&e))?),
+            None => con.insert(self.connect()?),
         };
         let key = &self.config.key;
         let started = Instant::now();
@@ -203,10 +263,16 @@ impl Refresher {
                 Ok(Polled { bytes, replaced })
             }
             Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
-                // The connection is fine; keep it and the last good list.
+                if !command.in_step() {
+                    *con = None;
+                }
                 let error = format!("ignoring key {key}: {refused}");
                 self.record_failure(&error, true);
-                Ok(Polled::default())
+                // What was read before the refusal is freed: give it back.
+                Ok(Polled {
+                    bytes: LARGE_READ,
+                    replaced: false,
+                })
             }
             Err(FetchError::Redis(e)) => {
                 Err(format!("failed to read key {key}: {}", self.describe(&e)))
@@ -347,25 +413,39 @@ impl Refresher {
     }
 }
 
-/// A timeout, also where the connection handshake wraps the I/O error.
-fn is_timeout(e: &redis::RedisError) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) {
-                return true;
-            }
-        }
-        if error
-            .downcast_ref::<redis::RedisError>()
-            .is_some_and(|e| e.is_timeout())
-        {
-            return true;
-        }
-        source = error.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn a_panicking_body_is_restarted_with_a_growing_backoff_and_told() {
+        let runs = RefCell::new(0);
+        let told = RefCell::new(Vec::new());
+        let restarts = RefCell::new(0);
+        // Silence the default hook's message for the panics this test causes.
+        let hook = panic::take_hook();
+        panic::set_hook(Box::new(|_| {}));
+        supervise(
+            || {
+                *runs.borrow_mut() += 1;
+                if *runs.borrow() <= 3 {
+                    panic!("run {}", runs.borrow());
+                }
+            },
+            |message, backoff| told.borrow_mut().push((message.to_string(), backoff)),
+            || *restarts.borrow_mut() += 1,
+        );
+        panic::set_hook(hook);
+        assert_eq!(*runs.borrow(), 4);
+        assert_eq!(*restarts.borrow(), 3);
+        assert_eq!(
+            told.into_inner(),
+            vec![
+                ("run 1".to_string(), FIRST_BACKOFF),
+                ("run 2".to_string(), FIRST_BACKOFF * 2),
+                ("run 3".to_string(), FIRST_BACKOFF * 4),
+            ]
+        );
     }
-    false
 }

@@ -19,9 +19,15 @@ pub enum Target {
     Gray = 1,
 }
 
-/// Returned by [`Snapshot::route_peer`] when the peer is a trusted proxy and the decision needs
-/// its forwarding headers.
-pub const NEED_FORWARDED: i32 = -1;
+/// The codes the request path's FFI functions return: a [`Target`] (>= 0), or one of the
+/// requests for more input below. Defined here only; the Lua glue receives them from the binding.
+pub mod code {
+    /// The peer is a trusted proxy: the decision needs its forwarding headers.
+    pub const NEED_FORWARDED: i32 = -1;
+    /// The client address has to be read through `$binary_remote_addr` (see `nginx_request`).
+    pub const NEED_ADDRESS: i32 = -2;
+}
+use code::NEED_FORWARDED;
 
 /// How the Redis key looked when the list was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! A missing key is an empty list (the operator rolled back); any other type is an error, and so
 //! is a value over `max_bytes`: what is read from Redis, and so a worker's memory, is bounded.
 //!
-//! A SET is read with SSCAN, so an oversized one is refused after reading at most `max_bytes`.
+//! A SET is read with SSCAN, and each member's length is checked before its bytes are read, so an
+//! oversized SET (or one huge member) is refused after reading at most `max_bytes` of members.
 //! SSCAN is not a snapshot: members present for the whole scan are always returned, members
 //! added or removed meanwhile may or may not be; the PUBLISH or poll after a change reads again.
 //! The scan is pipelined: the next batch is asked for before this one is parsed, so Redis produces
@@ -12,6 +13,7 @@
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::connection::{self, Connection, Reply};
 use crate::snapshot::KeyKind;
 use crate::whitelist::{Whitelist, WhitelistBuilder};
 
@@ -89,12 +91,14 @@ const SCAN_COUNT: usize = 10_000;
 pub enum FetchError {
     /// The key holds a type we cannot read a list from; the connection itself is fine.
     WrongType(String),
-    /// The value is larger than `max_bytes`; the connection itself is fine.
+    /// The value is larger than `max_bytes`; the connection may be out of step
+    /// ([`Connection::in_step`]).
     TooLarge(TooLarge),
-    Redis(redis::RedisError),
+    Redis(connection::Error),
 }
 
-/// A value over the cap: `bytes` is its size, or for a SET how much was read before giving up.
+/// A value over the cap: `bytes` is its size, or for a SET the members' bytes up to and including
+/// the member that crossed the cap (whose bytes are never read).
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooLarge {
     pub kind: KeyKind,
@@ -107,7 +111,7 @@ impl fmt::Display for TooLarge {
         match self.kind {
             KeyKind::Set => write!(
                 f,
-                "set members exceed max_bytes ({} bytes): stopped reading after {} bytes",
+                "set members exceed max_bytes ({} bytes): refused at {} bytes, the rest left unread",
                 self.limit, self.bytes
             ),
             _ => write!(
@@ -160,8 +164,8 @@ impl fmt::Display for FetchError {
     }
 }
 
-impl From<redis::RedisError> for FetchError {
-    fn from(e: redis::RedisError) -> Self {
+impl From<connection::Error> for FetchError {
+    fn from(e: connection::Error) -> Self {
         FetchError::Redis(e)
     }
 }
@@ -172,12 +176,17 @@ impl From<TooLarge> for FetchError {
     }
 }
 
-pub fn fetch(
-    con: &mut redis::Connection,
-    key: &str,
-    max_bytes: usize,
-) -> Result<Fetched, FetchError> {
-    let kind: String = redis::cmd("TYPE").arg(key).query(con)?;
+fn unexpected(what: &str, reply: &Reply) -> FetchError {
+    FetchError::Redis(connection::Error::Protocol(format!(
+        "expected {what}, got {reply:?}"
+    )))
+}
+
+pub fn fetch(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetched, FetchError> {
+    let kind = match con.query(redis::cmd("TYPE").arg(key), 0)? {
+        Reply::Status(kind) => kind,
+        other => return Err(unexpected("a type", &other)),
+    };
     match kind.as_str() {
         "none" => Ok(Fetched::text(KeyKind::Missing, Vec::new())),
         "string" => fetch_string(con, key, max_bytes),
@@ -187,47 +196,46 @@ pub fn fetch(
 }
 
 /// STRLEN refuses an oversized value without reading it; GETRANGE bounds the read even if the
-/// value grew in between.
-fn fetch_string(
-    con: &mut redis::Connection,
-    key: &str,
-    max_bytes: usize,
-) -> Result<Fetched, FetchError> {
-    let len: usize = redis::cmd("STRLEN").arg(key).query(con)?;
+/// value grew in between, and the reply is refused by its length before it is read.
+fn fetch_string(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetched, FetchError> {
+    let len = match con.query(redis::cmd("STRLEN").arg(key), 0)? {
+        Reply::Int(len) => usize::try_from(len).unwrap_or(0),
+        other => return Err(unexpected("a length", &other)),
+    };
     Budget::new(KeyKind::String, max_bytes).take(len)?;
-    let value: Vec<u8> = redis::cmd("GETRANGE")
-        .arg(key)
-        .arg(0)
-        .arg(max_bytes)
-        .query(con)?;
-    // It may have grown since STRLEN.
+    let value = match con.query(
+        redis::cmd("GETRANGE").arg(key).arg(0).arg(max_bytes),
+        max_bytes,
+    ) {
+        Ok(Reply::Bulk(value)) => value.unwrap_or_default(),
+        Ok(other) => return Err(unexpected("a string", &other)),
+        Err(connection::Error::TooLong(len)) => {
+            return Err(Budget::new(KeyKind::String, max_bytes)
+                .take(len)
+                .unwrap_err()
+                .into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // It may have been cut at max_bytes + 1 bytes, if it grew since STRLEN.
     Budget::new(KeyKind::String, max_bytes).take(value.len())?;
     Ok(Fetched::text(KeyKind::String, value))
 }
 
-fn fetch_set(
-    con: &mut redis::Connection,
-    key: &str,
-    max_bytes: usize,
-) -> Result<Fetched, FetchError> {
+fn fetch_set(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetched, FetchError> {
     let sscan = |cursor: u64| {
-        redis::cmd("SSCAN")
-            .arg(key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .get_packed_command()
+        let mut cmd = redis::cmd("SSCAN");
+        cmd.arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+        cmd
     };
     let mut set = SetReader::new(max_bytes);
-    con.send_packed_command(&sscan(0))?;
+    con.send(&sscan(0))?;
     loop {
-        let reply = con.recv_response()?.extract_error()?;
-        let (next, batch): (u64, Vec<Vec<u8>>) =
-            redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
-        // Counted before the next request goes out: a refused SET leaves no reply in flight.
-        set.count(&batch)?;
+        // Each member is counted before it is read: a refused SET leaves the rest unread, and
+        // the connection out of step (its owner drops it).
+        let (next, batch) = con.read_scan(|len| set.budget.take(len))??;
         if next != 0 {
-            con.send_packed_command(&sscan(next))?;
+            con.send(&sscan(next))?;
         }
         set.parse(&batch);
         if next == 0 {
@@ -250,12 +258,6 @@ impl SetReader {
             version: Version::new(KeyKind::Set),
             builder: WhitelistBuilder::default(),
         }
-    }
-
-    fn count(&mut self, batch: &[Vec<u8>]) -> Result<(), TooLarge> {
-        batch
-            .iter()
-            .try_for_each(|member| self.budget.take(member.len()))
     }
 
     fn parse(&mut self, batch: &[Vec<u8>]) {
@@ -295,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "set members exceed max_bytes (10 bytes): stopped reading after 11 bytes"
+            "set members exceed max_bytes (10 bytes): refused at 11 bytes, the rest left unread"
         );
         assert_eq!(
             Budget::new(KeyKind::String, 10)
@@ -310,7 +312,9 @@ mod tests {
         let mut set = SetReader::new(usize::MAX);
         for batch in batches {
             let batch: Vec<Vec<u8>> = batch.iter().map(|m| m.as_bytes().to_vec()).collect();
-            set.count(&batch).unwrap();
+            for member in &batch {
+                set.budget.take(member.len()).unwrap();
+            }
             set.parse(&batch);
         }
         set.finish()
@@ -344,15 +348,5 @@ mod tests {
         assert_eq!((list.entries_v4, list.entries_v6), (2, 1));
         assert_eq!(list.rejected_count, 1);
         assert!(list.set.contains("10.1.2.3".parse().unwrap()));
-    }
-
-    #[test]
-    fn an_oversized_set_is_refused_by_the_batch_that_crosses_the_limit() {
-        let mut set = SetReader::new(10);
-        set.count(&[b"1.1.1.1".to_vec()]).unwrap();
-        let err = set
-            .count(&[b"2.2".to_vec(), b"3.3.3.3".to_vec()])
-            .unwrap_err();
-        assert_eq!(err.bytes, 17);
     }
 }

@@ -14,6 +14,10 @@ use crate::snapshot::Snapshot;
 /// What the refresher last saw of Redis, for `status()`.
 #[derive(Debug, Clone, Default)]
 pub struct RefreshStatus {
+    /// The refresher thread is alive and refreshing (false while it restarts after a panic).
+    pub running: bool,
+    /// How often the refresher panicked and was restarted.
+    pub restarts: u64,
     pub connected: bool,
     pub subscribed: bool,
     pub last_ok_at: Option<SystemTime>,

@@ -114,27 +114,34 @@ missing
 
 
 
-=== TEST 8: zero configuration: default Redis URL, key, and locations (route works without init_worker too)
+=== TEST 8: zero configuration: route works without init_worker too (the first route() starts the refresher)
 --- http_config
     # No init_worker_by_lua: the first route() starts the refresher.
 --- config
     location = /t { content_by_lua_block { require("gray").route() } }
-    location = /status {
-        content_by_lua_block {
-            local s = require("gray").status()
-            ngx.say(s.redis, " ", s.key)
-        }
-    }
---- request eval
-["GET /t", "GET /status"]
---- response_body eval
-["prod\n", "redis://127.0.0.1:6379/0 gray\n"]
+--- response_body
+prod
 --- error_log
 refresher started by a request
 
 
 
-=== TEST 9: custom key and location names
+=== TEST 9: zero configuration: the default Redis URL and key
+--- http_config
+    # No configure call at all.
+--- config
+    location = /t {
+        content_by_lua_block {
+            local s = require("gray").status()
+            ngx.say(s.redis, " ", s.key)
+        }
+    }
+--- response_body
+redis://127.0.0.1:6379/0 gray
+
+
+
+=== TEST 10: custom key and location names
 --- redis
 SET canary 127.0.0.1
 --- http_config
@@ -153,7 +160,7 @@ next
 
 
 
-=== TEST 10: configure in init_by_lua, start in init_worker_by_lua
+=== TEST 11: configure in init_by_lua, start in init_worker_by_lua
 --- redis
 SET gray 127.0.0.1
 --- http_config
@@ -168,7 +175,7 @@ gray
 
 
 
-=== TEST 11: route() from the access phase
+=== TEST 12: route() from the access phase
 --- redis
 SET gray 127.0.0.1
 --- config
@@ -181,7 +188,7 @@ gray
 
 
 
-=== TEST 12: the client address is read from the request itself once the first request proved nginx's layout; decisions are the same either way
+=== TEST 13: the client address is read from the request itself once the first request proved nginx's layout; decisions are the same either way
 --- redis
 SET gray "127.0.0.10 2001:db8::/32"
 --- config
@@ -193,3 +200,47 @@ SET gray "127.0.0.10 2001:db8::/32"
 ["X-Client: 127.0.0.10", "X-Client: 127.0.0.10", "X-Client: 127.0.0.10", "X-Client: 127.0.0.10", "X-Client: 127.0.0.1", "X-Client: 2001:db8::5", "X-Client: 2001:db9::5", "X-Client: ::ffff:127.0.0.10"]
 --- response_body eval
 ["unchecked\n", "gray\n", "connection\n", "gray\n", "prod\n", "gray\n", "prod\n", "gray\n"]
+
+
+
+=== TEST 14: lua_code_cache off: one refresher and one log timer per worker, however many request VMs; custom targets still apply
+--- redis
+SET canary 127.0.0.1
+--- http_config
+    lua_code_cache off;
+    # Few timers, so a timer per request VM would run out within the block.
+    lua_max_pending_timers 16;
+    lua_max_running_timers 16;
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", key = "canary", gray = "@next",
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local answers = {}
+            for _ = 1, 100 do
+                local status, body = T.http_get($TEST_NGINX_SERVER_PORT, "/route")
+                answers[status .. " " .. (body or "")] = (answers[status .. " " .. (body or "")] or 0) + 1
+            end
+            for answer, n in pairs(answers) do
+                ngx.print(n, " x ", answer)
+            end
+            -- nginx's own thread and one refresher.
+            local status = assert(io.open("/proc/self/status")):read("*a")
+            ngx.say("threads: ", status:match("Threads:%s+(%d+)"))
+        }
+    }
+    location = /route { content_by_lua_block { require("gray").route() } }
+    location @next { return 200 "next\n"; }
+--- response_body
+100 x 200 next
+threads: 2
+--- no_error_log
+failed to create the log timer
+refresher started by a request
+[error]
+--- expected_alert
+lua_code_cache is off

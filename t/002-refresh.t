@@ -150,8 +150,7 @@ SET gray 127.0.0.1
     location = /t {
         content_by_lua_block {
             local gray, T = require "gray", require "gray_test"
-            T.redis("del", "gray")
-            T.redis("hset", "gray", "127.0.0.2", "1")
+            T.redis_atomic({ "del", "gray" }, { "hset", "gray", "127.0.0.2", "1" })
             T.redis("publish", "gray:changed", "1")
             T.wait_for(function() return gray.status().last_error end, 1)
             ngx.say((gray.decide()), " ", gray.status().last_error)
@@ -271,8 +270,7 @@ SET gray 127.0.0.1
             for i = 1, 500 do
                 members[i] = "10.0." .. math.floor(i / 256) .. "." .. i % 256
             end
-            T.redis("del", "gray")
-            T.redis("sadd", "gray", unpack(members))
+            T.redis_atomic({ "del", "gray" }, { "sadd", "gray", unpack(members) })
             T.redis("publish", "gray:changed", "1")
             ngx.say(refused("set members exceed max_bytes (4096 bytes)") ~= nil, " ",
                     (gray.decide()))
@@ -312,13 +310,11 @@ ignoring key gray: value is 4500 bytes, over max_bytes (4096 bytes); keeping the
                 return (gray.status().last_error or ""):find("set members exceed max_bytes (150000 bytes)",
                                                              1, true)
             end, 2)) ~= nil)
-            T.redis("del", "gray")
-            T.redis("eval", fill, 1, "gray", 12000)
+            T.redis_atomic({ "del", "gray" }, { "eval", fill, 1, "gray", 12000 })
             T.redis("publish", "gray:changed", "1")
             T.wait_for(function() return gray.status().entries == 12000 end, 2)
             ngx.say("entries: ", gray.status().entries)
-            T.redis("del", "gray")
-            T.redis("set", "gray", "127.0.0.1")
+            T.redis_atomic({ "del", "gray" }, { "set", "gray", "127.0.0.1" })
             T.redis("publish", "gray:changed", "1")
             ngx.say("then a string: ", (T.wait_for(function()
                 return gray.decide() == "@prod2-grey"
@@ -330,7 +326,52 @@ refused: true
 entries: 12000
 then a string: true
 --- error_log
-stopped reading after
+the rest left unread
 --- no_error_log
 failed to read key
 --- wait: 0.3
+
+
+
+=== TEST 12: one huge SET member is refused by its length, unread: memory stays flat, the last good list stays, the next change loads
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.2, max_bytes = 1048576,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local function peak_mib()
+                local status = assert(io.open("/proc/self/status")):read("*a")
+                return tonumber(status:match("VmHWM:%s+(%d+)")) / 1024
+            end
+            local before = peak_mib()
+            T.redis_atomic({ "del", "gray" }, { "sadd", "gray", "127.0.0.2" },
+                           { "eval", "redis.call('sadd', KEYS[1], string.rep('x', 60 * 1024 * 1024))", 1, "gray" })
+            T.redis("publish", "gray:changed", "1")
+            local refused = T.wait_for(function()
+                return (gray.status().last_error or ""):find("set members exceed max_bytes (1048576 bytes)", 1, true)
+            end, 3)
+            ngx.say("refused: ", refused, ", still routing by the last good list: ", (gray.decide()))
+            local grown = peak_mib() - before
+            ngx.say("peak memory grew under 8 MiB: ", grown < 8, grown < 8 and "" or (" (" .. grown .. " MiB)"))
+            T.redis_atomic({ "del", "gray" }, { "set", "gray", "127.0.0.2" })
+            T.redis("publish", "gray:changed", "1")
+            ngx.say("next change loaded: ", (T.wait_for(function()
+                return gray.decide() == "@prod1"
+            end, 2)))
+        }
+    }
+--- timeout: 10
+--- response_body
+refused: true, still routing by the last good list: @prod2-grey
+peak memory grew under 8 MiB: true
+next change loaded: true
+--- wait: 0.5
+--- error_log
+the rest left unread; keeping the last good list

@@ -27,6 +27,7 @@ __DATA__
             { trusted_proxies = { proxy = "10.0.0.1" } },
             { max_bytes = 100 },
             { max_bytes = "32m" },
+            { redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0?protocol=resp3" },
             "redis://127.0.0.1",
         }
         for _, opts in ipairs(cases) do
@@ -57,6 +58,7 @@ opts.trusted_proxies must be a list of IP addresses or CIDRs, got number
 opts.trusted_proxies must be a list of IP addresses or CIDRs, got table with non-list keys
 opts.max_bytes must be a whole number of bytes from 1024 to 4294967296
 opts.max_bytes must be a whole number of bytes from 1024 to 4294967296
+opts.redis asks for protocol=resp3, which gray does not speak; remove it (RESP2 works with every Redis)
 bad argument #1 to 'configure' (table expected, got string)
 
 

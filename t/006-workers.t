@@ -135,3 +135,70 @@ SET gray 127.0.0.1
 --- response_body eval
 ["workers before: 2, reloaded: true, first answer of a new worker: gray\nrequests across the reload: true, failed: 0\n",
  "settled: true, threads per worker: 2 2\n"]
+
+
+
+=== TEST 3: a reload nginx rejects leaves the running configuration's options in force, also in a worker the master respawns later
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", key = "gray" }
+    }
+    init_worker_by_lua_block { require("gray").init_worker() }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
+        location / {
+            content_by_lua_block {
+                local gray = require "gray"
+                ngx.say(ngx.worker.pid(), " ", gray.status().key, " ", (gray.decide()))
+            }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local ffi = require "ffi"
+            local path = ngx.config.prefix() .. "conf/nginx.conf"
+            local conf = assert(io.open(path)):read("*a")
+            -- init_by_lua of the new cycle runs (with another key) before nginx finds the
+            -- unknown variable and rejects the whole configuration.
+            conf = conf:gsub('key = "gray"', 'key = "rejected"', 1)
+                       :gsub("http {", "http {\n    map $gray_no_such_variable $gray_unused { default 1; }", 1)
+            local f = assert(io.open(path, "w"))
+            f:write(conf)
+            f:close()
+            T.reload()
+            local log = ngx.config.prefix() .. "logs/error.log"
+            ngx.say("reload rejected: ", (T.wait_for(function()
+                return assert(io.open(log)):read("*a"):find('unknown "gray_no_such_variable" variable', 1, true)
+            end, 5)) ~= nil)
+            local old = {}
+            for _, w in ipairs(T.workers()) do
+                old[w.pid] = true
+            end
+            -- A worker exits (as after a crash) and the master respawns it from its own cycle.
+            for pid in pairs(old) do
+                if pid ~= ngx.worker.pid() then
+                    ffi.C.kill(pid, 15)
+                end
+            end
+            local answer
+            local respawned = T.wait_for(function()
+                local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/")
+                local pid = tonumber((body or ""):match("^(%d+)"))
+                if pid and not old[pid] then
+                    answer = body:match("^%d+ (.*)\n$")
+                    return true
+                end
+            end, 5)
+            ngx.say("respawned: ", respawned, ", its key and decision: ", answer)
+        }
+    }
+--- timeout: 10
+--- response_body
+reload rejected: true
+respawned: true, its key and decision: gray @prod2-grey
+--- expected_emerg
+unknown "gray_no_such_variable" variable

@@ -1,0 +1,598 @@
+//! gray's Redis connections: RESP2 over TCP or a unix socket, written here rather than taken from
+//! redis-rs (which gray uses for parsing the URL and encoding commands) because of two things it
+//! cannot do: read a reply under a byte bound (a bulk string's length is checked before its bytes
+//! are read, so a 200 MB member costs nothing but its header), and bound a connect as a whole,
+//! name resolution included. Every read and write has a timeout; a connection whose reply was
+//! abandoned half-read is out of step and is dropped by its owner ([`Connection::in_step`]).
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionAddr, ConnectionInfo};
+
+/// The longest status, error or length line accepted: far beyond any Redis sends.
+const MAX_LINE: u64 = 64 * 1024;
+/// Read buffer: a SSCAN batch of short members arrives in a few reads.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// One SSCAN reply: the next cursor (0 at the end) and a batch of members.
+pub type ScanBatch = (u64, Vec<Vec<u8>>);
+
+/// A reply. Error replies are [`Error::Server`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// The socket failed, or resolving, connecting, a read or a write timed out.
+    Io(io::Error),
+    /// Redis answered with an error reply.
+    Server(String),
+    /// A bulk string longer than the caller allows; its bytes were not read.
+    TooLong(usize),
+    /// Not the reply that was asked for.
+    Protocol(String),
+}
+
+impl Error {
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Server(message) => f.write_str(message),
+            Error::TooLong(len) => write!(f, "a reply of {len} bytes, over the bound"),
+            Error::Protocol(message) => write!(f, "unexpected reply: {message}"),
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                s.set_nodelay(true)
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+pub struct Connection {
+    stream: BufReader<Stream>,
+    timeout: Duration,
+    in_step: bool,
+}
+
+impl Connection {
+    /// Connects, authenticates and selects the database of `info`, resolution and connect
+    /// bounded together by `timeout`, each later read and write by `timeout` too.
+    pub fn open(info: &ConnectionInfo, timeout: Duration) -> Result<Self, Error> {
+        let deadline = Instant::now() + timeout;
+        let stream = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Stream::Tcp(connect_tcp(
+                host,
+                *port,
+                deadline,
+                resolve,
+                TcpStream::connect_timeout,
+            )?),
+            ConnectionAddr::Unix(path) => Stream::Unix(connect_unix(path)?),
+            _ => {
+                return Err(Error::Protocol(
+                    "TLS (rediss://) is not supported by this build".into(),
+                ))
+            }
+        };
+        stream.set_timeouts(timeout)?;
+        let mut con = Connection {
+            stream: BufReader::with_capacity(READ_BUFFER, stream),
+            timeout,
+            in_step: true,
+        };
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            con.query(auth.arg(password), 0)?;
+        }
+        if settings.db() != 0 {
+            con.query(redis::cmd("SELECT").arg(settings.db()), 0)?;
+        }
+        Ok(con)
+    }
+
+    /// False once a reply was abandoned half-read: what follows on the wire is not the next reply.
+    pub fn in_step(&self) -> bool {
+        self.in_step
+    }
+
+    pub fn send(&mut self, cmd: &redis::Cmd) -> Result<(), Error> {
+        let packed = cmd.get_packed_command();
+        self.stream.get_mut().write_all(&packed)?;
+        Ok(())
+    }
+
+    /// Sends `cmd` and reads its reply; a bulk string longer than `max_bulk` is refused unread.
+    pub fn query(&mut self, cmd: &redis::Cmd, max_bulk: usize) -> Result<Reply, Error> {
+        self.send(cmd)?;
+        self.read(max_bulk)
+    }
+
+    /// Reads one reply; a bulk string longer than `max_bulk` is refused unread.
+    pub fn read(&mut self, max_bulk: usize) -> Result<Reply, Error> {
+        self.read_value(&mut |len| len <= max_bulk)
+    }
+
+    /// Reads a SSCAN reply, `[cursor, [member, ...]]`, asking `admit` about each member's length
+    /// before its bytes are read: a refusal leaves the rest of the reply unread (out of step).
+    pub fn read_scan<E>(
+        &mut self,
+        mut admit: impl FnMut(usize) -> Result<(), E>,
+    ) -> Result<Result<ScanBatch, E>, Error> {
+        self.expect_array_len(2)?;
+        let cursor = match self.read(20)? {
+            Reply::Bulk(Some(text)) => std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| self.protocol("a SSCAN cursor"))?,
+            _ => return Err(self.protocol("a SSCAN cursor")),
+        };
+        let count = self.read_array_len()?;
+        let mut members = Vec::with_capacity(count.min(1 << 16));
+        for _ in 0..count {
+            let len = self.read_bulk_len()?;
+            if let Err(refused) = admit(len) {
+                self.in_step = false;
+                return Ok(Err(refused));
+            }
+            members.push(self.read_bulk_body(len)?);
+        }
+        Ok(Ok((cursor, members)))
+    }
+
+    /// Waits up to `wait` for the start of a reply (a pub/sub message): `None` if none came. A
+    /// reply that has started is read under the connection's own timeout.
+    pub fn read_within(&mut self, wait: Duration, max_bulk: usize) -> Result<Option<Reply>, Error> {
+        if self.stream.buffer().is_empty() {
+            self.stream.get_ref().set_read_timeout(wait)?;
+            let arrived = self.stream.fill_buf().map(|b| !b.is_empty());
+            self.stream.get_ref().set_read_timeout(self.timeout)?;
+            match arrived {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.read(max_bulk).map(Some)
+    }
+
+    fn read_value(&mut self, admit: &mut dyn FnMut(usize) -> bool) -> Result<Reply, Error> {
+        let line = self.read_line()?;
+        let (kind, rest) = line
+            .split_first()
+            .ok_or_else(|| self.protocol("an empty line"))?;
+        let text = || String::from_utf8_lossy(rest).into_owned();
+        match kind {
+            b'+' => Ok(Reply::Status(text())),
+            b'-' => Err(Error::Server(text())),
+            b':' => Ok(Reply::Int(self.number(rest)?)),
+            b'$' => match self.number(rest)? {
+                len if len < 0 => Ok(Reply::Bulk(None)),
+                len => {
+                    let len = len as usize;
+                    if !admit(len) {
+                        self.in_step = false;
+                        return Err(Error::TooLong(len));
+                    }
+                    Ok(Reply::Bulk(Some(self.read_bulk_body(len)?)))
+                }
+            },
+            b'*' => match self.number(rest)? {
+                len if len < 0 => Ok(Reply::Array(None)),
+                len => {
+                    let mut items = Vec::with_capacity((len as usize).min(1 << 16));
+                    for _ in 0..len {
+                        items.push(self.read_value(admit)?);
+                    }
+                    Ok(Reply::Array(Some(items)))
+                }
+            },
+            _ => Err(self.protocol(&format!("a line starting {:?}", *kind as char))),
+        }
+    }
+
+    fn expect_array_len(&mut self, expected: usize) -> Result<(), Error> {
+        if self.read_array_len()? != expected {
+            return Err(self.protocol(&format!("an array of {expected}")));
+        }
+        Ok(())
+    }
+
+    fn read_array_len(&mut self) -> Result<usize, Error> {
+        let line = self.read_line()?;
+        match line.split_first() {
+            Some((b'*', rest)) => {
+                usize::try_from(self.number(rest)?).map_err(|_| self.protocol("an array"))
+            }
+            Some((b'-', rest)) => Err(Error::Server(String::from_utf8_lossy(rest).into_owned())),
+            _ => Err(self.protocol("an array")),
+        }
+    }
+
+    fn read_bulk_len(&mut self) -> Result<usize, Error> {
+        let line = self.read_line()?;
+        match line.split_first() {
+            Some((b'$', rest)) => {
+                usize::try_from(self.number(rest)?).map_err(|_| self.protocol("a bulk string"))
+            }
+            _ => Err(self.protocol("a bulk string")),
+        }
+    }
+
+    fn read_bulk_body(&mut self, len: usize) -> Result<Vec<u8>, Error> {
+        let mut body = vec![0; len + 2];
+        self.stream
+            .read_exact(&mut body)
+            .inspect_err(|_| self.in_step = false)?;
+        if !body.ends_with(b"\r\n") {
+            return Err(self.protocol("a bulk string's end"));
+        }
+        body.truncate(len);
+        Ok(body)
+    }
+
+    /// One line without its CRLF, at most `MAX_LINE` long.
+    fn read_line(&mut self) -> Result<Vec<u8>, Error> {
+        let mut line = Vec::new();
+        let read = (&mut self.stream)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line);
+        if let Err(e) = read {
+            self.in_step = false;
+            return Err(e.into());
+        }
+        if line.is_empty() {
+            self.in_step = false;
+            return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        if !line.ends_with(b"\r\n") {
+            return Err(self.protocol("a line ending in CRLF"));
+        }
+        line.truncate(line.len() - 2);
+        Ok(line)
+    }
+
+    fn number(&mut self, text: &[u8]) -> Result<i64, Error> {
+        std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| self.protocol("a number"))
+    }
+
+    fn protocol(&mut self, expected: &str) -> Error {
+        self.in_step = false;
+        Error::Protocol(format!("expected {expected}"))
+    }
+}
+
+fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, Error> {
+    resolve_with(host, port, deadline, |name, port| {
+        (name.as_str(), port).to_socket_addrs().map(Vec::from_iter)
+    })
+}
+
+type Lookup = fn(String, u16) -> io::Result<Vec<SocketAddr>>;
+
+/// The addresses of `host`, looked up on a helper thread so the lookup is bounded by `deadline`
+/// (getaddrinfo cannot be cancelled; a late answer is dropped with the thread). An IP address is
+/// used as it is.
+fn resolve_with(
+    host: &str,
+    port: u16,
+    deadline: Instant,
+    lookup: Lookup,
+) -> Result<Vec<SocketAddr>, Error> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (found, answer) = mpsc::channel();
+    let name = host.to_string();
+    thread::Builder::new()
+        .name("gray-resolve".into())
+        .spawn(move || {
+            let _ = found.send(lookup(name, port));
+        })?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    match answer.recv_timeout(left) {
+        Ok(addrs) => Ok(addrs?),
+        Err(_) => Err(Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("resolving {host} did not finish in time"),
+        ))),
+    }
+}
+
+/// Tries each address of `host` in turn, all within `deadline`: every attempt gets only the time
+/// that is left, so N unreachable addresses cost the timeout once, not N times.
+fn connect_tcp<S>(
+    host: &str,
+    port: u16,
+    deadline: Instant,
+    resolve: impl FnOnce(&str, u16, Instant) -> Result<Vec<SocketAddr>, Error>,
+    connect: impl Fn(&SocketAddr, Duration) -> io::Result<S>,
+) -> Result<S, Error> {
+    let addrs = resolve(host, port, deadline)?;
+    let mut last = None;
+    for addr in &addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(last.unwrap_or_else(|| {
+                Error::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no time left to connect to {host} after resolving it"),
+                ))
+            }));
+        }
+        match connect(addr, left) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(Error::Io(e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} has no address"),
+        ))
+    }))
+}
+
+fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    UnixStream::connect(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A connection reading canned bytes from a unix socket pair.
+    fn replying(bytes: &[u8]) -> Connection {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut theirs = theirs;
+        theirs.write_all(bytes).unwrap();
+        drop(theirs);
+        let stream = Stream::Unix(ours);
+        stream.set_timeouts(Duration::from_secs(1)).unwrap();
+        Connection {
+            stream: BufReader::with_capacity(16, stream),
+            timeout: Duration::from_secs(1),
+            in_step: true,
+        }
+    }
+
+    #[test]
+    fn reads_each_kind_of_reply() {
+        let mut con = replying(
+            b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\nx\r\n:1\r\n*-1\r\n-ERR no\r\n",
+        );
+        assert_eq!(con.read(10).unwrap(), Reply::Status("OK".into()));
+        assert_eq!(con.read(10).unwrap(), Reply::Int(42));
+        assert_eq!(con.read(10).unwrap(), Reply::Bulk(Some(b"abc".to_vec())));
+        assert_eq!(con.read(10).unwrap(), Reply::Bulk(None));
+        assert_eq!(
+            con.read(10).unwrap(),
+            Reply::Array(Some(vec![Reply::Bulk(Some(b"x".to_vec())), Reply::Int(1)]))
+        );
+        assert_eq!(con.read(10).unwrap(), Reply::Array(None));
+        assert!(matches!(con.read(10), Err(Error::Server(m)) if m == "ERR no"));
+        assert!(con.in_step());
+    }
+
+    #[test]
+    fn a_bulk_string_over_the_bound_is_refused_before_its_bytes_are_read() {
+        let mut con = replying(b"$5\r\nhello\r\n");
+        assert!(matches!(con.read(4), Err(Error::TooLong(5))));
+        assert!(!con.in_step());
+    }
+
+    #[test]
+    fn scan_replies_ask_before_each_member() {
+        let mut con = replying(b"*2\r\n$2\r\n17\r\n*2\r\n$3\r\none\r\n$5\r\nthree\r\n*2\r\n$1\r\n0\r\n*1\r\n$9\r\n123456789\r\n");
+        let asked = RefCell::new(Vec::new());
+        let (cursor, members) = con
+            .read_scan(|len| {
+                asked.borrow_mut().push(len);
+                Ok::<(), ()>(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (cursor, members),
+            (17, vec![b"one".to_vec(), b"three".to_vec()])
+        );
+        assert!(con.in_step());
+        let refused = con
+            .read_scan(|len| if len > 4 { Err(len) } else { Ok(()) })
+            .unwrap();
+        assert_eq!(refused, Err(9));
+        assert!(!con.in_step());
+        assert_eq!(asked.into_inner(), vec![3, 5]);
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_panics() {
+        for bytes in [
+            &b"?\r\n"[..],
+            b"$3\r\nab",
+            b"*2\r\n:1\r\n",
+            b":x\r\n",
+            b"+OK\n",
+            b"",
+        ] {
+            let mut con = replying(bytes);
+            assert!(con.read(10).is_err(), "{bytes:?}");
+            assert!(!con.in_step());
+        }
+        let mut long = b"+".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_LINE as usize + 10));
+        assert!(replying(&long).read(10).is_err());
+    }
+
+    #[test]
+    fn a_message_that_has_not_started_is_no_message() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let stream = Stream::Unix(ours);
+        stream.set_timeouts(Duration::from_secs(1)).unwrap();
+        let mut con = Connection {
+            stream: BufReader::new(stream),
+            timeout: Duration::from_secs(1),
+            in_step: true,
+        };
+        assert_eq!(
+            con.read_within(Duration::from_millis(10), 10).unwrap(),
+            None
+        );
+        theirs.write_all(b":7\r\n").unwrap();
+        assert_eq!(
+            con.read_within(Duration::from_millis(500), 10).unwrap(),
+            Some(Reply::Int(7))
+        );
+        drop(theirs);
+        assert!(con.read_within(Duration::from_millis(10), 10).is_err());
+    }
+
+    #[test]
+    fn a_slow_lookup_is_cut_at_the_deadline() {
+        let started = Instant::now();
+        let slow: Lookup = |_, _| {
+            thread::sleep(Duration::from_secs(2));
+            Ok(vec![])
+        };
+        let err = resolve_with(
+            "slow.invalid",
+            6379,
+            started + Duration::from_millis(100),
+            slow,
+        )
+        .unwrap_err();
+        assert!(err.is_timeout());
+        assert_eq!(
+            err.to_string(),
+            "resolving slow.invalid did not finish in time"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let literal: Lookup = |_, _| unreachable!("an IP address is not looked up");
+        assert_eq!(
+            resolve_with("[::1]", 6379, Instant::now(), literal).unwrap(),
+            vec!["[::1]:6379".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn unreachable_addresses_share_one_timeout() {
+        let timeout = Duration::from_millis(200);
+        let deadline = Instant::now() + timeout;
+        let three = |_: &str, port: u16, _: Instant| {
+            Ok((1..=3)
+                .map(|i| SocketAddr::new(IpAddr::from([127, 0, 0, i]), port))
+                .collect())
+        };
+        let given = RefCell::new(Vec::new());
+        let black_hole = |_: &SocketAddr, left: Duration| -> io::Result<()> {
+            given.borrow_mut().push(left);
+            thread::sleep(left);
+            Err(io::ErrorKind::TimedOut.into())
+        };
+        let started = Instant::now();
+        let result = connect_tcp("redis.example", 6379, deadline, three, black_hole);
+        assert!(result.unwrap_err().is_timeout());
+        assert!(started.elapsed() < timeout + Duration::from_millis(100));
+        // The first attempt may use all of it; none is given more than what is left.
+        let given = given.into_inner();
+        assert!(given[0] <= timeout);
+        assert!(given.len() <= 2, "{given:?}");
+    }
+}
