@@ -7,12 +7,19 @@ SHARE_DIR ?= $(PREFIX)/share/gray
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := whitelist client_ip
+# Test::Nginx's Perl dependencies (Test::Nginx itself comes from ../shared/vendor or CPAN).
+TEST_PACKAGES := libtest-base-perl libtext-diff-perl libtest-longstring-perl libipc-run-perl \
+	liblist-moreutils-perl liburi-perl libwww-perl libhttp-message-perl
+# OpenResty's components as source tarballs, for the second Test::Nginx leg.
+OPENRESTY_VENDOR ?= $(abspath $(CURDIR)/../shared/vendor/openresty)
+# The nginx test-nginx runs against: empty for Debian's (on PATH, Lua module loaded dynamically).
+NGINX ?=
 GATEWAY_PORT ?= 8080
 REDIS_PORT ?= 6379
 
 LIB := target/release/libgray.so
 
-.PHONY: help deps build run test test-unit test-nginx test-chaos test-valgrind lint check-conf bench chaos fuzz install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx test-openresty test-chaos test-install test-valgrind lint check-conf bench chaos fuzz install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -28,7 +35,7 @@ $(LIB): build
 run: deps build ## Redis, two demo backends and the gateway on 127.0.0.1:8080 (GATEWAY_PORT=, REDIS_PORT=); Ctrl-C stops
 	@GATEWAY_PORT=$(GATEWAY_PORT) REDIS_PORT=$(REDIS_PORT) scripts/run-demo.sh
 
-test: deps build lint test-unit check-conf test-nginx test-chaos ## Everything: lint, unit tests, nginx config check, Test::Nginx suite, fault suite
+test: deps build lint test-unit check-conf test-install test-nginx test-openresty test-chaos ## Everything: lint, unit tests, config check, install check, Test::Nginx on Debian's nginx and on OpenResty, fault suite
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --check
@@ -47,8 +54,25 @@ check-conf: deps ## nginx -t on the example and demo configs
 	sed -e "s|/run/nginx.pid|$$tmp/nginx.pid|" -e "s|/var/log/nginx/|$$tmp/|g" nginx-conf/nginx.conf > $$tmp/nginx.conf && \
 	nginx -q -t -p /usr/share/nginx/ -c $$tmp/nginx.conf && echo "check-conf: nginx-conf/*.conf are valid"
 
-test-nginx: deps build ## The t/*.t suite against real nginx and a private redis-server
-	prove -r t
+test-nginx: deps build ## t/*.t under Test::Nginx against Debian's nginx, or NGINX=/path/to/nginx (e.g. OpenResty's)
+	@scripts/deps.sh $(TEST_PACKAGES)
+	scripts/prove-nginx.sh $(NGINX)
+
+test-openresty: deps build ## t/*.t against OpenResty's components built from ../shared/vendor/openresty (built once, under target/)
+	@if [ -d "$(OPENRESTY_VENDOR)" ]; then \
+	    scripts/deps.sh $(TEST_PACKAGES) && \
+	    nginx=$$(scripts/build-openresty.sh "$(OPENRESTY_VENDOR)" "$(CURDIR)/target/openresty" | tail -n 1) && \
+	    scripts/prove-nginx.sh "$$nginx"; \
+	else \
+	    echo "test-openresty: skipped, no OpenResty sources at $(OPENRESTY_VENDOR) (run make test-nginx NGINX=/usr/local/openresty/nginx/sbin/nginx against your own)"; \
+	fi
+
+test-install: build ## make install into a scratch DESTDIR: the module is stripped and still exports luaopen_gray
+	@dir=$$(mktemp -d) && trap 'rm -rf $$dir' EXIT && \
+	$(MAKE) -s install DESTDIR=$$dir >/dev/null && so=$$dir$(LUA_CMOD_DIR)/gray.so && \
+	if readelf -S $$so | grep -q '\.debug_'; then echo "test-install: $$so has debug sections"; exit 1; fi && \
+	readelf --dyn-syms $$so | grep -q ' luaopen_gray$$' && test -f $$dir$(SHARE_DIR)/route.lua && \
+	echo "test-install: gray.so stripped ($$(du -k $$so | cut -f1) KiB, debug build $$(du -k $(LIB) | cut -f1) KiB), luaopen_gray exported"
 
 bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a smoke run, bench/RESULTS.quick.md)
 	@scripts/deps.sh wrk valgrind
@@ -57,7 +81,7 @@ bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a s
 test-valgrind: deps build ## The t/*.t suite with nginx under valgrind memcheck (slow); fails on any memcheck report
 	@scripts/deps.sh valgrind
 	@dir=$$(mktemp -d) && trap 'rm -rf $$dir' EXIT && \
-	GRAY_VALGRIND_DIR=$$dir TEST_NGINX_BINARY=$(CURDIR)/scripts/valgrind-nginx TEST_NGINX_TIMEOUT=20 prove -r t && \
+	GRAY_VALGRIND_DIR=$$dir TEST_NGINX_TIMEOUT=20 scripts/prove-nginx.sh $(CURDIR)/scripts/valgrind-nginx && \
 	found=$$(find $$dir -type f -size +0) && \
 	if [ -n "$$found" ]; then cat $$found; echo "test-valgrind: memcheck reports from $$(echo $$found | wc -w) nginx processes"; exit 1; fi && \
 	echo "test-valgrind: $$(ls $$dir | wc -l) nginx processes, no memcheck report"
@@ -79,8 +103,9 @@ fuzz: ## Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of each parser for FUZZ
 	        -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
 	done
 
-install: build ## gray.so into PREFIX/lib/lua/5.1 (LuaJIT default cpath), route.lua into PREFIX/share/gray (PREFIX=/usr/local, DESTDIR)
-	install -D -m 0755 $(LIB) $(DESTDIR)$(LUA_CMOD_DIR)/gray.so
+install: build ## gray.so (stripped) into PREFIX/lib/lua/5.1 (LuaJIT default cpath), route.lua into PREFIX/share/gray (PREFIX=/usr/local, DESTDIR)
+	@# The build keeps debug info for make bench and profiling; what is installed is stripped.
+	install -D -s -m 0755 $(LIB) $(DESTDIR)$(LUA_CMOD_DIR)/gray.so
 	install -D -m 0644 lua/route.lua $(DESTDIR)$(SHARE_DIR)/route.lua
 
 uninstall: ## Remove what install installed
