@@ -19,6 +19,8 @@ pub const DEFAULT_CHANNEL: &str = "gray:changed";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room for about 1.25 million mixed IPv4/IPv6 entries (a 1M-entry list is ~26 MB of text).
 pub const DEFAULT_MAX_BYTES: usize = 32 << 20;
+/// The default rule set's key is `<key>` followed by this; a named set's adds `:<name>`.
+pub const RULES_KEY_SUFFIX: &str = ":rules";
 
 /// The option names `configure` accepts, in the order the README documents them.
 pub const OPTION_NAMES: &[&str] = &[
@@ -31,6 +33,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "trusted_proxies",
     "timeout",
     "max_bytes",
+    "rules_key",
+    "rule_sets",
+    "targets",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -85,6 +90,12 @@ pub struct Config {
     pub timeout: Duration,
     /// The largest list text (string length, or the sum of a SET's member lengths) gray reads.
     pub max_bytes: usize,
+    /// The default rule set's key; `<rules_key>:<name>` for a named one.
+    pub rules_key: String,
+    /// The named rule sets, in addition to the default one (index 0); `route(name)` picks one.
+    pub rule_sets: Vec<String>,
+    /// The named locations a rule set may send to: `prod`, `gray`, then `targets`.
+    pub targets: Vec<String>,
 }
 
 impl Default for Config {
@@ -105,6 +116,9 @@ impl Config {
         let mut trusted_proxies = IpSet::default();
         let mut timeout = DEFAULT_TIMEOUT;
         let mut max_bytes = DEFAULT_MAX_BYTES;
+        let mut rules_key = None;
+        let mut rule_sets = Vec::new();
+        let mut extra_targets = Vec::new();
 
         for (name, value) in options {
             match name.as_str() {
@@ -124,6 +138,11 @@ impl Config {
                 }
                 "trusted_proxies" => trusted_proxies = networks(&name, value)?,
                 "max_bytes" => max_bytes = byte_count(&name, value)?,
+                "rules_key" => rules_key = Some(non_empty_string(&name, value)?),
+                "rule_sets" => {
+                    rule_sets = names(&name, value, |n| !n.contains(char::is_whitespace))?
+                }
+                "targets" => extra_targets = names(&name, value, |n| n.starts_with('@'))?,
                 _ => {
                     return Err(invalid(format!(
                         "unknown option opts.{name} (known: {})",
@@ -147,7 +166,16 @@ impl Config {
                 "opts.redis is a rediss:// (TLS) URL, which this build of gray does not support",
             ));
         }
+        let mut targets = vec![prod.clone(), gray.clone()];
+        for target in extra_targets {
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
         Ok(Config {
+            rules_key: rules_key.unwrap_or_else(|| format!("{key}{RULES_KEY_SUFFIX}")),
+            rule_sets,
+            targets,
             redis_display: mask_password(&redis_url),
             redis,
             key,
@@ -170,6 +198,50 @@ fn non_empty_string(name: &str, value: OptionValue) -> Result<String, ConfigErro
             other.type_name()
         ))),
     }
+}
+
+/// A list of distinct names, each passing `valid` (a target is a named location: `@name`).
+fn names(
+    name: &str,
+    value: OptionValue,
+    valid: fn(&str) -> bool,
+) -> Result<Vec<String>, ConfigError> {
+    let what = if name == "targets" {
+        "named locations (\"@name\")"
+    } else {
+        "names without spaces"
+    };
+    let OptionValue::List(items) = value else {
+        return Err(invalid(format!(
+            "opts.{name} must be a list of {what}, got {}",
+            value.type_name()
+        )));
+    };
+    let mut names: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            OptionValue::Str(s) if !s.is_empty() && valid(&s) => {
+                if names.contains(&s) {
+                    return Err(invalid(format!(
+                        "opts.{name}[{}]: \"{s}\" is listed twice",
+                        i + 1
+                    )));
+                }
+                names.push(s);
+            }
+            other => {
+                return Err(invalid(format!(
+                    "opts.{name}[{}] must be one of {what}, got {}",
+                    i + 1,
+                    match other {
+                        OptionValue::Str(s) => format!("\"{s}\""),
+                        other => other.type_name().to_string(),
+                    }
+                )))
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// A duration in seconds; fractions allowed, at most a day so a typo cannot stall refreshes.
@@ -282,6 +354,32 @@ mod tests {
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.redis_display, "redis://127.0.0.1:6379/0");
         assert_eq!(c.max_bytes, 32 << 20);
+        assert_eq!(c.rules_key, "gray:rules");
+        assert!(c.rule_sets.is_empty());
+        assert_eq!(c.targets, ["@prod1", "@prod2-grey"]);
+    }
+
+    #[test]
+    fn rule_sets_and_targets() {
+        let c = opts(&[
+            ("key", Str("canary".into())),
+            (
+                "rule_sets",
+                List(vec![Str("shop".into()), Str("api".into())]),
+            ),
+            (
+                "targets",
+                List(vec![Str("@canary-b".into()), Str("@prod1".into())]),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.rules_key, "canary:rules");
+        assert_eq!(c.rule_sets, ["shop", "api"]);
+        assert_eq!(c.targets, ["@prod1", "@prod2-grey", "@canary-b"]);
+        assert_eq!(
+            opts(&[("rules_key", Str("r".into()))]).unwrap().rules_key,
+            "r"
+        );
     }
 
     #[test]
@@ -382,6 +480,18 @@ mod tests {
             (
                 &[("redis", Str("redis://127.0.0.1/0?protocol=resp3".into()))],
                 "opts.redis asks for protocol=resp3, which gray does not speak",
+            ),
+            (
+                &[("targets", List(vec![Str("canary".into())]))],
+                "opts.targets[1] must be one of named locations (\"@name\"), got \"canary\"",
+            ),
+            (
+                &[("rule_sets", List(vec![Str("a".into()), Str("a".into())]))],
+                "opts.rule_sets[2]: \"a\" is listed twice",
+            ),
+            (
+                &[("rule_sets", Str("shop".into()))],
+                "opts.rule_sets must be a list of names without spaces, got string",
             ),
             (
                 &[("refrsh", Num(1.0))],

@@ -3,7 +3,7 @@
 -- for the decision through FFI functions (no allocation, no Redis, no lock) and jumps in a Lua
 -- frame. Everything else is in Rust (`core`). Errors from misuse are raised here, blaming the
 -- caller; the request path never raises.
-local core, route_request_ptr, route_peer_ptr, route_forwarded_ptr = ...
+local core, route_request_ptr, route_with_ptr, plan_of_ptr = ...
 
 local ffi = require "ffi"
 
@@ -24,15 +24,16 @@ local get_request = require("resty.core.base").get_request
 require "resty.core.var"
 local var_get = ffi.C.ngx_http_lua_ffi_var_get
 
-local route_request = ffi.cast("int (*)(void *)", route_request_ptr)
-local route_peer = ffi.cast("int (*)(void *, const char *, size_t)", route_peer_ptr)
-local route_forwarded = ffi.cast(
-    "int (*)(const char *, size_t, const char *, size_t, const char *, size_t)",
-    route_forwarded_ptr)
+local route_request = ffi.cast("int (*)(void *, int)", route_request_ptr)
+local route_with = ffi.cast("int (*)(void *, int, const char *, size_t, int, const char *, size_t, "
+                            .. "const char *, size_t, uint32_t, const char **, size_t *, size_t)",
+                            route_with_ptr)
+local plan_of = ffi.cast("uint32_t (*)(int)", plan_of_ptr)
 
 local PROD = core.codes.prod
 local NEED_FORWARDED = core.codes.need_forwarded
 local NEED_ADDRESS = core.codes.need_address
+local NEED_INPUTS = core.codes.need_inputs
 local NGX_OK = 0
 
 -- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
@@ -48,6 +49,63 @@ local function peer_addr(r)
         return nil
     end
     return addr_value[0], addr_len[0]
+end
+
+-- A rule set's inputs, read the same way into arrays Rust reads: plans[set] is the list of
+-- nginx variables of the rule set's current plan, fetched from Rust when the plan changes.
+local MAX_INPUTS = core.codes.max_inputs
+local input_values = ffi.new("const char *[?]", MAX_INPUTS)
+local input_lens = ffi.new("size_t[?]", MAX_INPUTS)
+local input_lowcase = ffi.new("char[?]", 128)
+local plans = {}
+
+local function fetch_inputs(r, set)
+    local plan = plans[set]
+    if not plan or plan.id ~= plan_of(set) then
+        local id, variables = core.plan(set)
+        plan = { id = id, variables = variables }
+        plans[set] = plan
+    end
+    local variables = plan.variables
+    for i = 1, #variables do
+        local name = variables[i]
+        if var_get(r, name, #name, input_lowcase, 0, addr_value, addr_len, var_err) == NGX_OK then
+            input_values[i - 1], input_lens[i - 1] = addr_value[0], addr_len[0]
+        else
+            input_values[i - 1], input_lens[i - 1] = nil, 0
+        end
+    end
+    return plan.id, #variables
+end
+
+-- The decision code for request r by rule set `set`: Rust answers at once, or says what it
+-- needs (the address through the variable, the forwarding headers of a trusted peer, the rule
+-- set's inputs); each is fetched at most once.
+local function decision(r, set)
+    local code = route_request(r, set)
+    local peer, peer_len, forwarded, xff, xri, plan, n = nil, 0, 0, nil, nil, 0, 0
+    for _ = 1, 4 do
+        if code >= 0 then
+            return code
+        elseif code == NEED_ADDRESS then
+            peer, peer_len = peer_addr(r)
+            if not peer then
+                return PROD
+            end
+        elseif code == NEED_FORWARDED then
+            if not peer then
+                peer, peer_len = peer_addr(r)
+            end
+            forwarded, xff, xri = 1, ngx_var.http_x_forwarded_for, ngx_var.http_x_real_ip
+        elseif code == NEED_INPUTS then
+            plan, n = fetch_inputs(r, set)
+        else
+            return PROD
+        end
+        code = route_with(r, set, peer, peer_len or 0, forwarded, xff, xff and #xff or 0,
+                          xri, xri and #xri or 0, plan, input_values, input_lens, n)
+    end
+    return PROD
 end
 
 -- How often the worker copies the refresher's queued log lines into the error log.
@@ -66,8 +124,39 @@ local started = false
 local START_RETRY_INTERVAL = 5
 local start_failed_at
 
+-- set_index[name] is the index of a named rule set; the default set is 0.
+local set_index = {}
+-- Names route() was asked for that are not configured: logged once each.
+local unknown_sets = {}
+
 local function sync_targets()
-    targets[PROD], targets[core.codes.gray] = core.targets(options)
+    for i, location in ipairs(core.targets(options)) do
+        targets[i - 1] = location
+    end
+    set_index = {}
+    for i, name in ipairs(core.rule_sets(options)) do
+        set_index[name] = i
+    end
+end
+
+-- The index of rule set `name` (nil: the default); nil and an error log line once if unknown.
+local function rule_set(name, caller)
+    if name == nil then
+        return 0
+    end
+    local index = set_index[name]
+    if index then
+        return index
+    end
+    if type(name) ~= "string" then
+        error("bad argument #1 to '" .. caller .. "' (string expected, got " .. type(name) .. ")", 3)
+    end
+    if not unknown_sets[name] then
+        unknown_sets[name] = true
+        ngx_log(ngx_ERR, "gray: ", caller, "(\"", name, "\"): no rule set of that name is ",
+                "configured (configure{ rule_sets = {...} }); routing to ", targets[PROD])
+    end
+    return nil
 end
 
 local function start(wait)
@@ -155,42 +244,51 @@ function _M.init_worker()
     return true
 end
 
-function _M.route()
+function _M.route(name)
     if not started then
         start_lazily()
     end
+    local set = rule_set(name, "route")
     local r = get_request()
-    if r == nil then
+    if r == nil or set == nil then
         return ngx_exec(targets[PROD])
     end
-    -- Rust reads the address from the request once this nginx's layout is proven (the first
-    -- request proves it against the variable); the binary form needs no parsing, and realip
-    -- updates it like $remote_addr.
-    local code = route_request(r)
-    local peer, peer_len
-    if code == NEED_ADDRESS then
-        peer, peer_len = peer_addr(r)
-        code = peer and route_peer(r, peer, peer_len) or PROD
-    end
-    if code == NEED_FORWARDED then
-        if not peer then
-            peer, peer_len = peer_addr(r)
-        end
-        local xff = ngx_var.http_x_forwarded_for
-        local xri = ngx_var.http_x_real_ip
-        code = route_forwarded(peer, peer_len or 0, xff, xff and #xff or 0, xri, xri and #xri or 0)
-    end
-    return ngx_exec(targets[code] or targets[PROD])
+    return ngx_exec(targets[decision(r, set)] or targets[PROD])
 end
 
--- The decision route() would make, without the jump: location, reason.
-function _M.decide()
+-- The inputs of rule set `set` as Lua strings, in its plan's order.
+local function input_strings(set)
+    local _, variables = core.plan(set)
+    local values = {}
+    for i = 1, #variables do
+        values[i] = ngx_var[variables[i]]
+    end
+    return values
+end
+
+local function explained(name, caller)
     if not started then
         start_lazily()
     end
-    local code, reason = core.explain(ngx_var.remote_addr, ngx_var.http_x_forwarded_for,
-                                      ngx_var.http_x_real_ip)
+    local set = rule_set(name, caller)
+    if set == nil then
+        return PROD, "no rule set named " .. name .. " is configured", { target = targets[PROD] }
+    end
+    return core.explain(options, set, ngx_var.remote_addr, ngx_var.http_x_forwarded_for,
+                        ngx_var.http_x_real_ip, input_strings(set))
+end
+
+-- The decision route([name]) would make, without the jump: location, reason.
+function _M.decide(name)
+    local code, reason = explained(name, "decide")
     return targets[code] or targets[PROD], reason
+end
+
+-- The same as a table: target, reason, and for a rule set rule_set, rule, outcome, client,
+-- inputs, matched, bucket and threshold (a percentage), override.
+function _M.explain(name)
+    local _, _, details = explained(name, "explain")
+    return details
 end
 
 function _M.status()

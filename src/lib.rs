@@ -9,14 +9,17 @@
 //! behind the default `lua` feature: in module mode nothing links Lua, so the tests build with
 //! `--no-default-features`.
 
+pub mod bucket;
 pub mod client_ip;
 pub mod config;
 pub mod connection;
+pub mod idset;
 pub mod ipset;
 pub mod log;
 pub mod nginx_request;
 mod os;
 pub mod refresher;
+pub mod rules;
 pub mod snapshot;
 pub mod source;
 pub mod state;

@@ -17,7 +17,8 @@ use crate::config::{Config, OptionValue};
 use crate::log::Level;
 use crate::nginx_request::AddressReader;
 use crate::refresher;
-use crate::snapshot::{code, Snapshot, Target};
+use crate::rules::MAX_INPUTS;
+use crate::snapshot::{code, unix_now, Extra, Snapshot, Target};
 use crate::state::SHARED;
 
 /// A configuration cycle's options, held by that cycle's Lua VM. nginx runs init_by_lua for a new
@@ -43,7 +44,7 @@ fn running_here() -> bool {
 }
 
 /// The options in force: the running refresher's in a process that started one, else the VM's.
-fn active(options: &Options) -> Arc<Config> {
+fn active_config(options: &Options) -> Arc<Config> {
     if running_here() {
         if let Some(config) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return config.clone();
@@ -64,63 +65,97 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
     }
 }
 
-/// FFI: the decision for request `r`, its address read from the request itself, or
-/// `code::NEED_ADDRESS` when it has to come through `$binary_remote_addr` (see `nginx_request`).
-unsafe extern "C" fn route_request(r: *const c_void) -> c_int {
+/// FFI: the decision for request `r` by rule set `set`, its address read from the request
+/// itself; or a `code::NEED_*` (the address has to come through `$binary_remote_addr`, the peer
+/// is a trusted proxy, or the rule set reads inputs), answered through `route_with`.
+unsafe extern "C" fn route_request(r: *const c_void, set: c_int) -> c_int {
     catch_unwind(|| {
         // SAFETY: gray.lua passes the current request, from resty.core's get_request().
         match unsafe { ADDRESS.peer(r) } {
-            Some(peer) => SHARED.snapshot.load().route_peer(peer),
+            Some(peer) => SHARED
+                .snapshot
+                .load()
+                .route(set as usize, peer, &Extra::default()),
             None => code::NEED_ADDRESS,
         }
     })
     .unwrap_or(Target::Prod as c_int)
 }
 
-/// FFI: the decision for the peer (`$binary_remote_addr` of request `r`) alone, or
-/// `code::NEED_FORWARDED`. The first IP peer also proves (or not) the address offsets for this process.
-unsafe extern "C" fn route_peer(r: *const c_void, peer: *const u8, peer_len: usize) -> c_int {
-    catch_unwind(|| {
-        // SAFETY: called from gray.lua with the current request and the variable's value.
-        if unsafe { ADDRESS.check(r, peer, peer_len) } == Some(false) {
-            SHARED.log(
-                Level::Notice,
-                "this nginx lays out its request differently from the nginx gray was built for; \
-                 the client address is read through $binary_remote_addr (~900 instructions more per request)"
-                    .into(),
-            );
-        }
-        // SAFETY: the variable's value and length, valid for this call.
-        let peer = unsafe { bytes(peer, peer_len) }.unwrap_or_default();
-        SHARED.snapshot.load().route_peer(peer)
-    })
-    .unwrap_or(Target::Prod as c_int)
-}
-
-/// FFI: the decision for a trusted peer, given its forwarding headers (null when absent).
-unsafe extern "C" fn route_forwarded(
+/// FFI: the decision with what `route_request` asked for. `peer` is `$binary_remote_addr` of
+/// request `r`, or null when the address is read from the request; `forwarded` says the two
+/// headers were fetched (each null when absent); `values`/`lens` hold `n` inputs of `plan`
+/// (a null value is absent). The first IP peer also proves (or not) the address offsets.
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn route_with(
+    r: *const c_void,
+    set: c_int,
     peer: *const u8,
     peer_len: usize,
+    forwarded: c_int,
     forwarded_for: *const u8,
     forwarded_for_len: usize,
     real_ip: *const u8,
     real_ip_len: usize,
+    plan: u32,
+    values: *const *const u8,
+    lens: *const usize,
+    n: usize,
 ) -> c_int {
     catch_unwind(|| {
-        // SAFETY: called from gray.lua with Lua strings (or nil) and their lengths.
-        let (peer, forwarded_for, real_ip) = unsafe {
+        let peer = if peer.is_null() {
+            // SAFETY: the current request, from gray.lua.
+            unsafe { ADDRESS.peer(r) }.unwrap_or_default()
+        } else {
+            // SAFETY: the current request and the variable's value, valid for this call.
+            if unsafe { ADDRESS.check(r, peer, peer_len) } == Some(false) {
+                SHARED.log(
+                    Level::Notice,
+                    "this nginx lays out its request differently from the nginx gray was built for; \
+                     the client address is read through $binary_remote_addr (~900 instructions more per request)"
+                        .into(),
+                );
+            }
+            // SAFETY: as above.
+            unsafe { bytes(peer, peer_len) }.unwrap_or_default()
+        };
+        // SAFETY: Lua strings (or nil) and their lengths, valid for this call.
+        let headers = unsafe {
             (
-                bytes(peer, peer_len).unwrap_or_default(),
                 bytes(forwarded_for, forwarded_for_len),
                 bytes(real_ip, real_ip_len),
             )
         };
+        let mut inputs: [Option<&[u8]>; MAX_INPUTS] = [None; MAX_INPUTS];
+        let n = n.min(MAX_INPUTS);
+        if n > 0 && !values.is_null() && !lens.is_null() {
+            for (i, input) in inputs.iter_mut().enumerate().take(n) {
+                // SAFETY: gray.lua's arrays hold `n` entries; each value points at an nginx
+                // variable's bytes, alive for the request.
+                *input = unsafe { bytes(*values.add(i), *lens.add(i)) };
+            }
+        }
+        let extra = Extra {
+            forwarded: (forwarded != 0).then_some(headers),
+            inputs: (n > 0 || plan != 0).then_some((plan, &inputs[..n])),
+        };
+        SHARED.snapshot.load().route(set as usize, peer, &extra)
+    })
+    .unwrap_or(Target::Prod as c_int)
+}
+
+/// FFI: the plan of rule set `set` now (0 when it has none): the inputs `core.plan` lists.
+unsafe extern "C" fn plan_of(set: c_int) -> u32 {
+    catch_unwind(|| {
         SHARED
             .snapshot
             .load()
-            .route_forwarded(peer, forwarded_for, real_ip)
+            .rule_sets
+            .get(set as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |active| active.compiled.plan)
     })
-    .unwrap_or(Target::Prod as c_int)
+    .unwrap_or(0)
 }
 
 fn option_value(value: LuaValue) -> OptionValue {
@@ -185,7 +220,7 @@ fn start(
     let config = options.0.clone();
     SHARED.snapshot.store(Arc::new(Snapshot {
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
-        loaded: None,
+        ..Snapshot::default()
     }));
     let first_load = match refresher::spawn(config.clone(), &SHARED) {
         Ok(first_load) => first_load,
@@ -223,7 +258,7 @@ fn unix_seconds(t: Option<SystemTime>) -> Option<f64> {
 }
 
 fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
-    let config = active(&options);
+    let config = active_config(&options);
     let snapshot = SHARED.current();
     let refresh = SHARED.status();
     let t = lua.create_table()?;
@@ -258,22 +293,131 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
         t.set("host_bits_truncated", list.truncated_count)?;
         t.set("memory_bytes", list.set.heap_bytes())?;
     }
+    let sets = lua.create_table()?;
+    let names = std::iter::once("").chain(config.rule_sets.iter().map(String::as_str));
+    for (i, name) in names.enumerate() {
+        let set = lua.create_table()?;
+        set.set("name", (!name.is_empty()).then_some(name))?;
+        let key = if name.is_empty() {
+            config.rules_key.clone()
+        } else {
+            format!("{}:{name}", config.rules_key)
+        };
+        set.set("key", key)?;
+        let active = snapshot.rule_sets.get(i).and_then(Option::as_ref);
+        set.set("loaded", active.is_some())?;
+        if let Some(active) = active {
+            let compiled = &active.compiled;
+            set.set("version", format!("{:016x}", compiled.version))?;
+            set.set("loaded_at", unix_seconds(Some(compiled.loaded_at)))?;
+            set.set("rules", compiled.rules.rules.len())?;
+            set.set("enabled", compiled.rules.enabled)?;
+            set.set(
+                "inputs",
+                compiled
+                    .rules
+                    .inputs
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )?;
+        }
+        sets.raw_push(set)?;
+    }
+    t.set("rule_sets", sets)?;
     Ok(t)
 }
 
-/// core.explain(peer, x_forwarded_for, x_real_ip) -> code, reason
+/// core.plan(set) -> plan, { variable, ... }: the nginx variables rule set `set` reads.
+fn plan(lua: &Lua, set: usize) -> LuaResult<(u32, LuaTable)> {
+    let snapshot = SHARED.current();
+    let active = snapshot.rule_sets.get(set).and_then(Option::as_ref);
+    let variables = lua.create_sequence_from(
+        active
+            .map(|a| a.compiled.variables.clone())
+            .unwrap_or_default(),
+    )?;
+    Ok((active.map_or(0, |a| a.compiled.plan), variables))
+}
+
+/// The arguments of `core.explain`.
+type ExplainArgs = (
+    LuaUserDataRef<Options>,
+    usize,
+    Option<LuaString>,
+    Option<LuaString>,
+    Option<LuaString>,
+    Option<LuaTable>,
+);
+
+/// core.explain(options, set, peer, x_forwarded_for, x_real_ip, values) -> code, reason, details
 fn explain(
-    _: &Lua,
-    (peer, forwarded_for, real_ip): (Option<LuaString>, Option<LuaString>, Option<LuaString>),
-) -> LuaResult<(i32, String)> {
+    lua: &Lua,
+    (options, set, peer, forwarded_for, real_ip, values): ExplainArgs,
+) -> LuaResult<(usize, String, LuaTable)> {
+    let snapshot = SHARED.current();
     let peer = peer.map(|p| p.as_bytes().to_vec()).unwrap_or_default();
     let forwarded_for = forwarded_for.map(|h| h.as_bytes().to_vec());
     let real_ip = real_ip.map(|h| h.as_bytes().to_vec());
-    let (target, reason) =
-        SHARED
-            .current()
-            .decide(&peer, forwarded_for.as_deref(), real_ip.as_deref());
-    Ok((target as i32, reason.to_string()))
+    let active = snapshot.rule_sets.get(set).and_then(Option::as_ref);
+    let sources = active.map(|a| &a.compiled.rules.inputs[..]).unwrap_or(&[]);
+    let mut owned: Vec<Option<Vec<u8>>> = Vec::with_capacity(sources.len());
+    for i in 0..sources.len() {
+        let value: Option<LuaString> = match &values {
+            Some(t) => t.raw_get(i + 1)?,
+            None => None,
+        };
+        owned.push(value.map(|v| v.as_bytes().to_vec()));
+    }
+    let inputs: Vec<Option<&[u8]>> = owned.iter().map(|v| v.as_deref()).collect();
+    let (target, reason) = snapshot.decide(
+        set,
+        &peer,
+        forwarded_for.as_deref(),
+        real_ip.as_deref(),
+        &inputs,
+        unix_now(),
+    );
+    let details = lua.create_table()?;
+    let config = active_config(&options);
+    details.set("target", config.targets.get(target).cloned())?;
+    if let crate::snapshot::Reason::RuleSet {
+        key,
+        client,
+        outcome,
+        rule,
+        explanation,
+        ..
+    } = &reason
+    {
+        details.set("rule_set", key.as_str())?;
+        details.set("client", client.to_string())?;
+        details.set("rule", rule.clone())?;
+        details.set(
+            "outcome",
+            match outcome {
+                crate::rules::Outcome::Disabled => "disabled",
+                crate::rules::Outcome::Override => "override",
+                crate::rules::Outcome::Rule(_) => "rule",
+                crate::rules::Outcome::Default => "default",
+            },
+        )?;
+        details.set("matched", explanation.matched.clone())?;
+        details.set("override", explanation.override_.clone())?;
+        if let Some((bucket, threshold, _)) = explanation.bucket {
+            details.set("bucket", bucket)?;
+            details.set("threshold", threshold)?;
+        }
+        let shown = lua.create_table()?;
+        for (source, value) in sources.iter().zip(&inputs) {
+            if let Some(value) = value {
+                shown.set(source.to_string(), lua.create_string(value)?)?;
+            }
+        }
+        details.set("inputs", shown)?;
+    }
+    details.set("reason", reason.to_string())?;
+    Ok((target, reason.to_string(), details))
 }
 
 /// core.take_logs() -> nil | { level, message, level, message, ... }
@@ -289,10 +433,14 @@ fn take_logs(lua: &Lua, _: ()) -> LuaResult<Option<LuaTable>> {
     Ok(Some(t))
 }
 
-/// core.targets(options) -> prod, gray
-fn targets(_: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<(String, String)> {
-    let config = active(&options);
-    Ok((config.prod.clone(), config.gray.clone()))
+/// core.targets(options) -> { location, ... }: the target table, index 0 first.
+fn targets(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
+    lua.create_sequence_from(active_config(&options).targets.clone())
+}
+
+/// core.rule_sets(options) -> { name, ... }: the named rule sets; set i is the (i)th, 0 the default.
+fn rule_sets(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
+    lua.create_sequence_from(active_config(&options).rule_sets.clone())
 }
 
 /// The decision codes, for the glue: one definition, in `snapshot`.
@@ -302,6 +450,8 @@ fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("gray", Target::Gray as i32)?;
     t.set("need_forwarded", code::NEED_FORWARDED)?;
     t.set("need_address", code::NEED_ADDRESS)?;
+    t.set("need_inputs", code::NEED_INPUTS)?;
+    t.set("max_inputs", MAX_INPUTS)?;
     Ok(t)
 }
 
@@ -315,6 +465,8 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     core.set("explain", lua.create_function(explain)?)?;
     core.set("take_logs", lua.create_function(take_logs)?)?;
     core.set("targets", lua.create_function(targets)?)?;
+    core.set("rule_sets", lua.create_function(rule_sets)?)?;
+    core.set("plan", lua.create_function(plan)?)?;
     core.set("defaults", Options(Arc::new(Config::default())))?;
     core.set("codes", codes(lua)?)?;
     let glue = lua
@@ -324,7 +476,7 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     glue.call((
         core,
         LuaLightUserData(route_request as *mut c_void),
-        LuaLightUserData(route_peer as *mut c_void),
-        LuaLightUserData(route_forwarded as *mut c_void),
+        LuaLightUserData(route_with as *mut c_void),
+        LuaLightUserData(plan_of as *mut c_void),
     ))
 }

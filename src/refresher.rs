@@ -3,10 +3,10 @@
 //! backoff, and keeps the last good list through any failure. It never touches the Lua state
 //! (it talks to the worker only through [`Shared`]) and never blocks a request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -14,12 +14,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::connection::{self, Connection, Reply};
+use crate::idset::{IdSet, MAX_ID_LEN};
 use crate::log::{Level, Throttle};
 use crate::os;
-use crate::snapshot::{KeyKind, LoadedList, Snapshot};
-use crate::source::{fetch, FetchError, Fetched};
+use crate::rules::{schema, KeyRef, KeyUse};
+use crate::snapshot::{
+    ActiveRuleSet, CompiledRuleSet, KeyKind, LoadedIds, LoadedKey, LoadedList, Snapshot,
+};
+use crate::source::{fetch, FetchError, Fetched, ListBuilder, Text};
 use crate::state::Shared;
-use crate::whitelist::Whitelist;
+use crate::whitelist::{Whitelist, WhitelistBuilder};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait before a refresher that panicked is started again.
@@ -45,7 +49,23 @@ static FAULT_INJECTED: AtomicBool = AtomicBool::new(false);
 pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mpsc::Receiver<()>> {
     os::map_large_allocations();
     let (first_load_done, first_load) = mpsc::channel();
+    let rule_sets = std::iter::once(config.rules_key.clone())
+        .chain(
+            config
+                .rule_sets
+                .iter()
+                .map(|name| format!("{}:{name}", config.rules_key)),
+        )
+        .map(|key| RuleSetSlot {
+            key,
+            compiled: None,
+            seen: None,
+        })
+        .collect();
     let mut refresher = Refresher {
+        rule_sets,
+        whitelist: None,
+        keys: HashMap::new(),
         config,
         shared,
         throttle: Throttle::new(ERROR_LOG_INTERVAL),
@@ -115,6 +135,23 @@ fn supervise(
     }
 }
 
+/// One key as read: its value and how long the read took, or refused (and recorded).
+enum Read<B: ListBuilder> {
+    Value(Fetched<B>, Duration),
+    Refused,
+}
+
+/// A rule set's key and what was loaded from it.
+struct RuleSetSlot {
+    key: String,
+    compiled: Option<Arc<CompiledRuleSet>>,
+    /// The version last read, good or bad: an unchanged bad value is not logged again.
+    seen: Option<u64>,
+}
+
+/// Plan numbers, unique per compiled rule set in this process.
+static NEXT_PLAN: AtomicU32 = AtomicU32::new(1);
+
 /// What one poll did, for the memory housekeeping after it.
 #[derive(Default)]
 struct Polled {
@@ -125,6 +162,11 @@ struct Polled {
 }
 
 struct Refresher {
+    /// The default rule set, then the named ones.
+    rule_sets: Vec<RuleSetSlot>,
+    whitelist: Option<Arc<LoadedList>>,
+    /// The keys rule sets reference, other than the whitelist key.
+    keys: HashMap<KeyRef, LoadedKey>,
     config: Arc<Config>,
     shared: &'static Shared,
     throttle: Throttle,
@@ -242,37 +284,70 @@ impl Refresher {
         }
     }
 
-    /// Reads the key and installs what changed. Connects first if `con` is `None`, and leaves it
+    /// Reads every key (the whitelist, each rule set and the keys its rules reference) and swaps
+    /// in a new snapshot if anything changed. Connects first if `con` is `None`, and leaves it
     /// `None` after a large read (its memory goes back before the parse) and after a refusal that
     /// left a reply half-read.
     fn poll(&mut self, con: &mut Option<Connection>) -> Result<Polled, String> {
+        let mut polled = Polled::default();
+        let mut refused = false;
+        let key = self.config.key.clone();
+        match self.read::<WhitelistBuilder>(con, &key, &mut polled)? {
+            Read::Value(fetched, took) => {
+                if self
+                    .whitelist
+                    .as_ref()
+                    .is_none_or(|l| l.version != fetched.version)
+                {
+                    self.whitelist = Some(self.parse_list(&key, fetched, took));
+                    polled.replaced = true;
+                }
+            }
+            Read::Refused => refused = true,
+        }
+        for set in 0..self.rule_sets.len() {
+            refused |= self.poll_rule_set(con, set, &mut polled)?;
+        }
+        refused |= self.poll_referenced_keys(con, &mut polled)?;
+        if polled.replaced || self.shared.current().rule_sets.len() != self.rule_sets.len() {
+            self.publish();
+        }
+        if !refused {
+            self.record_success();
+        }
+        self.signal_first_load();
+        Ok(polled)
+    }
+
+    /// One key read, with the connection kept in order: a refusal (wrong type, too large) is
+    /// recorded here and keeps the key's last good value; a Redis error ends the session.
+    fn read<B: ListBuilder>(
+        &mut self,
+        con: &mut Option<Connection>,
+        key: &str,
+        polled: &mut Polled,
+    ) -> Result<Read<B>, String> {
         let command = match con.as_mut() {
             Some(command) => command,
             None => con.insert(self.connect()?),
         };
-        let key = &self.config.key;
         let started = Instant::now();
-        match fetch(command, key, self.config.max_bytes) {
+        match fetch::<B>(command, key, self.config.max_bytes) {
             Ok(fetched) => {
-                let bytes = fetched.bytes;
-                if bytes >= LARGE_READ {
+                polled.bytes += fetched.bytes;
+                if fetched.bytes >= LARGE_READ {
                     *con = None;
                 }
-                let replaced = self.install(fetched, started.elapsed());
-                self.record_success();
-                Ok(Polled { bytes, replaced })
+                Ok(Read::Value(fetched, started.elapsed()))
             }
             Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
                 if !command.in_step() {
                     *con = None;
                 }
-                let error = format!("ignoring key {key}: {refused}");
-                self.record_failure(&error, true);
+                self.record_failure(&format!("ignoring key {key}: {refused}"), true);
                 // What was read before the refusal is freed: give it back.
-                Ok(Polled {
-                    bytes: LARGE_READ,
-                    replaced: false,
-                })
+                polled.bytes += LARGE_READ;
+                Ok(Read::Refused)
             }
             Err(FetchError::Redis(e)) => {
                 Err(format!("failed to read key {key}: {}", self.describe(&e)))
@@ -280,41 +355,217 @@ impl Refresher {
         }
     }
 
-    /// Parses and swaps in a new list unless the value is unchanged; says whether it did.
-    fn install(&mut self, fetched: Fetched, read_took: Duration) -> bool {
+    fn parse_list(&self, key: &str, fetched: Fetched, read_took: Duration) -> Arc<LoadedList> {
         let (kind, version) = (fetched.kind, fetched.version);
-        let current = self.shared.current();
-        if current
-            .loaded
-            .as_ref()
-            .is_some_and(|l| l.version == version)
-        {
-            return false;
-        }
         let started = Instant::now();
         let list = fetched.into_list();
-        self.report_parse(&list, kind, version, read_took, started.elapsed());
+        self.report_parse(key, &list, kind, version, read_took, started.elapsed());
+        Arc::new(LoadedList {
+            list,
+            kind,
+            version,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// Reads rule set `set`; a new good one replaces the old, a bad one is logged once and
+    /// changes nothing, a missing key leaves the whitelist to decide. Says whether it refused.
+    fn poll_rule_set(
+        &mut self,
+        con: &mut Option<Connection>,
+        set: usize,
+        polled: &mut Polled,
+    ) -> Result<bool, String> {
+        let key = self.rule_sets[set].key.clone();
+        let fetched = match self.read::<Text>(con, &key, polled)? {
+            Read::Value(fetched, _) => fetched,
+            Read::Refused => return Ok(true),
+        };
+        let slot = &mut self.rule_sets[set];
+        if slot.seen == Some(fetched.version) {
+            return Ok(false);
+        }
+        slot.seen = Some(fetched.version);
+        let (kind, version) = (fetched.kind, fetched.version);
+        let outcome = match kind {
+            KeyKind::Missing => Ok(None),
+            KeyKind::String => {
+                let json = fetched.into_list();
+                schema::compile(&json, &self.config.targets).map(Some)
+            }
+            KeyKind::Set => Err(schema::RuleSetError(
+                "key holds a set, expected a string of JSON".into(),
+            )),
+        };
+        match outcome {
+            Ok(None) => {
+                if slot.compiled.take().is_some() {
+                    self.shared.log(
+                        Level::Notice,
+                        format!("rule set key {key} is gone: the whitelist key decides again"),
+                    );
+                }
+                polled.replaced = true;
+                Ok(false)
+            }
+            Ok(Some(rules)) => {
+                let variables = rules.inputs.iter().map(|s| s.variable()).collect();
+                self.shared.log(
+                    Level::Notice,
+                    format!(
+                        "loaded rule set from key {key}: {} rules, {}, reading {}; version {version:016x}",
+                        rules.rules.len(),
+                        if rules.enabled { "enabled" } else { "disabled (everyone to the default)" },
+                        if rules.inputs.is_empty() {
+                            "the client address only".to_string()
+                        } else {
+                            rules.inputs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                );
+                slot.compiled = Some(Arc::new(CompiledRuleSet {
+                    key: key.clone(),
+                    rules,
+                    version,
+                    loaded_at: SystemTime::now(),
+                    variables,
+                    plan: NEXT_PLAN.fetch_add(1, Ordering::Relaxed),
+                }));
+                polled.replaced = true;
+                Ok(false)
+            }
+            Err(e) => {
+                let keeping = if slot.compiled.is_some() {
+                    "keeping the previous rule set"
+                } else {
+                    "no rule set loaded, the whitelist key decides"
+                };
+                let error = format!("rejected rule set in key {key}: {e}");
+                self.shared.log(Level::Err, format!("{error}; {keeping}"));
+                self.shared.update_status(|s| {
+                    s.last_error = Some(error);
+                    s.last_error_at = Some(SystemTime::now());
+                });
+                // Redis answered; what it holds is wrong, and the log says so.
+                Ok(false)
+            }
+        }
+    }
+
+    /// Reads the keys the loaded rule sets reference (`ip_key`, `in_key`) and forgets the others.
+    fn poll_referenced_keys(
+        &mut self,
+        con: &mut Option<Connection>,
+        polled: &mut Polled,
+    ) -> Result<bool, String> {
+        let mut wanted: Vec<KeyRef> = Vec::new();
+        for compiled in self.rule_sets.iter().filter_map(|s| s.compiled.as_ref()) {
+            for key in &compiled.rules.keys {
+                if !wanted.contains(key) {
+                    wanted.push(key.clone());
+                }
+            }
+        }
+        let before = self.keys.len();
+        self.keys.retain(|key, _| wanted.contains(key));
+        polled.replaced |= self.keys.len() != before;
+        let mut refused = false;
+        for key in wanted {
+            // The whitelist key is read once, above.
+            if key.use_ == KeyUse::Whitelist && key.name == self.config.key {
+                continue;
+            }
+            let current = self.keys.get(&key).map(|k| match k {
+                LoadedKey::Whitelist(list) => list.version,
+                LoadedKey::Ids(ids) => ids.version,
+            });
+            let loaded = match key.use_ {
+                KeyUse::Whitelist => match self.read::<WhitelistBuilder>(con, &key.name, polled)? {
+                    Read::Value(f, took) if current != Some(f.version) => {
+                        Some(LoadedKey::Whitelist(self.parse_list(&key.name, f, took)))
+                    }
+                    Read::Value(..) => None,
+                    Read::Refused => {
+                        refused = true;
+                        None
+                    }
+                },
+                KeyUse::Ids => match self.read::<IdSet>(con, &key.name, polled)? {
+                    Read::Value(f, took) if current != Some(f.version) => {
+                        let (kind, version) = (f.kind, f.version);
+                        let started = Instant::now();
+                        let ids = f.into_list();
+                        self.shared.log(
+                            Level::Notice,
+                            format!(
+                                "loaded ids from {} key {}: {} ids, {} rejected (over {MAX_ID_LEN} bytes), version {version:016x}, read in {:.1} ms, parsed in {:.1} ms",
+                                kind.as_str(),
+                                key.name,
+                                ids.len(),
+                                ids.rejected_count,
+                                took.as_secs_f64() * 1000.0,
+                                started.elapsed().as_secs_f64() * 1000.0
+                            ),
+                        );
+                        Some(LoadedKey::Ids(Arc::new(LoadedIds { ids, kind, version })))
+                    }
+                    Read::Value(..) => None,
+                    Read::Refused => {
+                        refused = true;
+                        None
+                    }
+                },
+            };
+            if let Some(loaded) = loaded {
+                self.keys.insert(key, loaded);
+                polled.replaced = true;
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Swaps in a snapshot of what is loaded now.
+    fn publish(&self) {
+        let current = self.shared.current();
+        let whitelist = self.whitelist.clone();
+        let rule_sets = self
+            .rule_sets
+            .iter()
+            .map(|slot| {
+                let compiled = slot.compiled.clone()?;
+                let keys = compiled
+                    .rules
+                    .keys
+                    .iter()
+                    .map(|key| {
+                        if key.use_ == KeyUse::Whitelist && key.name == self.config.key {
+                            return whitelist.clone().map(LoadedKey::Whitelist);
+                        }
+                        self.keys.get(key).map(|loaded| match loaded {
+                            LoadedKey::Whitelist(list) => LoadedKey::Whitelist(list.clone()),
+                            LoadedKey::Ids(ids) => LoadedKey::Ids(ids.clone()),
+                        })
+                    })
+                    .collect();
+                Some(ActiveRuleSet { compiled, keys })
+            })
+            .collect();
         self.shared.snapshot.store(Arc::new(Snapshot {
             trusted_proxies: current.trusted_proxies.clone(),
-            loaded: Some(LoadedList {
-                list,
-                kind,
-                version,
-                loaded_at: SystemTime::now(),
-            }),
+            loaded: whitelist,
+            rule_sets,
         }));
-        true
     }
 
     fn report_parse(
         &self,
+        key: &str,
         list: &Whitelist,
         kind: KeyKind,
         version: u64,
         read_took: Duration,
         parse_took: Duration,
     ) {
-        let key = &self.config.key;
         let shared = self.shared;
         // A SET's members are parsed as its batches arrive; what is left after reading is indexing.
         let (read, parse) = match kind {

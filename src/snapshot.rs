@@ -1,6 +1,7 @@
 //! The immutable value every request is decided against, and the decision itself. A worker holds
 //! one snapshot at a time; the refresher builds the next one and swaps it in whole, so a request
-//! never sees half a list. Later rule sets grow here; the request path only calls [`Snapshot::decide`].
+//! never sees half a list or half a rule set. A rule set, where one is loaded, decides; without
+//! one the whitelist key decides between the first two targets, as gray always did.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -8,10 +9,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::client_ip::{binary_addr, client_ip, parse_addr, Source};
+use crate::idset::IdSet;
 use crate::ipset::{IpSet, MatchedRange};
+use crate::rules::{self, KeyData, Keys, Matched, Outcome, OverrideSeen, RuleSet, Trace};
 use crate::whitelist::Whitelist;
 
-/// Where a request goes, as an index into the targets `[prod, gray]`.
+/// Where the whitelist sends a request, as an index into the target table (whose first two
+/// entries are always `prod` and `gray`; a rule set's targets are indexes into the same table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum Target {
@@ -26,6 +30,8 @@ pub mod code {
     pub const NEED_FORWARDED: i32 = -1;
     /// The client address has to be read through `$binary_remote_addr` (see `nginx_request`).
     pub const NEED_ADDRESS: i32 = -2;
+    /// The rule set reads request inputs: fetch those of its plan and ask again.
+    pub const NEED_INPUTS: i32 = -3;
 }
 use code::NEED_FORWARDED;
 
@@ -57,11 +63,78 @@ pub struct LoadedList {
     pub loaded_at: SystemTime,
 }
 
+/// A set of ids read from an `in_key`.
+#[derive(Debug)]
+pub struct LoadedIds {
+    pub ids: IdSet,
+    pub kind: KeyKind,
+    pub version: u64,
+}
+
+/// A key a rule set references, as loaded.
+#[derive(Debug)]
+pub enum LoadedKey {
+    Whitelist(Arc<LoadedList>),
+    Ids(Arc<LoadedIds>),
+}
+
+/// A rule set as compiled from its key.
+#[derive(Debug)]
+pub struct CompiledRuleSet {
+    pub key: String,
+    pub rules: RuleSet,
+    /// A hash of the JSON text.
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    /// The nginx variables holding `rules.inputs`, in order: what the request path fetches.
+    pub variables: Vec<String>,
+    /// Tells the request path its fetched inputs belong to this rule set (unique per compile).
+    pub plan: u32,
+}
+
+/// A rule set with the data of the keys it references (`None` while one is missing).
+#[derive(Debug)]
+pub struct ActiveRuleSet {
+    pub compiled: Arc<CompiledRuleSet>,
+    pub keys: Vec<Option<LoadedKey>>,
+}
+
+impl Keys for ActiveRuleSet {
+    fn get(&self, index: usize) -> Option<KeyData<'_>> {
+        match self.keys.get(index)?.as_ref()? {
+            LoadedKey::Whitelist(list) => Some(KeyData::Whitelist(&list.list)),
+            LoadedKey::Ids(ids) => Some(KeyData::Ids(&ids.ids)),
+        }
+    }
+}
+
+/// `X-Forwarded-For` and `X-Real-IP`, each `None` when absent.
+pub type ForwardingHeaders<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// What a request brings beyond its peer address.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// `X-Forwarded-For` and `X-Real-IP`, once fetched for a trusted peer.
+    pub forwarded: Option<ForwardingHeaders<'a>>,
+    /// The plan's inputs, once fetched: the plan they were fetched for, and their values.
+    pub inputs: Option<(u32, &'a [Option<&'a [u8]>])>,
+}
+
+/// Now in Unix seconds, for ramps.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub trusted_proxies: Arc<IpSet>,
     /// `None` until the first successful load.
-    pub loaded: Option<LoadedList>,
+    pub loaded: Option<Arc<LoadedList>>,
+    /// By rule set index (the default set first, then `rule_sets`); `None` where the set's key
+    /// holds no rule set, so the whitelist decides.
+    pub rule_sets: Vec<Option<ActiveRuleSet>>,
 }
 
 /// Why a request went where it went.
@@ -79,6 +152,14 @@ pub enum Reason {
         source: Source,
         entries: usize,
         kind: KeyKind,
+    },
+    RuleSet {
+        key: String,
+        client: IpAddr,
+        source: Source,
+        outcome: Outcome,
+        rule: Option<String>,
+        explanation: Explanation,
     },
 }
 
@@ -117,6 +198,43 @@ impl fmt::Display for Reason {
                     write!(f, " ({entries} entries)")
                 }
             }
+            Reason::RuleSet {
+                key,
+                client,
+                source,
+                outcome,
+                rule,
+                explanation,
+            } => {
+                write!(
+                    f,
+                    "rule set {key}, client {client}{}: ",
+                    source_note(*source)
+                )?;
+                match outcome {
+                    Outcome::Disabled => f.write_str("disabled (enabled: false), the default")?,
+                    Outcome::Override => {}
+                    Outcome::Rule(i) => write!(
+                        f,
+                        "rule {} \"{}\": {}",
+                        i + 1,
+                        rule.as_deref().unwrap_or(""),
+                        if explanation.matched.is_empty() {
+                            "no conditions".to_string()
+                        } else {
+                            explanation.matched.join(", ")
+                        }
+                    )?,
+                    Outcome::Default => f.write_str("no rule matched, the default")?,
+                }
+                if let Some(over) = &explanation.override_ {
+                    if *outcome != Outcome::Override {
+                        f.write_str("; ")?;
+                    }
+                    f.write_str(over)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -131,31 +249,47 @@ fn source_note(source: Source) -> &'static str {
 }
 
 impl Snapshot {
-    /// The request path: a target for the peer (`$binary_remote_addr`) alone, or
-    /// [`NEED_FORWARDED`].
+    /// The request path, for rule set `set` and the peer `$binary_remote_addr`: a target, or a
+    /// `code::NEED_*` saying what to fetch and ask again with.
     #[inline]
-    pub fn route_peer(&self, peer: &[u8]) -> i32 {
+    pub fn route(&self, set: usize, peer: &[u8], extra: &Extra<'_>) -> i32 {
+        let active = self.rule_sets.get(set).and_then(Option::as_ref);
         let Some(peer) = binary_addr(peer) else {
-            return Target::Prod as i32;
+            return match active {
+                Some(active) => self.evaluate(active, None, extra),
+                None => Target::Prod as i32,
+            };
         };
-        if !self.trusted_proxies.is_empty() && self.trusted_proxies.contains(peer) {
-            return NEED_FORWARDED;
+        let client = if !self.trusted_proxies.is_empty() && self.trusted_proxies.contains(peer) {
+            let Some((forwarded_for, real_ip)) = extra.forwarded else {
+                return NEED_FORWARDED;
+            };
+            client_ip(peer, forwarded_for, real_ip, &self.trusted_proxies).0
+        } else {
+            peer
+        };
+        match active {
+            Some(active) => self.evaluate(active, Some(client), extra),
+            None => self.target_for(client) as i32,
         }
-        self.target_for(peer) as i32
     }
 
-    /// The request path for a trusted peer (`$binary_remote_addr`), with its forwarding headers.
-    pub fn route_forwarded(
-        &self,
-        peer: &[u8],
-        forwarded_for: Option<&[u8]>,
-        real_ip: Option<&[u8]>,
-    ) -> i32 {
-        let Some(peer) = binary_addr(peer) else {
-            return Target::Prod as i32;
+    fn evaluate(&self, active: &ActiveRuleSet, client: Option<IpAddr>, extra: &Extra<'_>) -> i32 {
+        let compiled = &active.compiled;
+        let inputs: &[Option<&[u8]>] = if compiled.rules.inputs.is_empty() {
+            &[]
+        } else {
+            match extra.inputs {
+                Some((plan, values)) if plan == compiled.plan => values,
+                _ => return code::NEED_INPUTS,
+            }
         };
-        let (client, _) = client_ip(peer, forwarded_for, real_ip, &self.trusted_proxies);
-        self.target_for(client) as i32
+        let request = rules::Request {
+            client,
+            inputs,
+            now: unix_now(),
+        };
+        compiled.rules.evaluate(&request, active, &mut ()).target as i32
     }
 
     #[inline]
@@ -166,26 +300,55 @@ impl Snapshot {
         }
     }
 
-    /// The same decision as the request path, with its reason; `peer` is `$remote_addr` (text).
+    /// The same decision as the request path, with its reason; `peer` is `$remote_addr` (text),
+    /// `inputs` the values of the rule set's variables (all fetched).
     pub fn decide(
         &self,
+        set: usize,
         peer: &[u8],
         forwarded_for: Option<&[u8]>,
         real_ip: Option<&[u8]>,
-    ) -> (Target, Reason) {
+        inputs: &[Option<&[u8]>],
+        now: f64,
+    ) -> (usize, Reason) {
         let Some(peer_addr) = parse_addr(peer) else {
             return (
-                Target::Prod,
+                Target::Prod as usize,
                 Reason::BadPeerAddress(peer.escape_ascii().to_string()),
             );
         };
         let (client, source) = client_ip(peer_addr, forwarded_for, real_ip, &self.trusted_proxies);
+        if let Some(active) = self.rule_sets.get(set).and_then(Option::as_ref) {
+            let compiled = &active.compiled;
+            let mut explanation = Explanation::default();
+            let request = rules::Request {
+                client: Some(client),
+                inputs: &inputs[..inputs.len().min(compiled.rules.inputs.len())],
+                now,
+            };
+            let decision = compiled.rules.evaluate(&request, active, &mut explanation);
+            let rule = match decision.outcome {
+                Outcome::Rule(i) => Some(compiled.rules.rules[i].name.clone()),
+                _ => None,
+            };
+            return (
+                decision.target,
+                Reason::RuleSet {
+                    key: compiled.key.clone(),
+                    client,
+                    source,
+                    outcome: decision.outcome,
+                    rule,
+                    explanation,
+                },
+            );
+        }
         let Some(loaded) = &self.loaded else {
-            return (Target::Prod, Reason::NoListLoaded);
+            return (Target::Prod as usize, Reason::NoListLoaded);
         };
         match loaded.list.set.matching_range(client) {
             Some(range) => (
-                Target::Gray,
+                Target::Gray as usize,
                 Reason::Listed {
                     client,
                     source,
@@ -193,7 +356,7 @@ impl Snapshot {
                 },
             ),
             None => (
-                Target::Prod,
+                Target::Prod as usize,
                 Reason::NotListed {
                     client,
                     source,
@@ -205,38 +368,112 @@ impl Snapshot {
     }
 }
 
+/// What an evaluation saw, for `decide`/`explain`: why the deciding rule held, the bucket of a
+/// percentage, and the override header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Explanation {
+    /// Why the deciding rule's conditions held, one phrase each.
+    pub matched: Vec<String>,
+    /// The last percentage bucket computed, its threshold and the share in hundredths.
+    pub bucket: Option<(u32, u64, Option<u32>)>,
+    pub override_: Option<String>,
+    current_rule: Option<usize>,
+}
+
+impl Trace for Explanation {
+    fn matched(&mut self, rule: usize, why: Matched<'_>) {
+        if self.current_rule != Some(rule) {
+            self.current_rule = Some(rule);
+            self.matched.clear();
+        }
+        self.matched.push(match why {
+            Matched::Ip { client, range, key } => match key {
+                Some(key) => format!("client {client} matched entry {range} of key {key}"),
+                None => format!("client {client} matched {range}"),
+            },
+            Matched::Id { source, id, how } => {
+                format!("{source} \"{}\" {how}", id.escape_ascii())
+            }
+            Matched::Percent {
+                source,
+                key,
+                bucket,
+                threshold,
+                hundredths,
+            } => {
+                self.bucket = Some((bucket, threshold, Some(hundredths)));
+                format!(
+                    "bucket {bucket} of {} \"{}\" < threshold {threshold} ({}%)",
+                    source.map_or("ip".to_string(), |s| s.to_string()),
+                    key.escape_ascii(),
+                    f64::from(hundredths) / 100.0
+                )
+            }
+        });
+    }
+
+    fn missed(&mut self, rule: usize, _why: &'static str) {
+        if self.current_rule == Some(rule) {
+            self.matched.clear();
+        }
+        self.current_rule = None;
+    }
+
+    fn bucket_out(&mut self, rule: usize, bucket: u32, threshold: u64) {
+        self.bucket = Some((bucket, threshold, None));
+        self.missed(rule, "out of the percentage");
+    }
+
+    fn override_seen(&mut self, seen: OverrideSeen<'_>) {
+        self.override_ = Some(format!(
+            "override {}: {} {} ({})",
+            seen.header,
+            seen.value.escape_ascii(),
+            if seen.honoured { "honoured" } else { "ignored" },
+            seen.why
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::whitelist::parse_entry;
+
+    fn route(s: &Snapshot, peer: &[u8]) -> i32 {
+        s.route(0, peer, &Extra::default())
+    }
 
     fn snapshot(list: &str, trusted: &[&str]) -> Snapshot {
         Snapshot {
             trusted_proxies: Arc::new(IpSet::new(
                 trusted.iter().map(|t| parse_entry(t.as_bytes()).unwrap().0),
             )),
-            loaded: Some(LoadedList {
+            loaded: Some(Arc::new(LoadedList {
                 list: Whitelist::parse([list.as_bytes()]),
                 kind: KeyKind::String,
                 version: 1,
                 loaded_at: SystemTime::now(),
-            }),
+            })),
+            rule_sets: Vec::new(),
         }
     }
 
     #[test]
     fn whitelisted_client_goes_to_gray_everyone_else_to_prod() {
         let s = snapshot("127.0.0.10", &[]);
-        assert_eq!(s.route_peer(&[127, 0, 0, 10]), Target::Gray as i32);
-        assert_eq!(s.route_peer(&[127, 0, 0, 1]), Target::Prod as i32);
-        let (target, reason) = s.decide(b"127.0.0.10", None, None);
-        assert_eq!(target, Target::Gray);
+        assert_eq!(route(&s, &[127, 0, 0, 10]), Target::Gray as i32);
+        assert_eq!(route(&s, &[127, 0, 0, 1]), Target::Prod as i32);
+        let (target, reason) = s.decide(0, b"127.0.0.10", None, None, &[], 0.0);
+        assert_eq!(target, Target::Gray as usize);
         assert_eq!(
             reason.to_string(),
             "client 127.0.0.10 matched whitelist entry 127.0.0.10"
         );
         assert_eq!(
-            s.decide(b"127.0.0.1", None, None).1.to_string(),
+            s.decide(0, b"127.0.0.1", None, None, &[], 0.0)
+                .1
+                .to_string(),
             "client 127.0.0.1 is not in the whitelist (1 entries)"
         );
     }
@@ -244,32 +481,41 @@ mod tests {
     #[test]
     fn nothing_loaded_goes_to_prod() {
         let s = Snapshot::default();
-        assert_eq!(s.route_peer(b"127.0.0.1"), Target::Prod as i32);
+        assert_eq!(route(&s, b"127.0.0.1"), Target::Prod as i32);
         assert_eq!(
-            s.decide(b"127.0.0.1", None, None),
-            (Target::Prod, Reason::NoListLoaded)
+            s.decide(0, b"127.0.0.1", None, None, &[], 0.0),
+            (Target::Prod as usize, Reason::NoListLoaded)
         );
     }
 
     #[test]
     fn unparsable_peer_goes_to_prod() {
         let s = snapshot("0.0.0.0/0", &[]);
-        assert_eq!(s.route_peer(b""), Target::Prod as i32);
-        assert_eq!(s.decide(b"unix:", None, None).0, Target::Prod);
+        assert_eq!(route(&s, b""), Target::Prod as i32);
+        assert_eq!(
+            s.decide(0, b"unix:", None, None, &[], 0.0).0,
+            Target::Prod as usize
+        );
     }
 
     #[test]
     fn trusted_peer_needs_its_headers() {
         let s = snapshot("2.2.2.2", &["127.0.0.1"]);
         let (trusted, untrusted) = ([127, 0, 0, 1], [127, 0, 0, 2]);
-        assert_eq!(s.route_peer(&trusted), NEED_FORWARDED);
+        assert_eq!(route(&s, &trusted), NEED_FORWARDED);
         let gray = Target::Gray as i32;
-        assert_eq!(s.route_forwarded(&trusted, Some(b"2.2.2.2"), None), gray);
-        assert_eq!(s.route_forwarded(&trusted, None, None), Target::Prod as i32);
+        let forwarded = |xff: Option<&'static [u8]>| Extra {
+            forwarded: Some((xff, None)),
+            inputs: None,
+        };
+        assert_eq!(s.route(0, &trusted, &forwarded(Some(b"2.2.2.2"))), gray);
+        assert_eq!(s.route(0, &trusted, &forwarded(None)), Target::Prod as i32);
         // An untrusted peer claiming a whitelisted address is decided by its own address.
-        assert_eq!(s.route_peer(&untrusted), Target::Prod as i32);
+        assert_eq!(route(&s, &untrusted), Target::Prod as i32);
         assert_eq!(
-            s.decide(b"127.0.0.1", Some(b"2.2.2.2"), None).1.to_string(),
+            s.decide(0, b"127.0.0.1", Some(b"2.2.2.2"), None, &[], 0.0)
+                .1
+                .to_string(),
             "client 2.2.2.2 (from X-Forwarded-For) matched whitelist entry 2.2.2.2"
         );
     }

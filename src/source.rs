@@ -14,30 +14,76 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::connection::{self, Connection, Reply};
+use crate::idset::IdSet;
 use crate::snapshot::KeyKind;
 use crate::whitelist::{Whitelist, WhitelistBuilder};
 
+/// What a key's values are parsed into: a whitelist, a set of ids, or the text itself (a rule
+/// set). A SET's members are added as they arrive, a string's value once.
+pub trait ListBuilder: Default {
+    type List;
+    fn add(&mut self, value: &[u8]);
+    fn finish(self) -> Self::List;
+}
+
+impl ListBuilder for WhitelistBuilder {
+    type List = Whitelist;
+    fn add(&mut self, value: &[u8]) {
+        WhitelistBuilder::add(self, value);
+    }
+    fn finish(self) -> Whitelist {
+        WhitelistBuilder::finish(self)
+    }
+}
+
+impl ListBuilder for IdSet {
+    type List = IdSet;
+    fn add(&mut self, value: &[u8]) {
+        IdSet::add(self, value);
+    }
+    fn finish(self) -> IdSet {
+        self
+    }
+}
+
+/// A string value as it is (a rule set's JSON); members of a SET are joined by newlines.
+#[derive(Default)]
+pub struct Text(pub Vec<u8>);
+
+impl ListBuilder for Text {
+    type List = Vec<u8>;
+    fn add(&mut self, value: &[u8]) {
+        if !self.0.is_empty() {
+            self.0.push(b'\n');
+        }
+        self.0.extend_from_slice(value);
+    }
+    fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
 /// The key as read: enough to tell whether it changed, and its entries.
 #[derive(Debug)]
-pub struct Fetched {
+pub struct Fetched<B: ListBuilder = WhitelistBuilder> {
     pub kind: KeyKind,
     /// The size of the list text: the string's length, or the sum of the members' lengths.
     pub bytes: usize,
     /// A hash of the kind and the value: equal values give equal versions, so an unchanged list
     /// is not parsed again.
     pub version: u64,
-    entries: Entries,
+    entries: Entries<B>,
 }
 
 #[derive(Debug)]
-enum Entries {
+enum Entries<B> {
     /// A string (empty for a missing key), parsed only if its version is new.
     Text(Vec<u8>),
     /// A SET's members, parsed batch by batch as they arrived.
-    Parsed(Box<WhitelistBuilder>),
+    Parsed(Box<B>),
 }
 
-impl Fetched {
+impl<B: ListBuilder> Fetched<B> {
     fn text(kind: KeyKind, value: Vec<u8>) -> Self {
         let mut version = Version::new(kind);
         version.add(&value);
@@ -50,10 +96,10 @@ impl Fetched {
     }
 
     /// The whitelist, parsed (a string) and indexed.
-    pub fn into_list(self) -> Whitelist {
+    pub fn into_list(self) -> B::List {
         let builder = match self.entries {
             Entries::Text(value) => {
-                let mut builder = WhitelistBuilder::default();
+                let mut builder = B::default();
                 builder.add(&value);
                 // A large value is freed before the index is built: one less copy at the peak.
                 drop(value);
@@ -182,7 +228,11 @@ fn unexpected(what: &str, reply: &Reply) -> FetchError {
     )))
 }
 
-pub fn fetch(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetched, FetchError> {
+pub fn fetch<B: ListBuilder>(
+    con: &mut Connection,
+    key: &str,
+    max_bytes: usize,
+) -> Result<Fetched<B>, FetchError> {
     let kind = match con.query(redis::cmd("TYPE").arg(key), 0)? {
         Reply::Status(kind) => kind,
         other => return Err(unexpected("a type", &other)),
@@ -197,7 +247,11 @@ pub fn fetch(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetche
 
 /// STRLEN refuses an oversized value without reading it; GETRANGE bounds the read even if the
 /// value grew in between, and the reply is refused by its length before it is read.
-fn fetch_string(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetched, FetchError> {
+fn fetch_string<B: ListBuilder>(
+    con: &mut Connection,
+    key: &str,
+    max_bytes: usize,
+) -> Result<Fetched<B>, FetchError> {
     let len = match con.query(redis::cmd("STRLEN").arg(key), 0)? {
         Reply::Int(len) => usize::try_from(len).unwrap_or(0),
         other => return Err(unexpected("a length", &other)),
@@ -222,7 +276,11 @@ fn fetch_string(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fet
     Ok(Fetched::text(KeyKind::String, value))
 }
 
-fn fetch_set(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetched, FetchError> {
+fn fetch_set<B: ListBuilder>(
+    con: &mut Connection,
+    key: &str,
+    max_bytes: usize,
+) -> Result<Fetched<B>, FetchError> {
     let sscan = |cursor: u64| {
         let mut cmd = redis::cmd("SSCAN");
         cmd.arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
@@ -245,18 +303,18 @@ fn fetch_set(con: &mut Connection, key: &str, max_bytes: usize) -> Result<Fetche
 }
 
 /// A SET as its SSCAN batches arrive: counted against `max_bytes`, hashed and parsed.
-struct SetReader {
+struct SetReader<B> {
     budget: Budget,
     version: Version,
-    builder: WhitelistBuilder,
+    builder: B,
 }
 
-impl SetReader {
+impl<B: ListBuilder> SetReader<B> {
     fn new(max_bytes: usize) -> Self {
         SetReader {
             budget: Budget::new(KeyKind::Set, max_bytes),
             version: Version::new(KeyKind::Set),
-            builder: WhitelistBuilder::default(),
+            builder: B::default(),
         }
     }
 
@@ -267,7 +325,7 @@ impl SetReader {
         }
     }
 
-    fn finish(self) -> Fetched {
+    fn finish(self) -> Fetched<B> {
         Fetched {
             kind: KeyKind::Set,
             bytes: self.budget.used,
@@ -309,7 +367,7 @@ mod tests {
     }
 
     fn set(batches: &[&[&str]]) -> Fetched {
-        let mut set = SetReader::new(usize::MAX);
+        let mut set = SetReader::<WhitelistBuilder>::new(usize::MAX);
         for batch in batches {
             let batch: Vec<Vec<u8>> = batch.iter().map(|m| m.as_bytes().to_vec()).collect();
             for member in &batch {
@@ -321,7 +379,7 @@ mod tests {
     }
 
     fn string(value: &str) -> Fetched {
-        Fetched::text(KeyKind::String, value.as_bytes().to_vec())
+        Fetched::<WhitelistBuilder>::text(KeyKind::String, value.as_bytes().to_vec())
     }
 
     #[test]
@@ -331,7 +389,7 @@ mod tests {
         assert_ne!(a.version, string("1.1.1.2").version);
         assert_ne!(a.version, set(&[&["1.1.1.1"]]).version);
         assert_ne!(
-            Fetched::text(KeyKind::Missing, Vec::new()).version,
+            Fetched::<WhitelistBuilder>::text(KeyKind::Missing, Vec::new()).version,
             string("").version
         );
         assert_eq!(

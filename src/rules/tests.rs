@@ -1,0 +1,376 @@
+//! The evaluator and the decoder, table-driven where the cases are many.
+
+use std::net::IpAddr;
+
+use super::schema::compile;
+use super::*;
+
+fn targets() -> Vec<String> {
+    ["@prod1", "@prod2-grey", "@canary-b"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn rule_set(json: &str) -> RuleSet {
+    compile(json.as_bytes(), &targets()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn error(json: &str) -> String {
+    compile(json.as_bytes(), &targets())
+        .unwrap_err()
+        .to_string()
+}
+
+/// A request from `client` with inputs by source text.
+struct Req<'a> {
+    client: &'a str,
+    values: Vec<(&'a str, &'a str)>,
+    now: f64,
+}
+
+fn req(client: &str) -> Req<'_> {
+    Req {
+        client,
+        values: Vec::new(),
+        now: 0.0,
+    }
+}
+
+impl<'a> Req<'a> {
+    fn with(mut self, source: &'a str, value: &'a str) -> Self {
+        self.values.push((source, value));
+        self
+    }
+
+    fn at(mut self, now: f64) -> Self {
+        self.now = now;
+        self
+    }
+}
+
+/// The target name and the deciding rule's name (or "default", "override", "disabled").
+fn decide(rs: &RuleSet, r: Req<'_>, keys: &[Option<KeyData<'_>>]) -> (String, String) {
+    let inputs: Vec<Option<&[u8]>> = rs
+        .inputs
+        .iter()
+        .map(|source| {
+            r.values
+                .iter()
+                .find(|(s, _)| *s == source.to_string())
+                .map(|(_, v)| v.as_bytes())
+        })
+        .collect();
+    let request = Request {
+        client: r.client.parse::<IpAddr>().ok(),
+        inputs: &inputs,
+        now: r.now,
+    };
+    let d = rs.evaluate(&request, keys, &mut ());
+    let how = match d.outcome {
+        Outcome::Rule(i) => rs.rules[i].name.clone(),
+        Outcome::Default => "default".into(),
+        Outcome::Override => "override".into(),
+        Outcome::Disabled => "disabled".into(),
+    };
+    (targets()[d.target].clone(), how)
+}
+
+const EXAMPLE: &str = r#"{
+  "format": 1,
+  "enabled": true,
+  "default": "@prod1",
+  "override": { "header": "X-Gray", "from": ["10.0.0.0/8", "127.0.0.1"] },
+  "rules": [
+    { "name": "whitelist", "ip_key": "gray",                                  "to": "@prod2-grey" },
+    { "name": "office",    "ip": ["10.20.0.0/16", "2001:db8::/32"],            "to": "@prod2-grey" },
+    { "name": "beta",      "id": "cookie:uid", "in": ["u1001", "u1002"],       "to": "@prod2-grey" },
+    { "name": "beta-big",  "id": "header:X-User-Id", "in_key": "gray:beta",    "to": "@prod2-grey" },
+    { "name": "tail-7",    "id": "arg:uid", "suffix": ["7", "9"],              "to": "@canary-b" },
+    { "name": "band",      "id": "header:X-User-Id", "range": [[100000, 199999]], "to": "@canary-b" },
+    { "name": "vip-stays", "id": "header:X-User-Id", "regex": "^vip-[0-9]+$",  "to": "@prod1" },
+    { "name": "ramp",      "percent": 5, "by": ["cookie:uid", "ip"], "seed": "release-42", "to": "@prod2-grey" }
+  ]
+}"#;
+
+#[test]
+fn the_example_compiles_with_each_input_once() {
+    let rs = rule_set(EXAMPLE);
+    assert_eq!(rs.rules.len(), 8);
+    let inputs: Vec<String> = rs.inputs.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        inputs,
+        ["header:X-Gray", "cookie:uid", "header:X-User-Id", "arg:uid"]
+    );
+    assert_eq!(
+        rs.keys,
+        vec![
+            KeyRef {
+                name: "gray".into(),
+                use_: KeyUse::Whitelist
+            },
+            KeyRef {
+                name: "gray:beta".into(),
+                use_: KeyUse::Ids
+            },
+        ]
+    );
+}
+
+#[test]
+fn each_condition_kind_decides_in_order() {
+    let rs = rule_set(EXAMPLE);
+    let whitelist = crate::whitelist::Whitelist::parse([&b"192.168.2.165"[..]]);
+    let beta = IdSet::parse([&b"u5000 u5001"[..]]);
+    let keys = [
+        Some(KeyData::Whitelist(&whitelist)),
+        Some(KeyData::Ids(&beta)),
+    ];
+    let cases: &[(Req, &str, &str)] = &[
+        (req("192.168.2.165"), "@prod2-grey", "whitelist"),
+        (req("10.20.3.4"), "@prod2-grey", "office"),
+        (req("2001:db8::1"), "@prod2-grey", "office"),
+        (
+            req("1.1.1.1").with("cookie:uid", "u1002"),
+            "@prod2-grey",
+            "beta",
+        ),
+        (
+            req("1.1.1.1").with("cookie:uid", "u10021"),
+            "@prod1",
+            "default",
+        ),
+        (
+            req("1.1.1.1").with("header:X-User-Id", "u5001"),
+            "@prod2-grey",
+            "beta-big",
+        ),
+        (req("1.1.1.1").with("arg:uid", "u17"), "@canary-b", "tail-7"),
+        (req("1.1.1.1").with("arg:uid", "u18"), "@prod1", "default"),
+        (
+            req("1.1.1.1").with("header:X-User-Id", "150000"),
+            "@canary-b",
+            "band",
+        ),
+        (
+            req("1.1.1.1").with("header:X-User-Id", "200000"),
+            "@prod1",
+            "default",
+        ),
+        (
+            req("1.1.1.1").with("header:X-User-Id", "15e4"),
+            "@prod1",
+            "default",
+        ),
+        (
+            req("1.1.1.1").with("header:X-User-Id", "vip-12"),
+            "@prod1",
+            "vip-stays",
+        ),
+        (
+            req("1.1.1.1").with("header:X-User-Id", "vip-12x"),
+            "@prod1",
+            "default",
+        ),
+        // An empty id is no id.
+        (req("1.1.1.1").with("cookie:uid", ""), "@prod1", "default"),
+        // Rule order: the whitelist is tried before the office.
+        (
+            req("10.20.0.1").with("cookie:uid", "u1001"),
+            "@prod2-grey",
+            "office",
+        ),
+    ];
+    for (r, target, rule) in cases {
+        let r = Req {
+            client: r.client,
+            values: r.values.clone(),
+            now: 0.0,
+        };
+        let label = format!("{} {:?}", r.client, r.values);
+        assert_eq!(
+            decide(&rs, r, &keys),
+            (target.to_string(), rule.to_string()),
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn a_key_not_loaded_matches_no_one() {
+    let rs = rule_set(EXAMPLE);
+    assert_eq!(
+        decide(&rs, req("192.168.2.165"), &[None, None]),
+        ("@prod1".into(), "default".into())
+    );
+}
+
+#[test]
+fn conditions_of_one_rule_are_anded() {
+    let rs = rule_set(
+        r#"{"format":1,"rules":[{"name":"office-10","ip":["10.0.0.0/8"],"percent":100,"by":["cookie:uid"],"to":"@canary-b"}]}"#,
+    );
+    let keys: [Option<KeyData>; 0] = [];
+    assert_eq!(
+        decide(&rs, req("10.1.1.1").with("cookie:uid", "u"), &keys).1,
+        "office-10"
+    );
+    assert_eq!(decide(&rs, req("10.1.1.1"), &keys).1, "default");
+    assert_eq!(
+        decide(&rs, req("11.1.1.1").with("cookie:uid", "u"), &keys).1,
+        "default"
+    );
+}
+
+#[test]
+fn the_percentage_is_sticky_and_reads_its_sources_in_order() {
+    let json = |p: &str| {
+        format!(
+            r#"{{"format":1,"rules":[{{"name":"ramp","percent":{p},"by":["cookie:uid","ip"],"seed":"s","to":"@prod2-grey"}}]}}"#
+        )
+    };
+    let keys: [Option<KeyData>; 0] = [];
+    let (none, all, ten) = (
+        rule_set(&json("0")),
+        rule_set(&json("100")),
+        rule_set(&json("10")),
+    );
+    let mut in_at_ten = 0;
+    for i in 0..2000 {
+        let uid = format!("u{i}");
+        assert_eq!(
+            decide(&none, req("1.1.1.1").with("cookie:uid", &uid), &keys).1,
+            "default"
+        );
+        assert_eq!(
+            decide(&all, req("1.1.1.1").with("cookie:uid", &uid), &keys).1,
+            "ramp"
+        );
+        let b = bucket::bucket("s", uid.as_bytes());
+        let expected = if b < 429_496_729 { "ramp" } else { "default" };
+        let got = decide(&ten, req("1.1.1.1").with("cookie:uid", &uid), &keys).1;
+        assert_eq!(got, expected);
+        in_at_ten += (got == "ramp") as usize;
+    }
+    assert!((150..250).contains(&in_at_ten), "{in_at_ten}");
+    // No cookie: the client address is the key.
+    let by_ip = bucket::bucket("s", b"1.2.3.4") < 429_496_729;
+    assert_eq!(decide(&ten, req("1.2.3.4"), &keys).1 == "ramp", by_ip);
+}
+
+#[test]
+fn a_ramp_grows_linearly_between_its_times_and_only_grows() {
+    let rs = rule_set(
+        r#"{"format":1,"rules":[{"name":"r","percent":{"from":1,"to":50,"start":"2026-12-02T10:00:00Z","end":"2026-12-02T12:00:00Z"},"to":"@prod2-grey"}]}"#,
+    );
+    let start = 1_796_205_600.0; // 2026-12-02T10:00:00Z
+    let amount = rs.rules[0].percent.as_ref().unwrap().amount;
+    assert_eq!(amount.at(start - 1.0), 100);
+    assert_eq!(amount.at(start), 100);
+    assert_eq!(amount.at(start + 3600.0), 2550);
+    assert_eq!(amount.at(start + 7200.0), 5000);
+    assert_eq!(amount.at(start + 1e6), 5000);
+    let mut last = 0;
+    for s in 0..7300 {
+        let now = amount.at(start + f64::from(s));
+        assert!(now >= last);
+        last = now;
+    }
+    let keys: [Option<KeyData>; 0] = [];
+    // The evaluation reads the amount at the request's time; with no `by`, the key is the client.
+    let bucket = bucket::bucket("r", b"1.1.1.1");
+    for (now, hundredths) in [(start, 100), (start + 7200.0, 5000)] {
+        let expected = if bucket::is_in(bucket, bucket::threshold(hundredths)) {
+            "r"
+        } else {
+            "default"
+        };
+        assert_eq!(decide(&rs, req("1.1.1.1").at(now), &keys).1, expected);
+    }
+}
+
+#[test]
+fn the_override_header() {
+    let rs = rule_set(EXAMPLE);
+    let keys = [None, None];
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("10.1.2.3", "always", "@prod2-grey", "override"),
+        ("127.0.0.1", "@canary-b", "@canary-b", "override"),
+        ("10.1.2.3", "ALWAYS", "@prod2-grey", "override"),
+        // From elsewhere always and target names are ignored: the rules decide.
+        ("1.1.1.1", "always", "@prod1", "default"),
+        ("1.1.1.1", "@canary-b", "@prod1", "default"),
+        // never lowers risk: honoured from anyone, even a whitelisted client.
+        ("10.20.1.1", "never", "@prod1", "override"),
+        ("1.1.1.1", "bogus", "@prod1", "default"),
+    ];
+    for (client, value, target, how) in cases {
+        let got = decide(&rs, req(client).with("header:X-Gray", value), &keys);
+        assert_eq!(
+            got,
+            (target.to_string(), how.to_string()),
+            "{client} {value}"
+        );
+    }
+    let off = rule_set(&EXAMPLE.replace("\"enabled\": true", "\"enabled\": false"));
+    assert_eq!(
+        decide(&off, req("10.1.2.3").with("header:X-Gray", "always"), &keys),
+        ("@prod1".into(), "disabled".into())
+    );
+    assert_eq!(decide(&off, req("10.20.1.1"), &keys).1, "disabled");
+}
+
+#[test]
+fn validation_errors_name_the_rule_and_the_field() {
+    let r = |rule: &str| {
+        format!(r#"{{"format":1,"rules":[{{"name":"x","to":"@prod2-grey"}},{rule}]}}"#)
+    };
+    let cases: Vec<(String, &str)> = vec![
+        ("{".into(), "not a rule set: EOF while parsing"),
+        (r#"{"format":2,"rules":[]}"#.into(), "format is 2, this gray reads format 1"),
+        (r#"{"rules":[]}"#.into(), "not a rule set: missing field `format`"),
+        (r#"{"format":1,"rules":[],"extra":1}"#.into(), "not a rule set: unknown field `extra`"),
+        (r(r#"{"name":"beta","precent":5,"to":"@prod1"}"#), "rules[2] \"beta\": unknown field `precent`"),
+        (r(r#"{"name":"p","percent":100.5,"to":"@prod1"}"#), "rules[2] \"p\": percent: must be a number from 0 to 100 in steps of 0.01"),
+        (r(r#"{"name":"p","percent":5.005,"to":"@prod1"}"#), "rules[2] \"p\": percent: must be a number from 0 to 100 in steps of 0.01"),
+        (r(r#"{"name":"p","percent":-1,"to":"@prod1"}"#), "percent: must be a number"),
+        (r(r#"{"name":"re","id":"arg:u","regex":"(","to":"@prod1"}"#), "rules[2] \"re\": regex: regex parse error"),
+        (r(r#"{"name":"x","to":"@prod1"}"#), "rules[2] \"x\": duplicate rule name"),
+        (r(r#"{"name":"t","to":"@nowhere"}"#), "rules[2] \"t\": to: unknown target \"@nowhere\" (this nginx has @prod1, @prod2-grey, @canary-b)"),
+        (r#"{"format":1,"default":"@x","rules":[]}"#.into(), "default: unknown target \"@x\""),
+        (r(r#"{"name":"i","id":"body:uid","in":["1"],"to":"@prod1"}"#), "rules[2] \"i\": id: \"body:uid\": unknown source kind \"body\""),
+        (r(r#"{"name":"i","id":"cookie:uid","to":"@prod1"}"#), "rules[2] \"i\": id: needs in, in_key"),
+        (r(r#"{"name":"i","in":["1"],"to":"@prod1"}"#), "rules[2] \"i\": id: missing"),
+        (r(r#"{"name":"i","ip":["10.0.0.0/99"],"to":"@prod1"}"#), "rules[2] \"i\": ip[1]: \"10.0.0.0/99\" (bad prefix length)"),
+        (r(r#"{"name":"g","id":"arg:u","range":[[5,1]],"to":"@prod1"}"#), "range: [5, 1] ends before it starts"),
+        (r(r#"{"name":"b","percent":5,"by":["query:x"],"to":"@prod1"}"#), "rules[2] \"b\": by: \"query:x\": unknown source kind"),
+        (r(r#"{"name":"b","by":["ip"],"to":"@prod1"}"#), "by: only means something with percent"),
+        (r(r#"{"name":"r","percent":{"from":5,"to":1,"start":"2026-12-02T10:00:00Z","end":"2026-12-02T12:00:00Z"},"to":"@prod1"}"#), "percent: a ramp only goes up"),
+        (r(r#"{"name":"r","percent":{"from":1,"to":5,"start":"tomorrow","end":"2026-12-02T12:00:00Z"},"to":"@prod1"}"#), "percent.start: \"tomorrow\" is not an RFC 3339 time"),
+        (r(r#"{"name":"r","percent":"5","to":"@prod1"}"#), "percent: \"5\" is neither a number nor a ramp object"),
+        (r#"{"format":1,"override":{"header":"X Gray"},"rules":[]}"#.into(), "override.header: \"header:X Gray\""),
+        (r#"{"format":1,"override":{"header":"X-Gray","from":["nope"]},"rules":[]}"#.into(), "override.from[1]: \"nope\""),
+    ];
+    for (json, expected) in cases {
+        let got = error(&json);
+        assert!(
+            got.starts_with(expected) || got.contains(expected),
+            "{json}\n  got: {got}\n want: {expected}"
+        );
+    }
+    let many = format!(
+        r#"{{"format":1,"rules":[{}]}}"#,
+        (0..=MAX_RULES)
+            .map(|i| format!(r#"{{"name":"r{i}","to":"@prod1"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(error(&many), "1001 rules, at most 1000");
+}
+
+#[test]
+fn always_goes_to_the_first_rule_target_that_is_not_the_default() {
+    let rs = rule_set(
+        r#"{"format":1,"rules":[{"name":"a","ip":["1.1.1.1"],"to":"@prod1"},{"name":"b","ip":["2.2.2.2"],"to":"@canary-b"}]}"#,
+    );
+    assert_eq!(targets()[rs.always_target()], "@canary-b");
+}
