@@ -6,7 +6,7 @@ LUA_CMOD_DIR ?= $(PREFIX)/lib/lua/5.1
 SHARE_DIR ?= $(PREFIX)/share/gray
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := whitelist client_ip
+FUZZ_TARGETS := whitelist client_ip rule_set
 # Test::Nginx's Perl dependencies (Test::Nginx itself comes from ../shared/vendor or CPAN).
 TEST_PACKAGES := libtest-base-perl libtext-diff-perl libtest-longstring-perl libipc-run-perl \
 	liblist-moreutils-perl liburi-perl libwww-perl libhttp-message-perl

@@ -1,10 +1,12 @@
 //! ns per whitelist lookup at 10, 10k and 1M entries; IPv4, IPv6 and mixed; hits and misses.
+//! And ns per id lookup in an `in_key` set of 10, 10k and 1M user ids.
 //! Seeded random data: every run measures the same lists and probes.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gray::idset::IdSet;
 use gray::ipset::IpSet;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -93,6 +95,27 @@ fn lookups(c: &mut Criterion) {
                     })
                 });
             }
+        }
+    }
+    for size in [10usize, 10_000, 1_000_000] {
+        let mut rng = fastrand::Rng::with_seed(0x6964_7321);
+        let ids: Vec<String> = (0..size).map(|_| format!("u{}", rng.u64(..))).collect();
+        let set = IdSet::parse(ids.iter().map(|id| id.as_bytes()));
+        let hits: Vec<&[u8]> = (0..PROBES)
+            .map(|_| ids[rng.usize(..ids.len())].as_bytes())
+            .collect();
+        let misses: Vec<String> = (0..PROBES).map(|i| format!("x{i}")).collect();
+        let misses: Vec<&[u8]> = misses.iter().map(|m| m.as_bytes()).collect();
+        for (probes, outcome) in [(&hits, "hit"), (&misses, "miss")] {
+            let id = BenchmarkId::new(format!("ids/{outcome}"), size);
+            group.bench_with_input(id, probes, |b, probes| {
+                b.iter(|| {
+                    probes
+                        .iter()
+                        .filter(|&&probe| set.contains(black_box(probe)))
+                        .count()
+                })
+            });
         }
     }
     group.finish();

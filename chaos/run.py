@@ -11,6 +11,7 @@ trusts only 127.0.0.2 receives the spoofed headers.
 
 import argparse
 import datetime
+import json
 import os
 import random
 import re
@@ -543,6 +544,47 @@ def churn(redis, gw):
     return row
 
 
+def rule_set_churn(redis, gw):
+    """A rule set replaced every 10 ms under load: a percentage raised and lowered, the rules
+    reordered. Every variant keeps the whitelist rule and gives its percentage only to a network
+    the load does not use, so every live rule set routes each member to gray and each non-member to
+    prod: a response routed otherwise came from no rule set that was live."""
+    put_good(redis, gw)
+    stop_churn = threading.Event()
+    changes = [0]
+
+    def variant(rng):
+        rules = [{"name": "list", "ip_key": "gray", "to": "@prod2-grey"},
+                 {"name": "ramp", "ip": ["10.250.0.0/16"], "percent": rng.choice([0, 1, 5, 10, 50, 100]),
+                  "to": "@prod2-grey"}]
+        rng.shuffle(rules)
+        return json.dumps({"format": 1, "default": "@prod1", "rules": rules})
+
+    def churner():
+        con = redis.connect()
+        rng = random.Random(5)
+        while not stop_churn.is_set():
+            con.call("SET", "gray:rules", variant(rng))
+            con.call("PUBLISH", "gray:changed", "1")
+            changes[0] += 1
+            time.sleep(0.01)
+        con.close()
+    thread = threading.Thread(target=churner)
+
+    def run():
+        thread.start()
+        time.sleep(3)
+        stop_churn.set()
+        thread.join()
+    row = abuse(gw, "rule sets changing every 10 ms (percent up and down, rules reordered)", run,
+                r"loaded rule set from key gray:rules: 2 rules", "rule set reloads logged")
+    row.check(changes[0] >= 100, f"{changes[0]} published rule sets")
+    redis.cli("DEL", "gray:rules")
+    redis.publish()
+    put_good(redis, gw)
+    return row
+
+
 # --- spoofing -----------------------------------------------------------------------------------
 
 def spoofed_headers():
@@ -621,7 +663,7 @@ def main():
         spoof = Gateway("spoof", SPOOF_PORT, trusted="127.0.0.2")
         put_good(redis, gw)
         for fault in (baseline, redis_killed, redis_hung, redis_restarted_empty, garbage, huge_value,
-                      binary_value, wrong_type, large_rereads, churn, forwarded, reloads):
+                      binary_value, wrong_type, large_rereads, churn, rule_set_churn, forwarded, reloads):
             log(fault.__name__)
             rows.append(fault(redis, gw))
         log("keep-alive reference")

@@ -21,9 +21,20 @@ pub const ALL: u32 = 10_000;
 /// assert_eq!(gray::bucket::bucket("release-42", b"u1001"), gray::bucket::bucket("release-42", b"u1001"));
 /// ```
 pub fn bucket(seed: &str, key: &[u8]) -> u32 {
-    let mut input = seed.as_bytes().chain(&b":"[..]).chain(key);
+    // The crate hashes what a reader yields, a few bytes per read: one slice on the stack reads
+    // in a fraction of the instructions of a chain of three (the request path hashes per request).
+    let mut joined = [0u8; 256];
+    let len = seed.len() + 1 + key.len();
     // Reading from memory cannot fail.
-    murmur3::murmur3_32(&mut input, 0).unwrap_or(0)
+    if len <= joined.len() {
+        joined[..seed.len()].copy_from_slice(seed.as_bytes());
+        joined[seed.len()] = b':';
+        joined[seed.len() + 1..len].copy_from_slice(key);
+        murmur3::murmur3_32(&mut &joined[..len], 0).unwrap_or(0)
+    } else {
+        let mut input = seed.as_bytes().chain(&b":"[..]).chain(key);
+        murmur3::murmur3_32(&mut input, 0).unwrap_or(0)
+    }
 }
 
 /// The threshold for `hundredths` of a percent (clamped to 100%); `u64` so that 100% is 2^32.
@@ -56,6 +67,21 @@ mod tests {
             murmur(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c),
             0x2FA8_26CD
         );
+    }
+
+    #[test]
+    fn the_readme_vectors() {
+        let vectors = [
+            ("release-42", "u1001", 798_355_464),
+            ("release-42", "u1002", 3_033_800_762),
+            ("release-42", "10.1.2.3", 985_562_199),
+            ("s", "42", 1_591_947_571),
+        ];
+        for (seed, key, expected) in vectors {
+            assert_eq!(bucket(seed, key.as_bytes()), expected, "{seed}:{key}");
+        }
+        assert_eq!(threshold(2000), 858_993_459);
+        assert!(is_in(798_355_464, threshold(2000)) && !is_in(798_355_464, threshold(500)));
     }
 
     #[test]

@@ -541,10 +541,7 @@ impl Refresher {
                         if key.use_ == KeyUse::Whitelist && key.name == self.config.key {
                             return whitelist.clone().map(LoadedKey::Whitelist);
                         }
-                        self.keys.get(key).map(|loaded| match loaded {
-                            LoadedKey::Whitelist(list) => LoadedKey::Whitelist(list.clone()),
-                            LoadedKey::Ids(ids) => LoadedKey::Ids(ids.clone()),
-                        })
+                        self.keys.get(key).cloned()
                     })
                     .collect();
                 Some(ActiveRuleSet { compiled, keys })

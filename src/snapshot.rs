@@ -72,7 +72,7 @@ pub struct LoadedIds {
 }
 
 /// A key a rule set references, as loaded.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum LoadedKey {
     Whitelist(Arc<LoadedList>),
     Ids(Arc<LoadedIds>),

@@ -262,3 +262,61 @@ SET gray:rules '{"format":1,"rules":[{"name":"a","ip":["127.0.0.8"],"to":"@prod2
 [qr/rejected rule set in key gray:rules: rules\[2\] "b": to: unknown target "\@canary-x"|^/]
 --- no_error_log
 [crit]
+
+
+
+=== TEST 10: behind a trusted proxy: the client comes from X-Forwarded-For, the id from a cookie, a variable from nginx
+--- redis
+SET gray:rules '{"format":1,"rules":[{"name":"office-beta","ip":["10.20.0.0/16"],"id":"cookie:uid","prefix":["beta-"],"to":"@prod2-grey"},{"name":"by-host","id":"var:host","in":["canary.example"],"to":"@canary-b"}]}'
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", targets = { "@canary-b" },
+            trusted_proxies = { "127.0.0.1" },
+        }
+    }
+--- request eval
+["GET /r", "GET /r", "GET /r", "GET /r", "GET /r"]
+--- more_headers eval
+["X-Forwarded-For: 10.20.1.1\nCookie: uid=beta-7",
+ "X-Forwarded-For: 10.21.1.1\nCookie: uid=beta-7",
+ "X-Forwarded-For: 10.20.1.1\nCookie: uid=alpha-7",
+ "X-Forwarded-For: 10.20.1.1\nHost: canary.example",
+ "Host: canary.example\nCookie: uid=beta-1"]
+--- response_body eval
+["gray\n", "prod\n", "prod\n", "canary-b\n", "canary-b\n"]
+
+
+
+=== TEST 11: an in_key loaded from a string and from a SET, and a rule set that stops referencing it
+--- redis
+SET gray:vip "v1, v2 v3"
+SADD gray:beta b1 b2
+SET gray:rules '{"format":1,"rules":[{"name":"vip","id":"header:X-User","in_key":"gray:vip","to":"@canary-b"},{"name":"beta","id":"header:X-User","in_key":"gray:beta","to":"@prod2-grey"}]}'
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local function route(user)
+                local sock = ngx.socket.tcp()
+                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
+                sock:send("GET /r HTTP/1.0\r\nX-User: " .. user .. "\r\n\r\n")
+                local response = sock:receive("*a")
+                sock:close()
+                return (response:match("\r\n\r\n(%S+)"))
+            end
+            ngx.say(route("v2"), " ", route("b2"), " ", route("x"))
+            T.redis("sadd", "gray:beta", "b3")
+            T.redis("publish", "gray:changed", "1")
+            T.wait_for(function() return route("b3") == "gray" end, 1)
+            ngx.say("added: ", route("b3"))
+            T.redis("set", "gray:rules", '{"format":1,"rules":[{"name":"beta","id":"header:X-User","in_key":"gray:beta","to":"@prod2-grey"}]}')
+            T.redis("publish", "gray:changed", "1")
+            T.wait_for(function() return route("v2") == "prod" end, 1)
+            ngx.say("vip rule gone: ", route("v2"), " ", route("b1"))
+        }
+    }
+--- response_body
+canary-b gray prod
+added: gray
+vip rule gone: prod gray

@@ -153,6 +153,7 @@ pub struct Request<'a> {
 }
 
 /// The loaded data of `RuleSet::keys`, in order; `None` while a key is not loaded (or missing).
+#[derive(Clone, Copy)]
 pub enum KeyData<'a> {
     Whitelist(&'a Whitelist),
     Ids(&'a IdSet),
@@ -164,11 +165,7 @@ pub trait Keys {
 
 impl Keys for [Option<KeyData<'_>>] {
     fn get(&self, index: usize) -> Option<KeyData<'_>> {
-        match self.get(index)? {
-            Some(KeyData::Whitelist(w)) => Some(KeyData::Whitelist(w)),
-            Some(KeyData::Ids(ids)) => Some(KeyData::Ids(ids)),
-            None => None,
-        }
+        <[_]>::get(self, index).copied().flatten()
     }
 }
 
