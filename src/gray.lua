@@ -3,7 +3,7 @@
 -- for the decision through FFI functions (no allocation, no Redis, no lock) and jumps in a Lua
 -- frame. Everything else is in Rust (`core`). Errors from misuse are raised here, blaming the
 -- caller; the request path never raises.
-local core, route_request_ptr, route_with_ptr, plan_of_ptr = ...
+local core, route_request_ptr, route_with_ptr = ...
 
 local ffi = require "ffi"
 
@@ -20,20 +20,24 @@ local error = error
 local type = type
 
 local get_request = require("resty.core.base").get_request
--- Declares ngx_http_lua_ffi_var_get, through which ngx.var reads variables.
+-- Declare ngx_http_lua_ffi_var_get, through which ngx.var reads variables, and the two functions
+-- behind ngx.req.get_headers (with ngx_http_lua_ffi_table_elt_t).
 require "resty.core.var"
+require "resty.core.request"
 local var_get = ffi.C.ngx_http_lua_ffi_var_get
+local get_headers_count = ffi.C.ngx_http_lua_ffi_req_get_headers_count
+local get_headers = ffi.C.ngx_http_lua_ffi_req_get_headers
 
 local route_request = ffi.cast("int (*)(void *, int)", route_request_ptr)
 local route_with = ffi.cast("int (*)(void *, int, const char *, size_t, int, const char *, size_t, "
-                            .. "const char *, size_t, uint32_t, const char **, size_t *, size_t)",
+                            .. "const char *, size_t, uint32_t, const char **, size_t *, size_t, "
+                            .. "const ngx_http_lua_ffi_table_elt_t *, int)",
                             route_with_ptr)
-local plan_of = ffi.cast("uint32_t (*)(int)", plan_of_ptr)
 
 local PROD = core.codes.prod
 local NEED_FORWARDED = core.codes.need_forwarded
 local NEED_ADDRESS = core.codes.need_address
-local NEED_INPUTS = core.codes.need_inputs
+local INPUTS_BASE = core.codes.inputs_base
 local NGX_OK = 0
 
 -- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
@@ -51,20 +55,33 @@ local function peer_addr(r)
     return addr_value[0], addr_len[0]
 end
 
--- A rule set's inputs, read the same way into arrays Rust reads: plans[set] is the list of
--- nginx variables of the rule set's current plan, fetched from Rust when the plan changes.
+-- A rule set's inputs, into arrays Rust reads: headers and cookies from one copy of the request's
+-- header list (pointers into nginx's memory, lowercase names), args and variables through nginx
+-- variables. plans[set] is what the rule set's current plan fetches, asked of Rust when it changes.
 local MAX_INPUTS = core.codes.max_inputs
+local MAX_HEADERS = core.codes.max_headers
 local input_values = ffi.new("const char *[?]", MAX_INPUTS)
 local input_lens = ffi.new("size_t[?]", MAX_INPUTS)
 local input_lowcase = ffi.new("char[?]", 128)
+local header_list = ffi.new("ngx_http_lua_ffi_table_elt_t[?]", MAX_HEADERS)
+local headers_truncated = ffi.new("int[1]")
 local plans = {}
 
-local function fetch_inputs(r, set)
+local function fetch_inputs(r, set, plan_id)
     local plan = plans[set]
-    if not plan or plan.id ~= plan_of(set) then
-        local id, variables = core.plan(set)
-        plan = { id = id, variables = variables }
+    if not plan or plan.id ~= plan_id then
+        local id, variables, reads_headers = core.plan(set)
+        plan = { id = id, variables = variables, reads_headers = reads_headers }
         plans[set] = plan
+    end
+    local n_headers = 0
+    if plan.reads_headers then
+        n_headers = get_headers_count(r, MAX_HEADERS, headers_truncated)
+        if n_headers > 0 then
+            get_headers(r, header_list, n_headers, 0)
+        else
+            n_headers = 0
+        end
     end
     local variables = plan.variables
     for i = 1, #variables do
@@ -75,15 +92,15 @@ local function fetch_inputs(r, set)
             input_values[i - 1], input_lens[i - 1] = nil, 0
         end
     end
-    return plan.id, #variables
+    return plan.id, #variables, n_headers
 end
 
 -- The decision code for request r by rule set `set`: Rust answers at once, or says what it
--- needs (the address through the variable, the forwarding headers of a trusted peer, the rule
--- set's inputs); each is fetched at most once.
+-- needs (the address through the variable, the forwarding headers of a trusted peer, the inputs
+-- of the rule set's plan, whose number the code carries); each is fetched at most once.
 local function decision(r, set)
     local code = route_request(r, set)
-    local peer, peer_len, forwarded, xff, xri, plan, n = nil, 0, 0, nil, nil, 0, 0
+    local peer, peer_len, forwarded, xff, xri, plan, n, n_headers = nil, 0, 0, nil, nil, 0, 0, 0
     for _ = 1, 4 do
         if code >= 0 then
             return code
@@ -97,13 +114,14 @@ local function decision(r, set)
                 peer, peer_len = peer_addr(r)
             end
             forwarded, xff, xri = 1, ngx_var.http_x_forwarded_for, ngx_var.http_x_real_ip
-        elseif code == NEED_INPUTS then
-            plan, n = fetch_inputs(r, set)
+        elseif code <= INPUTS_BASE then
+            plan, n, n_headers = fetch_inputs(r, set, INPUTS_BASE - code)
         else
             return PROD
         end
         code = route_with(r, set, peer, peer_len or 0, forwarded, xff, xff and #xff or 0,
-                          xri, xri and #xri or 0, plan, input_values, input_lens, n)
+                          xri, xri and #xri or 0, plan, input_values, input_lens, n,
+                          header_list, n_headers)
     end
     return PROD
 end
@@ -258,7 +276,7 @@ end
 
 -- The inputs of rule set `set` as Lua strings, in its plan's order.
 local function input_strings(set)
-    local _, variables = core.plan(set)
+    local _, _, _, variables = core.plan(set)
     local values = {}
     for i = 1, #variables do
         values[i] = ngx_var[variables[i]]

@@ -18,6 +18,7 @@ pub mod ipset;
 pub mod log;
 pub mod nginx_request;
 mod os;
+pub mod plan;
 pub mod refresher;
 pub mod rules;
 pub mod snapshot;

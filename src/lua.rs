@@ -16,9 +16,10 @@ use mlua::prelude::*;
 use crate::config::{Config, OptionValue};
 use crate::log::Level;
 use crate::nginx_request::AddressReader;
+use crate::plan::{Fetched, Header};
 use crate::refresher;
 use crate::rules::MAX_INPUTS;
-use crate::snapshot::{code, unix_now, Extra, Snapshot, Target};
+use crate::snapshot::{code, unix_now, Extra, Gathered, Snapshot, Target};
 use crate::state::SHARED;
 
 /// A configuration cycle's options, held by that cycle's Lua VM. nginx runs init_by_lua for a new
@@ -82,10 +83,69 @@ unsafe extern "C" fn route_request(r: *const c_void, set: c_int) -> c_int {
     .unwrap_or(Target::Prod as c_int)
 }
 
+/// A string as lua-nginx-module's FFI hands it over (`ngx_http_lua_ffi_str_t`).
+#[repr(C)]
+struct FfiStr {
+    len: c_int,
+    data: *const u8,
+}
+
+/// A request header as `ngx_http_lua_ffi_req_get_headers` lists it (`ngx_http_lua_ffi_table_elt_t`).
+#[repr(C)]
+struct FfiHeader {
+    key: FfiStr,
+    value: FfiStr,
+}
+
+/// The most request headers the request path looks at for a rule set.
+const MAX_HEADERS: usize = 100;
+
+/// gray.lua's arrays for one request: `values` variable values and `headers` request headers,
+/// each pointing into the request's memory (valid while it lasts, so for `'r`).
+struct FfiFetched<'r> {
+    values: usize,
+    value_ptrs: *const *const u8,
+    value_lens: *const usize,
+    headers: usize,
+    header_ptr: *const FfiHeader,
+    _request: std::marker::PhantomData<&'r [u8]>,
+}
+
+impl<'r> Fetched<'r> for FfiFetched<'r> {
+    fn header_count(&self) -> usize {
+        self.headers
+    }
+
+    fn header(&self, index: usize) -> Header<'r> {
+        if index >= self.headers {
+            return (&[], &[]);
+        }
+        // SAFETY: gray.lua's array holds `headers` entries that nginx filled, pointing at the
+        // request's header memory.
+        unsafe {
+            let h = &*self.header_ptr.add(index);
+            (
+                bytes(h.key.data, h.key.len.max(0) as usize).unwrap_or_default(),
+                bytes(h.value.data, h.value.len.max(0) as usize).unwrap_or_default(),
+            )
+        }
+    }
+
+    fn variable(&self, index: usize) -> Option<&'r [u8]> {
+        if index >= self.values {
+            return None;
+        }
+        // SAFETY: gray.lua's arrays hold `values` entries, each an nginx variable's bytes (or
+        // null when absent).
+        unsafe { bytes(*self.value_ptrs.add(index), *self.value_lens.add(index)) }
+    }
+}
+
 /// FFI: the decision with what `route_request` asked for. `peer` is `$binary_remote_addr` of
 /// request `r`, or null when the address is read from the request; `forwarded` says the two
-/// headers were fetched (each null when absent); `values`/`lens` hold `n` inputs of `plan`
-/// (a null value is absent). The first IP peer also proves (or not) the address offsets.
+/// headers were fetched (each null when absent); `values`/`lens` hold the `n` variables of
+/// `plan` (a null value is absent) and `headers` its `n_headers` request headers. The first IP
+/// peer also proves (or not) the address offsets.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn route_with(
     r: *const c_void,
@@ -101,6 +161,8 @@ unsafe extern "C" fn route_with(
     values: *const *const u8,
     lens: *const usize,
     n: usize,
+    headers: *const FfiHeader,
+    n_headers: c_int,
 ) -> c_int {
     catch_unwind(|| {
         let peer = if peer.is_null() {
@@ -120,42 +182,34 @@ unsafe extern "C" fn route_with(
             unsafe { bytes(peer, peer_len) }.unwrap_or_default()
         };
         // SAFETY: Lua strings (or nil) and their lengths, valid for this call.
-        let headers = unsafe {
+        let forwarding = unsafe {
             (
                 bytes(forwarded_for, forwarded_for_len),
                 bytes(real_ip, real_ip_len),
             )
         };
-        let mut inputs: [Option<&[u8]>; MAX_INPUTS] = [None; MAX_INPUTS];
-        let n = n.min(MAX_INPUTS);
-        if n > 0 && !values.is_null() && !lens.is_null() {
-            for (i, input) in inputs.iter_mut().enumerate().take(n) {
-                // SAFETY: gray.lua's arrays hold `n` entries; each value points at an nginx
-                // variable's bytes, alive for the request.
-                *input = unsafe { bytes(*values.add(i), *lens.add(i)) };
-            }
-        }
+        let fetched = FfiFetched {
+            values: if values.is_null() || lens.is_null() { 0 } else { n.min(MAX_INPUTS) },
+            value_ptrs: values,
+            value_lens: lens,
+            headers: if headers.is_null() {
+                0
+            } else {
+                usize::try_from(n_headers).unwrap_or(0).min(MAX_HEADERS)
+            },
+            header_ptr: headers,
+            _request: std::marker::PhantomData,
+        };
         let extra = Extra {
-            forwarded: (forwarded != 0).then_some(headers),
-            inputs: (n > 0 || plan != 0).then_some((plan, &inputs[..n])),
+            forwarded: (forwarded != 0).then_some(forwarding),
+            inputs: (plan != 0).then_some(Gathered {
+                plan,
+                fetched: &fetched,
+            }),
         };
         SHARED.snapshot.load().route(set as usize, peer, &extra)
     })
     .unwrap_or(Target::Prod as c_int)
-}
-
-/// FFI: the plan of rule set `set` now (0 when it has none): the inputs `core.plan` lists.
-unsafe extern "C" fn plan_of(set: c_int) -> u32 {
-    catch_unwind(|| {
-        SHARED
-            .snapshot
-            .load()
-            .rule_sets
-            .get(set as usize)
-            .and_then(Option::as_ref)
-            .map_or(0, |active| active.compiled.plan)
-    })
-    .unwrap_or(0)
 }
 
 fn option_value(value: LuaValue) -> OptionValue {
@@ -328,16 +382,21 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     Ok(t)
 }
 
-/// core.plan(set) -> plan, { variable, ... }: the nginx variables rule set `set` reads.
-fn plan(lua: &Lua, set: usize) -> LuaResult<(u32, LuaTable)> {
+/// core.plan(set) -> plan, { variable, ... }, reads_headers, { every input's variable, ... }:
+/// what the request path fetches for rule set `set`, and what an explanation reads.
+fn plan(lua: &Lua, set: usize) -> LuaResult<(u32, LuaTable, bool, LuaTable)> {
     let snapshot = SHARED.current();
-    let active = snapshot.rule_sets.get(set).and_then(Option::as_ref);
-    let variables = lua.create_sequence_from(
-        active
-            .map(|a| a.compiled.variables.clone())
-            .unwrap_or_default(),
-    )?;
-    Ok((active.map_or(0, |a| a.compiled.plan), variables))
+    let plan = snapshot
+        .rule_sets
+        .get(set)
+        .and_then(Option::as_ref)
+        .map(|a| &a.compiled.plan);
+    Ok((
+        plan.map_or(0, |p| p.id),
+        lua.create_sequence_from(plan.map(|p| p.variables.clone()).unwrap_or_default())?,
+        plan.is_some_and(|p| p.reads_headers),
+        lua.create_sequence_from(plan.map(|p| p.all_variables.clone()).unwrap_or_default())?,
+    ))
 }
 
 /// The arguments of `core.explain`.
@@ -450,8 +509,9 @@ fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("gray", Target::Gray as i32)?;
     t.set("need_forwarded", code::NEED_FORWARDED)?;
     t.set("need_address", code::NEED_ADDRESS)?;
-    t.set("need_inputs", code::NEED_INPUTS)?;
+    t.set("inputs_base", code::INPUTS_BASE)?;
     t.set("max_inputs", MAX_INPUTS)?;
+    t.set("max_headers", MAX_HEADERS)?;
     Ok(t)
 }
 
@@ -477,6 +537,5 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
         core,
         LuaLightUserData(route_request as *mut c_void),
         LuaLightUserData(route_with as *mut c_void),
-        LuaLightUserData(plan_of as *mut c_void),
     ))
 }

@@ -17,6 +17,7 @@ use crate::connection::{self, Connection, Reply};
 use crate::idset::{IdSet, MAX_ID_LEN};
 use crate::log::{Level, Throttle};
 use crate::os;
+use crate::plan::Plan;
 use crate::rules::{schema, KeyRef, KeyUse};
 use crate::snapshot::{
     ActiveRuleSet, CompiledRuleSet, KeyKind, LoadedIds, LoadedKey, LoadedList, Snapshot,
@@ -409,7 +410,6 @@ impl Refresher {
                 Ok(false)
             }
             Ok(Some(rules)) => {
-                let variables = rules.inputs.iter().map(|s| s.variable()).collect();
                 self.shared.log(
                     Level::Notice,
                     format!(
@@ -423,13 +423,13 @@ impl Refresher {
                         }
                     ),
                 );
+                let plan = Plan::new(NEXT_PLAN.fetch_add(1, Ordering::Relaxed), &rules.inputs);
                 slot.compiled = Some(Arc::new(CompiledRuleSet {
                     key: key.clone(),
                     rules,
                     version,
                     loaded_at: SystemTime::now(),
-                    variables,
-                    plan: NEXT_PLAN.fetch_add(1, Ordering::Relaxed),
+                    plan,
                 }));
                 polled.replaced = true;
                 Ok(false)

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use crate::client_ip::{binary_addr, client_ip, parse_addr, Source};
 use crate::idset::IdSet;
 use crate::ipset::{IpSet, MatchedRange};
+use crate::plan::{Fetched, Plan};
 use crate::rules::{self, KeyData, Keys, Matched, Outcome, OverrideSeen, RuleSet, Trace};
 use crate::whitelist::Whitelist;
 
@@ -30,8 +31,12 @@ pub mod code {
     pub const NEED_FORWARDED: i32 = -1;
     /// The client address has to be read through `$binary_remote_addr` (see `nginx_request`).
     pub const NEED_ADDRESS: i32 = -2;
-    /// The rule set reads request inputs: fetch those of its plan and ask again.
-    pub const NEED_INPUTS: i32 = -3;
+    /// The rule set reads request inputs: fetch those of plan `INPUTS_BASE - code` and ask again.
+    pub const INPUTS_BASE: i32 = -16;
+
+    pub fn need_inputs(plan: u32) -> i32 {
+        INPUTS_BASE.saturating_sub(i32::try_from(plan).unwrap_or(i32::MAX))
+    }
 }
 use code::NEED_FORWARDED;
 
@@ -86,10 +91,8 @@ pub struct CompiledRuleSet {
     /// A hash of the JSON text.
     pub version: u64,
     pub loaded_at: SystemTime,
-    /// The nginx variables holding `rules.inputs`, in order: what the request path fetches.
-    pub variables: Vec<String>,
-    /// Tells the request path its fetched inputs belong to this rule set (unique per compile).
-    pub plan: u32,
+    /// How the request path gathers `rules.inputs`.
+    pub plan: Plan,
 }
 
 /// A rule set with the data of the keys it references (`None` while one is missing).
@@ -112,12 +115,19 @@ impl Keys for ActiveRuleSet {
 pub type ForwardingHeaders<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// What a request brings beyond its peer address.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Extra<'a> {
     /// `X-Forwarded-For` and `X-Real-IP`, once fetched for a trusted peer.
     pub forwarded: Option<ForwardingHeaders<'a>>,
-    /// The plan's inputs, once fetched: the plan they were fetched for, and their values.
-    pub inputs: Option<(u32, &'a [Option<&'a [u8]>])>,
+    /// The plan's inputs, once fetched.
+    pub inputs: Option<Gathered<'a>>,
+}
+
+/// What the request path fetched, and for which plan.
+#[derive(Clone, Copy)]
+pub struct Gathered<'a> {
+    pub plan: u32,
+    pub fetched: &'a dyn Fetched<'a>,
 }
 
 /// Now in Unix seconds, for ramps.
@@ -276,18 +286,32 @@ impl Snapshot {
 
     fn evaluate(&self, active: &ActiveRuleSet, client: Option<IpAddr>, extra: &Extra<'_>) -> i32 {
         let compiled = &active.compiled;
-        let inputs: &[Option<&[u8]>] = if compiled.rules.inputs.is_empty() {
-            &[]
+        let wanted = compiled.rules.inputs.len();
+        // Few rule sets read more than a handful of inputs; those pay for an allocation.
+        let mut few = [None; 8];
+        let mut many = Vec::new();
+        let inputs: &mut [Option<&[u8]>] = if wanted <= few.len() {
+            &mut few[..wanted]
         } else {
-            match extra.inputs {
-                Some((plan, values)) if plan == compiled.plan => values,
-                _ => return code::NEED_INPUTS,
-            }
+            many.resize(wanted, None);
+            &mut many
         };
+        if wanted > 0 {
+            match extra.inputs {
+                Some(gathered) if gathered.plan == compiled.plan.id => {
+                    compiled.plan.gather(gathered.fetched, inputs)
+                }
+                _ => return code::need_inputs(compiled.plan.id),
+            }
+        }
         let request = rules::Request {
             client,
             inputs,
-            now: unix_now(),
+            now: if compiled.rules.has_ramps {
+                unix_now()
+            } else {
+                0.0
+            },
         };
         compiled.rules.evaluate(&request, active, &mut ()).target as i32
     }

@@ -33,6 +33,8 @@ pub struct RuleSet {
     pub inputs: Vec<Source>,
     /// The Redis keys the rules reference: `Keys` holds their data in this order.
     pub keys: Vec<KeyRef>,
+    /// A rule's percentage is a ramp: evaluation needs the time.
+    pub has_ramps: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -131,7 +131,13 @@ pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError>
             compiler.inputs.len()
         )));
     }
+    let has_ramps = rules.iter().any(|r: &Rule| {
+        r.percent
+            .as_ref()
+            .is_some_and(|p| matches!(p.amount, Amount::Ramp { .. }))
+    });
     Ok(RuleSet {
+        has_ramps,
         enabled: spec.enabled.unwrap_or(true),
         default,
         override_,
