@@ -10,7 +10,9 @@
 //! The threshold only grows with the percentage, so raising it keeps everyone who was in, and
 //! lowering it drops the last ones in first; only a new seed reshuffles.
 
-use std::io::Read;
+use std::hash::Hasher;
+
+use mur3::Hasher32;
 
 /// 100%: every key is in.
 pub const ALL: u32 = 10_000;
@@ -21,20 +23,11 @@ pub const ALL: u32 = 10_000;
 /// assert_eq!(gray::bucket::bucket("release-42", b"u1001"), gray::bucket::bucket("release-42", b"u1001"));
 /// ```
 pub fn bucket(seed: &str, key: &[u8]) -> u32 {
-    // The crate hashes what a reader yields, a few bytes per read: one slice on the stack reads
-    // in a fraction of the instructions of a chain of three (the request path hashes per request).
-    let mut joined = [0u8; 256];
-    let len = seed.len() + 1 + key.len();
-    // Reading from memory cannot fail.
-    if len <= joined.len() {
-        joined[..seed.len()].copy_from_slice(seed.as_bytes());
-        joined[seed.len()] = b':';
-        joined[seed.len() + 1..len].copy_from_slice(key);
-        murmur3::murmur3_32(&mut &joined[..len], 0).unwrap_or(0)
-    } else {
-        let mut input = seed.as_bytes().chain(&b":"[..]).chain(key);
-        murmur3::murmur3_32(&mut input, 0).unwrap_or(0)
-    }
+    let mut hasher = Hasher32::with_seed(0);
+    hasher.write(seed.as_bytes());
+    hasher.write(b":");
+    hasher.write(key);
+    hasher.finish32()
 }
 
 /// The threshold for `hundredths` of a percent (clamped to 100%); `u64` so that 100% is 2^32.
@@ -51,7 +44,7 @@ mod tests {
     use super::*;
 
     fn murmur(input: &[u8], seed: u32) -> u32 {
-        murmur3::murmur3_32(&mut &input[..], seed).unwrap()
+        mur3::murmurhash3_x86_32(input, seed)
     }
 
     #[test]

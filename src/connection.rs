@@ -21,9 +21,6 @@ const MAX_LINE: u64 = 64 * 1024;
 /// Read buffer: a SSCAN batch of short members arrives in a few reads.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// One SSCAN reply: the next cursor (0 at the end) and a batch of members.
-pub type ScanBatch = (u64, Vec<Vec<u8>>);
-
 /// A reply. Error replies are [`Error::Server`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -131,6 +128,9 @@ pub struct Connection {
     stream: BufReader<Stream>,
     timeout: Duration,
     in_step: bool,
+    /// Reused by the reads done once per SET member: its length line and its bytes.
+    line: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 impl Connection {
@@ -158,6 +158,8 @@ impl Connection {
             stream: BufReader::with_capacity(READ_BUFFER, stream),
             timeout,
             in_step: true,
+            line: Vec::new(),
+            scratch: Vec::new(),
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -195,31 +197,45 @@ impl Connection {
         self.read_value(&mut |len| len <= max_bulk)
     }
 
-    /// Reads a SSCAN reply, `[cursor, [member, ...]]`, asking `admit` about each member's length
-    /// before its bytes are read: a refusal leaves the rest of the reply unread (out of step).
-    pub fn read_scan<E>(
-        &mut self,
-        mut admit: impl FnMut(usize) -> Result<(), E>,
-    ) -> Result<Result<ScanBatch, E>, Error> {
+    /// Reads the start of a SSCAN reply, `[cursor, [member, ...]]`: the cursor (0 at the end).
+    /// The members follow ([`Connection::read_scan_members`]); the next SSCAN may be sent first,
+    /// so Redis gathers the next batch while this one is read.
+    pub fn read_scan_cursor(&mut self) -> Result<u64, Error> {
         self.expect_array_len(2)?;
-        let cursor = match self.read(20)? {
+        match self.read(20)? {
             Reply::Bulk(Some(text)) => std::str::from_utf8(&text)
                 .ok()
                 .and_then(|t| t.parse().ok())
-                .ok_or_else(|| self.protocol("a SSCAN cursor"))?,
-            _ => return Err(self.protocol("a SSCAN cursor")),
-        };
-        let count = self.read_array_len()?;
-        let mut members = Vec::with_capacity(count.min(1 << 16));
-        for _ in 0..count {
-            let len = self.read_bulk_len()?;
-            if let Err(refused) = admit(len) {
-                self.in_step = false;
-                return Ok(Err(refused));
-            }
-            members.push(self.read_bulk_body(len)?);
+                .ok_or_else(|| self.protocol("a SSCAN cursor")),
+            _ => Err(self.protocol("a SSCAN cursor")),
         }
-        Ok(Ok((cursor, members)))
+    }
+
+    /// Reads the members of a SSCAN reply into `each`, asking `admit` about each member's length
+    /// before its bytes are read: a refusal leaves the rest of the reply unread (out of step).
+    /// Every member is read into the same buffer: a batch costs no allocation per member.
+    pub fn read_scan_members<E>(
+        &mut self,
+        mut admit: impl FnMut(usize) -> Result<(), E>,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<Result<(), E>, Error> {
+        let count = self.read_array_len()?;
+        let mut member = std::mem::take(&mut self.scratch);
+        let mut read = || {
+            for _ in 0..count {
+                let len = self.read_bulk_len()?;
+                if let Err(refused) = admit(len) {
+                    self.in_step = false;
+                    return Ok(Err(refused));
+                }
+                self.read_bulk_body_into(len, &mut member)?;
+                each(&member);
+            }
+            Ok(Ok(()))
+        };
+        let result = read();
+        self.scratch = member;
+        result
     }
 
     /// Waits up to `wait` for the start of a reply (a pub/sub message): `None` if none came. A
@@ -301,34 +317,49 @@ impl Connection {
         }
     }
 
+    /// Reads a `$len` line into a buffer kept across calls (it is read once per SET member).
     fn read_bulk_len(&mut self) -> Result<usize, Error> {
-        let line = self.read_line()?;
-        match line.split_first() {
-            Some((b'$', rest)) => {
-                usize::try_from(self.number(rest)?).map_err(|_| self.protocol("a bulk string"))
-            }
-            _ => Err(self.protocol("a bulk string")),
-        }
+        let mut line = std::mem::take(&mut self.line);
+        let len =
+            self.read_line_into(&mut line)
+                .and_then(|()| match line.split_first() {
+                    Some((b'$', rest)) => usize::try_from(self.number(rest)?)
+                        .map_err(|_| self.protocol("a bulk string")),
+                    _ => Err(self.protocol("a bulk string")),
+                });
+        self.line = line;
+        len
     }
 
     fn read_bulk_body(&mut self, len: usize) -> Result<Vec<u8>, Error> {
-        let mut body = vec![0; len + 2];
+        let mut body = Vec::new();
+        self.read_bulk_body_into(len, &mut body)?;
+        Ok(body)
+    }
+
+    fn read_bulk_body_into(&mut self, len: usize, body: &mut Vec<u8>) -> Result<(), Error> {
+        body.clear();
+        body.resize(len + 2, 0);
         self.stream
-            .read_exact(&mut body)
+            .read_exact(body)
             .inspect_err(|_| self.in_step = false)?;
         if !body.ends_with(b"\r\n") {
             return Err(self.protocol("a bulk string's end"));
         }
         body.truncate(len);
-        Ok(body)
+        Ok(())
     }
 
     /// One line without its CRLF, at most `MAX_LINE` long.
     fn read_line(&mut self) -> Result<Vec<u8>, Error> {
         let mut line = Vec::new();
-        let read = (&mut self.stream)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut line);
+        self.read_line_into(&mut line)?;
+        Ok(line)
+    }
+
+    fn read_line_into(&mut self, line: &mut Vec<u8>) -> Result<(), Error> {
+        line.clear();
+        let read = (&mut self.stream).take(MAX_LINE).read_until(b'\n', line);
         if let Err(e) = read {
             self.in_step = false;
             return Err(e.into());
@@ -341,7 +372,7 @@ impl Connection {
             return Err(self.protocol("a line ending in CRLF"));
         }
         line.truncate(line.len() - 2);
-        Ok(line)
+        Ok(())
     }
 
     fn number(&mut self, text: &[u8]) -> Result<i64, Error> {
@@ -450,6 +481,8 @@ mod tests {
             stream: BufReader::with_capacity(16, stream),
             timeout: Duration::from_secs(1),
             in_step: true,
+            line: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -482,20 +515,22 @@ mod tests {
     fn scan_replies_ask_before_each_member() {
         let mut con = replying(b"*2\r\n$2\r\n17\r\n*2\r\n$3\r\none\r\n$5\r\nthree\r\n*2\r\n$1\r\n0\r\n*1\r\n$9\r\n123456789\r\n");
         let asked = RefCell::new(Vec::new());
-        let (cursor, members) = con
-            .read_scan(|len| {
+        let mut members = Vec::new();
+        assert_eq!(con.read_scan_cursor().unwrap(), 17);
+        con.read_scan_members(
+            |len| {
                 asked.borrow_mut().push(len);
                 Ok::<(), ()>(())
-            })
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (cursor, members),
-            (17, vec![b"one".to_vec(), b"three".to_vec()])
-        );
+            },
+            |member| members.push(member.to_vec()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(members, vec![b"one".to_vec(), b"three".to_vec()]);
         assert!(con.in_step());
+        assert_eq!(con.read_scan_cursor().unwrap(), 0);
         let refused = con
-            .read_scan(|len| if len > 4 { Err(len) } else { Ok(()) })
+            .read_scan_members(|len| if len > 4 { Err(len) } else { Ok(()) }, |_| {})
             .unwrap();
         assert_eq!(refused, Err(9));
         assert!(!con.in_step());
@@ -530,6 +565,8 @@ mod tests {
             stream: BufReader::new(stream),
             timeout: Duration::from_secs(1),
             in_step: true,
+            line: Vec::new(),
+            scratch: Vec::new(),
         };
         assert_eq!(
             con.read_within(Duration::from_millis(10), 10).unwrap(),

@@ -386,17 +386,18 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
 /// what the request path fetches for rule set `set`, and what an explanation reads.
 fn plan(lua: &Lua, set: usize) -> LuaResult<(u32, LuaTable, bool, LuaTable)> {
     let snapshot = SHARED.current();
-    let plan = snapshot
-        .rule_sets
-        .get(set)
-        .and_then(Option::as_ref)
-        .map(|a| &a.compiled.plan);
+    let plan = snapshot.plan(set);
     Ok((
         plan.map_or(0, |p| p.id),
         lua.create_sequence_from(plan.map(|p| p.variables.clone()).unwrap_or_default())?,
         plan.is_some_and(|p| p.reads_headers),
         lua.create_sequence_from(plan.map(|p| p.all_variables.clone()).unwrap_or_default())?,
     ))
+}
+
+/// The number of rule set `set`'s plan; 0 without a rule set.
+fn plan_id(_: &Lua, set: usize) -> LuaResult<u32> {
+    Ok(SHARED.current().plan(set).map_or(0, |p| p.id))
 }
 
 /// The arguments of `core.explain`.
@@ -527,6 +528,7 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     core.set("targets", lua.create_function(targets)?)?;
     core.set("rule_sets", lua.create_function(rule_sets)?)?;
     core.set("plan", lua.create_function(plan)?)?;
+    core.set("plan_id", lua.create_function(plan_id)?)?;
     core.set("defaults", Options(Arc::new(Config::default())))?;
     core.set("codes", codes(lua)?)?;
     let glue = lua

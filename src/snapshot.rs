@@ -284,6 +284,14 @@ impl Snapshot {
         }
     }
 
+    /// How the request path gathers rule set `set`'s inputs; `None` without a rule set.
+    pub fn plan(&self, set: usize) -> Option<&Plan> {
+        self.rule_sets
+            .get(set)
+            .and_then(Option::as_ref)
+            .map(|a| &a.compiled.plan)
+    }
+
     fn evaluate(&self, active: &ActiveRuleSet, client: Option<IpAddr>, extra: &Extra<'_>) -> i32 {
         let compiled = &active.compiled;
         let wanted = compiled.rules.inputs.len();

@@ -289,39 +289,47 @@ fn fetch_set<B: ListBuilder>(
     let mut set = SetReader::new(max_bytes);
     con.send(&sscan(0))?;
     loop {
-        // Each member is counted before it is read: a refused SET leaves the rest unread, and
-        // the connection out of step (its owner drops it).
-        let (next, batch) = con.read_scan(|len| set.budget.take(len))??;
+        let next = con.read_scan_cursor()?;
         if next != 0 {
             con.send(&sscan(next))?;
         }
-        set.parse(&batch);
+        // Each member is counted before it is read: a refused SET leaves the rest unread, and
+        // the connection out of step (its owner drops it).
+        let SetReader { budget, members } = &mut set;
+        con.read_scan_members(|len| budget.take(len), |member| members.add(member))??;
         if next == 0 {
             return Ok(set.finish());
         }
     }
 }
 
-/// A SET as its SSCAN batches arrive: counted against `max_bytes`, hashed and parsed.
+/// A SET as its SSCAN members arrive: counted against `max_bytes`, hashed and parsed.
 struct SetReader<B> {
     budget: Budget,
+    members: Members<B>,
+}
+
+/// The members read so far: their version and their list.
+struct Members<B> {
     version: Version,
     builder: B,
+}
+
+impl<B: ListBuilder> Members<B> {
+    fn add(&mut self, member: &[u8]) {
+        self.version.add(member);
+        self.builder.add(member);
+    }
 }
 
 impl<B: ListBuilder> SetReader<B> {
     fn new(max_bytes: usize) -> Self {
         SetReader {
             budget: Budget::new(KeyKind::Set, max_bytes),
-            version: Version::new(KeyKind::Set),
-            builder: B::default(),
-        }
-    }
-
-    fn parse(&mut self, batch: &[Vec<u8>]) {
-        for member in batch {
-            self.version.add(member);
-            self.builder.add(member);
+            members: Members {
+                version: Version::new(KeyKind::Set),
+                builder: B::default(),
+            },
         }
     }
 
@@ -329,8 +337,8 @@ impl<B: ListBuilder> SetReader<B> {
         Fetched {
             kind: KeyKind::Set,
             bytes: self.budget.used,
-            version: self.version.finish(),
-            entries: Entries::Parsed(Box::new(self.builder)),
+            version: self.members.version.finish(),
+            entries: Entries::Parsed(Box::new(self.members.builder)),
         }
     }
 }
@@ -368,12 +376,9 @@ mod tests {
 
     fn set(batches: &[&[&str]]) -> Fetched {
         let mut set = SetReader::<WhitelistBuilder>::new(usize::MAX);
-        for batch in batches {
-            let batch: Vec<Vec<u8>> = batch.iter().map(|m| m.as_bytes().to_vec()).collect();
-            for member in &batch {
-                set.budget.take(member.len()).unwrap();
-            }
-            set.parse(&batch);
+        for member in batches.iter().flat_map(|batch| batch.iter()) {
+            set.budget.take(member.len()).unwrap();
+            set.members.add(member.as_bytes());
         }
         set.finish()
     }

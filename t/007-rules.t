@@ -340,3 +340,52 @@ SET gray:rules '{"format":1,"rules":[{"name":"vip","id":"header:X-User","in_key"
 canary-b gray prod
 added: gray
 vip rule gone: prod gray
+
+
+
+=== TEST 14: a worker reads what the rule set in force needs: its inputs change, the rule set goes, it comes back
+--- redis
+SET gray 127.0.0.1
+SET gray:rules '{"format":1,"rules":[{"name":"by-header","id":"header:X-User","in":["u1"],"to":"@canary-b"}]}'
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local function route(request)
+                local sock = ngx.socket.tcp()
+                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
+                sock:send(request .. "\r\n\r\n")
+                local response = sock:receive("*a")
+                sock:close()
+                return (response:match("\r\n\r\n(%S+)"))
+            end
+            local header, cookie, arg = "GET /r HTTP/1.0\r\nX-User: u1", "GET /r HTTP/1.0\r\nCookie: uid=u1", "GET /r?uid=u1 HTTP/1.0"
+            local function change(rules)
+                if rules then
+                    T.redis("set", "gray:rules", rules)
+                else
+                    T.redis("del", "gray:rules")
+                end
+                T.redis("publish", "gray:changed", "1")
+            end
+            ngx.say("header: ", route(header), " ", route(cookie), " ", route(arg))
+            change('{"format":1,"rules":[{"name":"by-cookie","id":"cookie:uid","in":["u1"],"to":"@canary-b"}]}')
+            T.wait_for(function() return route(cookie) == "canary-b" end, 1)
+            ngx.say("cookie: ", route(header), " ", route(cookie), " ", route(arg))
+            change('{"format":1,"rules":[{"name":"by-arg","id":"arg:uid","in":["u1"],"to":"@canary-b"}]}')
+            T.wait_for(function() return route(arg) == "canary-b" end, 1)
+            ngx.say("arg: ", route(header), " ", route(cookie), " ", route(arg))
+            change(nil)
+            T.wait_for(function() return route(arg) == "gray" end, 1)
+            ngx.say("none: ", route(header), " ", route(cookie), " ", route(arg))
+            change('{"format":1,"rules":[{"name":"by-header","id":"header:X-User","in":["u1"],"to":"@canary-b"}]}')
+            T.wait_for(function() return route(header) == "canary-b" end, 1)
+            ngx.say("header again: ", route(header), " ", route(cookie), " ", route(arg))
+        }
+    }
+--- response_body
+header: canary-b prod prod
+cookie: prod canary-b prod
+arg: prod prod canary-b
+none: gray gray gray
+header again: canary-b prod prod
