@@ -99,7 +99,7 @@ fuzz: ## Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of each parser for FUZZ
 	@# New inputs go to target/fuzz-corpus; fuzz/corpus holds the committed seeds only.
 	@for t in $(FUZZ_TARGETS); do \
 	    mkdir -p target/fuzz-corpus/$$t && \
-	    (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+	    (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t $$(test $$t = rule_set && echo ../nginx-conf/rules) -- \
 	        -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
 	done
 

@@ -514,29 +514,38 @@ def large_rereads(redis, gw):
     return row
 
 
+def changing_every_10ms(redis, change, seconds=3):
+    """A run for `abuse`: `change(con, rng)` applied and published every 10 ms for `seconds`;
+    the list returned holds the number of changes made once the run is over."""
+    changes = [0]
+
+    def run():
+        stop_churn = threading.Event()
+
+        def churner():
+            con = redis.connect()
+            rng = random.Random(4)
+            while not stop_churn.is_set():
+                change(con, rng)
+                con.call("PUBLISH", "gray:changed", "1")
+                changes[0] += 1
+                time.sleep(0.01)
+            con.close()
+        thread = threading.Thread(target=churner)
+        thread.start()
+        time.sleep(seconds)
+        stop_churn.set()
+        thread.join()
+    return run, changes
+
+
 def churn(redis, gw):
     """The good entries stay; 50 others come and go every 10 ms, each change published."""
     put_good(redis, gw, kind="set")
-    stop_churn = threading.Event()
-    changes = [0]
 
-    def churner():
-        con = redis.connect()
-        rng = random.Random(4)
-        while not stop_churn.is_set():
-            extra = f"10.7.0.{rng.randrange(50)}"
-            con.call("SADD" if rng.random() < 0.5 else "SREM", "gray", extra)
-            con.call("PUBLISH", "gray:changed", "1")
-            changes[0] += 1
-            time.sleep(0.01)
-        con.close()
-    thread = threading.Thread(target=churner)
-
-    def run():
-        thread.start()
-        time.sleep(3)
-        stop_churn.set()
-        thread.join()
+    def change(con, rng):
+        con.call("SADD" if rng.random() < 0.5 else "SREM", "gray", f"10.7.0.{rng.randrange(50)}")
+    run, changes = changing_every_10ms(redis, change)
     row = abuse(gw, "entries changing every 10 ms", run, r"loaded whitelist from set key gray",
                 "set reloads logged")
     row.check(changes[0] >= 100, f"{changes[0]} published changes")
@@ -550,32 +559,14 @@ def rule_set_churn(redis, gw):
     the load does not use, so every live rule set routes each member to gray and each non-member to
     prod: a response routed otherwise came from no rule set that was live."""
     put_good(redis, gw)
-    stop_churn = threading.Event()
-    changes = [0]
 
-    def variant(rng):
+    def change(con, rng):
         rules = [{"name": "list", "ip_key": "gray", "to": "@prod2-grey"},
                  {"name": "ramp", "ip": ["10.250.0.0/16"], "percent": rng.choice([0, 1, 5, 10, 50, 100]),
                   "to": "@prod2-grey"}]
         rng.shuffle(rules)
-        return json.dumps({"format": 1, "default": "@prod1", "rules": rules})
-
-    def churner():
-        con = redis.connect()
-        rng = random.Random(5)
-        while not stop_churn.is_set():
-            con.call("SET", "gray:rules", variant(rng))
-            con.call("PUBLISH", "gray:changed", "1")
-            changes[0] += 1
-            time.sleep(0.01)
-        con.close()
-    thread = threading.Thread(target=churner)
-
-    def run():
-        thread.start()
-        time.sleep(3)
-        stop_churn.set()
-        thread.join()
+        con.call("SET", "gray:rules", json.dumps({"format": 1, "default": "@prod1", "rules": rules}))
+    run, changes = changing_every_10ms(redis, change)
     row = abuse(gw, "rule sets changing every 10 ms (percent up and down, rules reordered)", run,
                 r"loaded rule set from key gray:rules: 2 rules", "rule set reloads logged")
     row.check(changes[0] >= 100, f"{changes[0]} published rule sets")

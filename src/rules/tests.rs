@@ -75,22 +75,17 @@ fn decide(rs: &RuleSet, r: Req<'_>, keys: &[Option<KeyData<'_>>]) -> (String, St
     (targets()[d.target].clone(), how)
 }
 
-const EXAMPLE: &str = r#"{
-  "format": 1,
-  "enabled": true,
-  "default": "@prod1",
-  "override": { "header": "X-Gray", "from": ["10.0.0.0/8", "127.0.0.1"] },
-  "rules": [
-    { "name": "whitelist", "ip_key": "gray",                                  "to": "@prod2-grey" },
-    { "name": "office",    "ip": ["10.20.0.0/16", "2001:db8::/32"],            "to": "@prod2-grey" },
-    { "name": "beta",      "id": "cookie:uid", "in": ["u1001", "u1002"],       "to": "@prod2-grey" },
-    { "name": "beta-big",  "id": "header:X-User-Id", "in_key": "gray:beta",    "to": "@prod2-grey" },
-    { "name": "tail-7",    "id": "arg:uid", "suffix": ["7", "9"],              "to": "@canary-b" },
-    { "name": "band",      "id": "header:X-User-Id", "range": [[100000, 199999]], "to": "@canary-b" },
-    { "name": "vip-stays", "id": "header:X-User-Id", "regex": "^vip-[0-9]+$",  "to": "@prod1" },
-    { "name": "ramp",      "percent": 5, "by": ["cookie:uid", "ip"], "seed": "release-42", "to": "@prod2-grey" }
-  ]
-}"#;
+/// The README's example, kept in one file.
+const EXAMPLE: &str = include_str!("../../nginx-conf/rules/example.json");
+
+#[test]
+fn the_readme_shows_the_example_as_it_is() {
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(&format!("```json\n{EXAMPLE}```")),
+        "README.md's example rule set differs from nginx-conf/rules/example.json"
+    );
+}
 
 #[test]
 fn the_example_compiles_with_each_input_once() {
