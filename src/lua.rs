@@ -167,7 +167,11 @@ unsafe extern "C" fn route_with(
     catch_unwind(|| {
         let peer = if peer.is_null() {
             // SAFETY: the current request, from gray.lua.
-            unsafe { ADDRESS.peer(r) }.unwrap_or_default()
+            match unsafe { ADDRESS.peer(r) } {
+                Some(peer) => peer,
+                // gray.lua fetched the inputs first and asks again with the address.
+                None => return code::NEED_ADDRESS,
+            }
         } else {
             // SAFETY: the current request and the variable's value, valid for this call.
             if unsafe { ADDRESS.check(r, peer, peer_len) } == Some(false) {

@@ -16,6 +16,8 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::refresher::FAULT_ENV;
+
 /// `ngx_connection_t *connection` in `ngx_http_request_t`, after `uint32_t signature`.
 const REQUEST_CONNECTION: usize = 8;
 /// `struct sockaddr *sockaddr` in `ngx_connection_t`, after ten pointers (`data`, `read`,
@@ -117,6 +119,7 @@ impl AddressReader {
             _ => return None,
         };
         let proven = cfg!(all(target_os = "linux", target_pointer_width = "64"))
+            && std::env::var_os(FAULT_ENV).is_none_or(|f| f != "address-layout")
             // SAFETY: on 64-bit Linux both structs reach past the offsets read; only the pointer
             // values are compared, nothing unproven is followed.
             && unsafe { sockaddr(r) } as usize + offset == value as usize;

@@ -40,9 +40,10 @@ const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
 /// The largest pub/sub message read; a bigger one loses the subscription (it is never ours).
 const MAX_MESSAGE: usize = 64 * 1024;
 
-/// Fault injection for the tests of the supervisor: with `GRAY_FAULT=refresher-panic` in the
-/// worker's environment (nginx's `env` directive), the first session of each process panics.
-const FAULT_ENV: &str = "GRAY_FAULT";
+/// Fault injection for tests, set in the worker's environment (nginx's `env` directive):
+/// `refresher-panic` makes the first session of each process panic (the supervisor's tests),
+/// `address-layout` makes the request's layout fail its proof (nginx_request).
+pub const FAULT_ENV: &str = "GRAY_FAULT";
 static FAULT_INJECTED: AtomicBool = AtomicBool::new(false);
 
 /// Starts the refresher. The receiver gets one message when the first load attempt has finished,

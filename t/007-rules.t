@@ -389,3 +389,19 @@ cookie: prod canary-b prod
 arg: prod prod canary-b
 none: gray gray gray
 header again: canary-b prod prod
+
+
+
+=== TEST 15: on an nginx whose request layout gray does not know, the address comes through the variable, inputs fetched first or not
+--- main_config
+env GRAY_FAULT=address-layout;
+--- redis
+SET gray:rules '{"format":1,"rules":[{"name":"office","ip":["127.0.0.0/8"],"id":"cookie:uid","in":["u1"],"to":"@canary-b"}]}'
+--- config
+    location = /read { content_by_lua_block { ngx.say(require("gray").status().address_read) } }
+--- request eval
+["GET /r", "GET /r", "GET /r", "GET /r", "GET /read"]
+--- more_headers eval
+["Cookie: uid=u1", "Cookie: uid=u1", "Cookie: uid=u2", "Cookie: uid=u1", ""]
+--- response_body eval
+["canary-b\n", "canary-b\n", "prod\n", "canary-b\n", "variable\n"]
