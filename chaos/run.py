@@ -514,8 +514,8 @@ def large_rereads(redis, gw):
     return row
 
 
-def changing_every_10ms(redis, change, seconds=3):
-    """A run for `abuse`: `change(con, rng)` applied and published every 10 ms for `seconds`;
+def changing_every_10ms(redis, change):
+    """A run for `abuse`: `change(con, rng)` applied and published every 10 ms for 3 s;
     the list returned holds the number of changes made once the run is over."""
     changes = [0]
 
@@ -533,7 +533,7 @@ def changing_every_10ms(redis, change, seconds=3):
             con.close()
         thread = threading.Thread(target=churner)
         thread.start()
-        time.sleep(seconds)
+        time.sleep(3)
         stop_churn.set()
         thread.join()
     return run, changes

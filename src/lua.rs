@@ -362,7 +362,7 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
             format!("{}:{name}", config.rules_key)
         };
         set.set("key", key)?;
-        let active = snapshot.rule_sets.get(i).and_then(Option::as_ref);
+        let active = snapshot.active(i);
         set.set("loaded", active.is_some())?;
         if let Some(active) = active {
             let compiled = &active.compiled;
@@ -423,7 +423,7 @@ fn explain(
     let peer = peer.map(|p| p.as_bytes().to_vec()).unwrap_or_default();
     let forwarded_for = forwarded_for.map(|h| h.as_bytes().to_vec());
     let real_ip = real_ip.map(|h| h.as_bytes().to_vec());
-    let active = snapshot.rule_sets.get(set).and_then(Option::as_ref);
+    let active = snapshot.active(set);
     let sources = active.map(|a| &a.compiled.rules.inputs[..]).unwrap_or(&[]);
     let mut owned: Vec<Option<Vec<u8>>> = Vec::with_capacity(sources.len());
     for i in 0..sources.len() {

@@ -263,7 +263,7 @@ impl Snapshot {
     /// `code::NEED_*` saying what to fetch and ask again with.
     #[inline]
     pub fn route(&self, set: usize, peer: &[u8], extra: &Extra<'_>) -> i32 {
-        let active = self.rule_sets.get(set).and_then(Option::as_ref);
+        let active = self.active(set);
         let Some(peer) = binary_addr(peer) else {
             return match active {
                 Some(active) => self.evaluate(active, None, extra),
@@ -284,12 +284,14 @@ impl Snapshot {
         }
     }
 
+    /// Rule set `set` as loaded; `None` without one (the whitelist decides).
+    pub fn active(&self, set: usize) -> Option<&ActiveRuleSet> {
+        self.rule_sets.get(set).and_then(Option::as_ref)
+    }
+
     /// How the request path gathers rule set `set`'s inputs; `None` without a rule set.
     pub fn plan(&self, set: usize) -> Option<&Plan> {
-        self.rule_sets
-            .get(set)
-            .and_then(Option::as_ref)
-            .map(|a| &a.compiled.plan)
+        self.active(set).map(|a| &a.compiled.plan)
     }
 
     fn evaluate(&self, active: &ActiveRuleSet, client: Option<IpAddr>, extra: &Extra<'_>) -> i32 {
@@ -350,7 +352,7 @@ impl Snapshot {
             );
         };
         let (client, source) = client_ip(peer_addr, forwarded_for, real_ip, &self.trusted_proxies);
-        if let Some(active) = self.rule_sets.get(set).and_then(Option::as_ref) {
+        if let Some(active) = self.active(set) {
             let compiled = &active.compiled;
             let mut explanation = Explanation::default();
             let request = rules::Request {
