@@ -18,8 +18,9 @@ GATEWAY_PORT ?= 8080
 REDIS_PORT ?= 6379
 
 LIB := target/release/libgray.so
+GRAYCTL := target/release/grayctl
 
-.PHONY: help deps build run test test-unit test-nginx test-openresty test-chaos test-install test-valgrind lint check-conf bench chaos fuzz install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx test-openresty test-chaos test-grayctl test-install test-valgrind lint check-conf bench chaos fuzz install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -27,23 +28,26 @@ help: ## List the targets
 deps: ## Install the Debian packages (nginx, Lua module, Redis) if missing
 	@scripts/deps.sh
 
-build: ## Build the module (target/release/libgray.so)
-	$(CARGO) build --release --locked
+build: ## Build the module (target/release/libgray.so) and grayctl (target/release/grayctl)
+	$(CARGO) build --release --locked --workspace
 
 $(LIB): build
 
 run: deps build ## Redis, two demo backends and the gateway on 127.0.0.1:8080 (GATEWAY_PORT=, REDIS_PORT=); Ctrl-C stops
 	@GATEWAY_PORT=$(GATEWAY_PORT) REDIS_PORT=$(REDIS_PORT) scripts/run-demo.sh
 
-test: deps build lint test-unit check-conf test-install test-nginx test-openresty test-chaos ## Everything: lint, unit tests, config check, install check, Test::Nginx on Debian's nginx and on OpenResty, fault suite
+test: deps build lint test-unit test-grayctl check-conf test-install test-nginx test-openresty test-chaos ## Everything: lint, unit tests, grayctl against Redis, config check, install check, Test::Nginx on Debian's nginx and on OpenResty, fault suite
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --locked -- -D warnings
-	$(CARGO) clippy --locked --no-default-features --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked --workspace -- -D warnings
+	$(CARGO) clippy --locked --workspace --no-default-features --all-targets -- -D warnings
 
-test-unit: ## cargo test of the pure core (no nginx, no Lua)
-	$(CARGO) test --locked --no-default-features
+test-unit: ## cargo test of the core and the module (no nginx, no Lua)
+	$(CARGO) test --locked --no-default-features -p gray-core -p gray
+
+test-grayctl: deps ## grayctl's tests, its commands against a real redis-server
+	$(CARGO) test --locked -p grayctl
 
 check-conf: deps ## nginx -t on the example and demo configs
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
@@ -67,12 +71,13 @@ test-openresty: deps build ## t/*.t against OpenResty's components built from ..
 	    echo "test-openresty: skipped, no OpenResty sources at $(OPENRESTY_VENDOR) (run make test-nginx NGINX=/usr/local/openresty/nginx/sbin/nginx against your own)"; \
 	fi
 
-test-install: build ## make install into a scratch DESTDIR: the module is stripped and still exports luaopen_gray
+test-install: build ## make install into a scratch DESTDIR: the module is stripped and still exports luaopen_gray, grayctl runs
 	@dir=$$(mktemp -d) && trap 'rm -rf $$dir' EXIT && \
 	$(MAKE) -s install DESTDIR=$$dir >/dev/null && so=$$dir$(LUA_CMOD_DIR)/gray.so && \
 	if readelf -S $$so | grep -q '\.debug_'; then echo "test-install: $$so has debug sections"; exit 1; fi && \
 	readelf --dyn-syms $$so | grep -q ' luaopen_gray$$' && test -f $$dir$(SHARE_DIR)/route.lua && \
-	echo "test-install: gray.so stripped ($$(du -k $$so | cut -f1) KiB, debug build $$(du -k $(LIB) | cut -f1) KiB), luaopen_gray exported"
+	$$dir$(PREFIX)/bin/grayctl --version >/dev/null && \
+	echo "test-install: gray.so stripped ($$(du -k $$so | cut -f1) KiB, debug build $$(du -k $(LIB) | cut -f1) KiB), luaopen_gray exported; grayctl runs"
 
 bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a smoke run, bench/RESULTS.quick.md)
 	@scripts/deps.sh wrk valgrind
@@ -103,13 +108,14 @@ fuzz: ## Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of each parser for FUZZ
 	        -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
 	done
 
-install: build ## gray.so (stripped) into PREFIX/lib/lua/5.1 (LuaJIT default cpath), route.lua into PREFIX/share/gray (PREFIX=/usr/local, DESTDIR)
+install: build ## gray.so (stripped) into PREFIX/lib/lua/5.1 (LuaJIT default cpath), grayctl into PREFIX/bin, route.lua into PREFIX/share/gray (PREFIX=/usr/local, DESTDIR)
 	@# The build keeps debug info for make bench and profiling; what is installed is stripped.
 	install -D -s -m 0755 $(LIB) $(DESTDIR)$(LUA_CMOD_DIR)/gray.so
+	install -D -s -m 0755 $(GRAYCTL) $(DESTDIR)$(PREFIX)/bin/grayctl
 	install -D -m 0644 lua/route.lua $(DESTDIR)$(SHARE_DIR)/route.lua
 
 uninstall: ## Remove what install installed
-	rm -f $(DESTDIR)$(LUA_CMOD_DIR)/gray.so $(DESTDIR)$(SHARE_DIR)/route.lua
+	rm -f $(DESTDIR)$(LUA_CMOD_DIR)/gray.so $(DESTDIR)$(PREFIX)/bin/grayctl $(DESTDIR)$(SHARE_DIR)/route.lua
 
 clean: ## Remove build and test output
 	$(CARGO) clean

@@ -333,7 +333,7 @@ def allocator_instructions(profile):
 
 
 def matcher(opts):
-    args = ["cargo", "bench", "--no-default-features", "--bench", "matcher", "--"]
+    args = ["cargo", "bench", "-p", "gray-core", "--bench", "matcher", "--"]
     if opts.quick:
         args += ["--warm-up-time", "0.1", "--measurement-time", "0.3"]
     subprocess.run(args, cwd=TOP, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -660,7 +660,7 @@ def report(opts, tp, cg, mt, prop, rb, rr, hung, elapsed):
     lines.append("")
 
     lines += ["## The matcher alone (criterion)", "",
-              "`cargo bench --no-default-features --bench matcher`: ns per lookup, median, seeded random "
+              "`cargo bench -p gray-core --bench matcher`: ns per lookup, median, seeded random "
               "lists (one entry in ten a network) and probes.", "",
               "| lookup | 10 | 10,000 | 1,000,000 |", "| --- | ---: | ---: | ---: |"]
     for group in sorted({g for g, _ in mt}):

@@ -13,14 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::prelude::*;
 
-use crate::config::{Config, OptionValue};
 use crate::log::Level;
 use crate::nginx_request::AddressReader;
-use crate::plan::{Fetched, Header};
 use crate::refresher;
-use crate::rules::MAX_INPUTS;
-use crate::snapshot::{code, unix_now, Extra, Gathered, Snapshot, Target};
 use crate::state::SHARED;
+use gray_core::config::{Config, OptionValue};
+use gray_core::plan::{Fetched, Header};
+use gray_core::rules::MAX_INPUTS;
+use gray_core::snapshot::{code, unix_now, Extra, Gathered, Snapshot, Target};
 
 /// A configuration cycle's options, held by that cycle's Lua VM. nginx runs init_by_lua for a new
 /// cycle in a new VM and closes it if it rejects the configuration, so options kept here belong
@@ -445,7 +445,7 @@ fn explain(
     let details = lua.create_table()?;
     let config = active_config(&options);
     details.set("target", config.targets.get(target).cloned())?;
-    if let crate::snapshot::Reason::RuleSet {
+    if let gray_core::snapshot::Reason::RuleSet {
         key,
         client,
         outcome,
@@ -457,15 +457,7 @@ fn explain(
         details.set("rule_set", key.as_str())?;
         details.set("client", client.to_string())?;
         details.set("rule", rule.clone())?;
-        details.set(
-            "outcome",
-            match outcome {
-                crate::rules::Outcome::Disabled => "disabled",
-                crate::rules::Outcome::Override => "override",
-                crate::rules::Outcome::Rule(_) => "rule",
-                crate::rules::Outcome::Default => "default",
-            },
-        )?;
+        details.set("outcome", outcome.as_str())?;
         details.set("matched", explanation.matched.clone())?;
         details.set("override", explanation.override_.clone())?;
         if let Some((bucket, threshold, _)) = explanation.bucket {

@@ -12,19 +12,20 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::Config;
-use crate::connection::{self, Connection, Reply};
-use crate::idset::{IdSet, MAX_ID_LEN};
 use crate::log::{Level, Throttle};
 use crate::os;
-use crate::plan::Plan;
-use crate::rules::{schema, KeyRef, KeyUse};
-use crate::snapshot::{
+use crate::state::Shared;
+use gray_core::config::Config;
+use gray_core::connection::{self, Connection, Reply};
+use gray_core::idset::{IdSet, MAX_ID_LEN};
+use gray_core::load;
+use gray_core::plan::Plan;
+use gray_core::rules::{KeyRef, KeyUse};
+use gray_core::snapshot::{
     ActiveRuleSet, CompiledRuleSet, KeyKind, LoadedIds, LoadedKey, LoadedList, Snapshot,
 };
-use crate::source::{fetch, FetchError, Fetched, ListBuilder, Text};
-use crate::state::Shared;
-use crate::whitelist::{Whitelist, WhitelistBuilder};
+use gray_core::source::{fetch, FetchError, Fetched, ListBuilder, Text};
+use gray_core::whitelist::{Whitelist, WhitelistBuilder};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait before a refresher that panicked is started again.
@@ -51,13 +52,9 @@ static FAULT_INJECTED: AtomicBool = AtomicBool::new(false);
 pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mpsc::Receiver<()>> {
     os::map_large_allocations();
     let (first_load_done, first_load) = mpsc::channel();
-    let rule_sets = std::iter::once(config.rules_key.clone())
-        .chain(
-            config
-                .rule_sets
-                .iter()
-                .map(|name| format!("{}:{name}", config.rules_key)),
-        )
+    let rule_sets = std::iter::once(None)
+        .chain(config.rule_sets.iter().map(|name| Some(name.as_str())))
+        .map(|name| config.rule_set_key(name))
         .map(|key| RuleSetSlot {
             key,
             compiled: None,
@@ -389,16 +386,7 @@ impl Refresher {
         }
         slot.seen = Some(fetched.version);
         let (kind, version) = (fetched.kind, fetched.version);
-        let outcome = match kind {
-            KeyKind::Missing => Ok(None),
-            KeyKind::String => {
-                let json = fetched.into_list();
-                schema::compile(&json, &self.config.targets).map(Some)
-            }
-            KeyKind::Set => Err(schema::RuleSetError(
-                "key holds a set, expected a string of JSON".into(),
-            )),
-        };
+        let outcome = load::compile_rule_set(kind, &fetched.into_list(), &self.config);
         match outcome {
             Ok(None) => {
                 if slot.compiled.take().is_some() {

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 
 use crate::log::{Level, LogQueue};
-use crate::snapshot::Snapshot;
+use gray_core::snapshot::Snapshot;
 
 /// What the refresher last saw of Redis, for `status()`.
 #[derive(Debug, Clone, Default)]

@@ -4,8 +4,8 @@
 //! untrusted one stands to its right.
 #![no_main]
 
-use gray::client_ip::{client_ip, parse_addr, parse_hop, Source};
-use gray::ipset::IpSet;
+use gray_core::client_ip::{client_ip, parse_addr, parse_hop, Source};
+use gray_core::ipset::IpSet;
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 

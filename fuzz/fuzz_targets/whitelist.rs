@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use gray::ipset::canonical_net;
-use gray::whitelist::{parse_entry, tokens, Whitelist};
+use gray_core::ipset::canonical_net;
+use gray_core::whitelist::{parse_entry, tokens, Whitelist};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 

@@ -132,7 +132,8 @@ impl WhitelistBuilder {
     }
 }
 
-fn is_separator(b: u8) -> bool {
+/// Whether `b` separates entries.
+pub fn is_separator(b: u8) -> bool {
     matches!(b, b',' | b';' | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 

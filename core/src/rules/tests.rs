@@ -76,11 +76,11 @@ fn decide(rs: &RuleSet, r: Req<'_>, keys: &[Option<KeyData<'_>>]) -> (String, St
 }
 
 /// The README's example, kept in one file.
-const EXAMPLE: &str = include_str!("../../nginx-conf/rules/example.json");
+const EXAMPLE: &str = include_str!("../../../nginx-conf/rules/example.json");
 
 #[test]
 fn the_readme_shows_the_example_as_it_is() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../README.md");
     assert!(
         readme.contains(&format!("```json\n{EXAMPLE}```")),
         "README.md's example rule set differs from nginx-conf/rules/example.json"

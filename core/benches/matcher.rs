@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gray::idset::IdSet;
-use gray::ipset::IpSet;
+use gray_core::idset::IdSet;
+use gray_core::ipset::IpSet;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 const PROBES: usize = 4096;

@@ -184,6 +184,18 @@ pub enum Outcome {
     Default,
 }
 
+impl Outcome {
+    /// The outcome's name in explanations (`explain()`, `grayctl explain --json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Disabled => "disabled",
+            Outcome::Override => "override",
+            Outcome::Rule(_) => "rule",
+            Outcome::Default => "default",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub target: usize,

@@ -21,6 +21,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_BYTES: usize = 32 << 20;
 /// The default rule set's key is `<key>` followed by this; a named set's adds `:<name>`.
 pub const RULES_KEY_SUFFIX: &str = ":rules";
+/// grayctl records every change it makes in a capped list at `<key>` followed by this.
+pub const HISTORY_KEY_SUFFIX: &str = ":history";
 
 /// The option names `configure` accepts, in the order the README documents them.
 pub const OPTION_NAMES: &[&str] = &[
@@ -105,6 +107,19 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The key of the default rule set (`None`) or of the named one.
+    pub fn rule_set_key(&self, name: Option<&str>) -> String {
+        match name {
+            None => self.rules_key.clone(),
+            Some(name) => format!("{}:{name}", self.rules_key),
+        }
+    }
+
+    /// Where grayctl keeps its history of changes.
+    pub fn history_key(&self) -> String {
+        format!("{}{HISTORY_KEY_SUFFIX}", self.key)
+    }
+
     /// Validates `opts`; every error names the option it is about.
     pub fn from_options(options: Vec<(String, OptionValue)>) -> Result<Self, ConfigError> {
         let mut redis_url = DEFAULT_REDIS_URL.to_string();

@@ -20,7 +20,7 @@ pub const ALL: u32 = 10_000;
 /// The bucket of `key` under `seed`.
 ///
 /// ```
-/// assert_eq!(gray::bucket::bucket("release-42", b"u1001"), gray::bucket::bucket("release-42", b"u1001"));
+/// assert_eq!(gray_core::bucket::bucket("release-42", b"u1001"), gray_core::bucket::bucket("release-42", b"u1001"));
 /// ```
 pub fn bucket(seed: &str, key: &[u8]) -> u32 {
     let mut hasher = Hasher32::with_seed(0);

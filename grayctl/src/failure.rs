@@ -1,0 +1,58 @@
+//! How a command fails, and the exit code a script sees: 1 refused (bad input, a conflict), 2
+//! usage (clap's own), 3 Redis unreachable. The message goes to stderr and names what was wrong.
+
+use std::fmt;
+use std::process::ExitCode;
+
+use gray_core::connection;
+use gray_core::load::LoadError;
+
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input, a value a gateway would refuse, or a change that lost a race: nothing written.
+    Refused(String),
+    /// Redis could not be reached, or the connection failed midway.
+    Unreachable(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Refused(_) => ExitCode::from(1),
+            Failure::Unreachable(_) => ExitCode::from(3),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Refused(why) => f.write_str(why),
+            Failure::Unreachable(why) => write!(f, "redis unreachable: {why}"),
+        }
+    }
+}
+
+/// A Redis error: an error reply (an ACL refusal, a wrong type) is a refusal, anything else
+/// means Redis is not there to talk to.
+impl From<connection::Error> for Failure {
+    fn from(e: connection::Error) -> Self {
+        match e {
+            connection::Error::Server(reply) => Failure::Refused(format!("redis refused: {reply}")),
+            other => Failure::Unreachable(other.to_string()),
+        }
+    }
+}
+
+impl From<LoadError> for Failure {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Redis(e) => e.into(),
+            LoadError::Refused(why) => Failure::Refused(why),
+        }
+    }
+}
+
+pub fn refused(why: impl Into<String>) -> Failure {
+    Failure::Refused(why.into())
+}

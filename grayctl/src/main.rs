@@ -1,0 +1,213 @@
+//! grayctl: operate a gray rollout. It reads and writes the keys the gateways load, with the
+//! module's own parser, rule set compiler and evaluator (the `gray-core` crate), so what grayctl
+//! accepts is exactly what the gateways accept, and `explain` decides as they do.
+
+mod commands;
+mod failure;
+mod history;
+mod rules_edit;
+mod store;
+mod value;
+mod whitelist_edit;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use gray_core::config::{self, Config, OptionValue};
+
+use crate::failure::Failure;
+
+/// Operate a gray (canary) rollout: the whitelist, rule sets, explain, history and rollback.
+///
+/// Exit codes: 0 done, 1 refused (bad input, a value a gateway would reject, a conflicting
+/// writer), 2 usage, 3 Redis unreachable. Messages on stderr say what was wrong.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Example:\n  grayctl --redis redis://127.0.0.1:6379/0 add 192.168.2.165 -m \"QA laptop\""
+)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Connection {
+    /// Redis URL, as the module's `redis` option
+    #[arg(long, global = true, env = "GRAY_REDIS", default_value = config::DEFAULT_REDIS_URL)]
+    redis: String,
+    /// The whitelist key, as the module's `key` option
+    #[arg(long, global = true, env = "GRAY_KEY", default_value = config::DEFAULT_KEY)]
+    key: String,
+    /// The default rule set's key, as `rules_key` [default: <key>:rules]
+    #[arg(long, global = true, env = "GRAY_RULES_KEY")]
+    rules_key: Option<String>,
+    /// The channel changes are announced on, as `channel`; "false" announces none
+    #[arg(long, global = true, env = "GRAY_CHANNEL", default_value = config::DEFAULT_CHANNEL)]
+    channel: String,
+    /// The gateways' named locations beyond prod and gray, as `targets` (comma-separated)
+    #[arg(long, global = true, env = "GRAY_TARGETS", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// The gateways' `prod` target
+    #[arg(long, global = true, env = "GRAY_PROD", default_value = config::DEFAULT_PROD)]
+    prod: String,
+    /// The gateways' `gray` target
+    #[arg(long, global = true, env = "GRAY_GRAY", default_value = config::DEFAULT_GRAY)]
+    gray: String,
+    /// Seconds to wait for Redis (connect, each reply)
+    #[arg(long, global = true, default_value_t = config::DEFAULT_TIMEOUT.as_secs_f64())]
+    timeout: f64,
+    /// A note kept with the change in the history
+    #[arg(short, long, global = true)]
+    message: Option<String>,
+    /// JSON output, for scripts
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the whitelist, parsed as the gateways parse it
+    #[command(after_help = "Example:\n  grayctl list --json")]
+    List,
+    /// Add entries (addresses or CIDRs) to the whitelist
+    #[command(after_help = "Example:\n  grayctl add 192.168.2.165 10.20.0.0/16 -m \"QA team\"")]
+    Add {
+        #[arg(required = true)]
+        entries: Vec<String>,
+    },
+    /// Remove entries from the whitelist
+    #[command(after_help = "Example:\n  grayctl remove 192.168.2.165")]
+    Remove {
+        #[arg(required = true)]
+        entries: Vec<String>,
+    },
+    /// Replace the whitelist with a file's entries (one or more a line, # comments; - for stdin)
+    #[command(after_help = "Example:\n  grayctl import testers.txt -m \"release 42 testers\"")]
+    Import { file: String },
+    /// Print the whitelist's entries one a line, as import reads them
+    #[command(after_help = "Example:\n  grayctl export > testers.txt")]
+    Export,
+    /// Show, check or set a rule set
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Set a rule's percentage (one ramp step); lowering it needs --down
+    #[command(after_help = "Example:\n  grayctl percent ramp 10 -m \"ramp step 2\"")]
+    Percent {
+        rule: String,
+        percent: f64,
+        /// Allow lowering it (takes users back out of the target)
+        #[arg(long)]
+        down: bool,
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// The kill switch: everyone to the default target, overrides included
+    #[command(after_help = "Example:\n  grayctl off -m \"5xx on the canary\"")]
+    Off {
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Undo `off`
+    #[command(after_help = "Example:\n  grayctl on")]
+    On {
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Decide a request offline against what is in Redis now, and say why
+    #[command(
+        after_help = "Example:\n  grayctl explain --ip 10.0.0.7 --cookie uid=u1001 --header X-User-Id:150000"
+    )]
+    Explain(commands::ExplainArgs),
+    /// The changes grayctl made, newest first
+    #[command(after_help = "Example:\n  grayctl history --limit 5")]
+    History {
+        /// Show at most this many
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Restore the value a key had before history entry N (1, the default, is the latest change)
+    #[command(
+        after_help = "Example:\n  grayctl rollback      # undo the last change\n  grayctl rollback 3"
+    )]
+    Rollback {
+        #[arg(default_value_t = 1)]
+        entry: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Print the rule set as stored
+    #[command(after_help = "Example:\n  grayctl rules show --set mobile")]
+    Show {
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Validate a rule set file and say what each rule does (- for stdin); writes nothing
+    #[command(after_help = "Example:\n  grayctl rules check release-42.json")]
+    Check { file: String },
+    /// Validate a rule set file and make it the live one
+    #[command(after_help = "Example:\n  grayctl rules set release-42.json -m \"release 42\"")]
+    Set {
+        file: String,
+        #[command(flatten)]
+        set: SetName,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct SetName {
+    /// A named rule set (the module's `rule_sets`), <rules_key>:<NAME>
+    #[arg(long = "set", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+impl Connection {
+    fn config(&self) -> Result<Config, Failure> {
+        let s = |v: &str| OptionValue::Str(v.to_string());
+        let mut options = vec![
+            ("redis".to_string(), s(&self.redis)),
+            ("key".to_string(), s(&self.key)),
+            ("prod".to_string(), s(&self.prod)),
+            ("gray".to_string(), s(&self.gray)),
+            ("timeout".to_string(), OptionValue::Num(self.timeout)),
+            (
+                "channel".to_string(),
+                if self.channel == "false" {
+                    OptionValue::Bool(false)
+                } else {
+                    s(&self.channel)
+                },
+            ),
+            (
+                "targets".to_string(),
+                OptionValue::List(self.targets.iter().map(|t| s(t)).collect()),
+            ),
+        ];
+        if let Some(rules_key) = &self.rules_key {
+            options.push(("rules_key".to_string(), s(rules_key)));
+        }
+        // The module's option names, as flags.
+        Config::from_options(options).map_err(|e| {
+            failure::refused(
+                e.to_string()
+                    .replace("opts.rules_key", "--rules-key")
+                    .replace("opts.", "--"),
+            )
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("grayctl: {failure}");
+            failure.exit_code()
+        }
+    }
+}

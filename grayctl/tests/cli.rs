@@ -1,0 +1,371 @@
+//! grayctl against a real redis-server (Debian's, started per test on a free loopback port).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+struct Redis {
+    port: u16,
+    server: Child,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (make deps installs it)");
+        let redis = Redis { port, server };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+
+    fn grayctl(&self, args: &[&str]) -> Output {
+        self.grayctl_with(args, &[], None)
+    }
+
+    fn grayctl_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayctl"));
+        cmd.args(args)
+            .env("GRAY_REDIS", self.url())
+            .env("USER", "tester")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(out: Output) -> String {
+    assert_eq!(
+        code(&out),
+        0,
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+#[track_caller]
+fn refused(out: Output) -> String {
+    assert_eq!(
+        code(&out),
+        1,
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+#[test]
+fn whitelist_edits_keep_the_keys_type_and_format() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray", "192.168.2.165"]);
+    ok(r.grayctl(&["add", "10.0.0.1", "2001:db8::/32", "-m", "qa"]));
+    assert_eq!(
+        r.cli(&["GET", "gray"]),
+        "192.168.2.165,10.0.0.1,2001:db8::/32"
+    );
+    ok(r.grayctl(&["remove", "10.0.0.1/32"]));
+    assert_eq!(r.cli(&["GET", "gray"]), "192.168.2.165,2001:db8::/32");
+    assert_eq!(ok(r.grayctl(&["export"])), "192.168.2.165\n2001:db8::/32\n");
+
+    r.cli(&["DEL", "gray"]);
+    r.cli(&["SADD", "gray", "1.1.1.1", "2.2.2.2"]);
+    ok(r.grayctl(&["add", "3.3.3.3"]));
+    ok(r.grayctl(&["remove", "1.1.1.1"]));
+    assert_eq!(r.cli(&["TYPE", "gray"]), "set");
+    assert_eq!(r.cli(&["SMEMBERS", "gray"]).lines().count(), 2);
+    assert_eq!(r.cli(&["SISMEMBER", "gray", "3.3.3.3"]), "1");
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(r.grayctl(&["list", "--json"]))).unwrap();
+    assert_eq!(listed["type"], "set");
+    assert_eq!(listed["entries"].as_array().unwrap().len(), 2);
+
+    let imported = ok(r.grayctl_with(
+        &["import", "-"],
+        &[],
+        Some("# testers\n5.5.5.5\n6.6.6.6 # bob\n"),
+    ));
+    assert!(imported.contains("2 -> 2 entries (set)"), "{imported}");
+    assert_eq!(r.cli(&["SISMEMBER", "gray", "5.5.5.5"]), "1");
+    assert_eq!(r.cli(&["SISMEMBER", "gray", "3.3.3.3"]), "0");
+}
+
+#[test]
+fn a_bad_entry_is_refused_by_name_and_nothing_is_written() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray", "1.1.1.1"]);
+    let err = refused(r.grayctl(&["add", "2.2.2.2", "10.0.0.300", "1.2.3.4/33"]));
+    assert!(
+        err.contains("\"10.0.0.300\": not an IPv4/IPv6 address or CIDR"),
+        "{err}"
+    );
+    assert!(err.contains("\"1.2.3.4/33\": bad prefix length"), "{err}");
+    let err = refused(r.grayctl_with(&["import", "-"], &[], Some("3.3.3.3\nnot-an-ip\n")));
+    assert!(err.contains("\"not-an-ip\""), "{err}");
+    assert_eq!(r.cli(&["GET", "gray"]), "1.1.1.1");
+    assert_eq!(r.cli(&["LLEN", "gray:history"]), "0");
+}
+
+#[test]
+fn exit_codes_tell_usage_and_an_unreachable_redis_apart() {
+    let r = Redis::start();
+    assert_eq!(code(&r.grayctl(&["add"])), 2);
+    assert_eq!(code(&r.grayctl(&["no-such-command"])), 2);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = r.grayctl(&["--redis", &format!("redis://127.0.0.1:{port}/0"), "list"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("redis unreachable"),
+        "{}",
+        stderr(&out)
+    );
+    let err = refused(r.grayctl(&["--targets", "prod3", "list"]));
+    assert!(err.contains("--targets"), "{err}");
+}
+
+const RULES: &str = r#"{
+  "format": 1,
+  "default": "@prod1",
+  "rules": [
+    { "name": "beta", "id": "cookie:uid", "in": ["u1001", "u1002"], "to": "@prod2-grey" },
+    { "name": "ramp", "percent": 5, "by": ["cookie:uid", "ip"], "seed": "release-42", "to": "@prod2-grey" }
+  ]
+}
+"#;
+
+#[test]
+fn rule_sets_are_validated_against_the_targets_and_percent_steps_up_only() {
+    let r = Redis::start();
+    let checked = ok(r.grayctl_with(&["rules", "check", "-"], &[], Some(RULES)));
+    assert!(
+        checked.contains("1. beta: cookie:uid is one of 2 ids -> @prod2-grey"),
+        "{checked}"
+    );
+    let unknown = RULES.replace("\"to\": \"@prod2-grey\" },", "\"to\": \"@canary-b\" },");
+    let err = refused(r.grayctl_with(&["rules", "set", "-"], &[], Some(&unknown)));
+    assert!(
+        err.contains("rules[1] \"beta\": to: unknown target \"@canary-b\""),
+        "{err}"
+    );
+    assert_eq!(r.cli(&["EXISTS", "gray:rules"]), "0");
+    ok(r.grayctl_with(
+        &["--targets", "@canary-b", "rules", "set", "-"],
+        &[],
+        Some(&unknown),
+    ));
+
+    ok(r.grayctl_with(&["rules", "set", "-"], &[], Some(RULES)));
+    assert_eq!(r.cli(&["GET", "gray:rules"]), RULES.trim_end());
+    ok(r.grayctl(&["percent", "ramp", "10"]));
+    let err = refused(r.grayctl(&["percent", "ramp", "5"]));
+    assert!(err.contains("--down"), "{err}");
+    let err = refused(r.grayctl(&["percent", "beta", "5"]));
+    assert!(err.contains("rule \"beta\" has no percent"), "{err}");
+    ok(r.grayctl(&["percent", "ramp", "2.5", "--down"]));
+    let stored: serde_json::Value = serde_json::from_str(&r.cli(&["GET", "gray:rules"])).unwrap();
+    assert_eq!(stored["rules"][1]["percent"], 2.5);
+
+    ok(r.grayctl(&["off"]));
+    let stored: serde_json::Value = serde_json::from_str(&r.cli(&["GET", "gray:rules"])).unwrap();
+    assert_eq!(stored["enabled"], false);
+    let explained: serde_json::Value = serde_json::from_str(&ok(r.grayctl(&[
+        "explain",
+        "--ip",
+        "10.0.0.1",
+        "--cookie",
+        "uid=u1001",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        (explained["target"].as_str(), explained["outcome"].as_str()),
+        (Some("@prod1"), Some("disabled"))
+    );
+    ok(r.grayctl(&["on"]));
+    let explained: serde_json::Value = serde_json::from_str(&ok(r.grayctl(&[
+        "explain",
+        "--ip",
+        "10.0.0.1",
+        "--cookie",
+        "uid=u1001",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(explained["target"], "@prod2-grey");
+    assert_eq!(explained["rule"], "beta");
+}
+
+#[test]
+fn history_records_each_change_and_rollback_restores_it() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray", "1.1.1.1"]);
+    ok(r.grayctl(&["add", "2.2.2.2", "-m", "ticket 7"]));
+    ok(r.grayctl(&["add", "3.3.3.3"]));
+    let shown = ok(r.grayctl(&["history"]));
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(
+        lines[0].contains("tester@") && lines[0].contains("gray: add 3.3.3.3"),
+        "{shown}"
+    );
+    assert!(lines[1].contains("add 2.2.2.2  (ticket 7)"), "{shown}");
+
+    ok(r.grayctl(&["rollback"]));
+    assert_eq!(r.cli(&["GET", "gray"]), "1.1.1.1,2.2.2.2");
+    ok(r.grayctl(&["rollback", "3"]));
+    assert_eq!(r.cli(&["GET", "gray"]), "1.1.1.1");
+    // The rollbacks are changes too: undoing the last one puts 2.2.2.2 back.
+    ok(r.grayctl(&["rollback"]));
+    assert_eq!(r.cli(&["GET", "gray"]), "1.1.1.1,2.2.2.2");
+    let err = refused(r.grayctl(&["rollback", "99"]));
+    assert!(err.contains("no history entry 99"), "{err}");
+
+    ok(r.grayctl_with(&["rules", "set", "-"], &[], Some(RULES)));
+    ok(r.grayctl(&["percent", "ramp", "20"]));
+    ok(r.grayctl(&["rollback"]));
+    assert_eq!(r.cli(&["GET", "gray:rules"]), RULES.trim_end());
+    // Before the first rule set there was none: rolling back to it deletes the key.
+    ok(r.grayctl(&["rollback", "3"]));
+    assert_eq!(r.cli(&["EXISTS", "gray:rules"]), "0");
+}
+
+#[test]
+fn two_writers_at_once_one_wins_and_the_other_is_told() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray", "1.1.1.1"]);
+    let url = r.url();
+    let slow = thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_grayctl"))
+            .args(["--redis", &url, "add", "2.2.2.2"])
+            .env("GRAYCTL_PAUSE_BEFORE_WRITE", "1500")
+            .output()
+            .unwrap()
+    });
+    thread::sleep(Duration::from_millis(500));
+    ok(r.grayctl(&["add", "3.3.3.3"]));
+    let err = refused(slow.join().unwrap());
+    assert!(err.contains("changed under you"), "{err}");
+    assert_eq!(r.cli(&["GET", "gray"]), "1.1.1.1,3.3.3.3");
+    assert_eq!(r.cli(&["LLEN", "gray:history"]), "1");
+}
+
+#[test]
+fn a_reader_never_sees_a_partial_list() {
+    let r = Redis::start();
+    let list = |tag: u8| -> String {
+        (0..2000)
+            .map(|i| format!("10.{tag}.{}.{}\n", i / 250, i % 250))
+            .collect()
+    };
+    r.cli(&["SADD", "gray", "10.1.0.0"]);
+    ok(r.grayctl_with(&["import", "-"], &[], Some(&list(1))));
+    let port = r.port.to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port, "SMEMBERS", "gray"])
+                    .output()
+                    .unwrap();
+                let members: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                let tags: std::collections::HashSet<&str> = members
+                    .iter()
+                    .map(|m| m.split('.').nth(1).unwrap_or("?"))
+                    .collect();
+                assert_eq!(
+                    members.len(),
+                    2000,
+                    "a reader saw {} members",
+                    members.len()
+                );
+                assert_eq!(tags.len(), 1, "a reader saw a mix of lists");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for round in 0..10u8 {
+        ok(r.grayctl_with(&["import", "-"], &[], Some(&list(2 + round % 2))));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(r.cli(&["TYPE", "gray"]), "set");
+}
