@@ -46,7 +46,7 @@ lint: ## rustfmt and clippy, warnings are errors
 test-unit: ## cargo test of the core and the module (no nginx, no Lua)
 	$(CARGO) test --locked --no-default-features -p gray-core -p gray
 
-test-grayctl: deps ## grayctl's tests, its commands against a real redis-server
+test-grayctl: deps build ## grayctl's tests: its commands against a real redis-server, status/wait with two real gateways
 	$(CARGO) test --locked -p grayctl
 
 check-conf: deps ## nginx -t on the example and demo configs

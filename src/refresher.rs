@@ -17,6 +17,7 @@ use crate::os;
 use crate::state::Shared;
 use gray_core::config::Config;
 use gray_core::connection::{self, Connection, Reply};
+use gray_core::fleet;
 use gray_core::idset::{IdSet, MAX_ID_LEN};
 use gray_core::load;
 use gray_core::plan::Plan;
@@ -71,6 +72,8 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         failures_in_a_row: 0,
         first_load_done: Some(first_load_done),
         warned: HashSet::new(),
+        reported_at: None,
+        published_at: SystemTime::now(),
     };
     shared.update_status(|s| s.running = true);
     let spawned = thread::Builder::new()
@@ -172,6 +175,10 @@ struct Refresher {
     failures_in_a_row: u64,
     first_load_done: Option<mpsc::Sender<()>>,
     warned: HashSet<String>,
+    /// When this worker last reported what it serves (`report`).
+    reported_at: Option<Instant>,
+    /// When the snapshot in force was swapped in.
+    published_at: SystemTime,
 }
 
 impl Refresher {
@@ -206,6 +213,7 @@ impl Refresher {
             .update_status(|s| s.subscribed = subscription.is_some());
         loop {
             let polled = self.poll(&mut con)?;
+            self.report(&mut con, polled.replaced)?;
             // The read's temporaries, the parse's and any replaced list are freed by now (and,
             // after a large read, the connection's buffer): give them back in one go.
             if polled.bytes >= LARGE_READ || polled.replaced {
@@ -513,8 +521,79 @@ impl Refresher {
         Ok(refused)
     }
 
+    /// Writes what this worker serves to the gateways hash, after a change and at least every
+    /// `report` (or `refresh`, if longer: reports ride on polls). A refusal (an ACL without
+    /// HSET on that key) is warned about once and changes nothing else.
+    fn report(&mut self, con: &mut Option<Connection>, changed: bool) -> Result<(), String> {
+        let Some(every) = self.config.report else {
+            return Ok(());
+        };
+        let every = every.max(self.config.refresh);
+        if !changed && self.reported_at.is_some_and(|at| at.elapsed() < every) {
+            return Ok(());
+        }
+        let version = |v: u64| Some(fleet::version_text(v));
+        let mut keys = vec![fleet::KeyState {
+            key: self.config.key.clone(),
+            version: self.whitelist.as_ref().and_then(|l| version(l.version)),
+        }];
+        for slot in &self.rule_sets {
+            keys.push(fleet::KeyState {
+                key: slot.key.clone(),
+                version: slot.compiled.as_ref().and_then(|c| version(c.version)),
+            });
+        }
+        for (key, loaded) in &self.keys {
+            keys.push(fleet::KeyState {
+                key: key.name.clone(),
+                version: version(match loaded {
+                    LoadedKey::Whitelist(list) => list.version,
+                    LoadedKey::Ids(ids) => ids.version,
+                }),
+            });
+        }
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let report = fleet::Report {
+            host: fleet::hostname(),
+            pid: std::process::id(),
+            gray: env!("CARGO_PKG_VERSION").to_string(),
+            keys,
+            loaded_at: unix(self.published_at),
+            reported_at: unix(SystemTime::now()),
+            every: every.as_secs_f64(),
+        };
+        let hash = self.config.gateways_key();
+        let ttl = (every.as_secs_f64() * fleet::MISSED_BEATS * 2.0).ceil() as u64;
+        let command = match con.as_mut() {
+            Some(command) => command,
+            None => con.insert(self.connect()?),
+        };
+        let written = command
+            .query(
+                redis::cmd("HSET")
+                    .arg(&hash)
+                    .arg(report.field())
+                    .arg(report.to_json()),
+                0,
+            )
+            .and_then(|_| command.query(redis::cmd("EXPIRE").arg(&hash).arg(ttl.max(1)), 0));
+        self.reported_at = Some(Instant::now());
+        match written {
+            Ok(_) => Ok(()),
+            Err(connection::Error::Server(refusal)) => {
+                self.warn_once(format!("cannot report to {hash} ({refusal}); grayctl status will not list this gateway"));
+                Ok(())
+            }
+            Err(e) => Err(format!("failed to report to {hash}: {}", self.describe(&e))),
+        }
+    }
+
     /// Swaps in a snapshot of what is loaded now.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.published_at = SystemTime::now();
         let current = self.shared.current();
         let whitelist = self.whitelist.clone();
         let rule_sets = self

@@ -38,6 +38,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "rules_key",
     "rule_sets",
     "targets",
+    "report",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -98,6 +99,8 @@ pub struct Config {
     pub rule_sets: Vec<String>,
     /// The named locations a rule set may send to: `prod`, `gray`, then `targets`.
     pub targets: Vec<String>,
+    /// How often each worker reports what it serves to `<key>:gateways`; `None`: it does not.
+    pub report: Option<Duration>,
 }
 
 impl Default for Config {
@@ -120,6 +123,11 @@ impl Config {
         format!("{}{HISTORY_KEY_SUFFIX}", self.key)
     }
 
+    /// Where workers report what they serve ([`crate::fleet`]).
+    pub fn gateways_key(&self) -> String {
+        format!("{}{}", self.key, crate::fleet::GATEWAYS_KEY_SUFFIX)
+    }
+
     /// Validates `opts`; every error names the option it is about.
     pub fn from_options(options: Vec<(String, OptionValue)>) -> Result<Self, ConfigError> {
         let mut redis_url = DEFAULT_REDIS_URL.to_string();
@@ -134,6 +142,7 @@ impl Config {
         let mut rules_key = None;
         let mut rule_sets = Vec::new();
         let mut extra_targets = Vec::new();
+        let mut report = None;
 
         for (name, value) in options {
             match name.as_str() {
@@ -158,6 +167,15 @@ impl Config {
                     rule_sets = names(&name, value, |n| !n.contains(char::is_whitespace))?
                 }
                 "targets" => extra_targets = names(&name, value, |n| n.starts_with('@'))?,
+                "report" => {
+                    report = match value {
+                        OptionValue::Bool(true) => Some(crate::fleet::DEFAULT_REPORT_EVERY),
+                        OptionValue::Bool(false) => None,
+                        value => Some(positive_seconds(&name, value).map_err(|_| {
+                            invalid("opts.report must be true, false or a positive number of seconds (at most 86400)")
+                        })?),
+                    }
+                }
                 _ => {
                     return Err(invalid(format!(
                         "unknown option opts.{name} (known: {})",
@@ -201,6 +219,7 @@ impl Config {
             trusted_proxies,
             timeout,
             max_bytes,
+            report,
         })
     }
 }
@@ -372,6 +391,9 @@ mod tests {
         assert_eq!(c.rules_key, "gray:rules");
         assert!(c.rule_sets.is_empty());
         assert_eq!(c.targets, ["@prod1", "@prod2-grey"]);
+        assert_eq!(c.report, None);
+        assert_eq!(c.history_key(), "gray:history");
+        assert_eq!(c.gateways_key(), "gray:gateways");
     }
 
     #[test]
@@ -412,8 +434,14 @@ mod tests {
             ),
             ("timeout", Num(2.0)),
             ("max_bytes", Num(1048576.0)),
+            ("report", Num(0.5)),
         ])
         .unwrap();
+        assert_eq!(c.report, Some(Duration::from_millis(500)));
+        assert_eq!(
+            opts(&[("report", Bool(true))]).unwrap().report,
+            Some(crate::fleet::DEFAULT_REPORT_EVERY)
+        );
         assert_eq!(c.max_bytes, 1 << 20);
         assert_eq!(c.refresh, Duration::from_millis(250));
         assert_eq!(c.channel, None);
@@ -428,6 +456,10 @@ mod tests {
             (
                 &[("refresh", Num(0.0))],
                 "opts.refresh must be a positive number of seconds",
+            ),
+            (
+                &[("report", Str("yes".into()))],
+                "opts.report must be true, false or a positive number of seconds",
             ),
             (
                 &[("refresh", Num(-1.0))],

@@ -11,6 +11,7 @@ pub mod bucket;
 pub mod client_ip;
 pub mod config;
 pub mod connection;
+pub mod fleet;
 pub mod idset;
 pub mod ipset;
 pub mod load;

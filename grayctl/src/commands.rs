@@ -5,13 +5,16 @@ use std::time::SystemTime;
 
 use clap::Args;
 use gray_core::config::Config;
+use gray_core::fleet::Report;
 use gray_core::load::compile_rule_set;
-use gray_core::rules::{schema, Outcome, Source};
-use gray_core::snapshot::{unix_now, KeyKind, Reason};
+use gray_core::plan::{Header, Plan, Slices};
+use gray_core::rules::{schema, Outcome};
+use gray_core::snapshot::{unix_now, Reason};
 use gray_core::whitelist::Whitelist;
 use serde_json::{json, Value};
 
 use crate::failure::{refused, Failure};
+use crate::fleet_status::{self, State, Versions};
 use crate::history::{self, Record, Subject};
 use crate::store::{unix_seconds, who, Store, Write};
 use crate::value::KeyValue;
@@ -46,6 +49,18 @@ struct Context {
 }
 
 impl Context {
+    /// The key of rule set `set`, its name checked as the module checks `rule_sets`.
+    fn rule_set_key(&self, set: &SetName) -> Result<String, Failure> {
+        if let Some(name) = &set.name {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(refused(format!(
+                    "--set \"{name}\": a rule set name is not empty and has no spaces"
+                )));
+            }
+        }
+        Ok(self.config.rule_set_key(set.name.as_deref()))
+    }
+
     fn store(&self) -> Result<Store, Failure> {
         Store::open(self.config.clone())
     }
@@ -75,11 +90,16 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Remove { entries } => {
             edit_whitelist(&ctx, "remove", &entries, whitelist_edit::remove)
         }
-        Command::Import { file } => {
+        Command::Import { file, allow_empty } => {
             let text = read_file(&file)?;
             let lines: Vec<String> = whitelist_edit::import_lines(&text)
                 .map(str::to_string)
                 .collect();
+            if lines.is_empty() && !allow_empty {
+                return Err(refused(format!(
+                    "{file} has no entries: importing it would empty the list; pass --allow-empty to do that"
+                )));
+            }
             edit_whitelist(
                 &ctx,
                 &format!("import {file}"),
@@ -91,7 +111,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Rules(RulesCommand::Check { file }) => rules_check(&ctx, &file),
         Command::Rules(RulesCommand::Set { file, set }) => {
             let text = read_file(&file)?;
-            edit_rules(&ctx, &set, format!("rules set {file}"), |_| {
+            edit_rules(&ctx, &set, format!("rules set {file}"), |_current| {
                 Ok(text.clone().into_bytes())
             })
         }
@@ -100,17 +120,21 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             percent,
             down,
             set,
-        } => edit_rules(&ctx, &set, format!("percent {rule} {percent}"), |doc| {
-            let mut doc = doc.ok_or_else(|| refused("there is no rule set to change"))?;
-            let old = rules_edit::set_percent(&mut doc, &rule, percent, down)?;
-            eprintln!("grayctl: rule \"{rule}\": {old}% -> {percent}%");
-            pretty(&doc)
-        }),
+        } => {
+            let key = ctx.rule_set_key(&set)?;
+            edit_rules(&ctx, &set, format!("percent {rule} {percent}"), |current| {
+                let mut doc = stored_rule_set(&key, current)?;
+                rules_edit::set_percent(&mut doc, &rule, percent, down)?;
+                pretty(&doc)
+            })
+        }
         Command::Off { set } => kill_switch(&ctx, &set, false),
         Command::On { set } => kill_switch(&ctx, &set, true),
         Command::Explain(args) => explain(&ctx, &args),
         Command::History { limit } => show_history(&ctx, limit),
         Command::Rollback { entry } => rollback(&ctx, entry),
+        Command::Status { prune } => status(&ctx, prune),
+        Command::Wait { timeout } => wait(&ctx, timeout),
     }
 }
 
@@ -180,12 +204,17 @@ fn list(ctx: &Context) -> Result<(), Failure> {
 
 fn export(ctx: &Context) -> Result<(), Failure> {
     let value = ctx.store()?.read(&ctx.config.key)?;
+    // What the gateways accept, so that `export | import -` round-trips.
     for token in value
         .values()
         .into_iter()
         .flat_map(gray_core::whitelist::tokens)
     {
-        println!("{}", String::from_utf8_lossy(token));
+        let text = String::from_utf8_lossy(token);
+        match gray_core::whitelist::parse_entry(token) {
+            Ok(_) => println!("{text}"),
+            Err(e) => eprintln!("grayctl: skipping \"{}\": {e}", text.escape_default()),
+        }
     }
     Ok(())
 }
@@ -258,7 +287,7 @@ fn compile(ctx: &Context, json: &[u8]) -> Result<gray_core::rules::RuleSet, Fail
 }
 
 fn rules_show(ctx: &Context, set: &SetName) -> Result<(), Failure> {
-    let key = ctx.config.rule_set_key(set.name.as_deref());
+    let key = ctx.rule_set_key(set)?;
     match ctx.store()?.read(&key)? {
         KeyValue::String(text) => {
             print!("{}", String::from_utf8_lossy(&text));
@@ -299,23 +328,14 @@ fn edit_rules(
     ctx: &Context,
     set: &SetName,
     command: String,
-    change: impl FnOnce(Option<Value>) -> Result<Vec<u8>, Failure>,
+    change: impl FnOnce(&KeyValue) -> Result<Vec<u8>, Failure>,
 ) -> Result<(), Failure> {
-    let key = ctx.config.rule_set_key(set.name.as_deref());
+    let key = ctx.rule_set_key(set)?;
     let record = ctx.record(&key, Subject::RuleSet, command);
     let mut store = ctx.store()?;
     let mut summary = Vec::new();
     let (_, written) = store.update(&key, |current| {
-        let doc = match current {
-            KeyValue::Missing => None,
-            KeyValue::String(text) => Some(serde_json::from_slice(text).map_err(|e| {
-                refused(format!(
-                    "key {key} does not hold JSON ({e}); replace it with `grayctl rules set`"
-                ))
-            })?),
-            KeyValue::Set(_) => None,
-        };
-        let text = change(doc)?;
+        let text = change(current)?;
         let rules = compile(ctx, &text)?;
         summary = rules_edit::describe(&rules, &ctx.config.targets, unix_now());
         if *current == KeyValue::String(text.clone()) {
@@ -350,51 +370,114 @@ fn edit_rules(
 
 fn kill_switch(ctx: &Context, set: &SetName, enabled: bool) -> Result<(), Failure> {
     let verb = if enabled { "on" } else { "off" };
-    edit_rules(ctx, set, verb.to_string(), |doc| {
-        let mut doc = doc.ok_or_else(|| {
-            refused("there is no rule set to switch; the whitelist alone decides (remove its entries instead)")
-        })?;
+    let key = ctx.rule_set_key(set)?;
+    edit_rules(ctx, set, verb.to_string(), |current| {
+        let mut doc = stored_rule_set(&key, current)?;
         rules_edit::set_enabled(&mut doc, enabled)?;
         pretty(&doc)
     })
 }
 
-/// The value of `source` among the request parts given on the command line.
-fn input_value<'a>(args: &'a ExplainArgs, source: &Source) -> Result<Option<&'a str>, Failure> {
-    let find = |items: &'a [String], sep: char, name: &str, exact: bool| {
-        let mut found = None;
-        for item in items {
-            let (k, v) = item
-                .split_once(sep)
-                .ok_or_else(|| refused(format!("\"{item}\" is not NAME{sep}VALUE")))?;
-            let matches = if exact {
-                k == name
-            } else {
-                k.eq_ignore_ascii_case(name)
-            };
-            if matches {
-                found = Some(v.trim_start_matches(if sep == ':' { " " } else { "" }));
-            }
+/// The rule set stored in `key`, as JSON to edit.
+fn stored_rule_set(key: &str, current: &KeyValue) -> Result<Value, Failure> {
+    match current {
+        KeyValue::String(text) => serde_json::from_slice(text).map_err(|e| {
+            refused(format!(
+                "key {key} does not hold JSON ({e}); replace it with `grayctl rules set`"
+            ))
+        }),
+        KeyValue::Missing => Err(refused(format!(
+            "there is no rule set in key {key} to change; the whitelist alone decides"
+        ))),
+        KeyValue::Set(_) => Err(refused(format!(
+            "key {key} holds a set, not a rule set; replace it with `grayctl rules set`"
+        ))),
+    }
+}
+
+/// The request the command line describes, as the gateway's request path sees it: headers by
+/// lowercase name, cookies in one `Cookie` header, args in `$args`, other variables by name.
+struct Request {
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    variables: Vec<(String, Vec<u8>)>,
+}
+
+fn split_pairs(items: &[String], sep: char) -> Result<Vec<(&str, &str)>, Failure> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once(sep)
+                .ok_or_else(|| refused(format!("\"{item}\" is not NAME{sep}VALUE")))
+        })
+        .collect()
+}
+
+impl Request {
+    fn from_args(args: &ExplainArgs) -> Result<Request, Failure> {
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = split_pairs(&args.headers, ':')?
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.trim().to_ascii_lowercase().into_bytes(),
+                    v.trim().as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let cookies = split_pairs(&args.cookies, '=')?;
+        if !cookies.is_empty() {
+            let joined: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            headers.push((b"cookie".to_vec(), joined.join("; ").into_bytes()));
         }
-        Ok::<_, Failure>(found)
-    };
-    match source {
-        Source::Header(name) => find(&args.headers, ':', name, false),
-        Source::Cookie(name) => find(&args.cookies, '=', name, true),
-        Source::Arg(name) => find(&args.args, '=', name, true),
-        Source::Var(name) => find(&args.vars, '=', name, true),
+        let mut variables: Vec<(String, Vec<u8>)> = split_pairs(&args.vars, '=')?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let query = split_pairs(&args.args, '=')?;
+        if !query.is_empty() {
+            let joined: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            variables.push(("args".into(), joined.join("&").into_bytes()));
+        }
+        Ok(Request { headers, variables })
+    }
+
+    /// The header list and the plan's variables, as the request path hands them to the plan.
+    fn fetched<'a>(&'a self, plan: &Plan) -> (Vec<Header<'a>>, Vec<Option<&'a [u8]>>) {
+        let headers: Vec<Header<'a>> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let variables: Vec<Option<&'a [u8]>> = plan
+            .variables
+            .iter()
+            .map(|name| {
+                self.variables
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_slice())
+            })
+            .collect();
+        (headers, variables)
     }
 }
 
 fn explain(ctx: &Context, args: &ExplainArgs) -> Result<(), Failure> {
+    ctx.rule_set_key(&args.set)?;
     let snapshot = ctx.store()?.snapshot(args.set.name.as_deref())?;
-    let sources: Vec<Source> = snapshot
-        .active(0)
-        .map(|a| a.compiled.rules.inputs.clone())
-        .unwrap_or_default();
-    let mut values = Vec::with_capacity(sources.len());
-    for source in &sources {
-        values.push(input_value(args, source)?.map(str::as_bytes));
+    let request = Request::from_args(args)?;
+    let (headers, variables) = match snapshot.active(0) {
+        Some(active) => request.fetched(&active.compiled.plan),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut values = Vec::new();
+    if let Some(active) = snapshot.active(0) {
+        // The rule set's inputs, gathered by its plan as the gateway gathers them.
+        values.resize(active.compiled.rules.inputs.len(), None);
+        let fetched = Slices {
+            headers: &headers,
+            variables: &variables,
+        };
+        active.compiled.plan.gather(&fetched, &mut values);
     }
     let (target, reason) = snapshot.decide(0, args.ip.as_bytes(), None, None, &values, unix_now());
     let target_name = ctx.config.targets.get(target).cloned().unwrap_or_default();
@@ -511,21 +594,22 @@ fn validate_restore(
     match entry.record.subject {
         Subject::Whitelist => {
             let parsed = Whitelist::parse(value.values());
+            // The value the gateways had, bad entries and all: they skip those, as they did.
             if parsed.rejected_count > 0 {
                 let samples: Vec<String> = parsed.rejected.iter().map(|r| r.to_string()).collect();
-                return Err(refused(format!(
-                    "the value to restore has {} entries the gateways reject ({}); nothing written",
+                eprintln!(
+                    "grayctl: the value restored has {} entries the gateways skip, as they did before: {}",
                     parsed.rejected_count,
                     samples.join(", ")
-                )));
+                );
             }
         }
         Subject::RuleSet => {
-            let (kind, text) = match value {
-                KeyValue::Missing => (KeyKind::Missing, &[][..]),
-                KeyValue::String(text) => (KeyKind::String, &text[..]),
-                KeyValue::Set(_) => (KeyKind::Set, &[][..]),
+            let text = match value {
+                KeyValue::String(text) => &text[..],
+                _ => &[][..],
             };
+            let kind = value.key_kind();
             compile_rule_set(kind, text, &ctx.config).map_err(|e| {
                 refused(format!(
                     "the rule set to restore is refused, nothing written: {e}"
@@ -538,6 +622,8 @@ fn validate_restore(
 
 fn rollback(ctx: &Context, n: usize) -> Result<(), Failure> {
     let mut store = ctx.store()?;
+    // Watched before it is read: a change by anyone after this aborts the restore.
+    store.watch_history()?;
     let entry = history::nth(&store.history()?, n)?;
     let previous = entry.previous.clone().ok_or_else(|| {
         refused(format!(
@@ -551,10 +637,13 @@ fn rollback(ctx: &Context, n: usize) -> Result<(), Failure> {
     let record = ctx.record(
         &key,
         entry.record.subject,
-        format!("rollback {n} (undo \"{}\")", entry.record.command),
+        format!(
+            "rollback {n} (the value before \"{}\")",
+            entry.record.command
+        ),
     );
     let (before, written) = store.update(&key, |current| {
-        Ok((*current != previous).then(|| Write {
+        Ok((!current.same_as(&previous)).then(|| Write {
             key: key.clone(),
             change: Change::Replace(previous.clone()),
             record,
@@ -575,5 +664,145 @@ fn rollback(ctx: &Context, n: usize) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+/// A report in the gateways hash with where its worker stands now, or why it does not parse.
+type FleetEntry = (String, Result<(Report, State), String>);
+type Fleet = Vec<FleetEntry>;
+
+fn assess_fleet(store: &mut Store) -> Result<Fleet, Failure> {
+    let reports = store.reports()?;
+    let now = unix_now();
+    let mut assessed = Vec::with_capacity(reports.len());
+    let mut pending = Vec::new();
+    for (field, report) in reports {
+        match report {
+            Ok(report) => pending.push((field, report)),
+            Err(e) => assessed.push((field, Err(e))),
+        }
+    }
+    let mut versions = Versions::new(|key: &str| store.version(key));
+    for (field, report) in pending {
+        let state = fleet_status::assess(&report, now, &mut versions)?;
+        assessed.push((field, Ok((report, state))));
+    }
+    assessed.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(assessed)
+}
+
+fn ago(now: f64, then: f64) -> String {
+    format!("{:.0}s ago", (now - then).max(0.0))
+}
+
+fn status(ctx: &Context, prune: bool) -> Result<(), Failure> {
+    let mut store = ctx.store()?;
+    let fleet = assess_fleet(&mut store)?;
+    let now = unix_now();
+    if prune {
+        let gone: Vec<String> = fleet
+            .iter()
+            .filter(|(_, a)| !matches!(a, Ok((_, State::Current | State::Behind(_)))))
+            .map(|(field, _)| field.clone())
+            .collect();
+        store.forget(&gone)?;
+        eprintln!(
+            "grayctl: forgot {} gateways that stopped reporting",
+            gone.len()
+        );
+    }
+    if ctx.json {
+        let items: Vec<Value> = fleet
+            .iter()
+            .map(|(field, a)| match a {
+                Ok((report, state)) => json!({
+                    "gateway": field, "state": state.as_str(), "report": report,
+                    "behind": match state { State::Behind(lines) => lines.clone(), _ => Vec::new() },
+                }),
+                Err(e) => json!({"gateway": field, "state": "unreadable", "error": e}),
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"key": ctx.config.gateways_key(), "gateways": items})
+        );
+        return Ok(());
+    }
+    let count = |s: &str| {
+        fleet
+            .iter()
+            .filter(|(_, a)| matches!(a, Ok((_, st)) if st.as_str() == s))
+            .count()
+    };
+    println!(
+        "{}: {} gateways, {} current, {} behind, {} gone",
+        ctx.config.gateways_key(),
+        fleet.len(),
+        count("current"),
+        count("behind"),
+        count("gone")
+    );
+    for (field, assessed) in &fleet {
+        match assessed {
+            Ok((report, state)) => {
+                println!(
+                    "  {field:<24} {:<8} loaded {}, reported {} (gray {})",
+                    state.as_str(),
+                    ago(now, report.loaded_at),
+                    ago(now, report.reported_at),
+                    report.gray
+                );
+                if let State::Behind(lines) = state {
+                    for line in lines {
+                        println!("      {line}");
+                    }
+                }
+            }
+            Err(e) => println!("  {field:<24} unreadable report: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn wait(ctx: &Context, timeout: f64) -> Result<(), Failure> {
+    let mut store = ctx.store()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(timeout.max(0.0));
+    loop {
+        let fleet = assess_fleet(&mut store)?;
+        let live: Vec<&FleetEntry> = fleet
+            .iter()
+            .filter(|(_, a)| matches!(a, Ok((_, State::Current | State::Behind(_)))))
+            .collect();
+        let behind: Vec<String> = live
+            .iter()
+            .filter_map(|(field, a)| match a {
+                Ok((_, State::Behind(lines))) => Some(format!("{field} ({})", lines.join("; "))),
+                _ => None,
+            })
+            .collect();
+        if !live.is_empty() && behind.is_empty() {
+            let gone = fleet.len() - live.len();
+            println!(
+                "all {} reporting gateways serve the latest{}",
+                live.len(),
+                if gone > 0 {
+                    format!(" ({gone} not reporting, ignored)")
+                } else {
+                    String::new()
+                }
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(refused(if live.is_empty() {
+                format!(
+                    "no gateway reports to {} (configure report = true)",
+                    ctx.config.gateways_key()
+                )
+            } else {
+                format!("timed out after {timeout}s; behind: {}", behind.join(", "))
+            }));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

@@ -33,11 +33,27 @@ impl fmt::Display for Failure {
     }
 }
 
-/// A Redis error: an error reply (an ACL refusal, a wrong type) is a refusal, anything else
-/// means Redis is not there to talk to.
+/// Error replies that mean Redis cannot serve right now (loading, a replica, a master down,
+/// a busy script), not that the command was wrong.
+const UNAVAILABLE: &[&str] = &[
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+];
+
+/// A Redis error: an error reply (an ACL refusal, a wrong type) is a refusal, unless it says
+/// Redis cannot serve now; anything else means Redis is not there to talk to.
 impl From<connection::Error> for Failure {
     fn from(e: connection::Error) -> Self {
         match e {
+            connection::Error::Server(reply)
+                if UNAVAILABLE.contains(&reply.split(' ').next().unwrap_or("")) =>
+            {
+                Failure::Unreachable(reply)
+            }
             connection::Error::Server(reply) => Failure::Refused(format!("redis refused: {reply}")),
             other => Failure::Unreachable(other.to_string()),
         }

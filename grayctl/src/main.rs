@@ -4,6 +4,7 @@
 
 mod commands;
 mod failure;
+mod fleet_status;
 mod history;
 mod rules_edit;
 mod store;
@@ -86,7 +87,12 @@ enum Command {
     },
     /// Replace the whitelist with a file's entries (one or more a line, # comments; - for stdin)
     #[command(after_help = "Example:\n  grayctl import testers.txt -m \"release 42 testers\"")]
-    Import { file: String },
+    Import {
+        file: String,
+        /// Allow a file with no entries (it empties the list)
+        #[arg(long)]
+        allow_empty: bool,
+    },
     /// Print the whitelist's entries one a line, as import reads them
     #[command(after_help = "Example:\n  grayctl export > testers.txt")]
     Export,
@@ -127,6 +133,24 @@ enum Command {
         /// Show at most this many
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// The gateways that report (`report = true` in configure) and whether each serves the latest
+    #[command(
+        after_help = "Example:\n  grayctl status\n  grayctl status --prune   # forget gateways that stopped reporting"
+    )]
+    Status {
+        /// Remove the reports of gateways that stopped reporting
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Wait until every reporting gateway serves what Redis holds now; exit 1 at the timeout
+    #[command(
+        after_help = "Example:\n  grayctl percent ramp 10 && grayctl wait --timeout 30 && echo live everywhere"
+    )]
+    Wait {
+        /// Seconds to wait at most
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
     },
     /// Restore the value a key had before history entry N (1, the default, is the latest change)
     #[command(

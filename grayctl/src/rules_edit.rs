@@ -62,17 +62,13 @@ pub fn set_percent(doc: &mut Value, name: &str, percent: f64, down: bool) -> Res
     Ok(old)
 }
 
-/// The kill switch: `enabled: false` sends everyone to the default. Returns the old state.
-pub fn set_enabled(doc: &mut Value, enabled: bool) -> Result<bool, Failure> {
+/// The kill switch: `enabled: false` sends everyone to the default.
+pub fn set_enabled(doc: &mut Value, enabled: bool) -> Result<(), Failure> {
     let object = doc
         .as_object_mut()
         .ok_or_else(|| refused("the rule set is not a JSON object"))?;
-    let old = object
-        .get("enabled")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
     object.insert("enabled".into(), Value::Bool(enabled));
-    Ok(old)
+    Ok(())
 }
 
 fn hundredths(h: u32) -> String {
@@ -226,9 +222,10 @@ mod tests {
     #[test]
     fn the_kill_switch_flips_enabled() {
         let mut doc: Value = serde_json::from_str(RULES).unwrap();
-        assert!(set_enabled(&mut doc, false).unwrap());
+        set_enabled(&mut doc, false).unwrap();
         assert_eq!(doc["enabled"], false);
-        assert!(!set_enabled(&mut doc, true).unwrap());
+        set_enabled(&mut doc, true).unwrap();
+        assert_eq!(doc["enabled"], true);
     }
 
     #[test]

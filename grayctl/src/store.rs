@@ -5,10 +5,11 @@
 //! refuses it when anyone wrote the key after the WATCH: two operators at once never lose one's
 //! change silently; the second is told to retry.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use gray_core::config::Config;
-use gray_core::connection::{Connection, Reply};
+use gray_core::connection::{self, Connection, Reply};
+use gray_core::fleet::Report;
 use gray_core::load::{self, LoadError};
 use gray_core::snapshot::{KeyKind, Snapshot};
 use gray_core::source::{fetch, FetchError, ListBuilder};
@@ -22,8 +23,9 @@ use crate::whitelist_edit::Change;
 /// a value too large for the gateways can still be seen and fixed.
 const READ_MAX: usize = 1 << 30;
 
-/// Test hook: milliseconds to wait between reading a key and writing it, so a test can make
-/// two writers overlap.
+/// Test hook (debug builds only): milliseconds to wait between reading a key and writing it, so
+/// a test can make two writers overlap.
+#[cfg(debug_assertions)]
 const PAUSE_ENV: &str = "GRAYCTL_PAUSE_BEFORE_WRITE";
 
 /// The values of a key as they are: the string once, or each SET member.
@@ -40,6 +42,19 @@ impl ListBuilder for Raw {
     }
 }
 
+/// The gateways' reports by hash field, each parsed or why not.
+pub type Reports = Vec<(String, Result<Report, String>)>;
+
+/// Reads a key for its version only.
+#[derive(Default)]
+struct Discard;
+
+impl ListBuilder for Discard {
+    type List = ();
+    fn add(&mut self, _: &[u8]) {}
+    fn finish(self) {}
+}
+
 pub struct Store {
     con: Connection,
     pub config: Config,
@@ -54,8 +69,15 @@ pub struct Write {
 
 impl Store {
     pub fn open(config: Config) -> Result<Store, Failure> {
-        let con = Connection::open(&config.redis, config.timeout).map_err(|e| {
-            Failure::Unreachable(format!("cannot connect to {}: {e}", config.redis_display))
+        let con = Connection::open(&config.redis, config.timeout).map_err(|e| match e {
+            connection::Error::Server(refusal) => refused(format!(
+                "redis at {} refused the connection: {refusal}",
+                config.redis_display
+            )),
+            other => Failure::Unreachable(format!(
+                "cannot connect to {}: {other}",
+                config.redis_display
+            )),
         })?;
         Ok(Store { con, config })
     }
@@ -74,6 +96,48 @@ impl Store {
         })
     }
 
+    /// The kind and version of `key`'s value, as a gateway computes them, reading it whole.
+    pub fn version(&mut self, key: &str) -> Result<(KeyKind, u64), Failure> {
+        let fetched = fetch::<Discard>(&mut self.con, key, READ_MAX).map_err(|e| match e {
+            FetchError::Redis(e) => Failure::from(e),
+            other => refused(format!("key {key}: {other}")),
+        })?;
+        Ok((fetched.kind, fetched.version))
+    }
+
+    /// The gateways' reports, by hash field; `Err` for a field that does not parse.
+    pub fn reports(&mut self) -> Result<Reports, Failure> {
+        let key = self.config.gateways_key();
+        let Reply::Array(Some(items)) = self.command(redis::cmd("HGETALL").arg(&key))? else {
+            return Err(refused(format!("unexpected reply to HGETALL {key}")));
+        };
+        let text = |r: &Reply| match r {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        Ok(items
+            .chunks(2)
+            .map(|pair| {
+                let field = text(&pair[0]);
+                let report = pair
+                    .get(1)
+                    .map(text)
+                    .ok_or_else(|| "no value".to_string())
+                    .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()));
+                (field, report)
+            })
+            .collect())
+    }
+
+    /// Removes reports from the gateways hash.
+    pub fn forget(&mut self, fields: &[String]) -> Result<(), Failure> {
+        if !fields.is_empty() {
+            let key = self.config.gateways_key();
+            self.command(redis::cmd("HDEL").arg(&key).arg(fields))?;
+        }
+        Ok(())
+    }
+
     /// What a gateway would load for rule set `set`, decided offline.
     pub fn snapshot(&mut self, set: Option<&str>) -> Result<Snapshot, LoadError> {
         load::load(&mut self.con, &self.config, set)
@@ -90,7 +154,19 @@ impl Store {
         key: &str,
         decide: impl FnOnce(&KeyValue) -> Result<Option<Write>, Failure>,
     ) -> Result<(KeyValue, bool), Failure> {
-        self.command(redis::cmd("WATCH").arg(key))?;
+        let history_key = self.config.history_key();
+        // The history is written in the same transaction: a change anyone records meanwhile
+        // conflicts too, and a history key of another type would fail the transaction halfway.
+        self.command(redis::cmd("WATCH").arg(key).arg(&history_key))?;
+        match self.command(redis::cmd("TYPE").arg(&history_key))? {
+            Reply::Status(t) if t == "none" || t == "list" => {}
+            other => {
+                self.command(&redis::cmd("UNWATCH"))?;
+                return Err(refused(format!(
+                    "history key {history_key} is not a list ({other:?}); nothing written (rename or delete it)"
+                )));
+            }
+        }
         let current = self.read(key)?;
         let write = match decide(&current) {
             Ok(Some(write)) => write,
@@ -99,8 +175,9 @@ impl Store {
                 return other.map(|_| (current, false));
             }
         };
+        #[cfg(debug_assertions)]
         if let Some(ms) = std::env::var(PAUSE_ENV).ok().and_then(|v| v.parse().ok()) {
-            std::thread::sleep(Duration::from_millis(ms));
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         self.command(&redis::cmd("MULTI"))?;
         let mut queued = Vec::new();
@@ -125,7 +202,6 @@ impl Store {
                 }
             }
         }
-        let history_key = self.config.history_key();
         let entry = history::entry_json(&write.record, &current);
         queued.push(redis::cmd("LPUSH").arg(&history_key).arg(entry).clone());
         queued.push(
@@ -141,13 +217,27 @@ impl Store {
         for cmd in &queued {
             self.command(cmd)?;
         }
-        match self.command(&redis::cmd("EXEC"))? {
+        let executed = self.con.query(&redis::cmd("EXEC"), READ_MAX).map_err(|e| {
+            // Redis may have applied the transaction before the reply was lost or read.
+            Failure::Unreachable(format!(
+                "{e} while waiting for the write of {key}: it may or may not be written; `grayctl history` tells"
+            ))
+        })?;
+        match executed {
             Reply::Array(Some(_)) => Ok((current, true)),
             Reply::Array(None) => Err(refused(format!(
                 "key {key} changed under you (another writer); nothing written, run the command again"
             ))),
             other => Err(refused(format!("unexpected reply to EXEC: {other:?}"))),
         }
+    }
+
+    /// Watches the history: a change anyone records from now on aborts this connection's next
+    /// transaction (`rollback` reads an entry and writes what it holds).
+    pub fn watch_history(&mut self) -> Result<(), Failure> {
+        let key = self.config.history_key();
+        self.command(redis::cmd("WATCH").arg(&key))?;
+        Ok(())
     }
 
     /// The history, newest first.
@@ -173,10 +263,7 @@ pub fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    format!("{user}@{host}")
+    format!("{user}@{}", gray_core::fleet::hostname())
 }
 
 pub fn unix_seconds(at: SystemTime) -> u64 {

@@ -1,6 +1,7 @@
 //! A key's value as grayctl reads and writes it: missing, a string, or a SET's members, each kept
 //! byte for byte so that what is written back (or recorded in the history) is what was there.
 
+use gray_core::snapshot::KeyKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,11 +22,31 @@ impl KeyValue {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn key_kind(&self) -> KeyKind {
         match self {
-            KeyValue::Missing => "missing",
-            KeyValue::String(_) => "string",
-            KeyValue::Set(_) => "set",
+            KeyValue::Missing => KeyKind::Missing,
+            KeyValue::String(_) => KeyKind::String,
+            KeyValue::Set(_) => KeyKind::Set,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.key_kind().as_str()
+    }
+
+    /// Equal as Redis values: a SET's members in any order.
+    pub fn same_as(&self, other: &KeyValue) -> bool {
+        match (self, other) {
+            (KeyValue::Set(a), KeyValue::Set(b)) => {
+                let mut a: Vec<&Vec<u8>> = a.iter().collect();
+                let mut b: Vec<&Vec<u8>> = b.iter().collect();
+                a.sort();
+                a.dedup();
+                b.sort();
+                b.dedup();
+                a == b
+            }
+            _ => self == other,
         }
     }
 

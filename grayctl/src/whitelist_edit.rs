@@ -188,7 +188,7 @@ pub fn remove(current: &KeyValue, entries: &[Entry]) -> Edit {
                     remove.push(member.clone());
                     // A member holding several entries keeps the others.
                     if !kept.is_empty() {
-                        add.push(kept.join(&b","[..]));
+                        add.push(render(member, &kept));
                     }
                 }
             }
@@ -200,11 +200,13 @@ pub fn remove(current: &KeyValue, entries: &[Entry]) -> Edit {
 
 /// Replaces the whole list with `entries` (`grayctl import`), in the key's type and format.
 pub fn replace(current: &KeyValue, entries: &[Entry]) -> Edit {
+    // One entry per network, as `add` counts them: the first spelling stays.
+    let mut nets = Vec::new();
     let mut texts: Vec<Vec<u8>> = Vec::new();
     for entry in entries {
-        let text = entry.text.clone().into_bytes();
-        if !texts.contains(&text) {
-            texts.push(text);
+        if !nets.contains(&entry.net) {
+            nets.push(entry.net);
+            texts.push(entry.text.clone().into_bytes());
         }
     }
     let new = match current {
@@ -213,7 +215,7 @@ pub fn replace(current: &KeyValue, entries: &[Entry]) -> Edit {
         KeyValue::String(value) => KeyValue::String(render(value, &texts)),
     };
     Edit {
-        change: (new != *current).then_some(Change::Replace(new)),
+        change: (!new.same_as(current)).then_some(Change::Replace(new)),
         notes: Vec::new(),
     }
 }
@@ -299,7 +301,7 @@ mod tests {
     fn a_set_changes_by_members_and_a_bad_member_stays() {
         let set = KeyValue::Set(vec![
             b"1.1.1.1".to_vec(),
-            b"2.2.2.2,3.3.3.3".to_vec(),
+            b"2.2.2.2 3.3.3.3 5.5.5.5".to_vec(),
             b"junk".to_vec(),
         ]);
         assert_eq!(
@@ -312,15 +314,15 @@ mod tests {
         assert_eq!(
             remove(&set, &entries(&["3.3.3.3", "1.1.1.1"])).change,
             Some(Change::Members {
-                add: vec![b"2.2.2.2".to_vec()],
-                remove: vec![b"1.1.1.1".to_vec(), b"2.2.2.2,3.3.3.3".to_vec()]
+                add: vec![b"2.2.2.2 5.5.5.5".to_vec()],
+                remove: vec![b"1.1.1.1".to_vec(), b"2.2.2.2 3.3.3.3 5.5.5.5".to_vec()]
             })
         );
     }
 
     #[test]
     fn import_replaces_in_the_keys_format_and_skips_comments() {
-        let file = "# testers\n1.1.1.1\n\n2.2.2.2 # alice\n1.1.1.1\n";
+        let file = "# testers\n1.1.1.1\n\n2.2.2.2 # alice\n1.1.1.1/32\n";
         let e = entries(&import_lines(file).collect::<Vec<_>>());
         assert_eq!(
             replaced(replace(&string("9.9.9.9\n"), &e)),
@@ -334,5 +336,11 @@ mod tests {
             ])))
         );
         assert_eq!(replace(&string("1.1.1.1,2.2.2.2"), &e).change, None);
+        let same_set = KeyValue::Set(vec![b"2.2.2.2".to_vec(), b"1.1.1.1".to_vec()]);
+        assert_eq!(
+            replace(&same_set, &e).change,
+            None,
+            "a SET's order is not a change"
+        );
     }
 }

@@ -1,126 +1,12 @@
 //! grayctl against a real redis-server (Debian's, started per test on a free loopback port).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Redis {
-    port: u16,
-    server: Child,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (make deps installs it)");
-        let redis = Redis { port, server };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
-    }
-
-    fn grayctl(&self, args: &[&str]) -> Output {
-        self.grayctl_with(args, &[], None)
-    }
-
-    fn grayctl_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayctl"));
-        cmd.args(args)
-            .env("GRAY_REDIS", self.url())
-            .env("USER", "tester")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(out: Output) -> String {
-    assert_eq!(
-        code(&out),
-        0,
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-#[track_caller]
-fn refused(out: Output) -> String {
-    assert_eq!(
-        code(&out),
-        1,
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stderr(&out)
-}
+use common::{code, ok, refused, stderr, Redis};
 
 #[test]
 fn whitelist_edits_keep_the_keys_type_and_format() {
@@ -179,11 +65,7 @@ fn exit_codes_tell_usage_and_an_unreachable_redis_apart() {
     let r = Redis::start();
     assert_eq!(code(&r.grayctl(&["add"])), 2);
     assert_eq!(code(&r.grayctl(&["no-such-command"])), 2);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let out = r.grayctl(&["--redis", &format!("redis://127.0.0.1:{port}/0"), "list"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(
@@ -368,4 +250,102 @@ fn a_reader_never_sees_a_partial_list() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
     assert_eq!(r.cli(&["TYPE", "gray"]), "set");
+}
+
+#[test]
+fn rule_set_keys_of_another_kind_are_replaced_or_refused_by_name() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray:rules", "not json"]);
+    let err = refused(r.grayctl(&["percent", "ramp", "10"]));
+    assert!(err.contains("key gray:rules does not hold JSON"), "{err}");
+    ok(r.grayctl_with(&["rules", "set", "-"], &[], Some(RULES)));
+    assert_eq!(r.cli(&["GET", "gray:rules"]), RULES.trim_end());
+
+    ok(r.grayctl_with(&["rules", "set", "-", "--set", "shop"], &[], Some(RULES)));
+    assert_eq!(r.cli(&["GET", "gray:rules:shop"]), RULES.trim_end());
+    ok(r.grayctl(&["off", "--set", "shop"]));
+    assert_eq!(
+        r.cli(&["GET", "gray:rules"]),
+        RULES.trim_end(),
+        "only the named set changed"
+    );
+    let err = refused(r.grayctl(&["off", "--set", "a b"]));
+    assert!(err.contains("--set \"a b\""), "{err}");
+    let err = refused(r.grayctl(&["on", "--set", "nothing-here"]));
+    assert!(
+        err.contains("no rule set in key gray:rules:nothing-here"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_history_key_of_another_type_stops_the_write_before_it_starts() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray", "1.1.1.1"]);
+    r.cli(&["SET", "gray:history", "oops"]);
+    let err = refused(r.grayctl(&["add", "2.2.2.2"]));
+    assert!(
+        err.contains("history key gray:history is not a list"),
+        "{err}"
+    );
+    assert_eq!(r.cli(&["GET", "gray"]), "1.1.1.1");
+}
+
+#[test]
+fn imports_refuse_an_empty_file_and_see_a_reordered_set_as_unchanged() {
+    let r = Redis::start();
+    r.cli(&["SADD", "gray", "1.1.1.1", "2.2.2.2", "3.3.3.3"]);
+    let err = refused(r.grayctl_with(&["import", "-"], &[], Some("# nobody\n")));
+    assert!(err.contains("--allow-empty"), "{err}");
+    let same = ok(r.grayctl_with(&["import", "-"], &[], Some("3.3.3.3\n1.1.1.1\n2.2.2.2\n")));
+    assert!(same.contains("nothing to change"), "{same}");
+    assert_eq!(r.cli(&["LLEN", "gray:history"]), "0");
+    ok(r.grayctl_with(&["import", "-", "--allow-empty"], &[], Some("")));
+    assert_eq!(r.cli(&["EXISTS", "gray"]), "0");
+}
+
+#[test]
+fn a_rollback_racing_another_writer_is_told() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray", "1.1.1.1"]);
+    ok(r.grayctl(&["add", "2.2.2.2"]));
+    let url = r.url();
+    let slow = thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_grayctl"))
+            .args(["--redis", &url, "rollback"])
+            .env("GRAYCTL_PAUSE_BEFORE_WRITE", "1500")
+            .output()
+            .unwrap()
+    });
+    thread::sleep(Duration::from_millis(500));
+    ok(r.grayctl(&["add", "3.3.3.3"]));
+    let err = refused(slow.join().unwrap());
+    assert!(err.contains("changed under you"), "{err}");
+    assert_eq!(r.cli(&["GET", "gray"]), "1.1.1.1,2.2.2.2,3.3.3.3");
+}
+
+#[test]
+fn a_change_is_announced_on_the_channel() {
+    use std::io::{BufRead, BufReader, Write};
+    let r = Redis::start();
+    let mut sub = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sub.write_all(b"SUBSCRIBE gray:changed\r\n").unwrap();
+    let mut lines = BufReader::new(sub);
+    let mut line = String::new();
+    // *3, $9, subscribe, $12, gray:changed, :1
+    for _ in 0..6 {
+        line.clear();
+        lines.read_line(&mut line).unwrap();
+    }
+    ok(r.grayctl(&["add", "2.2.2.2"]));
+    let mut message = Vec::new();
+    for _ in 0..7 {
+        line.clear();
+        lines.read_line(&mut line).unwrap();
+        message.push(line.trim_end().to_string());
+    }
+    assert_eq!(message[2], "message");
+    assert_eq!(message[4], "gray:changed");
+    assert_eq!(message[6], "gray", "the payload names the key");
 }
