@@ -20,7 +20,7 @@ REDIS_PORT ?= 6379
 LIB := target/release/libgray.so
 GRAYCTL := target/release/grayctl
 
-.PHONY: help deps build run test test-unit test-nginx test-openresty test-chaos test-grayctl test-install test-valgrind lint check-conf bench chaos fuzz install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx test-openresty test-chaos test-grayctl test-install test-deb test-dist test-valgrind deb dist lint check-conf bench chaos fuzz install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ $(LIB): build
 run: deps build ## Redis, two demo backends and the gateway on 127.0.0.1:8080 (GATEWAY_PORT=, REDIS_PORT=); Ctrl-C stops
 	@GATEWAY_PORT=$(GATEWAY_PORT) REDIS_PORT=$(REDIS_PORT) scripts/run-demo.sh
 
-test: deps build lint test-unit test-grayctl check-conf test-install test-nginx test-openresty test-chaos ## Everything: lint, unit tests, grayctl against Redis, config check, install check, Test::Nginx on Debian's nginx and on OpenResty, fault suite
+test: deps build lint test-unit test-grayctl check-conf test-install test-deb test-dist test-nginx test-openresty test-chaos ## Everything: lint, unit tests, grayctl against Redis, config check, install check, the .deb and the portable tarball, Test::Nginx on Debian's nginx and on OpenResty, fault suite
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --check
@@ -78,6 +78,18 @@ test-install: build ## make install into a scratch DESTDIR: the module is stripp
 	readelf --dyn-syms $$so | grep -q ' luaopen_gray$$' && test -f $$dir$(SHARE_DIR)/route.lua && \
 	$$dir$(PREFIX)/bin/grayctl --version >/dev/null && \
 	echo "test-install: gray.so stripped ($$(du -k $$so | cut -f1) KiB, debug build $$(du -k $(LIB) | cut -f1) KiB), luaopen_gray exported; grayctl runs"
+
+deb: build ## The Debian package target/deb/lua-gray_<version>_<arch>.deb (module, grayctl, route.lua, examples, README)
+	@scripts/package-deb.sh
+
+test-deb: deps build ## make deb, its contents, and (as root) a real apt-get install: Debian's nginx loads gray with no lua_package_cpath; purged after
+	@scripts/test-deb.sh
+
+dist: ## The portable tarball target/dist/gray-<version>-x86_64-linux-gnu.tar.gz, binaries for glibc >= 2.28 (cargo-zigbuild; tools under target/dist-tools)
+	@scripts/dist.sh
+
+test-dist: deps ## make dist, then: no binary in it needs glibc > 2.28, Debian's nginx loads its module and routes
+	@scripts/test-dist.sh
 
 bench: build ## Benchmark side by side, report in bench/RESULTS.md (QUICK=1: a smoke run, bench/RESULTS.quick.md)
 	@scripts/deps.sh wrk valgrind
