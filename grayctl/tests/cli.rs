@@ -205,51 +205,58 @@ fn two_writers_at_once_one_wins_and_the_other_is_told() {
 
 #[test]
 fn a_reader_never_sees_a_partial_list() {
-    let r = Redis::start();
-    let list = |tag: u8| -> String {
-        (0..2000)
-            .map(|i| format!("10.{tag}.{}.{}\n", i / 250, i % 250))
-            .collect()
-    };
-    r.cli(&["SADD", "gray", "10.1.0.0"]);
-    ok(r.grayctl_with(&["import", "-"], &[], Some(&list(1))));
-    let port = r.port.to_string();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let done = done.clone();
-        thread::spawn(move || {
-            let mut reads = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = Command::new("redis-cli")
-                    .args(["-p", &port, "SMEMBERS", "gray"])
-                    .output()
-                    .unwrap();
-                let members: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect();
-                let tags: std::collections::HashSet<&str> = members
-                    .iter()
-                    .map(|m| m.split('.').nth(1).unwrap_or("?"))
-                    .collect();
-                assert_eq!(
-                    members.len(),
-                    2000,
-                    "a reader saw {} members",
-                    members.len()
-                );
-                assert_eq!(tags.len(), 1, "a reader saw a mix of lists");
-                reads += 1;
-            }
-            reads
-        })
-    };
-    for round in 0..10u8 {
-        ok(r.grayctl_with(&["import", "-"], &[], Some(&list(2 + round % 2))));
+    for kind in ["set", "string"] {
+        let r = Redis::start();
+        let list = |tag: u8| -> String {
+            (0..2000)
+                .map(|i| format!("10.{tag}.{}.{}\n", i / 250, i % 250))
+                .collect()
+        };
+        if kind == "set" {
+            r.cli(&["SADD", "gray", "10.1.0.0"]);
+        } else {
+            r.cli(&["SET", "gray", "10.1.0.0\n"]);
+        }
+        ok(r.grayctl_with(&["import", "-"], &[], Some(&list(1))));
+        let port = r.port.to_string();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let done = done.clone();
+            thread::spawn(move || {
+                let read = if kind == "set" { "SMEMBERS" } else { "GET" };
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = Command::new("redis-cli")
+                        .args(["-p", &port, read, "gray"])
+                        .output()
+                        .unwrap();
+                    let entries: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect();
+                    let tags: std::collections::HashSet<&str> = entries
+                        .iter()
+                        .map(|m| m.split('.').nth(1).unwrap_or("?"))
+                        .collect();
+                    assert_eq!(
+                        entries.len(),
+                        2000,
+                        "a {kind} reader saw {} entries",
+                        entries.len()
+                    );
+                    assert_eq!(tags.len(), 1, "a {kind} reader saw a mix of lists");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for round in 0..10u8 {
+            ok(r.grayctl_with(&["import", "-"], &[], Some(&list(2 + round % 2))));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert_eq!(r.cli(&["TYPE", "gray"]), kind);
     }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(reader.join().unwrap() > 0);
-    assert_eq!(r.cli(&["TYPE", "gray"]), "set");
 }
 
 #[test]
