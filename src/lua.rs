@@ -326,6 +326,7 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     t.set("key", config.key.as_str())?;
     t.set("redis_connected", refresh.connected)?;
     t.set("subscribed", refresh.subscribed)?;
+    t.set("tracking", refresh.tracking)?;
     t.set("last_ok_at", unix_seconds(refresh.last_ok_at))?;
     t.set("last_error", refresh.last_error)?;
     t.set("last_error_at", unix_seconds(refresh.last_error_at))?;

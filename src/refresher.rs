@@ -41,6 +41,8 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
 /// The largest pub/sub message read; a bigger one loses the subscription (it is never ours).
 const MAX_MESSAGE: usize = 64 * 1024;
+/// Where Redis pushes the names of tracked keys that were written.
+const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
 
 /// Fault injection for tests, set in the worker's environment (nginx's `env` directive):
 /// `refresher-panic` makes the first session of each process panic (the supervisor's tests),
@@ -205,12 +207,7 @@ impl Refresher {
             panic!("fault injected by {FAULT_ENV}=refresher-panic");
         }
         let mut con = Some(self.connect()?);
-        let mut subscription = match self.config.channel.clone() {
-            Some(channel) => self.subscribe(&channel)?,
-            None => None,
-        };
-        self.shared
-            .update_status(|s| s.subscribed = subscription.is_some());
+        let mut subscription = self.subscribe()?;
         loop {
             let polled = self.poll(&mut con)?;
             self.report(&mut con, polled.replaced)?;
@@ -228,31 +225,101 @@ impl Refresher {
             .map_err(|e| format!("failed to connect to redis: {}", self.describe(&e)))
     }
 
-    /// A connection subscribed to `channel`, or `None` when Redis refuses the subscription (an
-    /// ACL without pub/sub, say): polling alone still works.
-    fn subscribe(&mut self, channel: &str) -> Result<Option<Connection>, String> {
+    /// The connection changes arrive on: subscribed to `channel`, and tracking gray's keys
+    /// (Redis pushes the name of each key written under their prefixes, by anyone, to this very
+    /// connection). `None` when there is neither, or Redis refuses the subscription (an ACL
+    /// without pub/sub, say): polling alone still works.
+    fn subscribe(&mut self) -> Result<Option<Connection>, String> {
         let mut con = self.connect()?;
-        match con.query(redis::cmd("SUBSCRIBE").arg(channel), MAX_MESSAGE) {
-            Ok(Reply::Array(Some(confirmation)))
-                if confirmation.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) =>
-            {
-                Ok(Some(con))
+        let tracking = self.config.tracking && self.track(&mut con)?;
+        let mut channels: Vec<String> = self.config.channel.iter().cloned().collect();
+        if tracking {
+            channels.push(INVALIDATE_CHANNEL.to_string());
+        }
+        let subscribed = !channels.is_empty() && self.subscribe_to(&mut con, &channels)?;
+        let channel = self.config.channel.is_some();
+        self.shared.update_status(|s| {
+            s.subscribed = subscribed && channel;
+            s.tracking = subscribed && tracking;
+        });
+        Ok(subscribed.then_some(con))
+    }
+
+    /// Arms client-side caching in broadcast mode on `con`, redirected to itself; false, with one
+    /// warning, where Redis refuses (before 6.0, or an ACL without `client|id`/`client|tracking`).
+    fn track(&mut self, con: &mut Connection) -> Result<bool, String> {
+        let refused = |this: &mut Self, why: String| {
+            this.warn_once(format!(
+                "cannot track changes to gray's keys ({why}); a write without a PUBLISH is seen by polling every {:.1}s",
+                this.config.refresh.as_secs_f64()
+            ));
+            Ok(false)
+        };
+        let id = match con.query(redis::cmd("CLIENT").arg("ID"), 0) {
+            Ok(Reply::Int(id)) => id,
+            Ok(other) => return Err(format!("unexpected reply to CLIENT ID: {other:?}")),
+            Err(connection::Error::Server(why)) => return refused(self, why),
+            Err(e) => {
+                return Err(format!(
+                    "failed to track gray's keys: {}",
+                    self.describe(&e)
+                ))
             }
-            Ok(other) => Err(format!(
-                "failed to subscribe to {channel}: unexpected reply {other:?}"
-            )),
-            Err(connection::Error::Server(refusal)) => {
-                self.warn_once(format!(
-                    "cannot subscribe to {channel} ({refusal}); changes are seen by polling every {:.1}s",
-                    self.config.refresh.as_secs_f64()
-                ));
-                Ok(None)
-            }
+        };
+        let mut arm = redis::cmd("CLIENT");
+        arm.arg("TRACKING").arg("ON").arg("BCAST");
+        for prefix in tracking_prefixes(&[&self.config.key, &self.config.rules_key]) {
+            arm.arg("PREFIX").arg(prefix);
+        }
+        arm.arg("REDIRECT").arg(id);
+        match con.query(&arm, 0) {
+            Ok(_) => Ok(true),
+            Err(connection::Error::Server(why)) => refused(self, why),
             Err(e) => Err(format!(
-                "failed to subscribe to {channel}: {}",
+                "failed to track gray's keys: {}",
                 self.describe(&e)
             )),
         }
+    }
+
+    /// Subscribes `con` to `channels`; false, with one warning, where Redis refuses.
+    fn subscribe_to(&mut self, con: &mut Connection, channels: &[String]) -> Result<bool, String> {
+        let names = channels.join(", ");
+        let mut subscribe = redis::cmd("SUBSCRIBE");
+        for channel in channels {
+            subscribe.arg(channel);
+        }
+        let failed = |this: &Self, e: &connection::Error| {
+            format!("failed to subscribe to {names}: {}", this.describe(e))
+        };
+        con.send(&subscribe).map_err(|e| failed(self, &e))?;
+        for _ in channels {
+            match con.read(MAX_MESSAGE) {
+                Ok(Reply::Array(Some(confirmation)))
+                    if confirmation.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) => {}
+                Ok(other) => {
+                    return Err(format!(
+                        "failed to subscribe to {names}: unexpected reply {other:?}"
+                    ))
+                }
+                Err(connection::Error::Server(refusal)) => {
+                    self.warn_once(format!(
+                        "cannot subscribe to {names} ({refusal}); changes are seen by polling every {:.1}s",
+                        self.config.refresh.as_secs_f64()
+                    ));
+                    return Ok(false);
+                }
+                Err(e) => return Err(failed(self, &e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether the refresher reads `key`: the whitelist, a rule set, or a key a rule references.
+    fn reads_key(&self, key: &[u8]) -> bool {
+        key == self.config.key.as_bytes()
+            || self.rule_sets.iter().any(|s| s.key.as_bytes() == key)
+            || self.keys.keys().any(|k| k.name.as_bytes() == key)
     }
 
     /// A hung Redis shows up as EAGAIN ("Resource temporarily unavailable"); say what it means.
@@ -267,20 +334,24 @@ impl Refresher {
         }
     }
 
-    /// Waits until the next poll is due, or less when a message arrives on the channel; the
-    /// messages that follow the first within `MESSAGE_COALESCE` are read with it.
+    /// Waits until the next poll is due, or less when a message on the channel or an
+    /// invalidation of a key gray reads arrives (other keys under the tracked prefixes, such as
+    /// grayctl's history, are let pass); the messages that follow within `MESSAGE_COALESCE` are
+    /// read with it.
     fn wait(&self, subscription: Option<&mut Connection>) -> Result<(), String> {
         let Some(con) = subscription else {
             thread::sleep(self.config.refresh);
             return Ok(());
         };
         let lost = |e: connection::Error| format!("lost the subscription: {}", self.describe(&e));
-        if con
-            .read_within(self.config.refresh, MAX_MESSAGE)
-            .map_err(lost)?
-            .is_none()
-        {
-            return Ok(());
+        let poll_at = Instant::now() + self.config.refresh;
+        loop {
+            let left = poll_at.saturating_duration_since(Instant::now());
+            match con.read_within(left, MAX_MESSAGE).map_err(lost)? {
+                None => return Ok(()),
+                Some(message) if wants_reload(&message, |key| self.reads_key(key)) => break,
+                Some(_) => {}
+            }
         }
         let deadline = Instant::now() + MESSAGE_COALESCE;
         loop {
@@ -715,6 +786,7 @@ impl Refresher {
         self.shared.update_status(|s| {
             s.connected = still_connected;
             s.subscribed &= still_connected;
+            s.tracking &= still_connected;
             s.failures += 1;
             s.last_error = Some(error.to_string());
             s.last_error_at = Some(SystemTime::now());
@@ -729,10 +801,88 @@ impl Refresher {
     }
 }
 
+/// The prefixes to track for these keys: each key once, none inside another's prefix (Redis
+/// refuses overlapping prefixes).
+fn tracking_prefixes<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    let mut prefixes: Vec<&str> = Vec::new();
+    for key in keys {
+        if prefixes.iter().any(|p| key.starts_with(p)) {
+            continue;
+        }
+        prefixes.retain(|p| !p.starts_with(key));
+        prefixes.push(key);
+    }
+    prefixes
+}
+
+/// Whether a message on the subscription calls for a reload: anything on gray's channel; an
+/// invalidation naming a key gray reads, or none at all (a flush, a replica's resync: everything).
+fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> bool {
+    let Reply::Array(Some(parts)) = message else {
+        return false;
+    };
+    match parts.as_slice() {
+        [Reply::Bulk(Some(kind)), Reply::Bulk(Some(channel)), payload] if kind == b"message" => {
+            if channel != INVALIDATE_CHANNEL.as_bytes() {
+                return true;
+            }
+            match payload {
+                Reply::Array(Some(keys)) => keys
+                    .iter()
+                    .any(|k| matches!(k, Reply::Bulk(Some(k)) if reads_key(k))),
+                _ => true,
+            }
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    #[test]
+    fn tracked_prefixes_never_overlap() {
+        assert_eq!(tracking_prefixes(&["gray", "gray:rules"]), ["gray"]);
+        assert_eq!(tracking_prefixes(&["gray:rules", "gray"]), ["gray"]);
+        assert_eq!(tracking_prefixes(&["gray", "rules"]), ["gray", "rules"]);
+        assert_eq!(tracking_prefixes(&["gray", "gray"]), ["gray"]);
+    }
+
+    #[test]
+    fn only_changes_to_keys_gray_reads_reload() {
+        let bulk = |b: &str| Reply::Bulk(Some(b.as_bytes().to_vec()));
+        let message = |channel: &str, payload: Reply| {
+            Reply::Array(Some(vec![bulk("message"), bulk(channel), payload]))
+        };
+        let reads = |k: &[u8]| k == b"gray" || k == b"gray:rules";
+        let keys = |names: &[&str]| Reply::Array(Some(names.iter().map(|n| bulk(n)).collect()));
+        assert!(wants_reload(
+            &message("gray:changed", bulk("anything")),
+            reads
+        ));
+        assert!(wants_reload(
+            &message(INVALIDATE_CHANNEL, keys(&["gray:rules"])),
+            reads
+        ));
+        assert!(!wants_reload(
+            &message(INVALIDATE_CHANNEL, keys(&["gray:history", "gray:gateways"])),
+            reads
+        ));
+        assert!(wants_reload(
+            &message(INVALIDATE_CHANNEL, Reply::Bulk(None)),
+            reads
+        ));
+        assert!(wants_reload(
+            &message(INVALIDATE_CHANNEL, Reply::Array(None)),
+            reads
+        ));
+        assert!(!wants_reload(
+            &Reply::Array(Some(vec![bulk("pong"), bulk("")])),
+            reads
+        ));
+    }
 
     #[test]
     fn a_panicking_body_is_restarted_with_a_growing_backoff_and_told() {

@@ -20,6 +20,8 @@ pub struct RefreshStatus {
     pub restarts: u64,
     pub connected: bool,
     pub subscribed: bool,
+    /// Redis pushes writes to gray's keys to the refresher (client-side caching, BCAST).
+    pub tracking: bool,
     pub last_ok_at: Option<SystemTime>,
     pub last_error: Option<String>,
     pub last_error_at: Option<SystemTime>,

@@ -61,11 +61,82 @@ switched: true
 
 
 
-=== TEST 3: a custom channel
+=== TEST 3: a plain SET, SADD or FLUSHALL, no PUBLISH, refresh 60: seen at once, Redis pushes it (client-side caching)
+--- redis
+SET gray 127.0.0.9
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 60, channel = false,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local s = gray.status()
+            ngx.say((gray.decide()), " tracking=", s.tracking, " subscribed=", s.subscribed)
+            local function seen(target)
+                return (T.wait_for(function() return gray.decide() == target end, 0.5))
+            end
+            T.redis("set", "gray", "127.0.0.1")
+            ngx.say("set: ", seen("@prod2-grey"))
+            T.redis("flushall")
+            ngx.say("flushall: ", seen("@prod1"))
+            T.redis("sadd", "gray", "127.0.0.1")
+            ngx.say("sadd: ", seen("@prod2-grey"))
+            T.redis("set", "gray:history", "not a key gray reads")
+            T.redis("set", "grayish", "127.0.0.1")
+            T.redis("srem", "gray", "127.0.0.1")
+            ngx.say("srem: ", seen("@prod1"))
+        }
+    }
+--- response_body
+@prod1 tracking=true subscribed=false
+set: true
+flushall: true
+sadd: true
+srem: true
+
+
+
+=== TEST 4: Redis refuses tracking (an ACL without client|tracking): one warning, and the channel still works
+--- redis
+SET gray 127.0.0.9
+ACL SETUSER tester on >secret ~* &* +@all -client|tracking
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://tester:secret@127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 60,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local s = gray.status()
+            ngx.say((gray.decide()), " tracking=", s.tracking, " subscribed=", s.subscribed)
+            T.redis("set", "gray", "127.0.0.1")
+            T.redis("publish", "gray:changed", "gray")
+            ngx.say("published: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
+        }
+    }
+--- response_body
+@prod1 tracking=false subscribed=true
+published: true
+--- error_log
+cannot track changes to gray's keys
+a write without a PUBLISH is seen by polling every 60.0s
+--- no_error_log
+[error]
+
+
+=== TEST 5: a custom channel
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
             redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 60, channel = "ops:gray",
+            tracking = false,
         }
     }
 --- config
@@ -89,7 +160,7 @@ own channel: true
 
 
 
-=== TEST 4: bad entries are skipped and logged with their text; the good ones load
+=== TEST 6: bad entries are skipped and logged with their text; the good ones load
 --- redis
 SET gray "127.0.0.1, bogus, 10.0.0.0/99 ::1 10.1.2.3/8"
 --- config
@@ -117,7 +188,7 @@ loaded whitelist from string key gray: 3 entries (2 IPv4, 1 IPv6), 2 rejected
 
 
 
-=== TEST 5: a key of the wrong type never loaded: production, and an error naming the type
+=== TEST 7: a key of the wrong type never loaded: production, and an error naming the type
 --- redis
 RPUSH gray 127.0.0.1
 --- config
@@ -137,7 +208,7 @@ ignoring key gray: key holds a list, expected a string or a set; no list loaded 
 
 
 
-=== TEST 6: a key turned to the wrong type after a load: the last good list stays
+=== TEST 8: a key turned to the wrong type after a load: the last good list stays
 --- redis
 SET gray 127.0.0.1
 --- http_config
@@ -164,7 +235,7 @@ key holds a hash, expected a string or a set; keeping the last good list
 
 
 
-=== TEST 7: deleting the key empties the list (roll back): everyone to production
+=== TEST 9: deleting the key empties the list (roll back): everyone to production
 --- redis
 SET gray 127.0.0.1
 --- config
@@ -184,7 +255,7 @@ SET gray 127.0.0.1
 
 
 
-=== TEST 8: status() tells an operator what is loaded and from where, never the password
+=== TEST 10: status() tells an operator what is loaded and from where, never the password
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
@@ -211,7 +282,7 @@ $
 
 
 
-=== TEST 9: Redis refuses SUBSCRIBE (ACL without pub/sub): the list still loads, by polling
+=== TEST 11: Redis refuses SUBSCRIBE (ACL without pub/sub): the list still loads, by polling
 --- redis
 SET gray 127.0.0.1
 ACL SETUSER tester on >secret ~* +@all -@pubsub
@@ -244,7 +315,7 @@ changes are seen by polling every 0.2s
 
 
 
-=== TEST 10: a value over max_bytes is refused unread, string or set: the last good list stays
+=== TEST 12: a value over max_bytes is refused unread, string or set: the last good list stays
 --- redis
 SET gray 127.0.0.1
 --- http_config
@@ -291,7 +362,7 @@ ignoring key gray: value is 4500 bytes, over max_bytes (4096 bytes); keeping the
 
 
 
-=== TEST 11: a SET read in several SSCAN batches: refused when a later batch crosses max_bytes, loaded whole when under it, and the connection stays in step
+=== TEST 13: a SET read in several SSCAN batches: refused when a later batch crosses max_bytes, loaded whole when under it, and the connection stays in step
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
@@ -333,7 +404,7 @@ failed to read key
 
 
 
-=== TEST 12: one huge SET member is refused by its length, unread: memory stays flat, the last good list stays, the next change loads
+=== TEST 14: one huge SET member is refused by its length, unread: memory stays flat, the last good list stays, the next change loads
 --- redis
 SET gray 127.0.0.1
 --- http_config

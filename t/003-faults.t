@@ -112,7 +112,7 @@ SET gray 127.0.0.1
     location = /route { content_by_lua_block { require("gray").route() } }
 --- timeout: 6
 --- response_body_like chomp
-^@prod2-grey failed to (connect to redis|subscribe to gray:changed|read key gray): timed out after 0.3s.*
+^@prod2-grey failed to (connect to redis|track gray's keys|subscribe to gray:changed, __redis__:invalidate|read key gray): timed out after 0.3s.*
 recovered: true
 prod
 $
@@ -147,7 +147,7 @@ SET gray 127.0.0.1
 @prod1no whitelist loaded yet
 loaded: true
 --- error_log eval
-[qr/failed to (connect to redis|subscribe to gray:changed|read key gray): timed out after 0\.3s/,
+[qr/failed to (connect to redis|track gray's keys|subscribe to gray:changed, __redis__:invalidate|read key gray): timed out after 0\.3s/,
  "no list loaded yet, routing everyone to production"]
 
 

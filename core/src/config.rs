@@ -39,6 +39,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "rule_sets",
     "targets",
     "report",
+    "tracking",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -101,6 +102,8 @@ pub struct Config {
     pub targets: Vec<String>,
     /// How often each worker reports what it serves to `<key>:gateways`; `None`: it does not.
     pub report: Option<Duration>,
+    /// Have Redis push writes to gray's keys (client-side caching) rather than wait for a poll.
+    pub tracking: bool,
 }
 
 impl Default for Config {
@@ -143,6 +146,7 @@ impl Config {
         let mut rule_sets = Vec::new();
         let mut extra_targets = Vec::new();
         let mut report = None;
+        let mut tracking = true;
 
         for (name, value) in options {
             match name.as_str() {
@@ -167,6 +171,17 @@ impl Config {
                     rule_sets = names(&name, value, |n| !n.contains(char::is_whitespace))?
                 }
                 "targets" => extra_targets = names(&name, value, |n| n.starts_with('@'))?,
+                "tracking" => {
+                    tracking = match value {
+                        OptionValue::Bool(b) => b,
+                        other => {
+                            return Err(invalid(format!(
+                                "opts.tracking must be true or false, got {}",
+                                other.type_name()
+                            )))
+                        }
+                    }
+                }
                 "report" => {
                     report = match value {
                         OptionValue::Bool(true) => Some(crate::fleet::DEFAULT_REPORT_EVERY),
@@ -220,6 +235,7 @@ impl Config {
             timeout,
             max_bytes,
             report,
+            tracking,
         })
     }
 }
@@ -392,6 +408,7 @@ mod tests {
         assert!(c.rule_sets.is_empty());
         assert_eq!(c.targets, ["@prod1", "@prod2-grey"]);
         assert_eq!(c.report, None);
+        assert!(c.tracking);
         assert_eq!(c.history_key(), "gray:history");
         assert_eq!(c.gateways_key(), "gray:gateways");
     }
@@ -435,9 +452,11 @@ mod tests {
             ("timeout", Num(2.0)),
             ("max_bytes", Num(1048576.0)),
             ("report", Num(0.5)),
+            ("tracking", Bool(false)),
         ])
         .unwrap();
         assert_eq!(c.report, Some(Duration::from_millis(500)));
+        assert!(!c.tracking);
         assert_eq!(
             opts(&[("report", Bool(true))]).unwrap().report,
             Some(crate::fleet::DEFAULT_REPORT_EVERY)
