@@ -139,6 +139,14 @@ fn supervise(
     }
 }
 
+/// Why a wait ended.
+enum Woke {
+    /// A change to one of gray's keys was announced.
+    Change,
+    /// `refresh` passed.
+    Tick,
+}
+
 /// One key as read: its value and how long the read took, or refused (and recorded).
 enum Read<B: ListBuilder> {
     Value(Fetched<B>, Duration),
@@ -207,16 +215,77 @@ impl Refresher {
             panic!("fault injected by {FAULT_ENV}=refresher-panic");
         }
         let mut con = Some(self.connect()?);
-        let mut subscription = self.subscribe()?;
+        let (mut subscription, tracking) = self.subscribe()?;
+        let resync = self.resync_interval();
+        let mut polled_at = Instant::now();
+        let mut due = true;
         loop {
-            let polled = self.poll(&mut con)?;
-            self.report(&mut con, polled.replaced)?;
-            // The read's temporaries, the parse's and any replaced list are freed by now (and,
-            // after a large read, the connection's buffer): give them back in one go.
-            if polled.bytes >= LARGE_READ || polled.replaced {
-                os::release_freed_memory();
+            let mut changed = false;
+            if due {
+                let polled = self.poll(&mut con)?;
+                polled_at = Instant::now();
+                changed = polled.replaced;
+                // The read's temporaries, the parse's and any replaced list are freed by now
+                // (and, after a large read, the connection's buffer): give them back in one go.
+                if polled.bytes >= LARGE_READ || polled.replaced {
+                    os::release_freed_memory();
+                }
             }
-            self.wait(subscription.as_mut())?;
+            self.report(&mut con, changed)?;
+            due = match (self.wait(subscription.as_mut())?, subscription.as_mut()) {
+                (Woke::Change, _) => true,
+                // Redis pushes every change to gray's keys: each `refresh` only proves the
+                // subscriber is alive, and the keys are read again whole every `resync`.
+                (Woke::Tick, Some(subscriber)) if tracking => {
+                    self.check_alive(subscriber)? || polled_at.elapsed() >= resync
+                }
+                (Woke::Tick, _) => true,
+            };
+        }
+    }
+
+    /// `resync` give or take a tenth, different in each worker, so that N workers do not read a
+    /// big list at the same moment.
+    fn resync_interval(&self) -> Duration {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let spread =
+            (u64::from(std::process::id()).wrapping_mul(2_654_435_761) ^ u64::from(nanos)) % 2001;
+        self.config.resync.mul_f64(0.9 + spread as f64 / 10_000.0)
+    }
+
+    /// PINGs the subscriber and waits `timeout` for the answer: an error when none comes (the
+    /// session then reconnects, subscribes, re-arms tracking and reloads). Says whether a change
+    /// to gray's keys arrived meanwhile.
+    fn check_alive(&mut self, subscriber: &mut Connection) -> Result<bool, String> {
+        let timeout = self.config.timeout;
+        let lost = |this: &Self, e: connection::Error| {
+            format!("lost the subscription: {}", this.describe(&e))
+        };
+        subscriber
+            .send(&redis::cmd("PING"))
+            .map_err(|e| lost(self, e))?;
+        let deadline = Instant::now() + timeout;
+        let mut changed = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match subscriber
+                .read_within(left, MAX_MESSAGE)
+                .map_err(|e| lost(self, e))?
+            {
+                None => {
+                    return Err(format!(
+                        "lost the subscription: no answer to PING within {:.1}s",
+                        timeout.as_secs_f64()
+                    ))
+                }
+                Some(reply) if is_pong(&reply) => {
+                    self.record_success();
+                    return Ok(changed);
+                }
+                Some(reply) => changed |= wants_reload(&reply, |key| self.reads_key(key)),
+            }
         }
     }
 
@@ -229,7 +298,7 @@ impl Refresher {
     /// (Redis pushes the name of each key written under their prefixes, by anyone, to this very
     /// connection). `None` when there is neither, or Redis refuses the subscription (an ACL
     /// without pub/sub, say): polling alone still works.
-    fn subscribe(&mut self) -> Result<Option<Connection>, String> {
+    fn subscribe(&mut self) -> Result<(Option<Connection>, bool), String> {
         let mut con = self.connect()?;
         let tracking = self.config.tracking && self.track(&mut con)?;
         let mut channels: Vec<String> = self.config.channel.iter().cloned().collect();
@@ -242,7 +311,7 @@ impl Refresher {
             s.subscribed = subscribed && channel;
             s.tracking = subscribed && tracking;
         });
-        Ok(subscribed.then_some(con))
+        Ok((subscribed.then_some(con), subscribed && tracking))
     }
 
     /// Arms client-side caching in broadcast mode on `con`, redirected to itself; false, with one
@@ -338,17 +407,17 @@ impl Refresher {
     /// invalidation of a key gray reads arrives (other keys under the tracked prefixes, such as
     /// grayctl's history, are let pass); the messages that follow within `MESSAGE_COALESCE` are
     /// read with it.
-    fn wait(&self, subscription: Option<&mut Connection>) -> Result<(), String> {
+    fn wait(&self, subscription: Option<&mut Connection>) -> Result<Woke, String> {
         let Some(con) = subscription else {
             thread::sleep(self.config.refresh);
-            return Ok(());
+            return Ok(Woke::Tick);
         };
         let lost = |e: connection::Error| format!("lost the subscription: {}", self.describe(&e));
         let poll_at = Instant::now() + self.config.refresh;
         loop {
             let left = poll_at.saturating_duration_since(Instant::now());
             match con.read_within(left, MAX_MESSAGE).map_err(lost)? {
-                None => return Ok(()),
+                None => return Ok(Woke::Tick),
                 Some(message) if wants_reload(&message, |key| self.reads_key(key)) => break,
                 Some(_) => {}
             }
@@ -357,7 +426,7 @@ impl Refresher {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || con.read_within(left, MAX_MESSAGE).map_err(lost)?.is_none() {
-                return Ok(());
+                return Ok(Woke::Change);
             }
         }
     }
@@ -815,6 +884,12 @@ fn tracking_prefixes<'a>(keys: &[&'a str]) -> Vec<&'a str> {
     prefixes
 }
 
+/// A subscribed connection's answer to PING.
+fn is_pong(reply: &Reply) -> bool {
+    matches!(reply, Reply::Array(Some(parts))
+        if parts.first() == Some(&Reply::Bulk(Some(b"pong".to_vec()))))
+}
+
 /// Whether a message on the subscription calls for a reload: anything on gray's channel; an
 /// invalidation naming a key gray reads, or none at all (a flush, a replica's resync: everything).
 fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> bool {
@@ -841,6 +916,18 @@ fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> bool {
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    #[test]
+    fn a_subscribed_ping_is_answered_by_pong() {
+        let bulk = |b: &str| Reply::Bulk(Some(b.as_bytes().to_vec()));
+        assert!(is_pong(&Reply::Array(Some(vec![bulk("pong"), bulk("")]))));
+        assert!(!is_pong(&Reply::Array(Some(vec![
+            bulk("message"),
+            bulk("gray:changed"),
+            bulk("1")
+        ]))));
+        assert!(!is_pong(&Reply::Status("PONG".into())));
+    }
 
     #[test]
     fn tracked_prefixes_never_overlap() {

@@ -100,7 +100,40 @@ srem: true
 
 
 
-=== TEST 4: Redis refuses tracking (an ACL without client|tracking): one warning, and the channel still works
+=== TEST 4: with tracking the steady state reads nothing: each refresh only PINGs the subscriber
+--- redis
+SET gray 127.0.0.9
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.1, channel = false,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local function calls(command)
+                local info = T.redis("info", "commandstats")
+                return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
+            end
+            ngx.sleep(0.3)
+            local gets, pings = calls("get"), calls("ping")
+            ngx.sleep(1)
+            ngx.say("reads in 1 s: ", calls("get") - gets, ", liveness checks: ", calls("ping") - pings >= 5)
+            T.redis("set", "gray", "127.0.0.1")
+            ngx.say("a change is still seen: ", (T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 0.5)))
+        }
+    }
+--- response_body
+reads in 1 s: 0, liveness checks: true
+a change is still seen: true
+
+
+
+=== TEST 5: Redis refuses tracking (an ACL without client|tracking): one warning, and the channel still works
 --- redis
 SET gray 127.0.0.9
 ACL SETUSER tester on >secret ~* &* +@all -client|tracking
@@ -131,7 +164,7 @@ a write without a PUBLISH is seen by polling every 60.0s
 [error]
 
 
-=== TEST 5: a custom channel
+=== TEST 6: a custom channel
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
@@ -160,7 +193,7 @@ own channel: true
 
 
 
-=== TEST 6: bad entries are skipped and logged with their text; the good ones load
+=== TEST 7: bad entries are skipped and logged with their text; the good ones load
 --- redis
 SET gray "127.0.0.1, bogus, 10.0.0.0/99 ::1 10.1.2.3/8"
 --- config
@@ -188,7 +221,7 @@ loaded whitelist from string key gray: 3 entries (2 IPv4, 1 IPv6), 2 rejected
 
 
 
-=== TEST 7: a key of the wrong type never loaded: production, and an error naming the type
+=== TEST 8: a key of the wrong type never loaded: production, and an error naming the type
 --- redis
 RPUSH gray 127.0.0.1
 --- config
@@ -208,7 +241,7 @@ ignoring key gray: key holds a list, expected a string or a set; no list loaded 
 
 
 
-=== TEST 8: a key turned to the wrong type after a load: the last good list stays
+=== TEST 9: a key turned to the wrong type after a load: the last good list stays
 --- redis
 SET gray 127.0.0.1
 --- http_config
@@ -235,7 +268,7 @@ key holds a hash, expected a string or a set; keeping the last good list
 
 
 
-=== TEST 9: deleting the key empties the list (roll back): everyone to production
+=== TEST 10: deleting the key empties the list (roll back): everyone to production
 --- redis
 SET gray 127.0.0.1
 --- config
@@ -255,7 +288,7 @@ SET gray 127.0.0.1
 
 
 
-=== TEST 10: status() tells an operator what is loaded and from where, never the password
+=== TEST 11: status() tells an operator what is loaded and from where, never the password
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
@@ -282,7 +315,7 @@ $
 
 
 
-=== TEST 11: Redis refuses SUBSCRIBE (ACL without pub/sub): the list still loads, by polling
+=== TEST 12: Redis refuses SUBSCRIBE (ACL without pub/sub): the list still loads, by polling
 --- redis
 SET gray 127.0.0.1
 ACL SETUSER tester on >secret ~* +@all -@pubsub
@@ -315,7 +348,7 @@ changes are seen by polling every 0.2s
 
 
 
-=== TEST 12: a value over max_bytes is refused unread, string or set: the last good list stays
+=== TEST 13: a value over max_bytes is refused unread, string or set: the last good list stays
 --- redis
 SET gray 127.0.0.1
 --- http_config
@@ -362,7 +395,7 @@ ignoring key gray: value is 4500 bytes, over max_bytes (4096 bytes); keeping the
 
 
 
-=== TEST 13: a SET read in several SSCAN batches: refused when a later batch crosses max_bytes, loaded whole when under it, and the connection stays in step
+=== TEST 14: a SET read in several SSCAN batches: refused when a later batch crosses max_bytes, loaded whole when under it, and the connection stays in step
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
@@ -404,7 +437,7 @@ failed to read key
 
 
 
-=== TEST 14: one huge SET member is refused by its length, unread: memory stays flat, the last good list stays, the next change loads
+=== TEST 15: one huge SET member is refused by its length, unread: memory stays flat, the last good list stays, the next change loads
 --- redis
 SET gray 127.0.0.1
 --- http_config

@@ -15,6 +15,9 @@ pub const DEFAULT_KEY: &str = "gray";
 pub const DEFAULT_PROD: &str = "@prod1";
 pub const DEFAULT_GRAY: &str = "@prod2-grey";
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
+/// With tracking, the keys are read whole this often (as a safety net); `refresh` only checks
+/// that the subscription is alive.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
 pub const DEFAULT_CHANNEL: &str = "gray:changed";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room for about 1.25 million mixed IPv4/IPv6 entries (a 1M-entry list is ~26 MB of text).
@@ -40,6 +43,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "targets",
     "report",
     "tracking",
+    "resync",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -104,6 +108,8 @@ pub struct Config {
     pub report: Option<Duration>,
     /// Have Redis push writes to gray's keys (client-side caching) rather than wait for a poll.
     pub tracking: bool,
+    /// With tracking, how often the keys are read whole all the same.
+    pub resync: Duration,
 }
 
 impl Default for Config {
@@ -147,6 +153,7 @@ impl Config {
         let mut extra_targets = Vec::new();
         let mut report = None;
         let mut tracking = true;
+        let mut resync = DEFAULT_RESYNC;
 
         for (name, value) in options {
             match name.as_str() {
@@ -156,6 +163,7 @@ impl Config {
                 "gray" => gray = non_empty_string(&name, value)?,
                 "refresh" => refresh = positive_seconds(&name, value)?,
                 "timeout" => timeout = positive_seconds(&name, value)?,
+                "resync" => resync = positive_seconds(&name, value)?,
                 "channel" => {
                     channel = match value {
                         OptionValue::Bool(false) => None,
@@ -236,6 +244,7 @@ impl Config {
             max_bytes,
             report,
             tracking,
+            resync,
         })
     }
 }
@@ -409,6 +418,7 @@ mod tests {
         assert_eq!(c.targets, ["@prod1", "@prod2-grey"]);
         assert_eq!(c.report, None);
         assert!(c.tracking);
+        assert_eq!(c.resync, Duration::from_secs(300));
         assert_eq!(c.history_key(), "gray:history");
         assert_eq!(c.gateways_key(), "gray:gateways");
     }
