@@ -76,6 +76,7 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         warned: HashSet::new(),
         reported_at: None,
         published_at: SystemTime::now(),
+        armed: Vec::new(),
     };
     shared.update_status(|s| s.running = true);
     let spawned = thread::Builder::new()
@@ -189,6 +190,8 @@ struct Refresher {
     reported_at: Option<Instant>,
     /// When the snapshot in force was swapped in.
     published_at: SystemTime,
+    /// The key prefixes Redis tracks for this refresher now.
+    armed: Vec<String>,
 }
 
 impl Refresher {
@@ -215,7 +218,7 @@ impl Refresher {
             panic!("fault injected by {FAULT_ENV}=refresher-panic");
         }
         let mut con = Some(self.connect()?);
-        let (mut subscription, tracking) = self.subscribe()?;
+        let (mut subscription, mut tracking) = self.subscribe()?;
         let resync = self.resync_interval();
         let mut polled_at = Instant::now();
         let mut due = true;
@@ -229,6 +232,12 @@ impl Refresher {
                 // (and, after a large read, the connection's buffer): give them back in one go.
                 if polled.bytes >= LARGE_READ || polled.replaced {
                     os::release_freed_memory();
+                }
+                // A rule set now references a key outside the tracked prefixes: track it too,
+                // then read again what may have changed while no one was tracking it.
+                if tracking && self.wanted_prefixes() != self.armed {
+                    (subscription, tracking) = self.subscribe()?;
+                    continue;
                 }
             }
             self.report(&mut con, changed)?;
@@ -337,12 +346,16 @@ impl Refresher {
         };
         let mut arm = redis::cmd("CLIENT");
         arm.arg("TRACKING").arg("ON").arg("BCAST");
-        for prefix in tracking_prefixes(&[&self.config.key, &self.config.rules_key]) {
+        let prefixes = self.wanted_prefixes();
+        for prefix in &prefixes {
             arm.arg("PREFIX").arg(prefix);
         }
         arm.arg("REDIRECT").arg(id);
         match con.query(&arm, 0) {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.armed = prefixes;
+                Ok(true)
+            }
             Err(connection::Error::Server(why)) => refused(self, why),
             Err(e) => Err(format!(
                 "failed to track gray's keys: {}",
@@ -382,6 +395,19 @@ impl Refresher {
             }
         }
         Ok(true)
+    }
+
+    /// The prefixes that cover every key gray reads: the whitelist key, the rule set keys and
+    /// the keys the loaded rule sets reference.
+    fn wanted_prefixes(&self) -> Vec<String> {
+        let mut keys: Vec<&str> = vec![&self.config.key, &self.config.rules_key];
+        for compiled in self.rule_sets.iter().filter_map(|s| s.compiled.as_ref()) {
+            keys.extend(compiled.rules.keys.iter().map(|k| k.name.as_str()));
+        }
+        tracking_prefixes(&keys)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Whether the refresher reads `key`: the whitelist, a rule set, or a key a rule references.

@@ -405,3 +405,32 @@ SET gray:rules '{"format":1,"rules":[{"name":"office","ip":["127.0.0.0/8"],"id":
 ["Cookie: uid=u1", "Cookie: uid=u1", "Cookie: uid=u2", "Cookie: uid=u1", ""]
 --- response_body eval
 ["canary-b\n", "canary-b\n", "prod\n", "canary-b\n", "variable\n"]
+
+
+
+=== TEST 16: an in_key outside the tracked prefixes is tracked once a rule set names it: a plain SADD, no PUBLISH, refresh 60, is seen at once
+--- redis
+SET gray:rules '{"format":1,"rules":[{"name":"beta","id":"header:X-User-Id","in_key":"beta-users","to":"@canary-b"}]}'
+SADD beta-users u1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", targets = { "@canary-b" },
+            refresh = 60, channel = false,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            ngx.req.set_header("X-User-Id", "u2")
+            ngx.say((gray.decide()), " tracking=", gray.status().tracking)
+            T.redis("sadd", "beta-users", "u2")
+            ngx.say("sadd seen: ", (T.wait_for(function() return gray.decide() == "@canary-b" end, 0.5)))
+        }
+    }
+--- more_headers
+X-Client: 1.1.1.1
+--- response_body
+@prod1 tracking=true
+sadd seen: true
