@@ -285,7 +285,7 @@ impl Refresher {
             {
                 None => {
                     return Err(format!(
-                        "lost the subscription: no answer to PING within {:.1}s",
+                        "lost the subscription: no answer to PING, timed out after {:.1}s",
                         timeout.as_secs_f64()
                     ))
                 }
