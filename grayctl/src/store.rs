@@ -12,7 +12,7 @@ use gray_core::connection::{self, Connection, Reply};
 use gray_core::fleet::Report;
 use gray_core::load::{self, LoadError};
 use gray_core::snapshot::{KeyKind, Snapshot};
-use gray_core::source::{fetch, FetchError, ListBuilder};
+use gray_core::source::{fetch, FetchError, Fetched, ListBuilder};
 
 use crate::failure::{refused, Failure};
 use crate::history::{self, Record};
@@ -82,11 +82,16 @@ impl Store {
         Ok(Store { con, config })
     }
 
-    pub fn read(&mut self, key: &str) -> Result<KeyValue, Failure> {
-        let fetched = fetch::<Raw>(&mut self.con, key, READ_MAX).map_err(|e| match e {
+    /// `key` read as a gateway reads it (a string, or a SET by SSCAN), up to `READ_MAX`.
+    fn fetch<B: ListBuilder>(&mut self, key: &str) -> Result<Fetched<B>, Failure> {
+        fetch::<B>(&mut self.con, key, READ_MAX).map_err(|e| match e {
             FetchError::Redis(e) => Failure::from(e),
             other => refused(format!("key {key}: {other}")),
-        })?;
+        })
+    }
+
+    pub fn read(&mut self, key: &str) -> Result<KeyValue, Failure> {
+        let fetched = self.fetch::<Raw>(key)?;
         let kind = fetched.kind;
         let mut values = fetched.into_list();
         Ok(match kind {
@@ -98,10 +103,7 @@ impl Store {
 
     /// The kind and version of `key`'s value, as a gateway computes them, reading it whole.
     pub fn version(&mut self, key: &str) -> Result<(KeyKind, u64), Failure> {
-        let fetched = fetch::<Discard>(&mut self.con, key, READ_MAX).map_err(|e| match e {
-            FetchError::Redis(e) => Failure::from(e),
-            other => refused(format!("key {key}: {other}")),
-        })?;
+        let fetched = self.fetch::<Discard>(key)?;
         Ok((fetched.kind, fetched.version))
     }
 
