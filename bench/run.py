@@ -57,6 +57,12 @@ RULES_VARIANT_NAME = "gray by the example rule set, client matching the last rul
 RULES_HEADERS = {"Cookie": "uid=u22"}  # bucket("release-42", "u22") = 168152267 < 5%'s 214748364
 # v8's reference: the bare Lua path for the same request (its cookie costs nginx a header line).
 RULES_REFERENCE = "v6-cookie"
+# Measured by callgrind only: gray (v7's request) with no metrics region (gray not required in
+# init_by_lua), so nothing is counted: the decision as it cost before the counters; and gray with
+# log() in the log phase, counting each response by status class and time.
+UNCOUNTED_VARIANT = "v7-uncounted"
+LOG_VARIANT = "v9"
+LOG_VARIANT_NAME = "gray with `log_by_lua_block { require(\"gray\").log() }`"
 
 
 def example_rules():
@@ -117,11 +123,13 @@ def start_backends():
     return harness.start_responders(RUN_DIR, {BACKEND_PROD_PORT: "prod", BACKEND_GRAY_PORT: "gray"})[0]
 
 
-def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_cache=True, tracking=True):
+def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_cache=True, tracking=True,
+                 counted=True, log_responses=False):
     """One server that proxies (named locations proxy_pass) and one that answers decisions
     directly (named locations return 200), each with a location per variant. The single-process
     form (for callgrind) proxies only and has no geo table to load under valgrind; it loads the Lua
-    cache only when asked (v3)."""
+    cache only when asked (v3). gray counts requests (its metrics region, made in init_by_lua)
+    unless `counted` is false, and responses with `log_responses`."""
     geo = os.path.join(prefix, "geo.conf")
     with open(geo, "w") as f:
         f.writelines(f"{e} 1;\n" for e in ([] if single_process else entries))
@@ -175,6 +183,8 @@ def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_
 {preamble(prefix, "notice")}
     lua_package_cpath "{LIB_DIR}/lib?.so;;";
     lua_package_path "{TOP}/bench/lua/?.lua;;";
+    {'init_by_lua_block { require "gray" }' if counted else ""}
+    {'log_by_lua_block { require("gray").log() }' if log_responses else ""}
     init_worker_by_lua_block {{
         require("gray").configure{{
             redis = "redis://{CLIENT}:{REDIS_PORT}/0", refresh = {refresh}, channel = {channel},
@@ -275,8 +285,8 @@ def callgrind(redis, opts):
         entries = make_list(size, True)
         redis.put_list(entries, "set")
         # Only gray reads the list, so the other counts do not depend on its size.
-        variants = (("v5", "v6", "address", "v3", "v7", RULES_REFERENCE, RULES_VARIANT) if size == 1
-                    else ("v7",))
+        variants = (("v5", "v6", "address", "v3", "v7", UNCOUNTED_VARIANT, LOG_VARIANT, RULES_REFERENCE,
+                     RULES_VARIANT) if size == 1 else ("v7",))
         for rep in range(opts.repeats):
             for v in variants:
                 totals = []
@@ -294,7 +304,8 @@ def callgrind_total(entries, variant, requests):
     path = os.path.join(prefix, "nginx.conf")
     with open(path, "w") as f:
         f.write(gateway_conf(prefix, entries, refresh=3600, single_process=True, port=CALLGRIND_PORT,
-                             lua_cache=variant == "v3"))
+                             lua_cache=variant == "v3", counted=variant != UNCOUNTED_VARIANT,
+                             log_responses=variant == LOG_VARIANT))
     out = os.path.join(prefix, "callgrind.out")
     # Per-thread profiles: the request path runs on nginx's main thread; the refresher thread (a
     # 1M-entry load, a retry) must not be counted against it.
@@ -310,7 +321,7 @@ def callgrind_total(entries, variant, requests):
     wait_port(CALLGRIND_PORT, timeout=120)
     conn = http.client.HTTPConnection(CLIENT, CALLGRIND_PORT, timeout=60)
     headers = RULES_HEADERS if variant in (RULES_VARIANT, RULES_REFERENCE) else None
-    path = "/v6" if variant == RULES_REFERENCE else f"/{variant}"
+    path = {RULES_REFERENCE: "/v6", UNCOUNTED_VARIANT: "/v7", LOG_VARIANT: "/v7"}.get(variant, f"/{variant}")
     for i in range(requests):
         status, body = get(CALLGRIND_PORT, path, conn, headers)
         assert status == 200
@@ -648,6 +659,17 @@ def report(opts, tp, cg, mt, prop, rb, rr, hung, elapsed):
                   "It reads four inputs (the override header, a cookie, a header from one copy of the "
                   "request's header list; an arg from `$args`), evaluates all eight rules and hashes "
                   "the cookie."]
+    if (1, UNCOUNTED_VARIANT, "no alloc") in cg:
+        med = {v: statistics.median(cg[(1, v, "no alloc")]) for v in ("v7", UNCOUNTED_VARIANT, LOG_VARIANT)}
+        spread = {v: f"{min(cg[(1, v, 'no alloc')]):,.0f}-{max(cg[(1, v, 'no alloc')]):,.0f}" for v in med}
+        counters = med["v7"] - med[UNCOUNTED_VARIANT]
+        lines += ["", "Metrics (1 entry, allocator-free as above): gray without a metrics region "
+                  f"({UNCOUNTED_VARIANT}: not required in init_by_lua, nothing counted) {med[UNCOUNTED_VARIANT]:,.0f} "
+                  f"({spread[UNCOUNTED_VARIANT]}); gray counting requests (v7) {med['v7']:,.0f} ({spread['v7']}): "
+                  f"{counters:,.0f} for the counter (target <= 50: {'met' if counters <= 50 else 'missed'}). "
+                  f"{LOG_VARIANT_NAME} ({LOG_VARIANT}) {med[LOG_VARIANT]:,.0f} ({spread[LOG_VARIANT]}): "
+                  f"{med[LOG_VARIANT] - med['v7']:,.0f} more per request for the response's class and time "
+                  "(a log-phase handler, a table entry per request in flight, one FFI call)."]
     bound = {size: statistics.median(cg[(1, "v6", "no alloc")]) / statistics.median(cg[(size, "v7", "no alloc")])
              for size in sorted({k[0] for k in cg})}
     lines += ["", "Throughput these counts allow gray against the bare Lua path, if the gateway's instructions "

@@ -59,7 +59,9 @@ Your client goes to production until its address is in the whitelist. Try, in an
     redis-cli -p $redis_port set gray 127.0.0.1
 
 then curl again (it switches within a second), and 'redis-cli -p $redis_port del gray' to roll back.
-What gray sees: curl http://127.0.0.1:$gateway_port/gray/status      Ctrl-C stops everything.
+What gray sees: curl http://127.0.0.1:$gateway_port/gray/status
+Requests and responses per target: curl http://127.0.0.1:$gateway_port/gray/metrics
+Ctrl-C stops everything.
 
 MSG
 wait "$nginx_pid"

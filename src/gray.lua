@@ -3,9 +3,10 @@
 -- for the decision through FFI functions (no allocation, no Redis, no lock) and jumps in a Lua
 -- frame. Everything else is in Rust (`core`). Errors from misuse are raised here, blaming the
 -- caller; the request path never raises.
-local core, route_request_ptr, route_with_ptr = ...
+local core, route_request_ptr, route_with_ptr, count_response_ptr = ...
 
 local ffi = require "ffi"
+local bit = require "bit"
 
 local ngx = ngx
 local ngx_var = ngx.var
@@ -16,6 +17,10 @@ local ngx_ERR = ngx.ERR
 local ngx_now = ngx.now
 local get_phase = ngx.get_phase
 local timer_every = ngx.timer.every
+local worker_id = ngx.worker.id
+local req_start_time = ngx.req.start_time
+local band = bit.band
+local tonumber = tonumber
 local error = error
 local type = type
 local pairs = pairs
@@ -34,11 +39,13 @@ local route_with = ffi.cast("int (*)(void *, int, const char *, size_t, int, con
                             .. "const char *, size_t, uint32_t, const char **, size_t *, size_t, "
                             .. "const ngx_http_lua_ffi_table_elt_t *, int)",
                             route_with_ptr)
+local count_response = ffi.cast("void (*)(int, int, double)", count_response_ptr)
 
 local PROD = core.codes.prod
 local NEED_FORWARDED = core.codes.need_forwarded
 local NEED_ADDRESS = core.codes.need_address
 local INPUTS_BASE = core.codes.inputs_base
+local TARGET_MASK = core.codes.target_mask
 local NGX_OK = 0
 
 -- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
@@ -190,7 +197,7 @@ end
 
 local function start(wait)
     started = true
-    local ok, err = core.start(options, wait)
+    local ok, err = core.start(options, wait, worker_id())
     if ok == nil then
         start_failed_at = ngx_now()
         ngx_log(ngx_ERR, "gray: ", err, "; routing everyone to production")
@@ -283,6 +290,14 @@ function _M.init_worker()
     return true
 end
 
+-- The decision of each routed request whose response log() has yet to count, by the request's
+-- address (get_request() returns a new cdata each time, never the same table key). Kept
+-- only once log() has run in this worker (so a gateway without it keeps nothing); before that,
+-- the last routed request is remembered instead, which covers the first request of a worker.
+local routed = {}
+local counting_responses = false
+local last_routed_r, last_routed_code
+
 function _M.route(name)
     if not started then
         start_lazily()
@@ -292,7 +307,49 @@ function _M.route(name)
     if r == nil or set == nil then
         return ngx_exec(targets[PROD])
     end
-    return ngx_exec(targets[decision(r, set)] or targets[PROD])
+    local code = decision(r, set)
+    if counting_responses then
+        routed[tonumber(ffi.cast("uintptr_t", r))] = code
+    else
+        last_routed_r, last_routed_code = r, code
+    end
+    return ngx_exec(targets[band(code, TARGET_MASK)] or targets[PROD])
+end
+
+-- In log_by_lua*: counts the response to a request route() sent, by status class and time taken.
+function _M.log()
+    local r = get_request()
+    if r == nil then
+        return
+    end
+    local address = tonumber(ffi.cast("uintptr_t", r))
+    local code = routed[address]
+    if code then
+        routed[address] = nil
+    elseif not counting_responses then
+        counting_responses = true
+        if last_routed_r ~= r then
+            return
+        end
+        code, last_routed_r = last_routed_code, nil
+    else
+        return
+    end
+    count_response(code, ngx.status, ngx_now() - req_start_time())
+end
+
+-- The metrics of every worker of this nginx, as the response: Prometheus's text format, or JSON
+-- with format "json".
+function _M.metrics(format)
+    if format ~= nil and type(format) ~= "string" then
+        error("bad argument #1 to 'metrics' (string expected, got " .. type(format) .. ")", 2)
+    end
+    local body, content_type = core.metrics(format)
+    if not body then
+        error(content_type, 2)
+    end
+    ngx.header.content_type = content_type
+    ngx.print(body)
 end
 
 -- The inputs of rule set `set` as Lua strings, in its plan's order.
@@ -335,5 +392,13 @@ function _M.status()
 end
 
 sync_targets()
+
+-- Run by init_by_lua*, in the nginx master before it forks: the counters' shared region.
+if get_phase() == "init" then
+    local ok, err = core.create_region()
+    if not ok then
+        ngx_log(ngx_ERR, "gray: ", err)
+    end
+end
 
 return _M

@@ -9,9 +9,11 @@
 //! feature: in module mode nothing links Lua, so the tests build with `--no-default-features`).
 
 pub mod log;
+pub mod metrics;
 pub mod nginx_request;
 mod os;
 pub mod refresher;
+pub mod region;
 pub mod state;
 
 #[cfg(feature = "lua")]

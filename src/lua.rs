@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mlua::prelude::*;
 
 use crate::log::Level;
+use crate::metrics;
 use crate::nginx_request::AddressReader;
 use crate::refresher;
 use crate::state::SHARED;
@@ -73,14 +74,34 @@ unsafe extern "C" fn route_request(r: *const c_void, set: c_int) -> c_int {
     catch_unwind(|| {
         // SAFETY: gray.lua passes the current request, from resty.core's get_request().
         match unsafe { ADDRESS.peer(r) } {
-            Some(peer) => SHARED
-                .snapshot
-                .load()
-                .route(set as usize, peer, &Extra::default()),
+            Some(peer) => counted(SHARED.snapshot.load().route(
+                set as usize,
+                peer,
+                &Extra::default(),
+            )),
             None => code::NEED_ADDRESS,
         }
     })
     .unwrap_or(Target::Prod as c_int)
+}
+
+/// Counts a decision in its series; passes on whatever the code is.
+#[inline]
+fn counted(code: c_int) -> c_int {
+    if code >= 0 {
+        metrics::count(code::series(code), metrics::counter::REQUESTS, 1);
+    }
+    code
+}
+
+/// FFI: counts the response to a request decided by `code` (a decision, as `route_request`
+/// returned it): its `status` and how long it took, in seconds.
+unsafe extern "C" fn count_response(code: c_int, status: c_int, seconds: f64) {
+    let _ = catch_unwind(|| {
+        if code >= 0 {
+            metrics::count_response(code::series(code), status.max(0) as u32, seconds);
+        }
+    });
 }
 
 /// A string as lua-nginx-module's FFI hands it over (`ngx_http_lua_ffi_str_t`).
@@ -211,7 +232,7 @@ unsafe extern "C" fn route_with(
                 fetched: &fetched,
             }),
         };
-        SHARED.snapshot.load().route(set as usize, peer, &extra)
+        counted(SHARED.snapshot.load().route(set as usize, peer, &extra))
     })
     .unwrap_or(Target::Prod as c_int)
 }
@@ -269,12 +290,15 @@ fn configure(_: &Lua, opts: LuaTable) -> LuaResult<(Option<Options>, Option<Stri
 /// the Redis timeouts; the note says when that bound ran out.
 fn start(
     _: &Lua,
-    (options, wait): (LuaUserDataRef<Options>, bool),
+    (options, wait, worker): (LuaUserDataRef<Options>, bool, Option<usize>),
 ) -> LuaResult<(Option<bool>, Option<String>)> {
     let pid = std::process::id();
     if STARTED_PID.swap(pid, Ordering::SeqCst) == pid {
         return Ok((Some(false), None));
     }
+    // Before the refresher publishes anything: its snapshots' series and its state are this
+    // worker's.
+    let counting = metrics::join(worker.unwrap_or(0));
     let config = options.0.clone();
     SHARED.snapshot.store(Arc::new(Snapshot {
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
@@ -294,6 +318,18 @@ fn start(
         }
     };
     *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(config.clone());
+    match (metrics::shared(), counting) {
+        (true, true) => {}
+        (true, false) => SHARED.log(
+            Level::Warn,
+            format!(
+                "worker id {} is beyond the {} the metrics region has room for: this worker's requests are not counted",
+                worker.unwrap_or(0),
+                crate::region::MAX_WORKERS
+            ),
+        ),
+        (false, _) => SHARED.log(Level::Notice, NOT_SHARED.into()),
+    }
     if wait {
         // Connecting and reading are each bounded by the timeout.
         let bound = config.timeout * 2 + FIRST_LOAD_GRACE;
@@ -308,6 +344,44 @@ fn start(
         }
     }
     Ok((Some(true), None))
+}
+
+/// Why nothing is counted without a shared region.
+const NOT_SHARED: &str = "metrics are off: require(\"gray\") in init_by_lua* (the nginx master) so that all workers count into one region; required first in a worker, each worker would count alone";
+
+/// core.create_region() -> true | nil, err: the shared metrics region, made once, before nginx
+/// forks its workers.
+fn create_region(_: &Lua, _: ()) -> LuaResult<(Option<bool>, Option<String>)> {
+    match metrics::create_region() {
+        Ok(()) => Ok((Some(true), None)),
+        Err(e) => Ok((
+            None,
+            Some(format!(
+                "failed to map the metrics region: {e}; nothing is counted"
+            )),
+        )),
+    }
+}
+
+/// core.metrics(format) -> body, content type: every worker's counters and state, in
+/// Prometheus's text format or (`"json"`) as JSON.
+fn metrics_body(_: &Lua, format: Option<String>) -> LuaResult<(Option<String>, Option<String>)> {
+    Ok(match format.as_deref() {
+        None | Some("prometheus") => (
+            Some(metrics::prometheus_text()),
+            Some(metrics::PROMETHEUS_CONTENT_TYPE.into()),
+        ),
+        Some("json") => (
+            Some(metrics::json()),
+            Some(metrics::JSON_CONTENT_TYPE.into()),
+        ),
+        Some(other) => (
+            None,
+            Some(format!(
+                "bad argument #1 to 'metrics' (\"prometheus\" or \"json\" expected, got \"{other}\")"
+            )),
+        ),
+    })
 }
 
 fn unix_seconds(t: Option<SystemTime>) -> Option<f64> {
@@ -332,6 +406,8 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     t.set("last_error_at", unix_seconds(refresh.last_error_at))?;
     t.set("failures", refresh.failures)?;
     t.set("address_read", ADDRESS.mode().as_str())?;
+    t.set("metrics", if metrics::shared() { "shared" } else { "off" })?;
+    t.set("worker", metrics::worker())?;
     t.set("loaded", snapshot.loaded.is_some())?;
     if let Some(loaded) = &snapshot.loaded {
         let list = &loaded.list;
@@ -510,6 +586,7 @@ fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("inputs_base", code::INPUTS_BASE)?;
     t.set("max_inputs", MAX_INPUTS)?;
     t.set("max_headers", MAX_HEADERS)?;
+    t.set("target_mask", code::TARGET_MASK)?;
     Ok(t)
 }
 
@@ -526,6 +603,8 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     core.set("rule_sets", lua.create_function(rule_sets)?)?;
     core.set("plan", lua.create_function(plan)?)?;
     core.set("plan_id", lua.create_function(plan_id)?)?;
+    core.set("create_region", lua.create_function(create_region)?)?;
+    core.set("metrics", lua.create_function(metrics_body)?)?;
     core.set("defaults", Options(Arc::new(Config::default())))?;
     core.set("codes", codes(lua)?)?;
     let glue = lua
@@ -536,5 +615,6 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
         core,
         LuaLightUserData(route_request as *mut c_void),
         LuaLightUserData(route_with as *mut c_void),
+        LuaLightUserData(count_response as *mut c_void),
     ))
 }

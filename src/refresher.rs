@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::log::{Level, Throttle};
+use crate::metrics::{self, KeyLoaded, Labels, WorkerState};
 use crate::os;
 use crate::state::Shared;
 use gray_core::config::Config;
@@ -23,7 +24,8 @@ use gray_core::load;
 use gray_core::plan::Plan;
 use gray_core::rules::{KeyRef, KeyUse};
 use gray_core::snapshot::{
-    ActiveRuleSet, CompiledRuleSet, KeyKind, LoadedIds, LoadedKey, LoadedList, Snapshot,
+    ActiveRuleSet, CompiledRuleSet, KeyKind, LoadedIds, LoadedKey, LoadedList, RuleSetSeries,
+    Snapshot,
 };
 use gray_core::source::{fetch, FetchError, Fetched, ListBuilder, Text};
 use gray_core::whitelist::{Whitelist, WhitelistBuilder};
@@ -62,6 +64,7 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
             key,
             compiled: None,
             seen: None,
+            series: RuleSetSeries::default(),
         })
         .collect();
     let mut refresher = Refresher {
@@ -77,6 +80,7 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         reported_at: None,
         published_at: SystemTime::now(),
         armed: Vec::new(),
+        whitelist_series: None,
     };
     shared.update_status(|s| s.running = true);
     let spawned = thread::Builder::new()
@@ -160,6 +164,8 @@ struct RuleSetSlot {
     compiled: Option<Arc<CompiledRuleSet>>,
     /// The version last read, good or bad: an unchanged bad value is not logged again.
     seen: Option<u64>,
+    /// Where the compiled rule set's decisions are counted.
+    series: RuleSetSeries,
 }
 
 /// Plan numbers, unique per compiled rule set in this process.
@@ -192,6 +198,8 @@ struct Refresher {
     published_at: SystemTime,
     /// The key prefixes Redis tracks for this refresher now.
     armed: Vec<String>,
+    /// Where the whitelist's decisions are counted, once registered.
+    whitelist_series: Option<[u32; 2]>,
 }
 
 impl Refresher {
@@ -587,13 +595,19 @@ impl Refresher {
                     ),
                 );
                 let plan = Plan::new(NEXT_PLAN.fetch_add(1, Ordering::Relaxed), &rules.inputs);
-                slot.compiled = Some(Arc::new(CompiledRuleSet {
+                let compiled = Arc::new(CompiledRuleSet {
                     key: key.clone(),
                     rules,
                     version,
                     loaded_at: SystemTime::now(),
                     plan,
-                }));
+                });
+                let targets = self.config.targets.clone();
+                let series =
+                    metrics::rule_set_series(&compiled, &targets, |labels| self.series(labels));
+                let slot = &mut self.rule_sets[set];
+                slot.compiled = Some(compiled);
+                slot.series = series;
                 polled.replaced = true;
                 Ok(false)
             }
@@ -778,14 +792,107 @@ impl Refresher {
                         self.keys.get(key).cloned()
                     })
                     .collect();
-                Some(ActiveRuleSet { compiled, keys })
+                Some(ActiveRuleSet {
+                    compiled,
+                    keys,
+                    series: slot.series.clone(),
+                })
             })
             .collect();
+        let whitelist_series = match self.whitelist_series {
+            Some(series) => series,
+            None => {
+                let (key, targets) = (self.config.key.clone(), self.config.targets.clone());
+                let series = metrics::whitelist_series(&key, &targets, |l| self.series(l));
+                *self.whitelist_series.insert(series)
+            }
+        };
         self.shared.snapshot.store(Arc::new(Snapshot {
             trusted_proxies: current.trusted_proxies.clone(),
             loaded: whitelist,
             rule_sets,
+            whitelist_series,
         }));
+        self.publish_state();
+    }
+
+    /// The metrics series of `labels`; 0 (not counted, said once) where it cannot have one.
+    fn series(&mut self, labels: &Labels) -> u32 {
+        metrics::register(labels).unwrap_or_else(|e| {
+            self.warn_once(format!(
+                "not counting requests of rule set {} {} {} to {}: {e}",
+                labels.rule_set, labels.outcome, labels.rule, labels.target
+            ));
+            0
+        })
+    }
+
+    /// Publishes what this worker serves and how its link to Redis is, for scrapes.
+    fn publish_state(&self) {
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let status = self.shared.status();
+        let mut keys = vec![KeyLoaded {
+            key: self.config.key.clone(),
+            kind: "whitelist".into(),
+            version: self
+                .whitelist
+                .as_ref()
+                .map(|l| fleet::version_text(l.version)),
+            entries: self
+                .whitelist
+                .as_ref()
+                .map_or(0, |l| l.list.entries() as u64),
+            loaded_at: self.whitelist.as_ref().map(|l| unix(l.loaded_at)),
+        }];
+        for slot in &self.rule_sets {
+            keys.push(KeyLoaded {
+                key: slot.key.clone(),
+                kind: "rule_set".into(),
+                version: slot
+                    .compiled
+                    .as_ref()
+                    .map(|c| fleet::version_text(c.version)),
+                entries: slot
+                    .compiled
+                    .as_ref()
+                    .map_or(0, |c| c.rules.rules.len() as u64),
+                loaded_at: slot.compiled.as_ref().map(|c| unix(c.loaded_at)),
+            });
+        }
+        for (key, loaded) in &self.keys {
+            let (kind, version, entries, loaded_at) = match loaded {
+                LoadedKey::Whitelist(l) => (
+                    "whitelist",
+                    l.version,
+                    l.list.entries() as u64,
+                    Some(unix(l.loaded_at)),
+                ),
+                LoadedKey::Ids(ids) => ("ids", ids.version, ids.ids.len() as u64, None),
+            };
+            keys.push(KeyLoaded {
+                key: key.name.clone(),
+                kind: kind.into(),
+                version: Some(fleet::version_text(version)),
+                entries,
+                loaded_at,
+            });
+        }
+        metrics::publish_state(&WorkerState {
+            worker: metrics::worker(),
+            pid: std::process::id(),
+            running: status.running,
+            connected: status.connected,
+            subscribed: status.subscribed,
+            tracking: status.tracking,
+            failures: status.failures,
+            last_ok_at: status.last_ok_at.map(unix),
+            last_error: status.last_error,
+            last_error_at: status.last_error_at.map(unix),
+            keys,
+        });
     }
 
     fn report_parse(
@@ -865,6 +972,7 @@ impl Refresher {
             s.connected = true;
             s.last_ok_at = Some(SystemTime::now());
         });
+        self.publish_state();
         self.signal_first_load();
     }
 
@@ -886,6 +994,7 @@ impl Refresher {
             s.last_error = Some(error.to_string());
             s.last_error_at = Some(SystemTime::now());
         });
+        self.publish_state();
         self.signal_first_load();
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::ipset::IpSet;
+use crate::snapshot::code::MAX_TARGETS;
 use crate::whitelist::{parse_entry, tokens};
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -227,6 +228,13 @@ impl Config {
             if !targets.contains(&target) {
                 targets.push(target);
             }
+        }
+        if targets.len() > MAX_TARGETS {
+            return Err(invalid(format!(
+                "opts.targets lists {} locations; with prod and gray that is {}, over the {MAX_TARGETS} a gateway routes to",
+                targets.len() - 2,
+                targets.len()
+            )));
         }
         Ok(Config {
             rules_key: rules_key.unwrap_or_else(|| format!("{key}{RULES_KEY_SUFFIX}")),

@@ -94,6 +94,7 @@ pub fn load(
             }
             let plan = Plan::new(1, &rules.inputs);
             Some(ActiveRuleSet {
+                series: Default::default(),
                 compiled: Arc::new(CompiledRuleSet {
                     key,
                     rules,
@@ -109,6 +110,7 @@ pub fn load(
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         loaded: Some(whitelist),
         rule_sets: vec![active],
+        whitelist_series: [0; 2],
     })
 }
 

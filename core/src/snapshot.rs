@@ -33,9 +33,33 @@ pub mod code {
     pub const NEED_ADDRESS: i32 = -2;
     /// The rule set reads request inputs: fetch those of plan `INPUTS_BASE - code` and ask again.
     pub const INPUTS_BASE: i32 = -16;
+    /// A decision (a code >= 0) carries its target in these low bits and, above them, the
+    /// metrics series it is counted in, so the log phase can count the response in the same one.
+    pub const TARGET_BITS: u32 = 8;
+    /// The target table holds at most this many locations.
+    pub const MAX_TARGETS: usize = 1 << TARGET_BITS;
+    pub const TARGET_MASK: i32 = (1 << TARGET_BITS) - 1;
 
     pub fn need_inputs(plan: u32) -> i32 {
         INPUTS_BASE.saturating_sub(i32::try_from(plan).unwrap_or(i32::MAX))
+    }
+
+    /// The code for a decision to `target`, counted in `series` (below 2^23).
+    #[inline]
+    pub fn routed(target: usize, series: u32) -> i32 {
+        ((series << TARGET_BITS) as i32) | (target as i32 & TARGET_MASK)
+    }
+
+    /// The target of a decision code.
+    #[inline]
+    pub fn target(code: i32) -> usize {
+        (code & TARGET_MASK) as usize
+    }
+
+    /// The series a decision code is counted in.
+    #[inline]
+    pub fn series(code: i32) -> u32 {
+        (code as u32) >> TARGET_BITS
     }
 }
 use code::NEED_FORWARDED;
@@ -100,6 +124,33 @@ pub struct CompiledRuleSet {
 pub struct ActiveRuleSet {
     pub compiled: Arc<CompiledRuleSet>,
     pub keys: Vec<Option<LoadedKey>>,
+    /// Where its decisions are counted.
+    pub series: RuleSetSeries,
+}
+
+/// The metrics series (indexes the module assigns; 0 counts nothing) a rule set's decisions are
+/// counted in, one per way of deciding and target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSetSeries {
+    /// By rule index.
+    pub rules: Vec<u32>,
+    pub default: u32,
+    pub disabled: u32,
+    /// An override's, by target index.
+    pub override_: Vec<u32>,
+}
+
+impl RuleSetSeries {
+    #[inline]
+    pub fn of(&self, decision: &rules::Decision) -> u32 {
+        let series = match decision.outcome {
+            Outcome::Rule(i) => self.rules.get(i),
+            Outcome::Default => Some(&self.default),
+            Outcome::Disabled => Some(&self.disabled),
+            Outcome::Override => self.override_.get(decision.target),
+        };
+        series.copied().unwrap_or(0)
+    }
 }
 
 impl Keys for ActiveRuleSet {
@@ -145,6 +196,8 @@ pub struct Snapshot {
     /// By rule set index (the default set first, then `rule_sets`); `None` where the set's key
     /// holds no rule set, so the whitelist decides.
     pub rule_sets: Vec<Option<ActiveRuleSet>>,
+    /// Where the whitelist's decisions are counted, by target (unlisted: prod, listed: gray).
+    pub whitelist_series: [u32; 2],
 }
 
 /// Why a request went where it went.
@@ -259,15 +312,15 @@ fn source_note(source: Source) -> &'static str {
 }
 
 impl Snapshot {
-    /// The request path, for rule set `set` and the peer `$binary_remote_addr`: a target, or a
-    /// `code::NEED_*` saying what to fetch and ask again with.
+    /// The request path, for rule set `set` and the peer `$binary_remote_addr`: a decision
+    /// (`code::routed`), or a `code::NEED_*` saying what to fetch and ask again with.
     #[inline]
     pub fn route(&self, set: usize, peer: &[u8], extra: &Extra<'_>) -> i32 {
         let active = self.active(set);
         let Some(peer) = binary_addr(peer) else {
             return match active {
                 Some(active) => self.evaluate(active, None, extra),
-                None => Target::Prod as i32,
+                None => self.whitelist_decision(Target::Prod),
             };
         };
         let client = if !self.trusted_proxies.is_empty() && self.trusted_proxies.contains(peer) {
@@ -280,8 +333,13 @@ impl Snapshot {
         };
         match active {
             Some(active) => self.evaluate(active, Some(client), extra),
-            None => self.target_for(client) as i32,
+            None => self.whitelist_decision(self.target_for(client)),
         }
+    }
+
+    #[inline]
+    fn whitelist_decision(&self, target: Target) -> i32 {
+        code::routed(target as usize, self.whitelist_series[target as usize])
     }
 
     /// Rule set `set` as loaded; `None` without one (the whitelist decides).
@@ -323,7 +381,8 @@ impl Snapshot {
                 0.0
             },
         };
-        compiled.rules.evaluate(&request, active, &mut ()).target as i32
+        let decision = compiled.rules.evaluate(&request, active, &mut ());
+        code::routed(decision.target, active.series.of(&decision))
     }
 
     #[inline]
@@ -490,7 +549,24 @@ mod tests {
                 loaded_at: SystemTime::now(),
             })),
             rule_sets: Vec::new(),
+            whitelist_series: [0; 2],
         }
+    }
+
+    #[test]
+    fn a_decision_carries_the_series_it_is_counted_in() {
+        let s = Snapshot {
+            whitelist_series: [5, 9],
+            ..snapshot("127.0.0.10", &[])
+        };
+        let listed = route(&s, &[127, 0, 0, 10]);
+        assert_eq!((code::target(listed), code::series(listed)), (1, 9));
+        let unlisted = route(&s, &[127, 0, 0, 1]);
+        assert_eq!((code::target(unlisted), code::series(unlisted)), (0, 5));
+        let last = code::routed(code::MAX_TARGETS - 1, (1 << 23) - 1);
+        assert!(last >= 0);
+        assert_eq!(code::target(last), code::MAX_TARGETS - 1);
+        assert_eq!(code::series(last), (1 << 23) - 1);
     }
 
     #[test]

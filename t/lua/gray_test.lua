@@ -65,21 +65,67 @@ function _M.redis_resume()
     assert(ffi.C.kill(tonumber(PID), SIGCONT) == 0, "cannot resume redis")
 end
 
--- GET `path` from this nginx on `port` over a new connection: status, body.
-function _M.http_get(port, path)
+-- GET `path` from this nginx on `port` over a new connection, with `headers` (a table, or
+-- nil): status, body, the response's header block.
+function _M.http_get(port, path, headers)
     local sock = ngx.socket.tcp()
     sock:settimeout(2000)
     local ok, err = sock:connect("127.0.0.1", port)
     if not ok then
         return nil, err
     end
-    sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    local request = { "GET ", path, " HTTP/1.0\r\nHost: localhost\r\n" }
+    for name, value in pairs(headers or {}) do
+        request[#request + 1] = name .. ": " .. value .. "\r\n"
+    end
+    request[#request + 1] = "\r\n"
+    sock:send(request)
     local response = sock:receive("*a")
     sock:close()
     if not response then
         return nil, "no response"
     end
-    return tonumber(response:match("^HTTP/%d%.%d (%d+)")), response:match("\r\n\r\n(.*)$")
+    local head, body = response:match("^(.-)\r\n\r\n(.*)$")
+    return tonumber(response:match("^HTTP/%d%.%d (%d+)")), body, head
+end
+
+-- The value of the Prometheus sample `name{labels}` in `text` (labels as written, sorted as
+-- gray writes them), or nil.
+function _M.sample(text, name, labels)
+    local line = name .. (labels and ("{" .. labels .. "}") or "") .. " "
+    for l in text:gmatch("[^\n]+") do
+        if l:sub(1, #line) == line then
+            return tonumber(l:sub(#line + 1))
+        end
+    end
+    return nil
+end
+
+-- The sum of every sample of metric `name` in `text`.
+function _M.sum(text, name)
+    local total = 0
+    for l in text:gmatch("[^\n]+") do
+        local value = l:match("^" .. name .. "{.-} (%S+)$") or l:match("^" .. name .. " (%S+)$")
+        if value then
+            total = total + tonumber(value)
+        end
+    end
+    return total
+end
+
+-- Parses `text` with Prometheus's own Python client (Debian's python3-prometheus-client):
+-- "ok <families>" or its error.
+function _M.parse_prometheus(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+    local p = assert(io.popen("/usr/bin/python3 " .. os.getenv("TEST_NGINX_GRAY_ROOT")
+                              .. "/t/parse-metrics.py < " .. path .. " 2>&1"))
+    local out = p:read("*a")
+    p:close()
+    os.remove(path)
+    return (out:gsub("%s+$", ""))
 end
 
 local function read_file(path)
