@@ -217,8 +217,10 @@ local function forget_stale_plans()
     end
 end
 
+-- The worker's timer: the guards judge, then the refresher's queued log lines reach the error log.
 local function drain_logs()
     forget_stale_plans()
+    core.watch_guards()
     if start_failed_at and ngx_now() - start_failed_at >= START_RETRY_INTERVAL then
         start_failed_at = nil
         start(false)

@@ -8,6 +8,7 @@
 //! refresher and the LuaJIT binding (`require("gray")`, in `lua.rs` behind the default `lua`
 //! feature: in module mode nothing links Lua, so the tests build with `--no-default-features`).
 
+pub mod guard;
 pub mod log;
 pub mod metrics;
 pub mod nginx_request;

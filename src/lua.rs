@@ -366,13 +366,14 @@ fn create_region(_: &Lua, _: ()) -> LuaResult<(Option<bool>, Option<String>)> {
 /// core.metrics(format) -> body, content type: every worker's counters and state, in
 /// Prometheus's text format or (`"json"`) as JSON.
 fn metrics_body(_: &Lua, format: Option<String>) -> LuaResult<(Option<String>, Option<String>)> {
+    let guards = crate::guard::states(&SHARED.current());
     Ok(match format.as_deref() {
         None | Some("prometheus") => (
-            Some(metrics::prometheus_text()),
+            Some(metrics::prometheus_text(guards)),
             Some(metrics::PROMETHEUS_CONTENT_TYPE.into()),
         ),
         Some("json") => (
-            Some(metrics::json()),
+            Some(metrics::json(guards)),
             Some(metrics::JSON_CONTENT_TYPE.into()),
         ),
         Some(other) => (
@@ -447,6 +448,15 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
             set.set("loaded_at", unix_seconds(Some(compiled.loaded_at)))?;
             set.set("rules", compiled.rules.rules.len())?;
             set.set("enabled", compiled.rules.enabled)?;
+            let tripped: Vec<String> = compiled
+                .rules
+                .rules
+                .iter()
+                .zip(&active.tripped)
+                .filter(|(_, &t)| t)
+                .map(|(r, _)| r.name.clone())
+                .collect();
+            set.set("tripped", tripped)?;
             set.set(
                 "inputs",
                 compiled
@@ -553,6 +563,12 @@ fn explain(
     Ok((target, reason.to_string(), details))
 }
 
+/// core.watch_guards(): the guards judge (at most once a second), from the worker's timer.
+fn watch_guards(_: &Lua, _: ()) -> LuaResult<()> {
+    crate::guard::tick(&SHARED);
+    Ok(())
+}
+
 /// core.take_logs() -> nil | { level, message, level, message, ... }
 fn take_logs(lua: &Lua, _: ()) -> LuaResult<Option<LuaTable>> {
     let Some(lines) = SHARED.log.take() else {
@@ -599,6 +615,7 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     core.set("status", lua.create_function(status)?)?;
     core.set("explain", lua.create_function(explain)?)?;
     core.set("take_logs", lua.create_function(take_logs)?)?;
+    core.set("watch_guards", lua.create_function(watch_guards)?)?;
     core.set("targets", lua.create_function(targets)?)?;
     core.set("rule_sets", lua.create_function(rule_sets)?)?;
     core.set("plan", lua.create_function(plan)?)?;

@@ -247,6 +247,31 @@ pub fn shared() -> bool {
     REGION.get().is_some()
 }
 
+/// The shared region, where there is one.
+pub fn region() -> Option<&'static Region> {
+    REGION.get()
+}
+
+/// The target location series `series` counts requests to ("" if unknown).
+pub fn target_name(series: u32) -> String {
+    REGION
+        .get()
+        .and_then(|r| r.name(series as usize))
+        .and_then(Labels::from_name)
+        .map(|l| l.target)
+        .unwrap_or_default()
+}
+
+/// A guarded rule, for scrapes.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardState {
+    pub rule_set: String,
+    pub rule: String,
+    pub target: String,
+    /// When its guard tripped (Unix seconds); `None` while it has not.
+    pub tripped_at: Option<f64>,
+}
+
 /// Makes this process count as worker `worker` (`ngx.worker.id()`). Says whether it counts:
 /// not without a shared region, nor for an id beyond the region's blocks.
 pub fn join(worker: usize) -> bool {
@@ -335,16 +360,18 @@ struct Scrape {
     shared: bool,
     start_time: Option<f64>,
     series: Vec<SeriesTotals>,
+    guards: Vec<GuardState>,
     workers: Vec<WorkerState>,
 }
 
-fn scrape() -> Scrape {
+fn scrape(guards: Vec<GuardState>) -> Scrape {
     let Some(region) = REGION.get() else {
         let own = OWN_STATE.lock().unwrap_or_else(|e| e.into_inner());
         return Scrape {
             shared: false,
             start_time: None,
             series: Vec::new(),
+            guards,
             workers: serde_json::from_slice(&own).into_iter().collect(),
         };
     };
@@ -361,6 +388,7 @@ fn scrape() -> Scrape {
         shared: true,
         start_time: Some(region.created()),
         series,
+        guards,
         workers,
     }
 }
@@ -393,14 +421,14 @@ fn totals(labels: Labels, counters: &[u64; COUNTERS_PER_SERIES]) -> SeriesTotals
     }
 }
 
-/// The scrape as JSON.
-pub fn json() -> String {
-    serde_json::to_string(&scrape()).expect("a scrape is plain data")
+/// The scrape as JSON; `guards` are the guarded rules of the answering worker's snapshot.
+pub fn json(guards: Vec<GuardState>) -> String {
+    serde_json::to_string(&scrape(guards)).expect("a scrape is plain data")
 }
 
 /// The scrape in Prometheus's text format (version 0.0.4).
-pub fn prometheus_text() -> String {
-    let scrape = scrape();
+pub fn prometheus_text(guards: Vec<GuardState>) -> String {
+    let scrape = scrape(guards);
     let mut families = Vec::new();
     let mut family = |name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>| {
         if metrics.is_empty() {
@@ -479,6 +507,23 @@ pub fn prometheus_text() -> String {
                 m.set_label(s.labels.pairs());
                 m.set_histogram(h);
                 Some(m)
+            })
+            .collect(),
+    );
+    family(
+        "gray_guard_tripped",
+        "1 while the rule's guard has tripped on this nginx (its requests go to the default target), 0 while it watches",
+        MetricType::GAUGE,
+        scrape
+            .guards
+            .iter()
+            .map(|g| {
+                let labels = vec![
+                    label("rule_set", &g.rule_set),
+                    label("rule", &g.rule),
+                    label("target", &g.target),
+                ];
+                gauge(labels, f64::from(u8::from(g.tripped_at.is_some())))
             })
             .collect(),
     );

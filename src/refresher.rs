@@ -19,6 +19,7 @@ use crate::state::Shared;
 use gray_core::config::Config;
 use gray_core::connection::{self, Connection, Reply};
 use gray_core::fleet;
+use gray_core::guard;
 use gray_core::idset::{IdSet, MAX_ID_LEN};
 use gray_core::load;
 use gray_core::plan::Plan;
@@ -249,6 +250,7 @@ impl Refresher {
                 }
             }
             self.report(&mut con, changed)?;
+            self.record_trips(&mut con)?;
             due = match (self.wait(subscription.as_mut())?, subscription.as_mut()) {
                 (Woke::Change, _) => true,
                 // Redis pushes every change to gray's keys: each `refresh` only proves the
@@ -418,10 +420,15 @@ impl Refresher {
             .collect()
     }
 
-    /// Whether the refresher reads `key`: the whitelist, a rule set, or a key a rule references.
+    /// Whether the refresher reads `key`: the whitelist, a rule set, a rule set's guard hash,
+    /// or a key a rule references.
     fn reads_key(&self, key: &[u8]) -> bool {
         key == self.config.key.as_bytes()
-            || self.rule_sets.iter().any(|s| s.key.as_bytes() == key)
+            || self.rule_sets.iter().any(|s| {
+                s.key.as_bytes() == key
+                    || (key.ends_with(guard::GUARD_KEY_SUFFIX.as_bytes())
+                        && guard::guard_key(&s.key).as_bytes() == key)
+            })
             || self.keys.keys().any(|k| k.name.as_bytes() == key)
     }
 
@@ -490,6 +497,7 @@ impl Refresher {
             refused |= self.poll_rule_set(con, set, &mut polled)?;
         }
         refused |= self.poll_referenced_keys(con, &mut polled)?;
+        self.poll_guard_resets(con, &mut polled)?;
         if polled.replaced || self.shared.current().rule_sets.len() != self.rule_sets.len() {
             self.publish();
         }
@@ -701,6 +709,103 @@ impl Refresher {
         Ok(refused)
     }
 
+    /// Reads the guard hash of each loaded rule set with guards, and clears the trips an
+    /// operator reset since they tripped (the other workers see it in the region).
+    fn poll_guard_resets(
+        &mut self,
+        con: &mut Option<Connection>,
+        polled: &mut Polled,
+    ) -> Result<(), String> {
+        for set in 0..self.rule_sets.len() {
+            let slot = &self.rule_sets[set];
+            let Some(compiled) = slot.compiled.clone() else {
+                continue;
+            };
+            if compiled.rules.rules.iter().all(|r| r.guard.is_none()) {
+                continue;
+            }
+            let hash = guard::guard_key(&slot.key);
+            let command = match con.as_mut() {
+                Some(command) => command,
+                None => con.insert(self.connect()?),
+            };
+            let fields = match command.query(redis::cmd("HGETALL").arg(&hash), MAX_MESSAGE) {
+                Ok(Reply::Array(Some(fields))) => fields,
+                Ok(_) => continue,
+                Err(connection::Error::Server(refusal)) => {
+                    self.warn_once(format!(
+                        "cannot read {hash} ({refusal}); guards cannot be reset from grayctl"
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(format!("failed to read {hash}: {}", self.describe(&e))),
+            };
+            let mut resets = HashMap::new();
+            for pair in fields.chunks(2) {
+                if let [Reply::Bulk(Some(field)), Reply::Bulk(Some(value))] = pair {
+                    let at = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                    if let (Some(rule), Some(at)) = (guard::reset_rule(field), at) {
+                        resets.insert(rule.to_string(), at);
+                    }
+                }
+            }
+            let cleared = crate::guard::reset(&compiled, &self.rule_sets[set].series, &resets);
+            for rule in &cleared {
+                self.shared.log(
+                    Level::Notice,
+                    format!(
+                        "guard of rule set {} rule \"{rule}\" reset: the rule matches again",
+                        compiled.key
+                    ),
+                );
+            }
+            polled.replaced |= !cleared.is_empty();
+        }
+        Ok(())
+    }
+
+    /// Writes the guard trips this worker made to their rule sets' guard hashes. A refusal (no
+    /// write permission there) is warned about once: the trip itself holds all the same. A trip
+    /// not written for a lost connection waits for the next session.
+    fn record_trips(&mut self, con: &mut Option<Connection>) -> Result<(), String> {
+        let mut trips = self.shared.take_trips().into_iter();
+        while let Some(trip) = trips.next() {
+            let unwritten = |trip, rest: std::vec::IntoIter<_>| {
+                std::iter::once(trip)
+                    .chain(rest)
+                    .for_each(|t| self.shared.queue_trip(t))
+            };
+            let command = match con.as_mut() {
+                Some(command) => command,
+                None => match self.connect() {
+                    Ok(command) => con.insert(command),
+                    Err(e) => {
+                        unwritten(trip, trips);
+                        return Err(e);
+                    }
+                },
+            };
+            let json = serde_json::to_string(&trip.record).expect("a trip record is plain data");
+            match command.query(redis::cmd("HSET").arg(&trip.key).arg(&trip.field).arg(json), 0) {
+                Ok(_) => {}
+                Err(connection::Error::Server(refusal)) => self.warn_once(format!(
+                    "cannot record guard trips in {} ({refusal}); grayctl guard show will not list them",
+                    trip.key
+                )),
+                Err(e) => {
+                    let error = format!(
+                        "failed to record a guard trip in {}: {}",
+                        trip.key,
+                        self.describe(&e)
+                    );
+                    unwritten(trip, trips);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes what this worker serves to the gateways hash, after a change and at least every
     /// `report` (or `refresh`, if longer: reports ride on polls). A refusal (an ACL without
     /// HSET on that key) is warned about once and changes nothing else.
@@ -793,6 +898,7 @@ impl Refresher {
                     })
                     .collect();
                 Some(ActiveRuleSet {
+                    tripped: crate::guard::tripped_rules(&compiled, &slot.series),
                     compiled,
                     keys,
                     series: slot.series.clone(),

@@ -5,9 +5,9 @@
 //! worker would be that worker's alone, so none is made there.
 //!
 //! It holds a registry of series names, so an index means the same series in every worker and
-//! across reloads; one block of counters per worker id, cache-line aligned, each written only by
-//! the worker(s) with that id and summed by a scrape; and each worker's state as it last
-//! published it. Counting never blocks or allocates; only registering a name takes a lock, when
+//! across reloads; which series' guards have tripped (for which rule set version, since when);
+//! one block of counters per worker id, cache-line aligned, each written only by the worker(s)
+//! with that id and summed by a scrape; and each worker's state as it last published it. Counting never blocks or allocates; only registering a name takes a lock, when
 //! a refresher publishes a snapshot.
 
 use std::io;
@@ -31,7 +31,11 @@ const NAME_SLOT: usize = 256;
 pub const MAX_NAME: usize = NAME_SLOT - 4;
 const STATE_SLOT: usize = 4096;
 const NAMES_AT: usize = PAGE;
-const STATES_AT: usize = NAMES_AT + MAX_SERIES * NAME_SLOT;
+const TRIPS_AT: usize = NAMES_AT + MAX_SERIES * NAME_SLOT;
+/// A trip: the rule set version it tripped under (0: none), when (Unix milliseconds), and how
+/// many times the series has tripped or been cleared.
+const TRIP_SLOT: usize = 32;
+const STATES_AT: usize = TRIPS_AT + (MAX_SERIES * TRIP_SLOT).next_multiple_of(PAGE);
 const COUNTERS_AT: usize = STATES_AT + MAX_WORKERS * STATE_SLOT;
 const BLOCK: usize = MAX_SERIES * COUNTERS_PER_SERIES * 8;
 const SIZE: usize = COUNTERS_AT + MAX_WORKERS * BLOCK;
@@ -247,6 +251,68 @@ impl Region {
         totals
     }
 
+    fn trip_slot(&self, series: usize) -> Option<&[AtomicU64; 3]> {
+        if series == 0 || series >= MAX_SERIES {
+            return None;
+        }
+        // SAFETY: trip slot `series` lies inside the mapping, 32-aligned, only accessed as atomics.
+        Some(unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(TRIPS_AT + series * TRIP_SLOT)
+                .cast::<[AtomicU64; 3]>()
+        })
+    }
+
+    /// How many times series `series` has tripped or been cleared: a guard that watched it
+    /// under another count starts its window over.
+    pub fn trip_epoch(&self, series: usize) -> u64 {
+        self.trip_slot(series)
+            .map_or(0, |[_, _, epoch]| epoch.load(Ordering::Acquire))
+    }
+
+    /// Marks series `series`' guard tripped under rule set version `version` at `at_ms`. Says
+    /// whether this call tripped it (false: it already was, for that version).
+    pub fn trip(&self, series: usize, version: u64, at_ms: u64) -> bool {
+        let Some([tripped, at, epoch]) = self.trip_slot(series) else {
+            return false;
+        };
+        let current = tripped.load(Ordering::Acquire);
+        if current == version
+            || tripped
+                .compare_exchange(current, version, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return false;
+        }
+        at.store(at_ms, Ordering::Release);
+        epoch.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// The rule set version series `series`' guard tripped under, and when (Unix ms).
+    pub fn tripped(&self, series: usize) -> Option<(u64, u64)> {
+        let [tripped, at, _] = self.trip_slot(series)?;
+        match tripped.load(Ordering::Acquire) {
+            0 => None,
+            version => Some((version, at.load(Ordering::Acquire))),
+        }
+    }
+
+    /// Clears series `series`' trip if it is still the one under `version`.
+    pub fn untrip(&self, series: usize, version: u64) -> bool {
+        self.trip_slot(series).is_some_and(|[tripped, _, epoch]| {
+            let cleared = tripped
+                .compare_exchange(version, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if cleared {
+                epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            cleared
+        })
+    }
+
     fn state_words(&self, worker: usize) -> &[AtomicU64] {
         // SAFETY: state slot `worker` lies inside the mapping, page-aligned, only accessed as
         // atomics.
@@ -396,6 +462,22 @@ mod tests {
         region.join(0).unwrap()[series * COUNTERS_PER_SERIES].fetch_add(1, Ordering::Relaxed);
         assert_eq!(region.totals(series)[0], 42);
         assert_eq!(region.series(b"from the child").unwrap(), series as u32 + 1);
+    }
+
+    #[test]
+    fn a_trip_happens_once_per_version_and_clears_only_for_its_version() {
+        let region = Region::create().unwrap();
+        let series = region.series(b"guarded").unwrap() as usize;
+        assert_eq!(region.tripped(series), None);
+        assert!(region.trip(series, 7, 1000));
+        assert!(!region.trip(series, 7, 2000));
+        assert_eq!(region.tripped(series), Some((7, 1000)));
+        assert!(!region.untrip(series, 6));
+        assert_eq!(region.trip_epoch(series), 1);
+        assert!(region.untrip(series, 7));
+        assert_eq!(region.tripped(series), None);
+        assert_eq!(region.trip_epoch(series), 2);
+        assert!(!region.trip(0, 7, 1000));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 
 use crate::log::{Level, LogQueue};
+use gray_core::guard::TripRecord;
 use gray_core::snapshot::Snapshot;
 
 /// What the refresher last saw of Redis, for `status()`.
@@ -28,11 +29,20 @@ pub struct RefreshStatus {
     pub failures: u64,
 }
 
+/// A guard's trip this worker made, for the refresher to write to the rule set's guard hash.
+#[derive(Debug, Clone)]
+pub struct TripToRecord {
+    pub key: String,
+    pub field: String,
+    pub record: TripRecord,
+}
+
 #[derive(Default)]
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub status: Mutex<RefreshStatus>,
     pub log: LogQueue,
+    trips: Mutex<Vec<TripToRecord>>,
 }
 
 pub static SHARED: Lazy<Shared> = Lazy::new(Shared::default);
@@ -55,5 +65,16 @@ impl Shared {
 
     pub fn current(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    pub fn queue_trip(&self, trip: TripToRecord) {
+        self.trips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(trip);
+    }
+
+    pub fn take_trips(&self) -> Vec<TripToRecord> {
+        std::mem::take(&mut *self.trips.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -120,7 +120,7 @@ SET gray:rules '{"format":1,"rules":[{"name":"all","to":"@prod2-grey"}]}'
     }
 --- wait: 0.3
 --- response_body
-@prod2-grey | rejected rule set in key gray:rules: rules[2] "beta": unknown field `precent`, expected one of `name`, `to`, `ip`, `ip_key`, `id`, `in`, `in_key`, `suffix`, `prefix`, `range`, `regex`, `percent`, `by`, `seed`
+@prod2-grey | rejected rule set in key gray:rules: rules[2] "beta": unknown field `precent`, expected one of `name`, `to`, `ip`, `ip_key`, `id`, `in`, `in_key`, `suffix`, `prefix`, `range`, `regex`, `percent`, `by`, `seed`, `guard`
 @prod2-grey | rejected rule set in key gray:rules: rules[1] "all": to: unknown target "@nowhere" (this nginx has @prod1, @prod2-grey, @canary-b)
 @prod2-grey | rejected rule set in key gray:rules: format is 2, this gray reads format 1
 @prod2-grey | rejected rule set in key gray:rules: not a rule set: expected ident at line 1 column 2

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::guard::GUARD_KEY_SUFFIX;
 use crate::ipset::IpSet;
 use crate::snapshot::code::MAX_TARGETS;
 use crate::whitelist::{parse_entry, tokens};
@@ -235,6 +236,14 @@ impl Config {
                 targets.len() - 2,
                 targets.len()
             )));
+        }
+        if rule_sets
+            .iter()
+            .any(|name| name == GUARD_KEY_SUFFIX.trim_start_matches(':'))
+        {
+            return Err(invalid(
+                "opts.rule_sets: \"guard\" cannot name a rule set: <rules_key>:guard holds the default rule set's guard trips",
+            ));
         }
         Ok(Config {
             rules_key: rules_key.unwrap_or_else(|| format!("{key}{RULES_KEY_SUFFIX}")),

@@ -12,6 +12,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod fleet;
+pub mod guard;
 pub mod idset;
 pub mod ipset;
 pub mod load;

@@ -95,6 +95,7 @@ pub fn load(
             let plan = Plan::new(1, &rules.inputs);
             Some(ActiveRuleSet {
                 series: Default::default(),
+                tripped: Vec::new(),
                 compiled: Arc::new(CompiledRuleSet {
                     key,
                     rules,

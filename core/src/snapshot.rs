@@ -120,12 +120,14 @@ pub struct CompiledRuleSet {
 }
 
 /// A rule set with the data of the keys it references (`None` while one is missing).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ActiveRuleSet {
     pub compiled: Arc<CompiledRuleSet>,
     pub keys: Vec<Option<LoadedKey>>,
     /// Where its decisions are counted.
     pub series: RuleSetSeries,
+    /// By rule index: the rule's guard has tripped (empty while none has).
+    pub tripped: Vec<bool>,
 }
 
 /// The metrics series (indexes the module assigns; 0 counts nothing) a rule set's decisions are
@@ -160,6 +162,10 @@ impl Keys for ActiveRuleSet {
             LoadedKey::Ids(ids) => Some(KeyData::Ids(&ids.ids)),
         }
     }
+
+    fn tripped(&self, rule: usize) -> bool {
+        self.tripped.get(rule).copied().unwrap_or(false)
+    }
 }
 
 /// `X-Forwarded-For` and `X-Real-IP`, each `None` when absent.
@@ -188,7 +194,7 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub trusted_proxies: Arc<IpSet>,
     /// `None` until the first successful load.

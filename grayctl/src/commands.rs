@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use clap::Args;
 use gray_core::config::Config;
 use gray_core::fleet::Report;
+use gray_core::guard::{self, Counts, Trip, TripRecord};
 use gray_core::load::compile_rule_set;
 use gray_core::plan::{Header, Plan, Slices};
 use gray_core::rules::{schema, Outcome};
@@ -19,7 +20,7 @@ use crate::history::{self, Record, Subject};
 use crate::store::{unix_seconds, who, Store, Write};
 use crate::value::KeyValue;
 use crate::whitelist_edit::{self, Change, Edit};
-use crate::{rules_edit, Cli, Command, RulesCommand, SetName};
+use crate::{rules_edit, Cli, Command, GuardCommand, RulesCommand, SetName};
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -135,6 +136,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Rollback { entry } => rollback(&ctx, entry),
         Command::Status { prune } => status(&ctx, prune),
         Command::Wait { timeout } => wait(&ctx, timeout),
+        Command::Guard(GuardCommand::Show { set }) => guard_show(&ctx, &set),
+        Command::Guard(GuardCommand::Reset { rule, set }) => guard_reset(&ctx, &set, &rule),
     }
 }
 
@@ -805,4 +808,113 @@ fn wait(ctx: &Context, timeout: f64) -> Result<(), Failure> {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// The trips recorded in a rule set's guard hash (by field) and its resets (rule, Unix ms).
+type GuardHash = (Vec<(String, TripRecord)>, Vec<(String, u64)>);
+
+fn read_guard(store: &mut Store, key: &str) -> Result<GuardHash, Failure> {
+    let (mut trips, mut resets) = (Vec::new(), Vec::new());
+    for (field, value) in store.guard(key)? {
+        if let Some(rule) = guard::reset_rule(field.as_bytes()) {
+            if let Ok(at) = value.parse() {
+                resets.push((rule.to_string(), at));
+            }
+        } else if guard::is_trip_field(&field) {
+            if let Ok(record) = serde_json::from_str(&value) {
+                trips.push((field, record));
+            }
+        }
+    }
+    Ok((trips, resets))
+}
+
+fn guard_show(ctx: &Context, set: &SetName) -> Result<(), Failure> {
+    let key = ctx.rule_set_key(set)?;
+    let (trips, resets) = read_guard(&mut ctx.store()?, &key)?;
+    if ctx.json {
+        let trips: Vec<&TripRecord> = trips.iter().map(|(_, t)| t).collect();
+        let resets: Vec<Value> = resets
+            .iter()
+            .map(|(rule, at)| json!({"rule": rule, "at": *at as f64 / 1000.0}))
+            .collect();
+        println!(
+            "{}",
+            json!({"key": guard::guard_key(&key), "trips": trips, "resets": resets})
+        );
+        return Ok(());
+    }
+    let now = unix_now();
+    println!(
+        "{}: {} trips recorded, {} resets",
+        guard::guard_key(&key),
+        trips.len(),
+        resets.len()
+    );
+    for (_, t) in &trips {
+        let trip = Trip {
+            canary: Counts {
+                responses: t.responses,
+                errors: t.errors,
+            },
+            baseline: Counts {
+                responses: t.default_responses,
+                errors: t.default_errors,
+            },
+            window: t.window,
+            max_error_rate: t.max_error_rate,
+        };
+        println!(
+            "  {} (to {}) tripped on {} (pid {}) {}, rule set version {}: {trip}",
+            t.rule,
+            t.target,
+            t.host,
+            t.pid,
+            ago(now, t.at),
+            t.version
+        );
+    }
+    for (rule, at) in &resets {
+        println!("  {rule} reset {}", ago(now, *at as f64 / 1000.0));
+    }
+    Ok(())
+}
+
+fn guard_reset(ctx: &Context, set: &SetName, rule: &str) -> Result<(), Failure> {
+    let key = ctx.rule_set_key(set)?;
+    let mut store = ctx.store()?;
+    let current = store.read(&key)?;
+    let doc = stored_rule_set(&key, &current)?;
+    let rules = compile(ctx, &pretty(&doc)?)?;
+    if !rules
+        .rules
+        .iter()
+        .any(|r| r.name == rule && r.guard.is_some())
+    {
+        return Err(refused(format!(
+            "rule set {key} has no rule \"{rule}\" with a guard"
+        )));
+    }
+    let (trips, _) = read_guard(&mut store, &key)?;
+    let records: Vec<String> = trips
+        .into_iter()
+        .filter(|(_, t)| t.rule == rule)
+        .map(|(field, _)| field)
+        .collect();
+    let at_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    store.reset_guard(&key, rule, &records, at_ms)?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"key": guard::guard_key(&key), "rule": rule, "records_removed": records.len()})
+        );
+    } else {
+        println!(
+            "reset the guard of rule \"{rule}\" in {key}, trip records removed: {}; gateways let it match again on their next read",
+            records.len()
+        );
+    }
+    Ok(())
 }

@@ -152,6 +152,10 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
     },
+    /// Show or reset guards: a rule whose target answers too many 5xx stops matching on the
+    /// gateway that saw it (`"guard"` in the rule set)
+    #[command(subcommand)]
+    Guard(GuardCommand),
     /// Restore the value a key had before history entry N (1, the default, is the latest change)
     #[command(
         after_help = "Example:\n  grayctl rollback      # undo the last change\n  grayctl rollback 3"
@@ -177,6 +181,23 @@ enum RulesCommand {
     #[command(after_help = "Example:\n  grayctl rules set release-42.json -m \"release 42\"")]
     Set {
         file: String,
+        #[command(flatten)]
+        set: SetName,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuardCommand {
+    /// The trips gateways recorded (<rule set key>:guard) and the resets
+    #[command(after_help = "Example:\n  grayctl guard show")]
+    Show {
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Let a tripped rule match again on every gateway, with a fresh window
+    #[command(after_help = "Example:\n  grayctl guard reset canary -m \"fixed in 42.1\"")]
+    Reset {
+        rule: String,
         #[command(flatten)]
         set: SetName,
     },

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use gray_core::config::Config;
 use gray_core::connection::{self, Connection, Reply};
 use gray_core::fleet::Report;
+use gray_core::guard;
 use gray_core::load::{self, LoadError};
 use gray_core::snapshot::{KeyKind, Snapshot};
 use gray_core::source::{fetch, FetchError, Fetched, ListBuilder};
@@ -107,10 +108,9 @@ impl Store {
         Ok((fetched.kind, fetched.version))
     }
 
-    /// The gateways' reports, by hash field; `Err` for a field that does not parse.
-    pub fn reports(&mut self) -> Result<Reports, Failure> {
-        let key = self.config.gateways_key();
-        let Reply::Array(Some(items)) = self.command(redis::cmd("HGETALL").arg(&key))? else {
+    /// The fields and values of the hash `key` (none when it is missing).
+    fn hash(&mut self, key: &str) -> Result<Vec<(String, String)>, Failure> {
+        let Reply::Array(Some(items)) = self.command(redis::cmd("HGETALL").arg(key))? else {
             return Err(refused(format!("unexpected reply to HGETALL {key}")));
         };
         let text = |r: &Reply| match r {
@@ -119,16 +119,56 @@ impl Store {
         };
         Ok(items
             .chunks(2)
-            .map(|pair| {
-                let field = text(&pair[0]);
-                let report = pair
-                    .get(1)
-                    .map(text)
-                    .ok_or_else(|| "no value".to_string())
-                    .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()));
+            .map(|pair| (text(&pair[0]), pair.get(1).map(text).unwrap_or_default()))
+            .collect())
+    }
+
+    /// The gateways' reports, by hash field; `Err` for a field that does not parse.
+    pub fn reports(&mut self) -> Result<Reports, Failure> {
+        let key = self.config.gateways_key();
+        Ok(self
+            .hash(&key)?
+            .into_iter()
+            .map(|(field, json)| {
+                let report = serde_json::from_str(&json).map_err(|e| e.to_string());
                 (field, report)
             })
             .collect())
+    }
+
+    /// The guard hash of rule set key `rules_key`: the trips gateways recorded, and the resets.
+    pub fn guard(&mut self, rules_key: &str) -> Result<Vec<(String, String)>, Failure> {
+        self.hash(&guard::guard_key(rules_key))
+    }
+
+    /// Resets rule `rule`'s guard in rule set key `rules_key` at `at_ms` (Unix milliseconds):
+    /// the reset field, the trip records `trips` removed and the change announced, in one
+    /// transaction.
+    pub fn reset_guard(
+        &mut self,
+        rules_key: &str,
+        rule: &str,
+        trips: &[String],
+        at_ms: u64,
+    ) -> Result<(), Failure> {
+        let key = guard::guard_key(rules_key);
+        self.command(&redis::cmd("MULTI"))?;
+        self.command(
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(guard::reset_field(rule))
+                .arg(at_ms),
+        )?;
+        if !trips.is_empty() {
+            self.command(redis::cmd("HDEL").arg(&key).arg(trips))?;
+        }
+        if let Some(channel) = &self.config.channel {
+            self.command(redis::cmd("PUBLISH").arg(channel).arg(&key))?;
+        }
+        match self.con.query(&redis::cmd("EXEC"), READ_MAX)? {
+            Reply::Array(Some(_)) => Ok(()),
+            other => Err(refused(format!("unexpected reply to EXEC: {other:?}"))),
+        }
     }
 
     /// Removes reports from the gateways hash.

@@ -356,3 +356,62 @@ fn a_change_is_announced_on_the_channel() {
     assert_eq!(message[4], "gray:changed");
     assert_eq!(message[6], "gray", "the payload names the key");
 }
+
+#[test]
+fn guard_show_lists_trips_and_reset_clears_that_rules_records() {
+    let r = Redis::start();
+    r.cli(&[
+        "SET",
+        "gray:rules",
+        r#"{"format":1,"rules":[{"name":"canary","ip":["10.0.0.1"],"to":"@prod2-grey","guard":{"max_error_rate":5}},{"name":"plain","ip":["10.0.0.2"],"to":"@prod2-grey"}]}"#,
+    ]);
+    let record = |rule: &str| {
+        format!(
+            r#"{{"rule":"{rule}","target":"@prod2-grey","host":"gw1","pid":7,"at":1.0,"version":"00000000000000ab","responses":250,"errors":30,"default_responses":1000,"default_errors":4,"window":60,"max_error_rate":5.0}}"#
+        )
+    };
+    r.cli(&[
+        "HSET",
+        "gray:rules:guard",
+        "trip:gw1:canary",
+        &record("canary"),
+    ]);
+    r.cli(&[
+        "HSET",
+        "gray:rules:guard",
+        "trip:gw1:other",
+        &record("other"),
+    ]);
+    let shown = ok(r.grayctl(&["guard", "show"]));
+    assert!(
+        shown.contains("canary (to @prod2-grey) tripped on gw1 (pid 7)")
+            && shown.contains(
+                "5xx 12.0% of 250 responses in the last 60s against 0.4% of 1000 for the default target, over the 5 points allowed"
+            ),
+        "{shown}"
+    );
+    let err = refused(r.grayctl(&["guard", "reset", "plain"]));
+    assert!(
+        err.contains("rule set gray:rules has no rule \"plain\" with a guard"),
+        "{err}"
+    );
+    let reset = ok(r.grayctl(&["guard", "reset", "canary"]));
+    assert!(reset.contains("trip records removed: 1;"), "{reset}");
+    assert_eq!(
+        r.cli(&["HEXISTS", "gray:rules:guard", "trip:gw1:canary"]),
+        "0"
+    );
+    assert_eq!(
+        r.cli(&["HEXISTS", "gray:rules:guard", "trip:gw1:other"]),
+        "1"
+    );
+    let at: u64 = r
+        .cli(&["HGET", "gray:rules:guard", "reset:canary"])
+        .parse()
+        .unwrap();
+    assert!(at > 1_700_000_000_000, "{at}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(r.grayctl(&["guard", "show", "--json"]))).unwrap();
+    assert_eq!(shown["trips"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["resets"][0]["rule"], "canary");
+}

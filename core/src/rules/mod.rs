@@ -10,6 +10,7 @@ pub mod source;
 use std::net::IpAddr;
 
 use crate::bucket;
+use crate::guard::Guard;
 use crate::idset::IdSet;
 use crate::ipset::{IpSet, MatchedRange};
 use crate::whitelist::Whitelist;
@@ -71,6 +72,8 @@ pub struct Rule {
     pub ip_key: Option<usize>,
     pub id: Option<IdCondition>,
     pub percent: Option<Percent>,
+    /// Stops the rule when its target errs more than the default's (the module keeps watch).
+    pub guard: Option<Guard>,
 }
 
 #[derive(Debug)]
@@ -163,6 +166,11 @@ pub enum KeyData<'a> {
 
 pub trait Keys {
     fn get(&self, index: usize) -> Option<KeyData<'_>>;
+
+    /// Rule `rule`'s guard has tripped: the rule does not match.
+    fn tripped(&self, _rule: usize) -> bool {
+        false
+    }
 }
 
 impl Keys for [Option<KeyData<'_>>] {
@@ -265,6 +273,10 @@ impl RuleSet {
             };
         }
         for (index, rule) in self.rules.iter().enumerate() {
+            if rule.guard.is_some() && keys.tripped(index) {
+                trace.missed(index, "its guard has tripped");
+                continue;
+            }
             if self.rule_holds(index, rule, request, keys, trace) {
                 return Decision {
                     target: rule.to,

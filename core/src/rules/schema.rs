@@ -13,6 +13,7 @@ use super::{
     Source, MAX_INPUTS, MAX_RULES,
 };
 use crate::bucket;
+use crate::guard::{Guard, DEFAULT_MIN_REQUESTS, DEFAULT_WINDOW, MAX_WINDOW};
 use crate::idset::IdSet;
 use crate::ipset::IpSet;
 use crate::whitelist::parse_entry;
@@ -72,6 +73,15 @@ struct RuleSpec {
     percent: Option<Value>,
     by: Option<Vec<String>>,
     seed: Option<String>,
+    guard: Option<GuardSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardSpec {
+    max_error_rate: f64,
+    min_requests: Option<u64>,
+    window: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +112,7 @@ pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError>
     }
     let mut compiler = Compiler {
         targets,
+        default: 0,
         inputs: Vec::new(),
         keys: Vec::new(),
     };
@@ -109,6 +120,7 @@ pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError>
         Some(name) => compiler.target(name, "default")?,
         None => 0,
     };
+    compiler.default = default;
     let override_ = spec.override_.map(|o| compiler.override_(o)).transpose()?;
     let mut names = HashSet::new();
     let mut rules = Vec::with_capacity(spec.rules.len());
@@ -157,6 +169,8 @@ fn rule_label(index: usize, value: &Value) -> String {
 
 struct Compiler<'a> {
     targets: &'a [String],
+    /// The rule set's default target.
+    default: usize,
     inputs: Vec<Source>,
     keys: Vec<KeyRef>,
 }
@@ -287,6 +301,7 @@ impl Compiler<'_> {
                 None
             }
         };
+        let guard = spec.guard.map(|g| guard(g, to, self.default)).transpose()?;
         Ok(Rule {
             name: spec.name,
             to,
@@ -294,6 +309,7 @@ impl Compiler<'_> {
             ip_key,
             id,
             percent,
+            guard,
         })
     }
 
@@ -354,6 +370,38 @@ impl Compiler<'_> {
             seed: seed.unwrap_or_else(|| name.to_string()),
         })
     }
+}
+
+/// A rule's guard, for a rule that sends to `to` in a rule set whose default is `default`.
+fn guard(spec: GuardSpec, to: usize, default: usize) -> Result<Guard, RuleSetError> {
+    let err = |message: String| RuleSetError(format!("guard.{message}"));
+    if !(0.0..=100.0).contains(&spec.max_error_rate) {
+        return Err(err(format!(
+            "max_error_rate: {} is not a number of percentage points from 0 to 100",
+            spec.max_error_rate
+        )));
+    }
+    let min_requests = spec.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS);
+    if min_requests == 0 {
+        return Err(err("min_requests: must be at least 1".into()));
+    }
+    let window = spec.window.unwrap_or(u64::from(DEFAULT_WINDOW));
+    if !(1..=u64::from(MAX_WINDOW)).contains(&window) {
+        return Err(err(format!(
+            "window: {window} is not a number of seconds from 1 to {MAX_WINDOW}"
+        )));
+    }
+    if to == default {
+        return Err(RuleSetError(
+            "guard: the rule sends to the default target, whose 5xx share the guard compares it with"
+                .into(),
+        ));
+    }
+    Ok(Guard {
+        max_error_rate: spec.max_error_rate,
+        min_requests,
+        window: window as u32,
+    })
 }
 
 /// A percentage as hundredths: 0 to 100 in steps of 0.01.

@@ -344,6 +344,12 @@ fn validation_errors_name_the_rule_and_the_field() {
         (r(r#"{"name":"r","percent":"5","to":"@prod1"}"#), "percent: \"5\" is neither a number nor a ramp object"),
         (r#"{"format":1,"override":{"header":"X Gray"},"rules":[]}"#.into(), "override.header: \"header:X Gray\""),
         (r#"{"format":1,"override":{"header":"X-Gray","from":["nope"]},"rules":[]}"#.into(), "override.from[1]: \"nope\""),
+        (r(r#"{"name":"g","to":"@canary-b","guard":{"max_error_rate":101}}"#), "rules[2] \"g\": guard.max_error_rate: 101 is not a number of percentage points from 0 to 100"),
+        (r(r#"{"name":"g","to":"@canary-b","guard":{"max_error_rate":5,"min_requests":0}}"#), "rules[2] \"g\": guard.min_requests: must be at least 1"),
+        (r(r#"{"name":"g","to":"@canary-b","guard":{"max_error_rate":5,"window":3601}}"#), "rules[2] \"g\": guard.window: 3601 is not a number of seconds from 1 to 3600"),
+        (r(r#"{"name":"g","to":"@canary-b","guard":{"max_error_rate":5,"windows":60}}"#), "rules[2] \"g\": unknown field `windows`"),
+        (r(r#"{"name":"g","to":"@canary-b","guard":{"min_requests":5}}"#), "rules[2] \"g\": missing field `max_error_rate`"),
+        (r(r#"{"name":"g","to":"@prod1","guard":{"max_error_rate":5}}"#), "rules[2] \"g\": guard: the rule sends to the default target"),
     ];
     for (json, expected) in cases {
         let got = error(&json);
@@ -360,6 +366,43 @@ fn validation_errors_name_the_rule_and_the_field() {
             .join(",")
     );
     assert_eq!(error(&many), "1001 rules, at most 1000");
+}
+
+#[test]
+fn a_guard_has_defaults_and_a_tripped_rule_matches_no_one() {
+    let rs = rule_set(
+        r#"{"format":1,"rules":[{"name":"canary","ip":["1.1.1.1"],"to":"@canary-b","guard":{"max_error_rate":2.5}},{"name":"all","ip":["1.1.1.1"],"to":"@prod2-grey"}]}"#,
+    );
+    assert_eq!(
+        rs.rules[0].guard,
+        Some(crate::guard::Guard {
+            max_error_rate: 2.5,
+            min_requests: crate::guard::DEFAULT_MIN_REQUESTS,
+            window: crate::guard::DEFAULT_WINDOW,
+        })
+    );
+    struct Tripped;
+    impl Keys for Tripped {
+        fn get(&self, _: usize) -> Option<KeyData<'_>> {
+            None
+        }
+        fn tripped(&self, rule: usize) -> bool {
+            rule == 0
+        }
+    }
+    let request = Request {
+        client: "1.1.1.1".parse().ok(),
+        inputs: &[],
+        now: 0.0,
+    };
+    assert_eq!(
+        rs.evaluate(&request, &[][..], &mut ()).outcome,
+        Outcome::Rule(0)
+    );
+    assert_eq!(
+        rs.evaluate(&request, &Tripped, &mut ()).outcome,
+        Outcome::Rule(1)
+    );
 }
 
 #[test]

@@ -1,0 +1,289 @@
+//! Guards at work in a worker. Once a second, from the worker's own timer (never on a request),
+//! [`tick`] samples the shared counters of each rule that carries a guard and of its rule set's
+//! default target, judges the last `window` seconds, and trips the rule for the whole nginx: in
+//! the metrics region, under the rule set's version. Every worker applies the region's trips to
+//! its snapshot, so the rule stops matching in all of them; the worker that tripped it logs it
+//! once and leaves a record for its refresher to write to Redis. A trip lasts until the rule set
+//! changes (a new version) or an operator resets it (`grayctl guard reset`, read by the refresher:
+//! [`reset`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use once_cell::sync::Lazy;
+
+use crate::log::Level;
+use crate::metrics::{self, counter, GuardState};
+use crate::region::{Region, COUNTERS_PER_SERIES};
+use crate::state::{Shared, TripToRecord};
+use gray_core::fleet;
+use gray_core::guard::{self, Counts, TripRecord};
+use gray_core::rules::RuleSet;
+use gray_core::snapshot::{CompiledRuleSet, RuleSetSeries, Snapshot};
+
+/// How often the guards judge.
+const TICK: Duration = Duration::from_secs(1);
+
+/// One guarded rule's samples of the cumulative counts (its target's, the default's), oldest
+/// first, for the rule set version and the trip epoch (region) they were taken under: after a
+/// trip or a reset, even one this worker did not see happen, the window starts over.
+struct Watch {
+    version: u64,
+    epoch: u64,
+    samples: VecDeque<(Instant, Counts, Counts)>,
+}
+
+struct Watches {
+    last_tick: Option<Instant>,
+    by_series: HashMap<u32, Watch>,
+}
+
+static WATCHES: Lazy<Mutex<Watches>> = Lazy::new(|| {
+    Mutex::new(Watches {
+        last_tick: None,
+        by_series: HashMap::new(),
+    })
+});
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Responses counted in `series` (of any class) and the 5xx among them, since the region began.
+fn counts(region: &Region, series: &[u32]) -> Counts {
+    let mut total = Counts::default();
+    for &s in series {
+        let t: [u64; COUNTERS_PER_SERIES] = region.totals(s as usize);
+        total.responses += t[counter::CLASSES..counter::CLASSES + 5]
+            .iter()
+            .sum::<u64>();
+        total.errors += t[counter::CLASSES + 4];
+    }
+    total
+}
+
+/// The series whose requests went to the rule set's default target.
+fn baseline_series(rules: &RuleSet, series: &RuleSetSeries) -> Vec<u32> {
+    let mut baseline = vec![series.default, series.disabled];
+    for (rule, s) in rules.rules.iter().zip(&series.rules) {
+        if rule.to == rules.default {
+            baseline.push(*s);
+        }
+    }
+    baseline.extend(series.override_.get(rules.default));
+    baseline.retain(|&s| s != 0);
+    baseline.sort_unstable();
+    baseline.dedup();
+    baseline
+}
+
+/// By rule: tripped in the region under `compiled`'s version. Empty while none is.
+pub fn tripped_rules(compiled: &CompiledRuleSet, series: &RuleSetSeries) -> Vec<bool> {
+    let Some(region) = metrics::region() else {
+        return Vec::new();
+    };
+    let tripped: Vec<bool> = compiled
+        .rules
+        .rules
+        .iter()
+        .zip(&series.rules)
+        .map(|(rule, &s)| {
+            rule.guard.is_some()
+                && region
+                    .tripped(s as usize)
+                    .is_some_and(|(version, _)| version == compiled.version)
+        })
+        .collect();
+    if tripped.contains(&true) {
+        tripped
+    } else {
+        Vec::new()
+    }
+}
+
+/// Judges every guarded rule of the snapshot in force (at most once a `TICK`), then applies the
+/// region's trips to this worker's snapshot.
+pub fn tick(shared: &'static Shared) {
+    let Some(region) = metrics::region() else {
+        return;
+    };
+    let now = Instant::now();
+    let mut watches = WATCHES.lock().unwrap_or_else(|e| e.into_inner());
+    if watches
+        .last_tick
+        .is_some_and(|at| now.duration_since(at) < TICK)
+    {
+        return;
+    }
+    watches.last_tick = Some(now);
+    let snapshot = shared.current();
+    let mut watched = Vec::new();
+    for active in snapshot.rule_sets.iter().flatten() {
+        let compiled = &active.compiled;
+        let rules = &compiled.rules;
+        let baseline = baseline_series(rules, &active.series);
+        for (rule, &series) in rules.rules.iter().zip(&active.series.rules) {
+            let Some(guard) = rule.guard else { continue };
+            if series == 0 {
+                continue;
+            }
+            if region
+                .tripped(series as usize)
+                .is_some_and(|(version, _)| version == compiled.version)
+            {
+                continue;
+            }
+            watched.push(series);
+            let fresh = Watch {
+                version: compiled.version,
+                epoch: region.trip_epoch(series as usize),
+                samples: VecDeque::new(),
+            };
+            let watch = watches.by_series.entry(series).or_insert_with(|| Watch {
+                samples: VecDeque::new(),
+                ..fresh
+            });
+            if (watch.version, watch.epoch) != (fresh.version, fresh.epoch) {
+                *watch = fresh;
+            }
+            let (canary, default) = (counts(region, &[series]), counts(region, &baseline));
+            watch.samples.push_back((now, canary, default));
+            // Keep the newest sample at least `window` old: the window's start.
+            let window = Duration::from_secs(u64::from(guard.window));
+            while watch.samples.len() > 1 && now.duration_since(watch.samples[1].0) >= window {
+                watch.samples.pop_front();
+            }
+            let (_, canary_then, default_then) = watch.samples[0];
+            let since = |now: Counts, then: Counts| Counts {
+                responses: now.responses.saturating_sub(then.responses),
+                errors: now.errors.saturating_sub(then.errors),
+            };
+            let Some(trip) = guard.check(since(canary, canary_then), since(default, default_then))
+            else {
+                continue;
+            };
+            let at_ms = unix_ms();
+            if !region.trip(series as usize, compiled.version, at_ms) {
+                continue;
+            }
+            let target = metrics::target_name(series);
+            shared.log(
+                Level::Warn,
+                format!(
+                    "guard tripped: rule set {} rule \"{}\" (to {target}): {trip}; its requests go to the default target until the rule set changes or `grayctl guard reset {}`",
+                    compiled.key, rule.name, rule.name
+                ),
+            );
+            shared.queue_trip(TripToRecord {
+                key: guard::guard_key(&compiled.key),
+                field: guard::trip_field(&fleet::hostname(), &rule.name),
+                record: TripRecord {
+                    rule: rule.name.clone(),
+                    target,
+                    host: fleet::hostname(),
+                    pid: std::process::id(),
+                    at: at_ms as f64 / 1000.0,
+                    version: fleet::version_text(compiled.version),
+                    responses: trip.canary.responses,
+                    errors: trip.canary.errors,
+                    default_responses: trip.baseline.responses,
+                    default_errors: trip.baseline.errors,
+                    window: trip.window,
+                    max_error_rate: trip.max_error_rate,
+                },
+            });
+        }
+    }
+    // A rule tripped, reset or gone starts its window over when it is watched again.
+    watches
+        .by_series
+        .retain(|series, _| watched.contains(series));
+    drop(watches);
+    apply(shared);
+}
+
+/// Swaps in a snapshot whose rule sets skip exactly the rules tripped in the region, if the one
+/// in force does not already.
+pub fn apply(shared: &Shared) {
+    loop {
+        let current = shared.snapshot.load_full();
+        let mut changed = false;
+        let rule_sets = current
+            .rule_sets
+            .iter()
+            .map(|active| {
+                active.as_ref().map(|a| {
+                    let tripped = tripped_rules(&a.compiled, &a.series);
+                    changed |= tripped != a.tripped;
+                    gray_core::snapshot::ActiveRuleSet {
+                        tripped,
+                        ..a.clone()
+                    }
+                })
+            })
+            .collect();
+        if !changed {
+            return;
+        }
+        let next = Arc::new(Snapshot {
+            rule_sets,
+            ..(*current).clone()
+        });
+        let previous = shared.snapshot.compare_and_swap(&current, next);
+        if Arc::ptr_eq(&previous, &current) {
+            return;
+        }
+    }
+}
+
+/// Clears the trips of `compiled`'s rules that an operator reset after they tripped (`resets`:
+/// rule name to the reset's Unix milliseconds). Returns the rules cleared.
+pub fn reset(
+    compiled: &CompiledRuleSet,
+    series: &RuleSetSeries,
+    resets: &HashMap<String, u64>,
+) -> Vec<String> {
+    let Some(region) = metrics::region() else {
+        return Vec::new();
+    };
+    let mut cleared = Vec::new();
+    for (rule, &s) in compiled.rules.rules.iter().zip(&series.rules) {
+        let Some(&reset_at) = resets.get(&rule.name) else {
+            continue;
+        };
+        let reset_since_trip = region
+            .tripped(s as usize)
+            .is_some_and(|(version, at)| version == compiled.version && at < reset_at);
+        if reset_since_trip && region.untrip(s as usize, compiled.version) {
+            cleared.push(rule.name.clone());
+        }
+    }
+    cleared
+}
+
+/// Every guarded rule of `snapshot`, tripped or not, for scrapes.
+pub fn states(snapshot: &Snapshot) -> Vec<GuardState> {
+    let region = metrics::region();
+    let mut states = Vec::new();
+    for active in snapshot.rule_sets.iter().flatten() {
+        let compiled = &active.compiled;
+        for (rule, &series) in compiled.rules.rules.iter().zip(&active.series.rules) {
+            if rule.guard.is_none() {
+                continue;
+            }
+            let trip = region
+                .and_then(|r| r.tripped(series as usize))
+                .filter(|(version, _)| *version == compiled.version);
+            states.push(GuardState {
+                rule_set: compiled.key.clone(),
+                rule: rule.name.clone(),
+                target: metrics::target_name(series),
+                tripped_at: trip.map(|(_, at)| at as f64 / 1000.0),
+            });
+        }
+    }
+    states
+}

@@ -1,0 +1,204 @@
+# Guards: a rule whose target answers too many 5xx against the default target's stops matching
+# on the whole nginx (both workers), says so once in the log, in metrics and status, and in Redis;
+# it stays tripped until the rule set changes or an operator resets it.
+use lib '.';
+use t::Gray;
+use Test::Nginx::Socket::Lua 'no_plan';
+
+workers(2);
+master_on();
+add_block_preprocessor(sub {
+    my $block = shift;
+    # Every block's gateway: the canary target answers what $canary_status says.
+    $block->set_value('http_config', <<'_EOC_' . ($block->http_config // ''));
+    init_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    init_worker_by_lua_block { require("gray").init_worker() }
+    log_by_lua_block { require("gray").log() }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
+        location / { content_by_lua_block { require("gray").route() } }
+        location @prod1 { content_by_lua_block { ngx.say("prod") } }
+        location @prod2-grey {
+            content_by_lua_block {
+                ngx.status = tonumber(require("gray_test").redis("get", "canary_status")) or 200
+                ngx.say("gray")
+            }
+        }
+        location = /gray/metrics { content_by_lua_block { require("gray").metrics() } }
+    }
+_EOC_
+    $block->set_value('config', <<'_EOC_' . ($block->config // ''));
+    location = /status {
+        content_by_lua_block {
+            local tripped = require("gray").status().rule_sets[1].tripped
+            ngx.print("[", table.concat(tripped or {}, ","), "]")
+        }
+    }
+_EOC_
+    return gray_block($block);
+});
+run_tests();
+
+__DATA__
+
+=== TEST 1: a canary answering 500s trips its guard: both workers send its clients to the default, and metrics, status, Redis and the log say so
+--- redis
+SET canary_status 500
+SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20, "window": 60}}]}'
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local canary = { ["X-Client"] = "127.0.0.2" }
+            for _ = 1, 25 do
+                T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.3" })
+                T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)
+            end
+            local stopped = T.wait_for(function()
+                local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)
+                return body == "prod\n"
+            end, 5)
+            -- Both workers: twenty new connections, spread over them by reuseport.
+            local after = {}
+            for _ = 1, 20 do
+                local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)
+                after[body] = (after[body] or 0) + 1
+            end
+            ngx.say("stopped: ", stopped, ", then ", after["prod\n"], " of 20 to prod")
+            local _, text = T.http_get($TEST_NGINX_EXTRA_PORT, "/gray/metrics")
+            ngx.say("metric: ", T.sample(text, "gray_guard_tripped",
+                                         'rule_set="gray:rules",rule="canary",target="@prod2-grey"'))
+            ngx.say("status: ", (select(2, T.http_get($TEST_NGINX_SERVER_PORT, "/status"))))
+            -- The refresher writes it on its next round.
+            local records
+            T.wait_for(function()
+                records = T.redis("hgetall", "gray:rules:guard")
+                return #records > 0
+            end, 3)
+            local record = records[2] or ""
+            ngx.say("recorded: ", #records / 2, " field ", (records[1] or ""):match("^trip:.+:canary$") ~= nil,
+                    ", ", record:match('"rule":"canary","target":"@prod2%-grey"') ~= nil,
+                    ", errors ", (tonumber(record:match('"errors":(%d+)')) or 0) >= 20)
+        }
+    }
+--- timeout: 15
+--- response_body
+stopped: true, then 20 of 20 to prod
+metric: 1
+status: [canary]
+recorded: 1 field true, true, errors true
+--- error_log eval
+qr/guard tripped: rule set gray:rules rule "canary" \(to \@prod2-grey\): 5xx 100\.0% of \d+ responses in the last 60s against 0\.0% of \d+ for the default target, over the 5 points allowed/
+
+
+
+=== TEST 2: a canary answering 200s keeps its traffic
+--- redis
+SET canary_status 200
+SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20}}]}'
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            for _ = 1, 40 do
+                T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
+            end
+            ngx.sleep(2.5)
+            local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
+            local _, text = T.http_get($TEST_NGINX_EXTRA_PORT, "/gray/metrics")
+            ngx.say(body, "metric: ", T.sample(text, "gray_guard_tripped",
+                                               'rule_set="gray:rules",rule="canary",target="@prod2-grey"'))
+        }
+    }
+--- timeout: 10
+--- response_body
+gray
+metric: 0
+--- no_error_log
+guard tripped
+[error]
+
+
+
+=== TEST 3: below min_requests a failing canary is not judged
+--- redis
+SET canary_status 503
+SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 30}}]}'
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            for _ = 1, 25 do
+                T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
+            end
+            ngx.sleep(2.5)
+            local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
+            ngx.say(body, "status: ", (select(2, T.http_get($TEST_NGINX_SERVER_PORT, "/status"))))
+        }
+    }
+--- timeout: 10
+--- response_body
+gray
+status: []
+--- no_error_log
+guard tripped
+[error]
+
+
+
+=== TEST 4: a tripped rule matches again once the rule set changes, and once an operator resets it
+--- redis
+SET canary_status 500
+SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20}}]}'
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local canary = { ["X-Client"] = "127.0.0.2" }
+            local function trip()
+                for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
+                return (T.wait_for(function()
+                    return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "prod\n"
+                end, 5))
+            end
+            local function back()
+                return (T.wait_for(function()
+                    return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n"
+                end, 5))
+            end
+            ngx.say("tripped: ", trip())
+            -- A new version of the rule set (the canary's fix, say): the rule matches again, on
+            -- a fresh window, so the errors before the trip do not trip it again.
+            T.redis("set", "canary_status", "200")
+            T.redis("set", "gray:rules", '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 4, "min_requests": 20}}]}')
+            ngx.say("back after a new rule set: ", back())
+            for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
+            ngx.sleep(1.5)
+            ngx.say("still back: ", select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n")
+            T.redis("set", "canary_status", "500")
+            ngx.say("tripped again: ", trip())
+            T.redis("set", "canary_status", "200")
+            local grayctl = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl --redis "
+                                     .. "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0 guard reset canary 2>&1")
+            ngx.say(grayctl:read("*a"))
+            grayctl:close()
+            ngx.say("back after a reset: ", back())
+            for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
+            ngx.sleep(1.5)
+            ngx.say("still back: ", select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n")
+        }
+    }
+--- timeout: 30
+--- response_body
+tripped: true
+back after a new rule set: true
+still back: true
+tripped again: true
+reset the guard of rule "canary" in gray:rules, trip records removed: 1; gateways let it match again on their next read
+
+back after a reset: true
+still back: true
+--- error_log eval
+[qr/guard tripped/, qr/guard of rule set gray:rules rule "canary" reset: the rule matches again/]
