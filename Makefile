@@ -8,10 +8,11 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := whitelist client_ip rule_set
 # Test::Nginx's Perl dependencies (Test::Nginx itself comes from ../shared/vendor or CPAN), and
-# Prometheus's Python client, whose parser checks the metrics t/009 scrapes.
+# Prometheus's Python client, whose parser checks the metrics t/009 scrapes, and the sentinels t/012
+# fails over.
 TEST_PACKAGES := libtest-base-perl libtext-diff-perl libtest-longstring-perl libipc-run-perl \
 	liblist-moreutils-perl liburi-perl libwww-perl libhttp-message-perl \
-	python3-prometheus-client
+	python3-prometheus-client redis-sentinel
 # OpenResty's components as source tarballs, for the second Test::Nginx leg.
 OPENRESTY_VENDOR ?= $(abspath $(CURDIR)/../shared/vendor/openresty)
 # The nginx test-nginx runs against: empty for Debian's (on PATH, Lua module loaded dynamically).
@@ -40,7 +41,9 @@ run: deps build ## Redis, two demo backends and the gateway on 127.0.0.1:8080 (G
 
 test: deps build lint test-unit test-grayctl check-conf test-install test-deb test-dist test-nginx test-openresty test-chaos ## Everything: lint, unit tests, grayctl against Redis, config check, install check, the .deb and the portable tarball, Test::Nginx on Debian's nginx and on OpenResty, fault suite
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy and luacheck, warnings are errors
+	@scripts/deps.sh lua-check
+	luacheck -q --std ngx_lua+luajit --no-max-line-length src/gray.lua lua/route.lua t/lua/gray_test.lua
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --workspace -- -D warnings
 	$(CARGO) clippy --locked --workspace --no-default-features --all-targets -- -D warnings

@@ -37,6 +37,7 @@ SPOOF_PORT = 16583
 REFRESH = 1.0    # gray's default
 RECOVERY_BOUND = REFRESH + 0.5
 RELOADS = 20
+WRK_CONNECTIONS = 32
 LOAD_LUA = os.path.join(TOP, "chaos", "load.lua")
 
 # The good list: 1,000 entries (IPv4 hosts, IPv6 hosts, IPv4 CIDRs). Non-members include
@@ -79,11 +80,13 @@ worker_processes 2;
 daemon off;
 {preamble(self.prefix, "notice")}
     lua_package_cpath "{LIB_DIR}/lib?.so;;";
+    init_by_lua_block {{ require "gray" }}
     init_worker_by_lua_block {{
         require("gray").configure{{
             redis = "redis://{HOST}:{REDIS_PORT}/0", trusted_proxies = "{trusted}",
         }}
     }}
+    log_by_lua_block {{ require("gray").log() }}
     upstream prod1 {{ server {HOST}:{BACKEND_PROD_PORT}; keepalive 16; }}
     upstream prod2-grey {{ server {HOST}:{BACKEND_GRAY_PORT}; keepalive 16; }}
     server {{
@@ -92,6 +95,7 @@ daemon off;
         location @prod1 {{ proxy_pass http://prod1; {proxy} }}
         location @prod2-grey {{ proxy_pass http://prod2-grey; {proxy} }}
         location = /__ready {{ return 200; }}
+        location = /gray/metrics {{ content_by_lua_block {{ require("gray").metrics() }} }}
     }}
 }}
 """
@@ -115,6 +119,14 @@ daemon off;
 
     def log_size(self):
         return os.path.getsize(self.error_log)
+
+    def counted(self):
+        """The requests gray counted (all series) and the responses log() counted, so far."""
+        _, text = get(self.port, "/gray/metrics")
+        def total(name):
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(name + "{"))
+        return int(total("gray_requests_total")), int(total("gray_response_seconds_count"))
 
 
 def wait_routes(gateway, client, route, timeout=10):
@@ -150,7 +162,7 @@ class Load:
             f.write("\n".join(requests) + "\n")
         self.result_file = os.path.join(self.dir, "result")
         env = dict(os.environ, CHAOS_REQUESTS=requests_file, CHAOS_RESULT=self.result_file)
-        self.proc = spawn(["wrk", "-t2", "-c32", "-d600s", "--timeout", "5s", "-s", LOAD_LUA,
+        self.proc = spawn(["wrk", "-t2", f"-c{WRK_CONNECTIONS}", "-d600s", "--timeout", "5s", "-s", LOAD_LUA,
                            f"http://{HOST}:{port}/"], env=env, stdout=subprocess.DEVNULL)
         time.sleep(1)   # steady before the fault
 
@@ -310,6 +322,7 @@ def reloads(redis, gw):
     master_before = fd_profile(master)
     workers_before = [fixed(fd_profile(w)) for w in first]
     exits_before = gw.log_text().count("exited with code 0")
+    requests_before, responses_before = gw.counted()
     # One connection per request: see keepalive_reference for why.
     load = Load(gw.port, [f"{line}\tConnection: close" for line in member_requests()])
     seen, current = set(first), first
@@ -322,7 +335,21 @@ def reloads(redis, gw):
         time.sleep(0.3)
     old = sorted(seen - set(current))
     exited = wait_until(lambda: not any(alive(w) for w in old), 30)
-    row = Row(f"{RELOADS} x nginx -s reload (a new connection per request)", *load.finish())
+    counts, errors = load.finish()
+    row = Row(f"{RELOADS} x nginx -s reload (a new connection per request)", counts, errors)
+    answered = sum(n for *_, n in counts)
+    # Counted when routed and in the log phase; wrk stops with up to one request per connection
+    # routed, perhaps answered, but not read.
+    in_flight = WRK_CONNECTIONS
+    counted = None
+    def settled():
+        nonlocal counted
+        requests, responses = gw.counted()
+        counted = (requests - requests_before, responses - responses_before)
+        return all(0 <= n - answered <= in_flight for n in counted)
+    row.check(wait_until(settled, 5, 0.2),
+              f"metrics across the reloads: {counted[0]} requests and {counted[1]} responses counted, "
+              f"{answered} answered (at most {in_flight} more in flight)")
     row.check(exited, f"all {len(old)} old workers exited")
     exits = gw.log_text().count("exited with code 0") - exits_before
     row.check(exits == len(old), f"master logged {exits} of {len(old)} 'exited with code 0'")
@@ -678,7 +705,7 @@ def write_report(out, text, failed, elapsed):
     with open(out, "w") as f:
         f.write(f"# gray under faults (`make chaos`)\n\nRun {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
                 f"UTC, {elapsed:.0f} s. Gateway: nginx, 2 workers, gray with its defaults "
-                f"(refresh {REFRESH:.0f} s); load: `wrk -t2 -c32`, members and non-members of a 1,000-entry "
+                f"(refresh {REFRESH:.0f} s); load: `wrk -t2 -c{WRK_CONNECTIONS}`, members and non-members of a 1,000-entry "
                 f"list through a trusted proxy; recovered after: Redis back to the new state routed (bound "
                 f"{RECOVERY_BOUND:.1f} s).\n\n{text}\n\n{'FAILED: ' + ', '.join(failed) if failed else 'All passed.'}\n")
     log(f"wrote {out}")

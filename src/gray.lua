@@ -160,6 +160,15 @@ local started = false
 local START_RETRY_INTERVAL = 5
 local start_failed_at
 
+-- The decision of each routed request whose response log() has yet to count, by the request's
+-- address (get_request() returns a new cdata each time, never the same table key). Kept once
+-- log() has run on this nginx (so a gateway without it keeps nothing): a worker started after
+-- that (a reload, a respawn) keeps them from its first request; before it, only the last routed
+-- request is remembered, which covers a worker's first request.
+local routed = {}
+local counting_responses = false
+local last_routed_r, last_routed_code
+
 -- set_index[name] is the index of a named rule set; the default set is 0.
 local set_index = {}
 -- Names route() was asked for that are not configured: logged once each.
@@ -197,6 +206,7 @@ end
 
 local function start(wait)
     started = true
+    counting_responses = counting_responses or core.responses_counted()
     local ok, err = core.start(options, wait, worker_id())
     if ok == nil then
         start_failed_at = ngx_now()
@@ -221,6 +231,7 @@ end
 local function drain_logs()
     forget_stale_plans()
     core.watch_guards()
+    counting_responses = counting_responses or core.responses_counted()
     if start_failed_at and ngx_now() - start_failed_at >= START_RETRY_INTERVAL then
         start_failed_at = nil
         start(false)
@@ -291,14 +302,6 @@ function _M.init_worker()
     end
     return true
 end
-
--- The decision of each routed request whose response log() has yet to count, by the request's
--- address (get_request() returns a new cdata each time, never the same table key). Kept
--- only once log() has run in this worker (so a gateway without it keeps nothing); before that,
--- the last routed request is remembered instead, which covers the first request of a worker.
-local routed = {}
-local counting_responses = false
-local last_routed_r, last_routed_code
 
 function _M.route(name)
     if not started then

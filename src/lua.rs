@@ -400,6 +400,7 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     t.set("redis", config.redis_display.as_str())?;
     t.set("key", config.key.as_str())?;
     t.set("redis_connected", refresh.connected)?;
+    t.set("redis_node", refresh.node)?;
     t.set("subscribed", refresh.subscribed)?;
     t.set("tracking", refresh.tracking)?;
     t.set("last_ok_at", unix_seconds(refresh.last_ok_at))?;
@@ -622,6 +623,10 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     core.set("plan_id", lua.create_function(plan_id)?)?;
     core.set("create_region", lua.create_function(create_region)?)?;
     core.set("metrics", lua.create_function(metrics_body)?)?;
+    core.set(
+        "responses_counted",
+        lua.create_function(|_, ()| Ok(metrics::responses_counted()))?,
+    )?;
     core.set("defaults", Options(Arc::new(Config::default())))?;
     core.set("codes", codes(lua)?)?;
     let glue = lua

@@ -247,6 +247,11 @@ pub fn shared() -> bool {
     REGION.get().is_some()
 }
 
+/// Whether a worker of this nginx has counted a response (`log()` is in use).
+pub fn responses_counted() -> bool {
+    REGION.get().is_some_and(Region::responses_counted)
+}
+
 /// The shared region, where there is one.
 pub fn region() -> Option<&'static Region> {
     REGION.get()
@@ -303,6 +308,9 @@ pub fn count(series: u32, counter: usize, n: u64) {
 
 /// Counts a response of `status` that took `seconds`, in `series`.
 pub fn count_response(series: u32, status: u32, seconds: f64) {
+    if let Some(region) = REGION.get() {
+        region.note_responses_counted();
+    }
     let (class, bucket) = response_counters(status, seconds);
     if let Some(class) = class {
         count(series, class, 1);

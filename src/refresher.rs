@@ -24,11 +24,12 @@ use gray_core::idset::{IdSet, MAX_ID_LEN};
 use gray_core::load;
 use gray_core::plan::Plan;
 use gray_core::rules::{KeyRef, KeyUse};
+use gray_core::sentinel::Role;
 use gray_core::snapshot::{
     ActiveRuleSet, CompiledRuleSet, KeyKind, LoadedIds, LoadedKey, LoadedList, RuleSetSeries,
     Snapshot,
 };
-use gray_core::source::{fetch, FetchError, Fetched, ListBuilder, Text};
+use gray_core::source::{self, fetch, FetchError, Fetched, ListBuilder, Text};
 use gray_core::whitelist::{Whitelist, WhitelistBuilder};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -46,6 +47,10 @@ const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Where Redis pushes the names of tracked keys that were written.
 const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
+/// Polling without tracking, a key whose value is at least this large is probed (its type and
+/// size) before it is read, and read only when those moved or `resync` has passed since its last
+/// read; a smaller one is read whole every poll, which costs less than a miss.
+const PROBE_FROM: usize = 64 * 1024;
 
 /// Fault injection for tests, set in the worker's environment (nginx's `env` directive):
 /// `refresher-panic` makes the first session of each process panic (the supervisor's tests),
@@ -82,6 +87,10 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         published_at: SystemTime::now(),
         armed: Vec::new(),
         whitelist_series: None,
+        reading: Reading::All,
+        last_reads: HashMap::new(),
+        resync: Duration::ZERO,
+        sentinel: None,
     };
     shared.update_status(|s| s.running = true);
     let spawned = thread::Builder::new()
@@ -147,16 +156,50 @@ fn supervise(
 
 /// Why a wait ended.
 enum Woke {
-    /// A change to one of gray's keys was announced.
-    Change,
+    /// A change to gray's keys was announced: these, or all of them.
+    Change(Reading),
     /// `refresh` passed.
     Tick,
 }
 
-/// One key as read: its value and how long the read took, or refused (and recorded).
+/// Which keys a poll reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reading {
+    /// Every key, whole: a new session, a resync, a flush, a message on the channel.
+    All,
+    /// The keys Redis said were written (tracking), and any not loaded yet.
+    Keys(HashSet<Vec<u8>>),
+    /// Every key, polling without tracking: a large value is probed first (`PROBE_FROM`).
+    Poll,
+}
+
+impl Reading {
+    fn merge(self, other: Reading) -> Reading {
+        match (self, other) {
+            (Reading::Keys(mut a), Reading::Keys(b)) => {
+                a.extend(b);
+                Reading::Keys(a)
+            }
+            (Reading::All, _) | (_, Reading::All) => Reading::All,
+            _ => Reading::Poll,
+        }
+    }
+}
+
+/// One key as read: its value and how long the read took, refused (and recorded), or left
+/// unread because it has not changed.
 enum Read<B: ListBuilder> {
     Value(Fetched<B>, Duration),
     Refused,
+    Unchanged,
+}
+
+/// A key's last read, for the polls that follow: its size, and its kind and size as probed
+/// before it was read (`None` when it was not).
+struct LastRead {
+    bytes: usize,
+    probed: Option<(KeyKind, u64)>,
+    at: Instant,
 }
 
 /// A rule set's key and what was loaded from it.
@@ -201,6 +244,14 @@ struct Refresher {
     armed: Vec<String>,
     /// Where the whitelist's decisions are counted, once registered.
     whitelist_series: Option<[u32; 2]>,
+    /// Which keys the poll under way reads.
+    reading: Reading,
+    /// Each key's last read in this session.
+    last_reads: HashMap<String, LastRead>,
+    /// This session's `resync` (jittered), set as it starts.
+    resync: Duration,
+    /// A sentinel asked every `refresh` which node is the master (`sentinels`, master role).
+    sentinel: Option<Connection>,
 }
 
 impl Refresher {
@@ -228,14 +279,17 @@ impl Refresher {
         }
         let mut con = Some(self.connect()?);
         let (mut subscription, mut tracking) = self.subscribe()?;
-        let resync = self.resync_interval();
-        let mut polled_at = Instant::now();
-        let mut due = true;
+        self.resync = self.resync_interval();
+        self.last_reads.clear();
+        let mut resynced_at = Instant::now();
+        let mut due = Some(Reading::All);
         loop {
             let mut changed = false;
-            if due {
-                let polled = self.poll(&mut con)?;
-                polled_at = Instant::now();
+            if let Some(reading) = due.take() {
+                if reading == Reading::All {
+                    resynced_at = Instant::now();
+                }
+                let polled = self.poll(&mut con, reading)?;
                 changed = polled.replaced;
                 // The read's temporaries, the parse's and any replaced list are freed by now
                 // (and, after a large read, the connection's buffer): give them back in one go.
@@ -246,19 +300,29 @@ impl Refresher {
                 // then read again what may have changed while no one was tracking it.
                 if tracking && self.wanted_prefixes() != self.armed {
                     (subscription, tracking) = self.subscribe()?;
+                    due = Some(Reading::All);
                     continue;
                 }
             }
             self.report(&mut con, changed)?;
             self.record_trips(&mut con)?;
-            due = match (self.wait(subscription.as_mut())?, subscription.as_mut()) {
-                (Woke::Change, _) => true,
+            let woke = self.wait(subscription.as_mut())?;
+            if matches!(woke, Woke::Tick) {
+                self.check_failover()?;
+            }
+            due = match (woke, subscription.as_mut()) {
+                (Woke::Change(reading), _) => Some(reading),
                 // Redis pushes every change to gray's keys: each `refresh` only proves the
                 // subscriber is alive, and the keys are read again whole every `resync`.
                 (Woke::Tick, Some(subscriber)) if tracking => {
-                    self.check_alive(subscriber)? || polled_at.elapsed() >= resync
+                    let pushed = self.check_alive(subscriber)?;
+                    if resynced_at.elapsed() >= self.resync {
+                        Some(Reading::All)
+                    } else {
+                        pushed
+                    }
                 }
-                (Woke::Tick, _) => true,
+                (Woke::Tick, _) => Some(Reading::Poll),
             };
         }
     }
@@ -275,9 +339,9 @@ impl Refresher {
     }
 
     /// PINGs the subscriber and waits `timeout` for the answer: an error when none comes (the
-    /// session then reconnects, subscribes, re-arms tracking and reloads). Says whether a change
-    /// to gray's keys arrived meanwhile.
-    fn check_alive(&mut self, subscriber: &mut Connection) -> Result<bool, String> {
+    /// session then reconnects, subscribes, re-arms tracking and reloads). Returns the changes to
+    /// gray's keys that arrived meanwhile.
+    fn check_alive(&mut self, subscriber: &mut Connection) -> Result<Option<Reading>, String> {
         let timeout = self.config.timeout;
         let lost = |this: &Self, e: connection::Error| {
             format!("lost the subscription: {}", this.describe(&e))
@@ -286,7 +350,7 @@ impl Refresher {
             .send(&redis::cmd("PING"))
             .map_err(|e| lost(self, e))?;
         let deadline = Instant::now() + timeout;
-        let mut changed = false;
+        let mut changed: Option<Reading> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match subscriber
@@ -303,14 +367,68 @@ impl Refresher {
                     self.record_success();
                     return Ok(changed);
                 }
-                Some(reply) => changed |= wants_reload(&reply, |key| self.reads_key(key)),
+                Some(reply) => {
+                    if let Some(reading) = wants_reload(&reply, |key| self.reads_key(key)) {
+                        changed = Some(match changed {
+                            Some(earlier) => earlier.merge(reading),
+                            None => reading,
+                        });
+                    }
+                }
             }
         }
     }
 
+    /// With sentinels, asks one every `refresh` which node is the master: an error (the session
+    /// ends, and the next one connects to the new master) once it is not the node in use. A
+    /// failover shows here before Sentinel reconfigures the old master, which it does only on
+    /// its next look at it (up to 10 s), killing gray's connections there.
+    fn check_failover(&mut self) -> Result<(), String> {
+        let Some(sentinels) = self
+            .config
+            .sentinels
+            .as_ref()
+            .filter(|s| s.role == Role::Master)
+        else {
+            return Ok(());
+        };
+        let sentinel = match self.sentinel.as_mut() {
+            Some(sentinel) => sentinel,
+            None => match sentinels.watch(self.config.timeout) {
+                Ok(sentinel) => self.sentinel.insert(sentinel),
+                // Nothing to compare with; the data connections still tell a failure.
+                Err(_) => return Ok(()),
+            },
+        };
+        let master = match sentinels.master(sentinel) {
+            Ok(master) => master,
+            Err(_) => {
+                self.sentinel = None;
+                return Ok(());
+            }
+        };
+        let node = self.shared.status().node;
+        if node.as_deref().is_some_and(|node| node != master) {
+            return Err(format!(
+                "the sentinels name {master} the master of \"{}\" now, not {}",
+                sentinels.master,
+                node.unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new connection to the Redis to read: the `redis` URL's, or the node the sentinels name.
     fn connect(&self) -> Result<Connection, String> {
-        Connection::open(&self.config.redis, self.config.timeout)
-            .map_err(|e| format!("failed to connect to redis: {}", self.describe(&e)))
+        let Some(sentinels) = &self.config.sentinels else {
+            return Connection::open(&self.config.redis, self.config.timeout)
+                .map_err(|e| format!("failed to connect to redis: {}", self.describe(&e)));
+        };
+        let (con, node) = sentinels
+            .connect(&self.config.redis, self.config.timeout)
+            .map_err(|e| format!("failed to connect to redis: {e}"))?;
+        self.shared.update_status(|s| s.node = Some(node));
+        Ok(con)
     }
 
     /// The connection changes arrive on: subscribed to `channel`, and tracking gray's keys
@@ -455,19 +573,30 @@ impl Refresher {
         };
         let lost = |e: connection::Error| format!("lost the subscription: {}", self.describe(&e));
         let poll_at = Instant::now() + self.config.refresh;
-        loop {
+        let mut reading = loop {
             let left = poll_at.saturating_duration_since(Instant::now());
             match con.read_within(left, MAX_MESSAGE).map_err(lost)? {
                 None => return Ok(Woke::Tick),
-                Some(message) if wants_reload(&message, |key| self.reads_key(key)) => break,
-                Some(_) => {}
+                Some(message) => {
+                    if let Some(reading) = wants_reload(&message, |key| self.reads_key(key)) {
+                        break reading;
+                    }
+                }
             }
-        }
+        };
         let deadline = Instant::now() + MESSAGE_COALESCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || con.read_within(left, MAX_MESSAGE).map_err(lost)?.is_none() {
-                return Ok(Woke::Change);
+            if left.is_zero() {
+                return Ok(Woke::Change(reading));
+            }
+            match con.read_within(left, MAX_MESSAGE).map_err(lost)? {
+                None => return Ok(Woke::Change(reading)),
+                Some(message) => {
+                    if let Some(more) = wants_reload(&message, |key| self.reads_key(key)) {
+                        reading = reading.merge(more);
+                    }
+                }
             }
         }
     }
@@ -476,7 +605,8 @@ impl Refresher {
     /// in a new snapshot if anything changed. Connects first if `con` is `None`, and leaves it
     /// `None` after a large read (its memory goes back before the parse) and after a refusal that
     /// left a reply half-read.
-    fn poll(&mut self, con: &mut Option<Connection>) -> Result<Polled, String> {
+    fn poll(&mut self, con: &mut Option<Connection>, reading: Reading) -> Result<Polled, String> {
+        self.reading = reading;
         let mut polled = Polled::default();
         let mut refused = false;
         let key = self.config.key.clone();
@@ -492,6 +622,7 @@ impl Refresher {
                 }
             }
             Read::Refused => refused = true,
+            Read::Unchanged => {}
         }
         for set in 0..self.rule_sets.len() {
             refused |= self.poll_rule_set(con, set, &mut polled)?;
@@ -516,17 +647,50 @@ impl Refresher {
         key: &str,
         polled: &mut Polled,
     ) -> Result<Read<B>, String> {
+        let last = self.last_reads.get(key);
+        if let Reading::Keys(written) = &self.reading {
+            if last.is_some() && !written.contains(key.as_bytes()) {
+                return Ok(Read::Unchanged);
+            }
+        }
+        let probing = self.reading == Reading::Poll && last.is_none_or(|l| l.bytes >= PROBE_FROM);
         let command = match con.as_mut() {
             Some(command) => command,
             None => con.insert(self.connect()?),
         };
         let started = Instant::now();
+        let probed = if probing {
+            match source::probe(command, key) {
+                Ok(probed) => Some(probed),
+                Err(refused @ FetchError::WrongType(_)) => {
+                    self.record_failure(&format!("ignoring key {key}: {refused}"), true);
+                    return Ok(Read::Refused);
+                }
+                Err(e) => return Err(self.read_failed(key, e)),
+            }
+        } else {
+            None
+        };
+        if let (Some(probed), Some(last)) = (probed, self.last_reads.get(key)) {
+            if last.probed == Some(probed) && last.at.elapsed() < self.resync {
+                return Ok(Read::Unchanged);
+            }
+        }
+        let command = con.as_mut().expect("connected above");
         match fetch::<B>(command, key, self.config.max_bytes) {
             Ok(fetched) => {
                 polled.bytes += fetched.bytes;
                 if fetched.bytes >= LARGE_READ {
                     *con = None;
                 }
+                self.last_reads.insert(
+                    key.to_string(),
+                    LastRead {
+                        bytes: fetched.bytes,
+                        probed,
+                        at: Instant::now(),
+                    },
+                );
                 Ok(Read::Value(fetched, started.elapsed()))
             }
             Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
@@ -538,9 +702,14 @@ impl Refresher {
                 polled.bytes += LARGE_READ;
                 Ok(Read::Refused)
             }
-            Err(FetchError::Redis(e)) => {
-                Err(format!("failed to read key {key}: {}", self.describe(&e)))
-            }
+            Err(e) => Err(self.read_failed(key, e)),
+        }
+    }
+
+    fn read_failed(&self, key: &str, e: FetchError) -> String {
+        match e {
+            FetchError::Redis(e) => format!("failed to read key {key}: {}", self.describe(&e)),
+            other => format!("failed to read key {key}: {other}"),
         }
     }
 
@@ -569,6 +738,7 @@ impl Refresher {
         let fetched = match self.read::<Text>(con, &key, polled)? {
             Read::Value(fetched, _) => fetched,
             Read::Refused => return Ok(true),
+            Read::Unchanged => return Ok(false),
         };
         let slot = &mut self.rule_sets[set];
         if slot.seen == Some(fetched.version) {
@@ -669,7 +839,7 @@ impl Refresher {
                     Read::Value(f, took) if current != Some(f.version) => {
                         Some(LoadedKey::Whitelist(self.parse_list(&key.name, f, took)))
                     }
-                    Read::Value(..) => None,
+                    Read::Value(..) | Read::Unchanged => None,
                     Read::Refused => {
                         refused = true;
                         None
@@ -694,7 +864,7 @@ impl Refresher {
                         );
                         Some(LoadedKey::Ids(Arc::new(LoadedIds { ids, kind, version })))
                     }
-                    Read::Value(..) => None,
+                    Read::Value(..) | Read::Unchanged => None,
                     Read::Refused => {
                         refused = true;
                         None
@@ -1131,25 +1301,39 @@ fn is_pong(reply: &Reply) -> bool {
         if parts.first() == Some(&Reply::Bulk(Some(b"pong".to_vec()))))
 }
 
-/// Whether a message on the subscription calls for a reload: anything on gray's channel; an
-/// invalidation naming a key gray reads, or none at all (a flush, a replica's resync: everything).
-fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> bool {
+/// What a message on the subscription asks to read again: the key a message on gray's channel
+/// names (grayctl names the key it wrote), or everything for any other payload on the channel
+/// and for an invalidation naming no key (a flush, a replica's resync); the keys gray reads that
+/// an invalidation names; nothing for other messages.
+fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> Option<Reading> {
     let Reply::Array(Some(parts)) = message else {
-        return false;
+        return None;
     };
     match parts.as_slice() {
         [Reply::Bulk(Some(kind)), Reply::Bulk(Some(channel)), payload] if kind == b"message" => {
             if channel != INVALIDATE_CHANNEL.as_bytes() {
-                return true;
+                return Some(match payload {
+                    Reply::Bulk(Some(key)) if reads_key(key) => {
+                        Reading::Keys(HashSet::from([key.clone()]))
+                    }
+                    _ => Reading::All,
+                });
             }
             match payload {
-                Reply::Array(Some(keys)) => keys
-                    .iter()
-                    .any(|k| matches!(k, Reply::Bulk(Some(k)) if reads_key(k))),
-                _ => true,
+                Reply::Array(Some(keys)) => {
+                    let written: HashSet<Vec<u8>> = keys
+                        .iter()
+                        .filter_map(|k| match k {
+                            Reply::Bulk(Some(k)) if reads_key(k) => Some(k.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    (!written.is_empty()).then_some(Reading::Keys(written))
+                }
+                _ => Some(Reading::All),
             }
         }
-        _ => false,
+        _ => None,
     }
 }
 
@@ -1186,30 +1370,54 @@ mod tests {
         };
         let reads = |k: &[u8]| k == b"gray" || k == b"gray:rules";
         let keys = |names: &[&str]| Reply::Array(Some(names.iter().map(|n| bulk(n)).collect()));
-        assert!(wants_reload(
-            &message("gray:changed", bulk("anything")),
-            reads
-        ));
-        assert!(wants_reload(
-            &message(INVALIDATE_CHANNEL, keys(&["gray:rules"])),
-            reads
-        ));
-        assert!(!wants_reload(
-            &message(INVALIDATE_CHANNEL, keys(&["gray:history", "gray:gateways"])),
-            reads
-        ));
-        assert!(wants_reload(
-            &message(INVALIDATE_CHANNEL, Reply::Bulk(None)),
-            reads
-        ));
-        assert!(wants_reload(
-            &message(INVALIDATE_CHANNEL, Reply::Array(None)),
-            reads
-        ));
-        assert!(!wants_reload(
-            &Reply::Array(Some(vec![bulk("pong"), bulk("")])),
-            reads
-        ));
+        let written = |names: &[&str]| {
+            Some(Reading::Keys(
+                names.iter().map(|n| n.as_bytes().to_vec()).collect(),
+            ))
+        };
+        assert_eq!(
+            wants_reload(&message("gray:changed", bulk("anything")), reads),
+            Some(Reading::All)
+        );
+        assert_eq!(
+            wants_reload(&message("gray:changed", bulk("gray:rules")), reads),
+            written(&["gray:rules"])
+        );
+        assert_eq!(
+            wants_reload(
+                &message(INVALIDATE_CHANNEL, keys(&["gray:rules", "gray:history"])),
+                reads
+            ),
+            written(&["gray:rules"])
+        );
+        assert_eq!(
+            wants_reload(
+                &message(INVALIDATE_CHANNEL, keys(&["gray:history", "gray:gateways"])),
+                reads
+            ),
+            None
+        );
+        assert_eq!(
+            wants_reload(&message(INVALIDATE_CHANNEL, Reply::Bulk(None)), reads),
+            Some(Reading::All)
+        );
+        assert_eq!(
+            wants_reload(&message(INVALIDATE_CHANNEL, Reply::Array(None)), reads),
+            Some(Reading::All)
+        );
+        assert_eq!(
+            wants_reload(&Reply::Array(Some(vec![bulk("pong"), bulk("")])), reads),
+            None
+        );
+    }
+
+    #[test]
+    fn readings_merge_into_the_wider() {
+        let keys = |k: &[&str]| Reading::Keys(k.iter().map(|k| k.as_bytes().to_vec()).collect());
+        assert_eq!(keys(&["a"]).merge(keys(&["b"])), keys(&["a", "b"]));
+        assert_eq!(keys(&["a"]).merge(Reading::All), Reading::All);
+        assert_eq!(Reading::Poll.merge(keys(&["a"])), Reading::Poll);
+        assert_eq!(Reading::Poll.merge(Reading::All), Reading::All);
     }
 
     #[test]

@@ -53,6 +53,8 @@ struct Header {
     registered: AtomicU32,
     /// One past the highest worker id that has counted.
     workers: AtomicU32,
+    /// A worker of this nginx has counted a response (`log()` is in use).
+    responses_counted: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,20 @@ impl Region {
     /// One past the highest worker id that has joined.
     pub fn workers(&self) -> usize {
         (self.header().workers.load(Ordering::Relaxed) as usize).min(MAX_WORKERS)
+    }
+
+    /// Records that responses are counted here (once; a load first keeps the line shared).
+    pub fn note_responses_counted(&self) {
+        let flag = &self.header().responses_counted;
+        if flag.load(Ordering::Relaxed) == 0 {
+            flag.store(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a worker of this nginx has counted a response: a new worker then keeps track of
+    /// the requests it routes from its first one.
+    pub fn responses_counted(&self) -> bool {
+        self.header().responses_counted.load(Ordering::Relaxed) != 0
     }
 
     /// The name of series `series` (registered ones only).

@@ -20,6 +20,8 @@ pub struct RefreshStatus {
     /// How often the refresher panicked and was restarted.
     pub restarts: u64,
     pub connected: bool,
+    /// The node the sentinels named, last connected to (`sentinels` only).
+    pub node: Option<String>,
     pub subscribed: bool,
     /// Redis pushes writes to gray's keys to the refresher (client-side caching, BCAST).
     pub tracking: bool,

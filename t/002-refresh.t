@@ -118,9 +118,10 @@ SET gray 127.0.0.9
                 return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
             end
             ngx.sleep(0.3)
-            local gets, pings = calls("get"), calls("ping")
+            local reads, pings = calls("getrange") + calls("sscan"), calls("ping")
             ngx.sleep(1)
-            ngx.say("reads in 1 s: ", calls("get") - gets, ", liveness checks: ", calls("ping") - pings >= 5)
+            ngx.say("reads in 1 s: ", calls("getrange") + calls("sscan") - reads,
+                    ", liveness checks: ", calls("ping") - pings >= 5)
             T.redis("set", "gray", "127.0.0.1")
             ngx.say("a change is still seen: ", (T.wait_for(function()
                 return gray.decide() == "@prod2-grey"
@@ -479,3 +480,76 @@ next change loaded: true
 --- wait: 0.5
 --- error_log
 the rest left unread; keeping the last good list
+
+
+
+=== TEST 16: polling without tracking, a large value is probed (type and length) and read only when its size moves, or when a PUBLISH names it
+--- redis
+EVAL "local e = {'127.0.0.9'} for a = 0, 39 do for b = 0, 199 do e[#e + 1] = '10.' .. a .. '.' .. b .. '.1' end end redis.call('SET', 'gray', table.concat(e, ',')) return #e" 0
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.1, tracking = false,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local function calls(command)
+                local info = T.redis("info", "commandstats")
+                return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
+            end
+            ngx.sleep(0.3)
+            local reads, probes = calls("getrange"), calls("strlen")
+            ngx.sleep(1)
+            ngx.say(gray.status().entries, " entries; reads in 1 s: ", calls("getrange") - reads,
+                    ", probes: ", calls("strlen") - probes >= 5)
+            local value = T.redis("get", "gray")
+            -- The same length: a probe cannot tell, and polling leaves it until resync.
+            T.redis("set", "gray", (value:gsub("^127%.0%.0%.9", "127.0.0.1")))
+            ngx.say("same length, polled: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
+            T.redis("publish", "gray:changed", "gray")
+            ngx.say("then published: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
+            T.redis("set", "gray", value)
+            ngx.say("another length, polled: ", (T.wait_for(function() return gray.decide() == "@prod1" end, 0.5)))
+        }
+    }
+--- response_body
+8001 entries; reads in 1 s: 0, probes: true
+same length, polled: false
+then published: true
+another length, polled: true
+
+
+
+=== TEST 17: with tracking, a write to the rule set reads the rule set, not the large whitelist beside it
+--- redis
+EVAL "local e = {'127.0.0.9'} for a = 0, 39 do for b = 0, 199 do e[#e + 1] = '10.' .. a .. '.' .. b .. '.1' end end redis.call('SET', 'gray', table.concat(e, ',')) return #e" 0
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 60 }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local function calls(command)
+                local info = T.redis("info", "commandstats")
+                return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
+            end
+            local reads = calls("getrange")
+            T.redis("set", "gray:rules", '{"format": 1, "rules": [{"name": "all", "to": "@prod2-grey"}]}')
+            ngx.say("rule set seen: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
+            ngx.say("values read: ", calls("getrange") - reads)
+            T.redis("set", "gray", "127.0.0.1")
+            T.redis("del", "gray:rules")
+            ngx.say("whitelist decides again: ", (T.wait_for(function()
+                return gray.status().entries == 1 and gray.decide() == "@prod2-grey"
+            end, 0.5)))
+        }
+    }
+--- response_body
+rule set seen: true
+values read: 1
+whitelist decides again: true

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::guard::GUARD_KEY_SUFFIX;
 use crate::ipset::IpSet;
+use crate::sentinel::{Role, Sentinels};
 use crate::snapshot::code::MAX_TARGETS;
 use crate::whitelist::{parse_entry, tokens};
 
@@ -46,6 +47,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "report",
     "tracking",
     "resync",
+    "sentinels",
+    "sentinel_master",
+    "read_from",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -110,6 +114,9 @@ pub struct Config {
     pub report: Option<Duration>,
     /// Have Redis push writes to gray's keys (client-side caching) rather than wait for a poll.
     pub tracking: bool,
+    /// Find the Redis to read through these sentinels; `redis` then gives only the credentials
+    /// and the database.
+    pub sentinels: Option<Sentinels>,
     /// With tracking, how often the keys are read whole all the same.
     pub resync: Duration,
 }
@@ -156,6 +163,9 @@ impl Config {
         let mut report = None;
         let mut tracking = true;
         let mut resync = DEFAULT_RESYNC;
+        let mut sentinel_addresses = Vec::new();
+        let mut sentinel_master = None;
+        let mut read_from = None;
 
         for (name, value) in options {
             match name.as_str() {
@@ -192,6 +202,23 @@ impl Config {
                         }
                     }
                 }
+                "sentinels" => sentinel_addresses = host_ports(&name, value)?,
+                "sentinel_master" => sentinel_master = Some(non_empty_string(&name, value)?),
+                "read_from" => {
+                    read_from = Some(match value {
+                        OptionValue::Str(s) if s == "master" => Role::Master,
+                        OptionValue::Str(s) if s == "replica" => Role::Replica,
+                        other => {
+                            return Err(invalid(format!(
+                                "opts.read_from must be \"master\" or \"replica\", got {}",
+                                match other {
+                                    OptionValue::Str(s) => format!("\"{s}\""),
+                                    other => other.type_name().to_string(),
+                                }
+                            )))
+                        }
+                    })
+                }
                 "report" => {
                     report = match value {
                         OptionValue::Bool(true) => Some(crate::fleet::DEFAULT_REPORT_EVERY),
@@ -210,6 +237,29 @@ impl Config {
             }
         }
 
+        let sentinels = match (sentinel_addresses.is_empty(), sentinel_master) {
+            (true, None) if read_from.is_none() => None,
+            (true, None) => {
+                return Err(invalid(
+                    "opts.read_from needs opts.sentinels and opts.sentinel_master",
+                ))
+            }
+            (false, Some(master)) => Some(Sentinels {
+                addresses: sentinel_addresses,
+                master,
+                role: read_from.unwrap_or(Role::Master),
+            }),
+            (false, None) => {
+                return Err(invalid(
+                    "opts.sentinels needs opts.sentinel_master, the name the sentinels monitor",
+                ))
+            }
+            (true, Some(_)) => {
+                return Err(invalid(
+                    "opts.sentinel_master needs opts.sentinels, the sentinels' addresses",
+                ))
+            }
+        };
         let redis = redis::IntoConnectionInfo::into_connection_info(redis_url.as_str())
             .map_err(|e| invalid(format!("opts.redis is not a valid Redis URL: {e}")))?;
         // gray speaks RESP2 on connections of its own (connection.rs): refuse what it would
@@ -249,7 +299,20 @@ impl Config {
             rules_key: rules_key.unwrap_or_else(|| format!("{key}{RULES_KEY_SUFFIX}")),
             rule_sets,
             targets,
-            redis_display: mask_password(&redis_url),
+            redis_display: match &sentinels {
+                Some(s) => format!(
+                    "{} ({} of \"{}\" by sentinels {})",
+                    mask_password(&redis_url),
+                    s.role.as_str(),
+                    s.master,
+                    s.addresses
+                        .iter()
+                        .map(|(host, port)| format!("{host}:{port}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => mask_password(&redis_url),
+            },
             redis,
             key,
             prod,
@@ -262,8 +325,49 @@ impl Config {
             report,
             tracking,
             resync,
+            sentinels,
         })
     }
+}
+
+/// A list of `host:port` (a single string for one).
+fn host_ports(name: &str, value: OptionValue) -> Result<Vec<(String, u16)>, ConfigError> {
+    let items = match value {
+        OptionValue::Str(s) => vec![OptionValue::Str(s)],
+        OptionValue::List(items) if !items.is_empty() => items,
+        other => {
+            return Err(invalid(format!(
+                "opts.{name} must be a list of \"host:port\", got {}",
+                other.type_name()
+            )))
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let parsed = match &item {
+                OptionValue::Str(s) => s
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| {
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        Some((host.to_string(), port.parse::<u16>().ok()?))
+                    })
+                    .filter(|(host, port)| !host.is_empty() && *port != 0),
+                _ => None,
+            };
+            parsed.ok_or_else(|| {
+                invalid(format!(
+                    "opts.{name}[{}] must be \"host:port\", got {}",
+                    i + 1,
+                    match item {
+                        OptionValue::Str(s) => format!("\"{s}\""),
+                        other => other.type_name().to_string(),
+                    }
+                ))
+            })
+        })
+        .collect()
 }
 
 fn non_empty_string(name: &str, value: OptionValue) -> Result<String, ConfigError> {
@@ -497,11 +601,71 @@ mod tests {
     }
 
     #[test]
+    fn sentinels_name_the_group_and_the_role_to_read() {
+        let c = Config::from_options(vec![
+            (
+                "sentinels".into(),
+                List(vec![
+                    Str("10.0.0.1:26379".into()),
+                    Str("[::1]:26380".into()),
+                ]),
+            ),
+            ("sentinel_master".into(), Str("grays".into())),
+            ("read_from".into(), Str("replica".into())),
+        ])
+        .unwrap();
+        let sentinels = c.sentinels.unwrap();
+        assert_eq!(
+            sentinels.addresses,
+            [("10.0.0.1".to_string(), 26379), ("::1".to_string(), 26380)]
+        );
+        assert_eq!(
+            (sentinels.master.as_str(), sentinels.role),
+            ("grays", Role::Replica)
+        );
+        assert_eq!(
+            c.redis_display,
+            "redis://127.0.0.1:6379/0 (replica of \"grays\" by sentinels 10.0.0.1:26379, ::1:26380)"
+        );
+    }
+
+    #[test]
     fn errors_name_the_option() {
         let cases: &[(&[(&str, OptionValue)], &str)] = &[
             (
                 &[("refresh", Num(0.0))],
                 "opts.refresh must be a positive number of seconds",
+            ),
+            (
+                &[("sentinels", List(vec![Str("127.0.0.1:26379".into())]))],
+                "opts.sentinels needs opts.sentinel_master",
+            ),
+            (
+                &[("sentinel_master", Str("grays".into()))],
+                "opts.sentinel_master needs opts.sentinels",
+            ),
+            (
+                &[("read_from", Str("replica".into()))],
+                "opts.read_from needs opts.sentinels and opts.sentinel_master",
+            ),
+            (
+                &[
+                    ("sentinels", List(vec![Str("127.0.0.1".into())])),
+                    ("sentinel_master", Str("grays".into())),
+                ],
+                "opts.sentinels[1] must be \"host:port\", got \"127.0.0.1\"",
+            ),
+            (
+                &[
+                    ("sentinels", Str("127.0.0.1:26379".into())),
+                    ("sentinel_master", Str("grays".into())),
+                    ("read_from", Str("slave".into())),
+                ],
+                "opts.read_from must be \"master\" or \"replica\", got \"slave\"",
+            ),
+            (
+                &[("rule_sets", List(vec![Str("guard".into())]))],
+                "opts.rule_sets: \"guard\" cannot name a rule set",
             ),
             (
                 &[("report", Str("yes".into()))],

@@ -18,6 +18,7 @@ pub mod ipset;
 pub mod load;
 pub mod plan;
 pub mod rules;
+pub mod sentinel;
 pub mod snapshot;
 pub mod source;
 pub mod whitelist;

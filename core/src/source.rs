@@ -245,6 +245,26 @@ pub fn fetch<B: ListBuilder>(
     }
 }
 
+/// A key's kind and size without its value: a string's length, a SET's number of members (0
+/// for a missing key). Two values of one kind and size may differ: this tells a changed value
+/// from an unchanged one only when the size moved.
+pub fn probe(con: &mut Connection, key: &str) -> Result<(KeyKind, u64), FetchError> {
+    let kind = match con.query(redis::cmd("TYPE").arg(key), 0)? {
+        Reply::Status(kind) => kind,
+        other => return Err(unexpected("a type", &other)),
+    };
+    let (kind, size) = match kind.as_str() {
+        "none" => return Ok((KeyKind::Missing, 0)),
+        "string" => (KeyKind::String, "STRLEN"),
+        "set" => (KeyKind::Set, "SCARD"),
+        other => return Err(FetchError::WrongType(other.to_string())),
+    };
+    match con.query(redis::cmd(size).arg(key), 0)? {
+        Reply::Int(n) => Ok((kind, u64::try_from(n).unwrap_or(0))),
+        other => Err(unexpected("a size", &other)),
+    }
+}
+
 /// STRLEN refuses an oversized value without reading it; GETRANGE bounds the read even if the
 /// value grew in between, and the reply is refused by its length before it is read.
 fn fetch_string<B: ListBuilder>(

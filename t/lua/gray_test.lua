@@ -29,6 +29,16 @@ function _M.redis(cmd, ...)
     return res
 end
 
+-- One command to the Redis on 127.0.0.1:`port` (another than the file's): result, err.
+function _M.redis_at(port, cmd, ...)
+    local r = redis:new()
+    r:set_timeout(2000)
+    assert(r:connect("127.0.0.1", tonumber(port)))
+    local res, err = r[cmd](r, ...)
+    r:close()
+    return res, err
+end
+
 -- Several commands as one MULTI/EXEC transaction, so no poll sees a state in between (a DEL
 -- before the SADD that refills the key, say): T.redis_atomic({ "del", "gray" }, { "sadd", "gray", "1.1.1.1" })
 function _M.redis_atomic(...)

@@ -1,0 +1,295 @@
+//! Finding the Redis to read through Redis Sentinel, under gray's own timeouts: each sentinel is
+//! asked in turn, its connect and its answer bounded by `timeout` (a black-holed sentinel costs
+//! that, never minutes), and the node it names is asked its `ROLE` before it is trusted, since a
+//! sentinel can lag a failover. The caller resolves again whenever a connection fails: after a
+//! failover Sentinel kills the clients of the nodes it reconfigured, so that is when it matters.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+
+use crate::connection::{self, Connection, Reply};
+
+/// Which node of the group to read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    /// A healthy replica (the master when none is).
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinels {
+    /// `host:port` of each sentinel, asked in this order.
+    pub addresses: Vec<(String, u16)>,
+    /// The monitored group's name (`sentinel monitor <name> ...`).
+    pub master: String,
+    pub role: Role,
+}
+
+#[derive(Debug)]
+pub struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Sentinels {
+    /// A connection to the node to read from: the first sentinel that answers names it, and the
+    /// node confirms its role. `data` holds the credentials and database for that node.
+    pub fn connect(
+        &self,
+        data: &ConnectionInfo,
+        timeout: Duration,
+    ) -> Result<(Connection, String), Error> {
+        let mut failures = Vec::new();
+        for (host, port) in &self.addresses {
+            let sentinel = format!("{host}:{port}");
+            match self.ask(host, *port, timeout) {
+                Ok(candidates) => {
+                    for (node_host, node_port, role) in candidates {
+                        let node = format!("{node_host}:{node_port}");
+                        let info = data
+                            .clone()
+                            .set_addr(ConnectionAddr::Tcp(node_host, node_port));
+                        match Connection::open(&info, timeout)
+                            .map_err(|e| e.to_string())
+                            .and_then(|mut con| {
+                                confirm_role(&mut con, role)?;
+                                Ok(con)
+                            }) {
+                            Ok(con) => return Ok((con, node)),
+                            Err(e) => failures.push(format!(
+                                "{node} ({} by sentinel {sentinel}): {e}",
+                                role.as_str()
+                            )),
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!("sentinel {sentinel}: {e}")),
+            }
+        }
+        Err(Error(format!(
+            "no node of \"{}\" to read from: {}",
+            self.master,
+            failures.join("; ")
+        )))
+    }
+
+    /// A connection to the first sentinel that answers, to ask [`Sentinels::master`] on.
+    pub fn watch(&self, timeout: Duration) -> Result<Connection, Error> {
+        let mut failures = Vec::new();
+        for (host, port) in &self.addresses {
+            match sentinel_info(host, *port)
+                .and_then(|info| Connection::open(&info, timeout).map_err(|e| e.to_string()))
+            {
+                Ok(con) => return Ok(con),
+                Err(e) => failures.push(format!("sentinel {host}:{port}: {e}")),
+            }
+        }
+        Err(Error(failures.join("; ")))
+    }
+
+    /// The group's master as the sentinel on `con` names it, `host:port`.
+    pub fn master(&self, con: &mut Connection) -> Result<String, Error> {
+        match con.query(
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&self.master),
+            1024,
+        ) {
+            Ok(Reply::Array(Some(parts))) => address(&parts)
+                .map(|(host, port)| format!("{host}:{port}"))
+                .ok_or_else(|| Error(format!("an address it cannot give: {parts:?}"))),
+            Ok(other) => Err(Error(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(Error(e.to_string())),
+        }
+    }
+
+    /// The nodes sentinel `host:port` names for the group, best first, with the role each
+    /// should have.
+    fn ask(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Vec<(String, u16, Role)>, String> {
+        let mut con =
+            Connection::open(&sentinel_info(host, port)?, timeout).map_err(|e| e.to_string())?;
+        let master = match con
+            .query(
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(&self.master),
+                1024,
+            )
+            .map_err(|e| e.to_string())?
+        {
+            Reply::Array(Some(parts)) => {
+                address(&parts).ok_or_else(|| format!("an address it cannot give: {parts:?}"))?
+            }
+            Reply::Array(None) => return Err(format!("it does not monitor \"{}\"", self.master)),
+            other => return Err(format!("unexpected reply {other:?}")),
+        };
+        let mut nodes = Vec::new();
+        if self.role == Role::Replica {
+            let replicas = con
+                .query(
+                    redis::cmd("SENTINEL").arg("REPLICAS").arg(&self.master),
+                    1 << 20,
+                )
+                .map_err(|e| e.to_string())?;
+            nodes.extend(
+                healthy_replicas(&replicas)
+                    .into_iter()
+                    .map(|(h, p)| (h, p, Role::Replica)),
+            );
+        }
+        nodes.push((master.0, master.1, Role::Master));
+        Ok(nodes)
+    }
+}
+
+fn sentinel_info(host: &str, port: u16) -> Result<ConnectionInfo, String> {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    format!("redis://{host}:{port}")
+        .into_connection_info()
+        .map_err(|e| e.to_string())
+}
+
+/// `[host, port]` as `SENTINEL GET-MASTER-ADDR-BY-NAME` answers.
+fn address(parts: &[Reply]) -> Option<(String, u16)> {
+    match parts {
+        [Reply::Bulk(Some(host)), Reply::Bulk(Some(port))] => Some((
+            String::from_utf8(host.clone()).ok()?,
+            std::str::from_utf8(port).ok()?.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// The replicas `SENTINEL REPLICAS` lists that are up and in sync with the master.
+fn healthy_replicas(reply: &Reply) -> Vec<(String, u16)> {
+    let Reply::Array(Some(replicas)) = reply else {
+        return Vec::new();
+    };
+    replicas
+        .iter()
+        .filter_map(|replica| {
+            let Reply::Array(Some(fields)) = replica else {
+                return None;
+            };
+            let field = |name: &str| {
+                fields.chunks(2).find_map(|pair| match pair {
+                    [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] if k == name.as_bytes() => {
+                        std::str::from_utf8(v).ok()
+                    }
+                    _ => None,
+                })
+            };
+            let flags = field("flags")?;
+            let down = flags
+                .split(',')
+                .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+            if down || field("master-link-status") != Some("ok") {
+                return None;
+            }
+            Some((field("ip")?.to_string(), field("port")?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Asks a node its `ROLE`: a sentinel may name a master that has since been demoted.
+fn confirm_role(con: &mut Connection, expected: Role) -> Result<(), String> {
+    let role = match con.query(&redis::cmd("ROLE"), 1 << 20) {
+        Ok(Reply::Array(Some(parts))) => match parts.first() {
+            Some(Reply::Bulk(Some(role))) => String::from_utf8_lossy(role).into_owned(),
+            _ => return Err("ROLE gave no role".into()),
+        },
+        Ok(other) => return Err(format!("unexpected reply to ROLE: {other:?}")),
+        // An ACL without ROLE: trust the sentinel.
+        Err(connection::Error::Server(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let actual = if role == "master" {
+        Role::Master
+    } else {
+        Role::Replica
+    };
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(format!("it is a {role} now"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Reply {
+        Reply::Bulk(Some(s.as_bytes().to_vec()))
+    }
+
+    fn replica(ip: &str, port: &str, flags: &str, link: &str) -> Reply {
+        Reply::Array(Some(
+            [
+                ("name", "x"),
+                ("ip", ip),
+                ("port", port),
+                ("flags", flags),
+                ("master-link-status", link),
+            ]
+            .iter()
+            .flat_map(|(k, v)| [bulk(k), bulk(v)])
+            .collect(),
+        ))
+    }
+
+    #[test]
+    fn only_replicas_up_and_in_sync_are_read_from() {
+        let reply = Reply::Array(Some(vec![
+            replica("10.0.0.1", "6380", "slave", "ok"),
+            replica("10.0.0.2", "6380", "s_down,slave", "ok"),
+            replica("10.0.0.3", "6380", "slave", "err"),
+            replica("10.0.0.4", "6380", "slave,disconnected", "ok"),
+            replica("10.0.0.5", "6381", "slave", "ok"),
+        ]));
+        assert_eq!(
+            healthy_replicas(&reply),
+            [
+                ("10.0.0.1".to_string(), 6380),
+                ("10.0.0.5".to_string(), 6381)
+            ]
+        );
+        assert!(healthy_replicas(&Reply::Array(None)).is_empty());
+    }
+
+    #[test]
+    fn a_master_address_is_a_host_and_a_port() {
+        assert_eq!(
+            address(&[bulk("127.0.0.1"), bulk("6379")]),
+            Some(("127.0.0.1".to_string(), 6379))
+        );
+        assert_eq!(address(&[bulk("127.0.0.1"), bulk("port")]), None);
+        assert_eq!(address(&[bulk("127.0.0.1")]), None);
+    }
+}

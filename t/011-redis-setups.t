@@ -1,0 +1,81 @@
+# Redis as operators run it: a least-privilege ACL user, and a read-only replica per gateway
+# host (the cheap fan-out to a big fleet), client-side caching included.
+use lib '.';
+use t::Gray;
+use Test::Nginx::Socket::Lua 'no_plan';
+use File::Temp qw(tempdir);
+use Time::HiRes qw(sleep);
+
+# A replica of the file's Redis, on a port of its own, for the whole file.
+my $Dir = tempdir('gray-replica-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+my $ReplicaPort = t::Gray::free_port();
+system('redis-server', '--port', $ReplicaPort, '--bind', '127.0.0.1', '--replicaof', '127.0.0.1',
+       $ENV{TEST_NGINX_REDIS_PORT}, '--save', '', '--appendonly', 'no', '--daemonize', 'yes',
+       '--pidfile', "$Dir/replica.pid", '--logfile', "$Dir/replica.log", '--dir', $Dir) == 0
+    or die "cannot start the replica: $?";
+for (1 .. 100) {
+    last if `redis-cli -p $ReplicaPort info replication 2>/dev/null` =~ /master_link_status:up/;
+    sleep 0.05;
+}
+$ENV{TEST_NGINX_REPLICA_PORT} = $ReplicaPort;
+END { system("redis-cli -p $ReplicaPort shutdown nosave >/dev/null 2>&1") if $ReplicaPort }
+
+add_block_preprocessor(\&gray_block);
+run_tests();
+
+__DATA__
+
+=== TEST 1: the least-privilege ACL user the README lists: loads, tracks, and sees a plain SET at once
+--- redis
+SET gray 127.0.0.9
+ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +hgetall +subscribe +client|id +client|tracking
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://tester:secret@127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 60,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local s = gray.status()
+            ngx.say((gray.decide()), " tracking=", s.tracking, " subscribed=", s.subscribed)
+            T.redis("set", "gray", "127.0.0.1")
+            ngx.say("a plain SET: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
+            T.redis_atomic({ "del", "gray" }, { "sadd", "gray", "127.0.0.9" })
+            ngx.say("a SET key: ", (T.wait_for(function() return gray.decide() == "@prod1" end, 0.5)))
+        }
+    }
+--- response_body
+@prod1 tracking=true subscribed=true
+a plain SET: true
+a SET key: true
+--- no_error_log
+[warn]
+[error]
+
+
+
+=== TEST 2: a read-only replica as `redis`: a write on the master, no PUBLISH, is pushed through the replica
+--- redis
+SET gray 127.0.0.9
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REPLICA_PORT/0", refresh = 60 }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            -- The FLUSHALL and SET before this block reach the replica within moments.
+            T.wait_for(function() return gray.status().entries == 1 end, 2)
+            local s = gray.status()
+            ngx.say((gray.decide()), " tracking=", s.tracking, " redis=", (s.redis:gsub(":%d+/", ":PORT/")))
+            T.redis("set", "gray", "127.0.0.1")
+            ngx.say("written on the master: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
+        }
+    }
+--- response_body
+@prod1 tracking=true redis=redis://127.0.0.1:PORT/0
+written on the master: true
