@@ -166,8 +166,12 @@ local start_failed_at
 -- that (a reload, a respawn) keeps them from its first request; before it, only the last routed
 -- request is remembered, which covers a worker's first request.
 local routed = {}
+local routed_count = 0
 local counting_responses = false
 local last_routed_r, last_routed_code
+-- More routed requests than this waiting for log() means it does not run for them (a location
+-- with a log_by_lua* of its own hides the http-level one): the table is dropped, with a warning.
+local MAX_ROUTED_PENDING = 65536
 
 -- set_index[name] is the index of a named rule set; the default set is 0.
 local set_index = {}
@@ -232,6 +236,12 @@ local function drain_logs()
     forget_stale_plans()
     core.watch_guards()
     counting_responses = counting_responses or core.responses_counted()
+    if routed_count > MAX_ROUTED_PENDING then
+        ngx_log(ngx_WARN, "gray: ", routed_count, " routed requests never reached log(): put ",
+                "log_by_lua_block { require(\"gray\").log() } where it runs for the named ",
+                "locations route() jumps to (http or server level, not hidden by a location's own)")
+        routed, routed_count = {}, 0
+    end
     if start_failed_at and ngx_now() - start_failed_at >= START_RETRY_INTERVAL then
         start_failed_at = nil
         start(false)
@@ -315,6 +325,7 @@ function _M.route(name)
     local code = decision(r, set)
     if counting_responses then
         routed[tonumber(ffi.cast("uintptr_t", r))] = code
+        routed_count = routed_count + 1
     else
         last_routed_r, last_routed_code = r, code
     end
@@ -331,6 +342,7 @@ function _M.log()
     local code = routed[address]
     if code then
         routed[address] = nil
+        routed_count = routed_count - 1
     elseif not counting_responses then
         counting_responses = true
         if last_routed_r ~= r then

@@ -80,6 +80,33 @@ fn baseline_series(rules: &RuleSet, series: &RuleSetSeries) -> Vec<u32> {
     baseline
 }
 
+/// When series `series` tripped (Unix ms), if it tripped under rule set version `version`.
+fn tripped_under(region: &Region, series: u32, version: u64) -> Option<u64> {
+    region
+        .tripped(series as usize)
+        .filter(|&(tripped, _)| tripped == version)
+        .map(|(_, at)| at)
+}
+
+/// Clears the trips of `compiled`'s rules made under another version of the rule set: a trip
+/// lasts until the rule set changes, also when a later change brings the same text back (a
+/// rollback, `grayctl off` then `on`).
+pub fn forget_other_versions(compiled: &CompiledRuleSet, series: &RuleSetSeries) {
+    let Some(region) = metrics::region() else {
+        return;
+    };
+    for (rule, &s) in compiled.rules.rules.iter().zip(&series.rules) {
+        if rule.guard.is_none() {
+            continue;
+        }
+        if let Some((version, _)) = region.tripped(s as usize) {
+            if version != compiled.version {
+                region.untrip(s as usize, version);
+            }
+        }
+    }
+}
+
 /// By rule: tripped in the region under `compiled`'s version. Empty while none is.
 pub fn tripped_rules(compiled: &CompiledRuleSet, series: &RuleSetSeries) -> Vec<bool> {
     let Some(region) = metrics::region() else {
@@ -91,10 +118,7 @@ pub fn tripped_rules(compiled: &CompiledRuleSet, series: &RuleSetSeries) -> Vec<
         .iter()
         .zip(&series.rules)
         .map(|(rule, &s)| {
-            rule.guard.is_some()
-                && region
-                    .tripped(s as usize)
-                    .is_some_and(|(version, _)| version == compiled.version)
+            rule.guard.is_some() && tripped_under(region, s, compiled.version).is_some()
         })
         .collect();
     if tripped.contains(&true) {
@@ -130,10 +154,7 @@ pub fn tick(shared: &'static Shared) {
             if series == 0 {
                 continue;
             }
-            if region
-                .tripped(series as usize)
-                .is_some_and(|(version, _)| version == compiled.version)
-            {
+            if tripped_under(region, series, compiled.version).is_some() {
                 continue;
             }
             watched.push(series);
@@ -254,9 +275,8 @@ pub fn reset(
         let Some(&reset_at) = resets.get(&rule.name) else {
             continue;
         };
-        let reset_since_trip = region
-            .tripped(s as usize)
-            .is_some_and(|(version, at)| version == compiled.version && at < reset_at);
+        let reset_since_trip =
+            tripped_under(region, s, compiled.version).is_some_and(|at| at < reset_at);
         if reset_since_trip && region.untrip(s as usize, compiled.version) {
             cleared.push(rule.name.clone());
         }
@@ -274,14 +294,12 @@ pub fn states(snapshot: &Snapshot) -> Vec<GuardState> {
             if rule.guard.is_none() {
                 continue;
             }
-            let trip = region
-                .and_then(|r| r.tripped(series as usize))
-                .filter(|(version, _)| *version == compiled.version);
+            let tripped_at = region.and_then(|r| tripped_under(r, series, compiled.version));
             states.push(GuardState {
                 rule_set: compiled.key.clone(),
                 rule: rule.name.clone(),
                 target: metrics::target_name(series),
-                tripped_at: trip.map(|(_, at)| at as f64 / 1000.0),
+                tripped_at: tripped_at.map(|at| at as f64 / 1000.0),
             });
         }
     }

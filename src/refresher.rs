@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::log::{Level, Throttle};
 use crate::metrics::{self, KeyLoaded, Labels, WorkerState};
 use crate::os;
+use crate::region::RegisterError;
 use crate::state::Shared;
 use gray_core::config::Config;
 use gray_core::connection::{self, Connection, Reply};
@@ -91,6 +92,9 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         last_reads: HashMap::new(),
         resync: Duration::ZERO,
         sentinel: None,
+        registry_busy: false,
+        tracking: false,
+        unpublished: false,
     };
     shared.update_status(|s| s.running = true);
     let spawned = thread::Builder::new()
@@ -252,6 +256,13 @@ struct Refresher {
     resync: Duration,
     /// A sentinel asked every `refresh` which node is the master (`sentinels`, master role).
     sentinel: Option<Connection>,
+    /// The series registry stayed locked during this poll: register nothing more until the next.
+    registry_busy: bool,
+    /// Tracking is in force in this session.
+    tracking: bool,
+    /// Something was loaded that no published snapshot holds yet (a poll failed before it
+    /// published).
+    unpublished: bool,
 }
 
 impl Refresher {
@@ -279,6 +290,7 @@ impl Refresher {
         }
         let mut con = Some(self.connect()?);
         let (mut subscription, mut tracking) = self.subscribe()?;
+        self.tracking = tracking;
         self.resync = self.resync_interval();
         self.last_reads.clear();
         let mut resynced_at = Instant::now();
@@ -300,6 +312,7 @@ impl Refresher {
                 // then read again what may have changed while no one was tracking it.
                 if tracking && self.wanted_prefixes() != self.armed {
                     (subscription, tracking) = self.subscribe()?;
+                    self.tracking = tracking;
                     due = Some(Reading::All);
                     continue;
                 }
@@ -392,18 +405,22 @@ impl Refresher {
         else {
             return Ok(());
         };
-        let sentinel = match self.sentinel.as_mut() {
-            Some(sentinel) => sentinel,
-            None => match sentinels.watch(self.config.timeout) {
-                Ok(sentinel) => self.sentinel.insert(sentinel),
-                // Nothing to compare with; the data connections still tell a failure.
-                Err(_) => return Ok(()),
-            },
+        let asked = match self.sentinel.as_mut() {
+            Some(sentinel) => sentinels.master(sentinel).map_err(|e| e.to_string()),
+            None => sentinels
+                .watch(self.config.timeout)
+                .map(|(sentinel, master)| {
+                    self.sentinel = Some(sentinel);
+                    master
+                })
+                .map_err(|e| e.to_string()),
         };
-        let master = match sentinels.master(sentinel) {
+        let master = match asked {
             Ok(master) => master,
-            Err(_) => {
+            Err(e) => {
+                // Nothing to compare with now; the data connections still tell a failure.
                 self.sentinel = None;
+                self.warn_once(format!("no sentinel to watch for a failover: {e}"));
                 return Ok(());
             }
         };
@@ -607,10 +624,32 @@ impl Refresher {
     /// left a reply half-read.
     fn poll(&mut self, con: &mut Option<Connection>, reading: Reading) -> Result<Polled, String> {
         self.reading = reading;
+        self.registry_busy = false;
         let mut polled = Polled::default();
+        let read = self.read_keys(con, &mut polled);
+        // What was loaded before a failure is published all the same, now or after the next
+        // poll, which may find nothing new to read.
+        self.unpublished |= polled.replaced;
+        let refused = read?;
+        if self.unpublished || self.shared.current().rule_sets.len() != self.rule_sets.len() {
+            self.publish();
+        }
+        if !refused {
+            self.record_success();
+        }
+        self.signal_first_load();
+        Ok(polled)
+    }
+
+    /// Reads the keys of this poll into the refresher's state; says whether one was refused.
+    fn read_keys(
+        &mut self,
+        con: &mut Option<Connection>,
+        polled: &mut Polled,
+    ) -> Result<bool, String> {
         let mut refused = false;
         let key = self.config.key.clone();
-        match self.read::<WhitelistBuilder>(con, &key, &mut polled)? {
+        match self.read::<WhitelistBuilder>(con, &key, polled)? {
             Read::Value(fetched, took) => {
                 if self
                     .whitelist
@@ -625,18 +664,11 @@ impl Refresher {
             Read::Unchanged => {}
         }
         for set in 0..self.rule_sets.len() {
-            refused |= self.poll_rule_set(con, set, &mut polled)?;
+            refused |= self.poll_rule_set(con, set, polled)?;
         }
-        refused |= self.poll_referenced_keys(con, &mut polled)?;
-        self.poll_guard_resets(con, &mut polled)?;
-        if polled.replaced || self.shared.current().rule_sets.len() != self.rule_sets.len() {
-            self.publish();
-        }
-        if !refused {
-            self.record_success();
-        }
-        self.signal_first_load();
-        Ok(polled)
+        refused |= self.poll_referenced_keys(con, polled)?;
+        self.poll_guard_resets(con, polled)?;
+        Ok(refused)
     }
 
     /// One key read, with the connection kept in order: a refusal (wrong type, too large) is
@@ -653,7 +685,9 @@ impl Refresher {
                 return Ok(Read::Unchanged);
             }
         }
-        let probing = self.reading == Reading::Poll && last.is_none_or(|l| l.bytes >= PROBE_FROM);
+        // Without tracking, a large value (or one not read yet) is probed before every read, so
+        // that the next poll can tell it unchanged.
+        let probing = !self.tracking && last.is_none_or(|l| l.bytes >= PROBE_FROM);
         let command = match con.as_mut() {
             Some(command) => command,
             None => con.insert(self.connect()?),
@@ -666,12 +700,20 @@ impl Refresher {
                     self.record_failure(&format!("ignoring key {key}: {refused}"), true);
                     return Ok(Read::Refused);
                 }
+                Err(FetchError::Redis(connection::Error::Server(refusal))) => {
+                    self.warn_once(format!(
+                        "cannot probe key {key} ({refusal}); it is read whole every poll (grant +strlen +scard)"
+                    ));
+                    None
+                }
                 Err(e) => return Err(self.read_failed(key, e)),
             }
         } else {
             None
         };
-        if let (Some(probed), Some(last)) = (probed, self.last_reads.get(key)) {
+        if let (Reading::Poll, Some(probed), Some(last)) =
+            (&self.reading, probed, self.last_reads.get(key))
+        {
             if last.probed == Some(probed) && last.at.elapsed() < self.resync {
                 return Ok(Read::Unchanged);
             }
@@ -783,6 +825,15 @@ impl Refresher {
                 let targets = self.config.targets.clone();
                 let series =
                     metrics::rule_set_series(&compiled, &targets, |labels| self.series(labels));
+                for (rule, &s) in compiled.rules.rules.iter().zip(&series.rules) {
+                    if rule.guard.is_some() && s == 0 {
+                        self.warn_once(format!(
+                            "the guard of rule set {key} rule \"{}\" is off: its requests are not counted",
+                            rule.name
+                        ));
+                    }
+                }
+                crate::guard::forget_other_versions(&compiled, &series);
                 let slot = &mut self.rule_sets[set];
                 slot.compiled = Some(compiled);
                 slot.series = series;
@@ -822,7 +873,15 @@ impl Refresher {
             }
         }
         let before = self.keys.len();
-        self.keys.retain(|key, _| wanted.contains(key));
+        let last_reads = &mut self.last_reads;
+        self.keys.retain(|key, _| {
+            let kept = wanted.contains(key);
+            if !kept {
+                // Referenced again later, it is read again, whatever a write names.
+                last_reads.remove(&key.name);
+            }
+            kept
+        });
         polled.replaced |= self.keys.len() != before;
         let mut refused = false;
         for key in wanted {
@@ -1048,6 +1107,7 @@ impl Refresher {
 
     /// Swaps in a snapshot of what is loaded now.
     fn publish(&mut self) {
+        self.unpublished = false;
         self.published_at = SystemTime::now();
         let current = self.shared.current();
         let whitelist = self.whitelist.clone();
@@ -1080,7 +1140,11 @@ impl Refresher {
             None => {
                 let (key, targets) = (self.config.key.clone(), self.config.targets.clone());
                 let series = metrics::whitelist_series(&key, &targets, |l| self.series(l));
-                *self.whitelist_series.insert(series)
+                // Registered for good once both are; tried again at the next publish otherwise.
+                if !series.contains(&0) || !metrics::shared() {
+                    self.whitelist_series = Some(series);
+                }
+                series
             }
         };
         self.shared.snapshot.store(Arc::new(Snapshot {
@@ -1094,10 +1158,20 @@ impl Refresher {
 
     /// The metrics series of `labels`; 0 (not counted, said once) where it cannot have one.
     fn series(&mut self, labels: &Labels) -> u32 {
+        if self.registry_busy {
+            return 0;
+        }
         metrics::register(labels).unwrap_or_else(|e| {
+            // A registry held by a stuck process: not once per rule of this poll.
+            self.registry_busy = matches!(e, RegisterError::Busy);
+            let rule = if labels.rule.is_empty() {
+                String::new()
+            } else {
+                format!(" \"{}\"", labels.rule)
+            };
             self.warn_once(format!(
-                "not counting requests of rule set {} {} {} to {}: {e}",
-                labels.rule_set, labels.outcome, labels.rule, labels.target
+                "not counting the requests key {} sends to {} ({}{rule}): {e}",
+                labels.rule_set, labels.target, labels.outcome
             ));
             0
         })

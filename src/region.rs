@@ -24,7 +24,6 @@ pub const MAX_WORKERS: usize = 256;
 /// The most bytes of state a worker publishes.
 pub const MAX_STATE: usize = STATE_SLOT - 16;
 
-const MAGIC: u64 = u64::from_be_bytes(*b"grayrgn1");
 const PAGE: usize = 4096;
 const NAME_SLOT: usize = 256;
 /// A series name is at most this long.
@@ -44,7 +43,6 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 
 #[repr(C)]
 struct Header {
-    magic: u64,
     /// When the region was made, Unix milliseconds: a counter reset for Prometheus.
     created_ms: u64,
     /// The pid holding the registry lock, 0 when free.
@@ -75,7 +73,11 @@ impl std::fmt::Display for RegisterError {
             RegisterError::NameTooLong(len) => {
                 write!(f, "a series name of {len} bytes, over {MAX_NAME}")
             }
-            RegisterError::Busy => f.write_str("the series registry stayed locked for 1s"),
+            RegisterError::Busy => write!(
+                f,
+                "the series registry stayed locked for {:.1}s",
+                LOCK_PATIENCE.as_secs_f64()
+            ),
         }
     }
 }
@@ -115,9 +117,7 @@ impl Region {
             .map_or(0, |d| d.as_millis() as u64);
         // SAFETY: the mapping is fresh, page-aligned and no other process sees it yet.
         unsafe {
-            let header = region.base.as_ptr().cast::<Header>();
-            (*header).magic = MAGIC;
-            (*header).created_ms = created_ms;
+            (*region.base.as_ptr().cast::<Header>()).created_ms = created_ms;
         }
         region.header().registered.store(1, Ordering::Release);
         Ok(region)
@@ -213,10 +213,6 @@ impl Region {
         loop {
             match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Ok(RegistryLock(lock)),
-                Err(holder) if holder == me => {
-                    // A panic (caught) in this process while registering left it held.
-                    return Ok(RegistryLock(lock));
-                }
                 Err(holder) if !alive(holder) => {
                     let _ = lock.compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed);
                 }
@@ -295,14 +291,17 @@ impl Region {
             return false;
         };
         let current = tripped.load(Ordering::Acquire);
-        if current == version
-            || tripped
-                .compare_exchange(current, version, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+        if current == version {
+            return false;
+        }
+        // The time first: whoever sees the version sees its time, never an older one.
+        at.store(at_ms, Ordering::Release);
+        if tripped
+            .compare_exchange(current, version, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
         {
             return false;
         }
-        at.store(at_ms, Ordering::Release);
         epoch.fetch_add(1, Ordering::AcqRel);
         true
     }
@@ -344,21 +343,27 @@ impl Region {
     }
 
     /// Publishes worker `worker`'s state (at most `MAX_STATE` bytes; longer is cut). A sequence
-    /// number, odd while writing, lets readers in other processes skip a torn copy.
+    /// number, odd while writing, lets readers in other processes skip a torn copy. It is set,
+    /// not incremented, so a writer killed mid-write (an odd number left behind) does not turn
+    /// the next writer's parity around. Two writers at once (an old worker draining after a
+    /// reload and its successor) can still tear a copy: readers parse what they read and drop
+    /// what does not parse.
     pub fn write_state(&self, worker: usize, state: &[u8]) {
         if worker >= MAX_WORKERS {
             return;
         }
         let words = self.state_words(worker);
         let state = &state[..state.len().min(MAX_STATE)];
-        words[0].fetch_add(1, Ordering::AcqRel);
+        let writing = (words[0].load(Ordering::Relaxed) | 1).wrapping_add(2);
+        words[0].store(writing, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
         words[1].store(state.len() as u64, Ordering::Relaxed);
         for (word, chunk) in words[2..].iter().zip(state.chunks(8)) {
             let mut bytes = [0u8; 8];
             bytes[..chunk.len()].copy_from_slice(chunk);
             word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
         }
-        words[0].fetch_add(1, Ordering::Release);
+        words[0].store(writing.wrapping_add(1), Ordering::Release);
     }
 
     /// Worker `worker`'s last published state; `None` if it never published (or kept writing
@@ -506,5 +511,10 @@ mod tests {
         assert_eq!(region.read_state(2).unwrap().len(), MAX_STATE);
         region.write_state(2, b"short");
         assert_eq!(region.read_state(2).unwrap(), b"short");
+        // A writer killed mid-write leaves an odd number: the next write still publishes.
+        region.state_words(2)[0].store(7, Ordering::Relaxed);
+        assert_eq!(region.read_state(2), None);
+        region.write_state(2, b"healed");
+        assert_eq!(region.read_state(2).unwrap(), b"healed");
     }
 }

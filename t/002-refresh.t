@@ -511,7 +511,7 @@ EVAL "local e = {'127.0.0.9'} for a = 0, 39 do for b = 0, 199 do e[#e + 1] = '10
             ngx.say("same length, polled: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
             T.redis("publish", "gray:changed", "gray")
             ngx.say("then published: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
-            T.redis("set", "gray", value)
+            T.redis("set", "gray", value .. ",10.255.0.1")
             ngx.say("another length, polled: ", (T.wait_for(function() return gray.decide() == "@prod1" end, 0.5)))
         }
     }

@@ -202,3 +202,35 @@ back after a reset: true
 still back: true
 --- error_log eval
 [qr/guard tripped/, qr/guard of rule set gray:rules rule "canary" reset: the rule matches again/]
+
+
+
+=== TEST 5: a rule set brought back as it was when its rule tripped (a rollback, off then on) is a change too: the rule matches again
+--- redis
+SET canary_status 500
+SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20}}]}'
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local canary = { ["X-Client"] = "127.0.0.2" }
+            local tripped_text = T.redis("get", "gray:rules")
+            for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
+            ngx.say("tripped: ", (T.wait_for(function()
+                return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "prod\n"
+            end, 5)))
+            T.redis("set", "canary_status", "200")
+            T.redis("set", "gray:rules", '{"format": 1, "enabled": false, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20}}]}')
+            ngx.sleep(0.5)
+            T.redis("set", "gray:rules", tripped_text)
+            ngx.say("back as it was, matches: ", (T.wait_for(function()
+                return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n"
+            end, 5)))
+        }
+    }
+--- timeout: 20
+--- response_body
+tripped: true
+back as it was, matches: true
+--- error_log
+guard tripped

@@ -28,7 +28,7 @@ __DATA__
 === TEST 1: the least-privilege ACL user the README lists: loads, tracks, and sees a plain SET at once
 --- redis
 SET gray 127.0.0.9
-ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +hgetall +subscribe +client|id +client|tracking
+ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +scard +hgetall +subscribe +client|id +client|tracking
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
@@ -79,3 +79,32 @@ SET gray 127.0.0.9
 --- response_body
 @prod1 tracking=true redis=redis://127.0.0.1:PORT/0
 written on the master: true
+
+
+
+=== TEST 3: the same ACL user, polling (tracking = false): a large SET is probed (SCARD) and read again when it grows
+--- redis
+EVAL "for a = 0, 39 do for b = 0, 199 do redis.call('SADD', 'gray', '10.' .. a .. '.' .. b .. '.1') end end return 1" 0
+ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +scard +hgetall +subscribe +client|id +client|tracking
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://tester:secret@127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.1,
+            tracking = false, channel = false,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            ngx.say(gray.status().entries, " entries, ", (gray.decide()))
+            T.redis("sadd", "gray", "127.0.0.1")
+            ngx.say("grown, polled: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))
+        }
+    }
+--- response_body
+8000 entries, @prod1
+grown, polled: true
+--- no_error_log
+[warn]
+[error]

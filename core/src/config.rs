@@ -287,13 +287,15 @@ impl Config {
                 targets.len()
             )));
         }
-        if rule_sets
+        // `<rules_key>:<name>:guard` holds the guard trips of the set `name`.
+        let guard = GUARD_KEY_SUFFIX.trim_start_matches(':');
+        if let Some(name) = rule_sets
             .iter()
-            .any(|name| name == GUARD_KEY_SUFFIX.trim_start_matches(':'))
+            .find(|name| *name == guard || name.ends_with(GUARD_KEY_SUFFIX))
         {
-            return Err(invalid(
-                "opts.rule_sets: \"guard\" cannot name a rule set: <rules_key>:guard holds the default rule set's guard trips",
-            ));
+            return Err(invalid(format!(
+                "opts.rule_sets: \"{name}\" cannot name a rule set: its key would be another rule set's guard hash"
+            )));
         }
         Ok(Config {
             rules_key: rules_key.unwrap_or_else(|| format!("{key}{RULES_KEY_SUFFIX}")),
@@ -334,7 +336,12 @@ impl Config {
 fn host_ports(name: &str, value: OptionValue) -> Result<Vec<(String, u16)>, ConfigError> {
     let items = match value {
         OptionValue::Str(s) => vec![OptionValue::Str(s)],
-        OptionValue::List(items) if !items.is_empty() => items,
+        OptionValue::List(items) if items.is_empty() => {
+            return Err(invalid(format!(
+                "opts.{name} is empty: list one \"host:port\" at least"
+            )))
+        }
+        OptionValue::List(items) => items,
         other => {
             return Err(invalid(format!(
                 "opts.{name} must be a list of \"host:port\", got {}",
@@ -665,7 +672,7 @@ mod tests {
             ),
             (
                 &[("rule_sets", List(vec![Str("guard".into())]))],
-                "opts.rule_sets: \"guard\" cannot name a rule set",
+                "opts.rule_sets: \"guard\" cannot name a rule set: its key would be another rule set's guard hash",
             ),
             (
                 &[("report", Str("yes".into()))],

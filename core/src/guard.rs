@@ -97,6 +97,24 @@ pub struct Trip {
     pub max_error_rate: f64,
 }
 
+impl TripRecord {
+    /// The judgement the record holds.
+    pub fn trip(&self) -> Trip {
+        Trip {
+            canary: Counts {
+                responses: self.responses,
+                errors: self.errors,
+            },
+            baseline: Counts {
+                responses: self.default_responses,
+                errors: self.default_errors,
+            },
+            window: self.window,
+            max_error_rate: self.max_error_rate,
+        }
+    }
+}
+
 impl Guard {
     /// A trip when the rule's target (`canary`) answered at least `min_requests` times and its 5xx
     /// share exceeds the default target's (`baseline`) by more than `max_error_rate` points.

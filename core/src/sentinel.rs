@@ -90,14 +90,19 @@ impl Sentinels {
         )))
     }
 
-    /// A connection to the first sentinel that answers, to ask [`Sentinels::master`] on.
-    pub fn watch(&self, timeout: Duration) -> Result<Connection, Error> {
+    /// A connection to the first sentinel that names the group's master, to ask
+    /// [`Sentinels::master`] on again, with the master it named.
+    pub fn watch(&self, timeout: Duration) -> Result<(Connection, String), Error> {
         let mut failures = Vec::new();
         for (host, port) in &self.addresses {
-            match sentinel_info(host, *port)
+            let watched = sentinel_info(host, *port)
                 .and_then(|info| Connection::open(&info, timeout).map_err(|e| e.to_string()))
-            {
-                Ok(con) => return Ok(con),
+                .and_then(|mut con| {
+                    let master = self.master(&mut con).map_err(|e| e.to_string())?;
+                    Ok((con, master))
+                });
+            match watched {
+                Ok(watched) => return Ok(watched),
                 Err(e) => failures.push(format!("sentinel {host}:{port}: {e}")),
             }
         }
@@ -115,6 +120,9 @@ impl Sentinels {
             Ok(Reply::Array(Some(parts))) => address(&parts)
                 .map(|(host, port)| format!("{host}:{port}"))
                 .ok_or_else(|| Error(format!("an address it cannot give: {parts:?}"))),
+            Ok(Reply::Array(None)) => {
+                Err(Error(format!("it does not monitor \"{}\"", self.master)))
+            }
             Ok(other) => Err(Error(format!("unexpected reply {other:?}"))),
             Err(e) => Err(Error(e.to_string())),
         }
@@ -130,21 +138,11 @@ impl Sentinels {
     ) -> Result<Vec<(String, u16, Role)>, String> {
         let mut con =
             Connection::open(&sentinel_info(host, port)?, timeout).map_err(|e| e.to_string())?;
-        let master = match con
-            .query(
-                redis::cmd("SENTINEL")
-                    .arg("GET-MASTER-ADDR-BY-NAME")
-                    .arg(&self.master),
-                1024,
-            )
-            .map_err(|e| e.to_string())?
-        {
-            Reply::Array(Some(parts)) => {
-                address(&parts).ok_or_else(|| format!("an address it cannot give: {parts:?}"))?
-            }
-            Reply::Array(None) => return Err(format!("it does not monitor \"{}\"", self.master)),
-            other => return Err(format!("unexpected reply {other:?}")),
-        };
+        let master = self.master(&mut con).map_err(|e| e.to_string())?;
+        let (master_host, master_port) = master
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+            .ok_or_else(|| format!("an address it cannot give: {master}"))?;
         let mut nodes = Vec::new();
         if self.role == Role::Replica {
             let replicas = con
@@ -159,7 +157,7 @@ impl Sentinels {
                     .map(|(h, p)| (h, p, Role::Replica)),
             );
         }
-        nodes.push((master.0, master.1, Role::Master));
+        nodes.push((master_host, master_port, Role::Master));
         Ok(nodes)
     }
 }

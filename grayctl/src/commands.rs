@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use clap::Args;
 use gray_core::config::Config;
 use gray_core::fleet::Report;
-use gray_core::guard::{self, Counts, Trip, TripRecord};
+use gray_core::guard::{self, TripRecord};
 use gray_core::load::compile_rule_set;
 use gray_core::plan::{Header, Plan, Slices};
 use gray_core::rules::{schema, Outcome};
@@ -852,26 +852,15 @@ fn guard_show(ctx: &Context, set: &SetName) -> Result<(), Failure> {
         resets.len()
     );
     for (_, t) in &trips {
-        let trip = Trip {
-            canary: Counts {
-                responses: t.responses,
-                errors: t.errors,
-            },
-            baseline: Counts {
-                responses: t.default_responses,
-                errors: t.default_errors,
-            },
-            window: t.window,
-            max_error_rate: t.max_error_rate,
-        };
         println!(
-            "  {} (to {}) tripped on {} (pid {}) {}, rule set version {}: {trip}",
+            "  {} (to {}) tripped on {} (pid {}) {}, rule set version {}: {}",
             t.rule,
             t.target,
             t.host,
             t.pid,
             ago(now, t.at),
-            t.version
+            t.version,
+            t.trip()
         );
     }
     for (rule, at) in &resets {
