@@ -6,7 +6,6 @@
 local core, route_request_ptr, route_with_ptr, count_response_ptr = ...
 
 local ffi = require "ffi"
-local bit = require "bit"
 
 local ngx = ngx
 local ngx_var = ngx.var
@@ -19,8 +18,6 @@ local get_phase = ngx.get_phase
 local timer_every = ngx.timer.every
 local worker_id = ngx.worker.id
 local req_start_time = ngx.req.start_time
-local band = bit.band
-local tonumber = tonumber
 local error = error
 local type = type
 local pairs = pairs
@@ -39,13 +36,12 @@ local route_with = ffi.cast("int (*)(void *, int, const char *, size_t, int, con
                             .. "const char *, size_t, uint32_t, const char **, size_t *, size_t, "
                             .. "const ngx_http_lua_ffi_table_elt_t *, int)",
                             route_with_ptr)
-local count_response = ffi.cast("void (*)(int, int, double)", count_response_ptr)
+local count_response = ffi.cast("void (*)(void *, int, double)", count_response_ptr)
 
 local PROD = core.codes.prod
 local NEED_FORWARDED = core.codes.need_forwarded
 local NEED_ADDRESS = core.codes.need_address
 local INPUTS_BASE = core.codes.inputs_base
-local TARGET_MASK = core.codes.target_mask
 local NGX_OK = 0
 
 -- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
@@ -160,18 +156,8 @@ local started = false
 local START_RETRY_INTERVAL = 5
 local start_failed_at
 
--- The decision of each routed request whose response log() has yet to count, by the request's
--- address (get_request() returns a new cdata each time, never the same table key). Kept once
--- log() has run on this nginx (so a gateway without it keeps nothing): a worker started after
--- that (a reload, a respawn) keeps them from its first request; before it, only the last routed
--- request is remembered, which covers a worker's first request.
-local routed = {}
-local routed_count = 0
-local counting_responses = false
-local last_routed_r, last_routed_code
--- More routed requests than this waiting for log() means it does not run for them (a location
--- with a log_by_lua* of its own hides the http-level one): the table is dropped, with a warning.
-local MAX_ROUTED_PENDING = 65536
+-- Routed requests that never reached log() are dropped by the thousands: said once per drop.
+local pending_dropped = 0
 
 -- set_index[name] is the index of a named rule set; the default set is 0.
 local set_index = {}
@@ -210,7 +196,6 @@ end
 
 local function start(wait)
     started = true
-    counting_responses = counting_responses or core.responses_counted()
     local ok, err = core.start(options, wait, worker_id())
     if ok == nil then
         start_failed_at = ngx_now()
@@ -235,12 +220,12 @@ end
 local function drain_logs()
     forget_stale_plans()
     core.watch_guards()
-    counting_responses = counting_responses or core.responses_counted()
-    if routed_count > MAX_ROUTED_PENDING then
-        ngx_log(ngx_WARN, "gray: ", routed_count, " routed requests never reached log(): put ",
+    local dropped = core.pending_dropped()
+    if dropped > pending_dropped then
+        pending_dropped = dropped
+        ngx_log(ngx_WARN, "gray: routed requests pile up without reaching log(): put ",
                 "log_by_lua_block { require(\"gray\").log() } where it runs for the named ",
                 "locations route() jumps to (http or server level, not hidden by a location's own)")
-        routed, routed_count = {}, 0
     end
     if start_failed_at and ngx_now() - start_failed_at >= START_RETRY_INTERVAL then
         start_failed_at = nil
@@ -322,14 +307,7 @@ function _M.route(name)
     if r == nil or set == nil then
         return ngx_exec(targets[PROD])
     end
-    local code = decision(r, set)
-    if counting_responses then
-        routed[tonumber(ffi.cast("uintptr_t", r))] = code
-        routed_count = routed_count + 1
-    else
-        last_routed_r, last_routed_code = r, code
-    end
-    return ngx_exec(targets[band(code, TARGET_MASK)] or targets[PROD])
+    return ngx_exec(targets[decision(r, set)] or targets[PROD])
 end
 
 -- In log_by_lua*: counts the response to a request route() sent, by status class and time taken.
@@ -338,21 +316,7 @@ function _M.log()
     if r == nil then
         return
     end
-    local address = tonumber(ffi.cast("uintptr_t", r))
-    local code = routed[address]
-    if code then
-        routed[address] = nil
-        routed_count = routed_count - 1
-    elseif not counting_responses then
-        counting_responses = true
-        if last_routed_r ~= r then
-            return
-        end
-        code, last_routed_r = last_routed_code, nil
-    else
-        return
-    end
-    count_response(code, ngx.status, ngx_now() - req_start_time())
+    count_response(r, ngx.status, ngx_now() - req_start_time())
 end
 
 -- The metrics of every worker of this nginx, as the response: Prometheus's text format, or JSON

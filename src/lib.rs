@@ -13,6 +13,7 @@ pub mod log;
 pub mod metrics;
 pub mod nginx_request;
 mod os;
+pub mod pending;
 pub mod refresher;
 pub mod region;
 pub mod state;

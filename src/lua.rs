@@ -16,6 +16,7 @@ use mlua::prelude::*;
 use crate::log::Level;
 use crate::metrics;
 use crate::nginx_request::AddressReader;
+use crate::pending;
 use crate::refresher;
 use crate::state::SHARED;
 use gray_core::config::{Config, OptionValue};
@@ -74,32 +75,38 @@ unsafe extern "C" fn route_request(r: *const c_void, set: c_int) -> c_int {
     catch_unwind(|| {
         // SAFETY: gray.lua passes the current request, from resty.core's get_request().
         match unsafe { ADDRESS.peer(r) } {
-            Some(peer) => counted(SHARED.snapshot.load().route(
-                set as usize,
-                peer,
-                &Extra::default(),
-            )),
+            Some(peer) => counted(
+                r,
+                SHARED
+                    .snapshot
+                    .load()
+                    .route(set as usize, peer, &Extra::default()),
+            ),
             None => code::NEED_ADDRESS,
         }
     })
     .unwrap_or(Target::Prod as c_int)
 }
 
-/// Counts a decision in its series; passes on whatever the code is.
+/// Counts request `r`'s decision in its series and keeps the series for its log phase; the
+/// target for gray.lua, or the code as it is when more input is needed.
 #[inline]
-fn counted(code: c_int) -> c_int {
-    if code >= 0 {
-        metrics::count(code::series(code), metrics::counter::REQUESTS, 1);
+fn counted(r: *const c_void, code: c_int) -> c_int {
+    if code < 0 {
+        return code;
     }
-    code
+    let series = code::series(code);
+    metrics::count(series, metrics::counter::REQUESTS, 1);
+    pending::routed(r as usize, series);
+    code & code::TARGET_MASK
 }
 
-/// FFI: counts the response to a request decided by `code` (a decision, as `route_request`
-/// returned it): its `status` and how long it took, in seconds.
-unsafe extern "C" fn count_response(code: c_int, status: c_int, seconds: f64) {
+/// FFI: counts the response to request `r`, if route() sent it: its `status` and how long it
+/// took, in seconds, in the series its decision was counted in.
+unsafe extern "C" fn count_response(r: *const c_void, status: c_int, seconds: f64) {
     let _ = catch_unwind(|| {
-        if code >= 0 {
-            metrics::count_response(code::series(code), status.max(0) as u32, seconds);
+        if let Some(series) = pending::take(r as usize) {
+            metrics::count_response(series, status.max(0) as u32, seconds);
         }
     });
 }
@@ -232,7 +239,7 @@ unsafe extern "C" fn route_with(
                 fetched: &fetched,
             }),
         };
-        counted(SHARED.snapshot.load().route(set as usize, peer, &extra))
+        counted(r, SHARED.snapshot.load().route(set as usize, peer, &extra))
     })
     .unwrap_or(Target::Prod as c_int)
 }
@@ -603,7 +610,6 @@ fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("inputs_base", code::INPUTS_BASE)?;
     t.set("max_inputs", MAX_INPUTS)?;
     t.set("max_headers", MAX_HEADERS)?;
-    t.set("target_mask", code::TARGET_MASK)?;
     Ok(t)
 }
 
@@ -624,8 +630,8 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
     core.set("create_region", lua.create_function(create_region)?)?;
     core.set("metrics", lua.create_function(metrics_body)?)?;
     core.set(
-        "responses_counted",
-        lua.create_function(|_, ()| Ok(metrics::responses_counted()))?,
+        "pending_dropped",
+        lua.create_function(|_, ()| Ok(pending::dropped()))?,
     )?;
     core.set("defaults", Options(Arc::new(Config::default())))?;
     core.set("codes", codes(lua)?)?;
