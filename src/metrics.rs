@@ -599,29 +599,30 @@ fn worker_families(workers: &[WorkerState], family: &mut Family<'_>) {
             })
             .collect(),
     );
-    let flag = |value: fn(&WorkerState) -> bool| {
+    // One gauge a worker, for those that have a value.
+    let per_worker = |value: fn(&WorkerState) -> Option<f64>| {
         workers
             .iter()
-            .map(|w| gauge(worker(w), f64::from(u8::from(value(w)))))
+            .filter_map(|w| Some(gauge(worker(w), value(w)?)))
             .collect()
     };
     family(
         "gray_redis_connected",
         "1 while the worker's refresher is connected to Redis",
         MetricType::GAUGE,
-        flag(|w| w.connected),
+        per_worker(|w| flag(w.connected)),
     );
     family(
         "gray_redis_tracking",
         "1 while Redis pushes changes to the worker (client-side caching); 0: it polls",
         MetricType::GAUGE,
-        flag(|w| w.tracking),
+        per_worker(|w| flag(w.tracking)),
     );
     family(
         "gray_refresher_running",
         "1 while the worker's refresher thread runs",
         MetricType::GAUGE,
-        flag(|w| w.running),
+        per_worker(|w| flag(w.running)),
     );
     family(
         "gray_refresh_failures_total",
@@ -636,19 +637,13 @@ fn worker_families(workers: &[WorkerState], family: &mut Family<'_>) {
         "gray_last_success_timestamp_seconds",
         "When the worker last heard from Redis, Unix seconds",
         MetricType::GAUGE,
-        workers
-            .iter()
-            .filter_map(|w| Some(gauge(worker(w), w.last_ok_at?)))
-            .collect(),
+        per_worker(|w| w.last_ok_at),
     );
     family(
         "gray_last_error_timestamp_seconds",
         "When the worker last failed to read Redis or rejected what it read, Unix seconds",
         MetricType::GAUGE,
-        workers
-            .iter()
-            .filter_map(|w| Some(gauge(worker(w), w.last_error_at?)))
-            .collect(),
+        per_worker(|w| w.last_error_at),
     );
     family(
         "gray_last_error_info",
@@ -663,6 +658,11 @@ fn worker_families(workers: &[WorkerState], family: &mut Family<'_>) {
             })
             .collect(),
     );
+}
+
+/// A flag as a gauge's value.
+fn flag(on: bool) -> Option<f64> {
+    Some(f64::from(u8::from(on)))
 }
 
 fn label(name: &str, value: &str) -> LabelPair {

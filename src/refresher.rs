@@ -380,15 +380,16 @@ impl Refresher {
                     self.record_success();
                     return Ok(changed);
                 }
-                Some(reply) => {
-                    if let Some(reading) = wants_reload(&reply, |key| self.reads_key(key)) {
-                        changed = Some(match changed {
-                            Some(earlier) => earlier.merge(reading),
-                            None => reading,
-                        });
-                    }
-                }
+                Some(reply) => changed = self.with_message(changed, &reply),
             }
+        }
+    }
+
+    /// The command connection, connected now if it is not.
+    fn command<'c>(&self, con: &'c mut Option<Connection>) -> Result<&'c mut Connection, String> {
+        match con {
+            Some(command) => Ok(command),
+            None => Ok(con.insert(self.connect()?)),
         }
     }
 
@@ -589,32 +590,33 @@ impl Refresher {
             return Ok(Woke::Tick);
         };
         let lost = |e: connection::Error| format!("lost the subscription: {}", self.describe(&e));
-        let poll_at = Instant::now() + self.config.refresh;
-        let mut reading = loop {
-            let left = poll_at.saturating_duration_since(Instant::now());
-            match con.read_within(left, MAX_MESSAGE).map_err(lost)? {
-                None => return Ok(Woke::Tick),
-                Some(message) => {
-                    if let Some(reading) = wants_reload(&message, |key| self.reads_key(key)) {
-                        break reading;
-                    }
-                }
-            }
-        };
-        let deadline = Instant::now() + MESSAGE_COALESCE;
+        // Until the next poll; once a change arrives, only a little longer, for the messages
+        // that come with it.
+        let mut until = Instant::now() + self.config.refresh;
+        let mut pending = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // A zero read timeout is refused by the socket: the wait is over anyway.
+            let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(Woke::Change(reading));
+                break;
             }
-            match con.read_within(left, MAX_MESSAGE).map_err(lost)? {
-                None => return Ok(Woke::Change(reading)),
-                Some(message) => {
-                    if let Some(more) = wants_reload(&message, |key| self.reads_key(key)) {
-                        reading = reading.merge(more);
-                    }
-                }
+            let Some(message) = con.read_within(left, MAX_MESSAGE).map_err(lost)? else {
+                break;
+            };
+            let first = pending.is_none();
+            pending = self.with_message(pending, &message);
+            if first && pending.is_some() {
+                until = Instant::now() + MESSAGE_COALESCE;
             }
+        }
+        Ok(pending.map_or(Woke::Tick, Woke::Change))
+    }
+
+    /// The keys to read again, `pending` and what `message` asks for.
+    fn with_message(&self, pending: Option<Reading>, message: &Reply) -> Option<Reading> {
+        match (pending, wants_reload(message, |key| self.reads_key(key))) {
+            (Some(pending), Some(more)) => Some(pending.merge(more)),
+            (pending, more) => pending.or(more),
         }
     }
 
@@ -688,10 +690,7 @@ impl Refresher {
         // Without tracking, a large value (or one not read yet) is probed before every read, so
         // that the next poll can tell it unchanged.
         let probing = !self.tracking && last.is_none_or(|l| l.bytes >= PROBE_FROM);
-        let command = match con.as_mut() {
-            Some(command) => command,
-            None => con.insert(self.connect()?),
-        };
+        let command = self.command(con)?;
         let started = Instant::now();
         let probed = if probing {
             match source::probe(command, key) {
@@ -954,10 +953,7 @@ impl Refresher {
                 continue;
             }
             let hash = guard::guard_key(&slot.key);
-            let command = match con.as_mut() {
-                Some(command) => command,
-                None => con.insert(self.connect()?),
-            };
+            let command = self.command(con)?;
             let fields = match command.query(redis::cmd("HGETALL").arg(&hash), MAX_MESSAGE) {
                 Ok(Reply::Array(Some(fields))) => fields,
                 Ok(_) => continue,
@@ -1004,15 +1000,12 @@ impl Refresher {
                     .chain(rest)
                     .for_each(|t| self.shared.queue_trip(t))
             };
-            let command = match con.as_mut() {
-                Some(command) => command,
-                None => match self.connect() {
-                    Ok(command) => con.insert(command),
-                    Err(e) => {
-                        unwritten(trip, trips);
-                        return Err(e);
-                    }
-                },
+            let command = match self.command(con) {
+                Ok(command) => command,
+                Err(e) => {
+                    unwritten(trip, trips);
+                    return Err(e);
+                }
             };
             let json = serde_json::to_string(&trip.record).expect("a trip record is plain data");
             match command.query(redis::cmd("HSET").arg(&trip.key).arg(&trip.field).arg(json), 0) {
@@ -1046,45 +1039,26 @@ impl Refresher {
         if !changed && self.reported_at.is_some_and(|at| at.elapsed() < every) {
             return Ok(());
         }
-        let version = |v: u64| Some(fleet::version_text(v));
-        let mut keys = vec![fleet::KeyState {
-            key: self.config.key.clone(),
-            version: self.whitelist.as_ref().and_then(|l| version(l.version)),
-        }];
-        for slot in &self.rule_sets {
-            keys.push(fleet::KeyState {
-                key: slot.key.clone(),
-                version: slot.compiled.as_ref().and_then(|c| version(c.version)),
-            });
-        }
-        for (key, loaded) in &self.keys {
-            keys.push(fleet::KeyState {
-                key: key.name.clone(),
-                version: version(match loaded {
-                    LoadedKey::Whitelist(list) => list.version,
-                    LoadedKey::Ids(ids) => ids.version,
-                }),
-            });
-        }
-        let unix = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64())
-        };
+        let keys = self
+            .loaded_keys()
+            .into_iter()
+            .map(|k| fleet::KeyState {
+                key: k.key,
+                version: k.version,
+            })
+            .collect();
         let report = fleet::Report {
             host: fleet::hostname(),
             pid: std::process::id(),
             gray: env!("CARGO_PKG_VERSION").to_string(),
             keys,
-            loaded_at: unix(self.published_at),
-            reported_at: unix(SystemTime::now()),
+            loaded_at: unix_seconds(self.published_at),
+            reported_at: unix_seconds(SystemTime::now()),
             every: every.as_secs_f64(),
         };
         let hash = self.config.gateways_key();
         let ttl = (every.as_secs_f64() * fleet::MISSED_BEATS * 2.0).ceil() as u64;
-        let command = match con.as_mut() {
-            Some(command) => command,
-            None => con.insert(self.connect()?),
-        };
+        let command = self.command(con)?;
         let written = command
             .query(
                 redis::cmd("HSET")
@@ -1177,39 +1151,25 @@ impl Refresher {
         })
     }
 
-    /// Publishes what this worker serves and how its link to Redis is, for scrapes.
-    fn publish_state(&self) {
-        let unix = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64())
-        };
-        let status = self.shared.status();
+    /// Every key this worker has loaded: the whitelist, each rule set slot (loaded or not), and
+    /// the keys the rule sets reference. What scrapes and the gateways hash show.
+    fn loaded_keys(&self) -> Vec<KeyLoaded> {
+        let whitelist = self.whitelist.as_ref();
         let mut keys = vec![KeyLoaded {
             key: self.config.key.clone(),
             kind: "whitelist".into(),
-            version: self
-                .whitelist
-                .as_ref()
-                .map(|l| fleet::version_text(l.version)),
-            entries: self
-                .whitelist
-                .as_ref()
-                .map_or(0, |l| l.list.entries() as u64),
-            loaded_at: self.whitelist.as_ref().map(|l| unix(l.loaded_at)),
+            version: whitelist.map(|l| fleet::version_text(l.version)),
+            entries: whitelist.map_or(0, |l| l.list.entries() as u64),
+            loaded_at: whitelist.map(|l| unix_seconds(l.loaded_at)),
         }];
         for slot in &self.rule_sets {
+            let compiled = slot.compiled.as_ref();
             keys.push(KeyLoaded {
                 key: slot.key.clone(),
                 kind: "rule_set".into(),
-                version: slot
-                    .compiled
-                    .as_ref()
-                    .map(|c| fleet::version_text(c.version)),
-                entries: slot
-                    .compiled
-                    .as_ref()
-                    .map_or(0, |c| c.rules.rules.len() as u64),
-                loaded_at: slot.compiled.as_ref().map(|c| unix(c.loaded_at)),
+                version: compiled.map(|c| fleet::version_text(c.version)),
+                entries: compiled.map_or(0, |c| c.rules.rules.len() as u64),
+                loaded_at: compiled.map(|c| unix_seconds(c.loaded_at)),
             });
         }
         for (key, loaded) in &self.keys {
@@ -1218,7 +1178,7 @@ impl Refresher {
                     "whitelist",
                     l.version,
                     l.list.entries() as u64,
-                    Some(unix(l.loaded_at)),
+                    Some(unix_seconds(l.loaded_at)),
                 ),
                 LoadedKey::Ids(ids) => ("ids", ids.version, ids.ids.len() as u64, None),
             };
@@ -1230,6 +1190,12 @@ impl Refresher {
                 loaded_at,
             });
         }
+        keys
+    }
+
+    /// Publishes what this worker serves and how its link to Redis is, for scrapes.
+    fn publish_state(&self) {
+        let status = self.shared.status();
         metrics::publish_state(&WorkerState {
             worker: metrics::worker(),
             pid: std::process::id(),
@@ -1238,10 +1204,10 @@ impl Refresher {
             subscribed: status.subscribed,
             tracking: status.tracking,
             failures: status.failures,
-            last_ok_at: status.last_ok_at.map(unix),
+            last_ok_at: status.last_ok_at.map(unix_seconds),
             last_error: status.last_error,
-            last_error_at: status.last_error_at.map(unix),
-            keys,
+            last_error_at: status.last_error_at.map(unix_seconds),
+            keys: self.loaded_keys(),
         });
     }
 
@@ -1353,6 +1319,11 @@ impl Refresher {
             let _ = done.send(());
         }
     }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The prefixes to track for these keys: each key once, none inside another's prefix (Redis

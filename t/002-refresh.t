@@ -113,10 +113,7 @@ SET gray 127.0.0.9
     location = /t {
         content_by_lua_block {
             local gray, T = require "gray", require "gray_test"
-            local function calls(command)
-                local info = T.redis("info", "commandstats")
-                return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
-            end
+            local calls = T.calls
             ngx.sleep(0.3)
             local reads, pings = calls("getrange") + calls("sscan"), calls("ping")
             ngx.sleep(1)
@@ -496,10 +493,7 @@ EVAL "local e = {'127.0.0.9'} for a = 0, 39 do for b = 0, 199 do e[#e + 1] = '10
     location = /t {
         content_by_lua_block {
             local gray, T = require "gray", require "gray_test"
-            local function calls(command)
-                local info = T.redis("info", "commandstats")
-                return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
-            end
+            local calls = T.calls
             ngx.sleep(0.3)
             local reads, probes = calls("getrange"), calls("strlen")
             ngx.sleep(1)
@@ -534,10 +528,7 @@ EVAL "local e = {'127.0.0.9'} for a = 0, 39 do for b = 0, 199 do e[#e + 1] = '10
     location = /t {
         content_by_lua_block {
             local gray, T = require "gray", require "gray_test"
-            local function calls(command)
-                local info = T.redis("info", "commandstats")
-                return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
-            end
+            local calls = T.calls
             local reads = calls("getrange")
             T.redis("set", "gray:rules", '{"format": 1, "rules": [{"name": "all", "to": "@prod2-grey"}]}')
             ngx.say("rule set seen: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 0.5)))

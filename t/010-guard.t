@@ -50,20 +50,16 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
 --- config
     location = /t {
         content_by_lua_block {
-            local T = require "gray_test"
-            local canary = { ["X-Client"] = "127.0.0.2" }
+            local T, C = require "gray_test", require "canary"
             for _ = 1, 25 do
                 T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.3" })
-                T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)
+                C.send($TEST_NGINX_EXTRA_PORT, 1)
             end
-            local stopped = T.wait_for(function()
-                local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)
-                return body == "prod\n"
-            end, 5)
+            local stopped = C.answered($TEST_NGINX_EXTRA_PORT, "prod\n")
             -- Both workers: twenty new connections, spread over them by reuseport.
             local after = {}
             for _ = 1, 20 do
-                local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)
+                local body = C.send($TEST_NGINX_EXTRA_PORT, 1)
                 after[body] = (after[body] or 0) + 1
             end
             ngx.say("stopped: ", stopped, ", then ", after["prod\n"], " of 20 to prod")
@@ -101,12 +97,10 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
 --- config
     location = /t {
         content_by_lua_block {
-            local T = require "gray_test"
-            for _ = 1, 40 do
-                T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
-            end
+            local T, C = require "gray_test", require "canary"
+            C.send($TEST_NGINX_EXTRA_PORT, 40)
             ngx.sleep(2.5)
-            local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
+            local body = C.send($TEST_NGINX_EXTRA_PORT, 1)
             local _, text = T.http_get($TEST_NGINX_EXTRA_PORT, "/gray/metrics")
             ngx.say(body, "metric: ", T.sample(text, "gray_guard_tripped",
                                                'rule_set="gray:rules",rule="canary",target="@prod2-grey"'))
@@ -129,12 +123,10 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
 --- config
     location = /t {
         content_by_lua_block {
-            local T = require "gray_test"
-            for _ = 1, 25 do
-                T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
-            end
+            local T, C = require "gray_test", require "canary"
+            C.send($TEST_NGINX_EXTRA_PORT, 25)
             ngx.sleep(2.5)
-            local _, body = T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
+            local body = C.send($TEST_NGINX_EXTRA_PORT, 1)
             ngx.say(body, "status: ", (select(2, T.http_get($TEST_NGINX_SERVER_PORT, "/status"))))
         }
     }
@@ -155,18 +147,13 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
 --- config
     location = /t {
         content_by_lua_block {
-            local T = require "gray_test"
-            local canary = { ["X-Client"] = "127.0.0.2" }
+            local T, C = require "gray_test", require "canary"
             local function trip()
-                for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
-                return (T.wait_for(function()
-                    return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "prod\n"
-                end, 5))
+                C.send($TEST_NGINX_EXTRA_PORT, 25)
+                return C.answered($TEST_NGINX_EXTRA_PORT, "prod\n")
             end
             local function back()
-                return (T.wait_for(function()
-                    return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n"
-                end, 5))
+                return C.answered($TEST_NGINX_EXTRA_PORT, "gray\n")
             end
             ngx.say("tripped: ", trip())
             -- A new version of the rule set (the canary's fix, say): the rule matches again, on
@@ -174,9 +161,9 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
             T.redis("set", "canary_status", "200")
             T.redis("set", "gray:rules", '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 4, "min_requests": 20}}]}')
             ngx.say("back after a new rule set: ", back())
-            for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
+            C.send($TEST_NGINX_EXTRA_PORT, 25)
             ngx.sleep(1.5)
-            ngx.say("still back: ", select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n")
+            ngx.say("still back: ", C.send($TEST_NGINX_EXTRA_PORT, 1) == "gray\n")
             T.redis("set", "canary_status", "500")
             ngx.say("tripped again: ", trip())
             T.redis("set", "canary_status", "200")
@@ -185,9 +172,9 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
             ngx.say(grayctl:read("*a"))
             grayctl:close()
             ngx.say("back after a reset: ", back())
-            for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
+            C.send($TEST_NGINX_EXTRA_PORT, 25)
             ngx.sleep(1.5)
-            ngx.say("still back: ", select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n")
+            ngx.say("still back: ", C.send($TEST_NGINX_EXTRA_PORT, 1) == "gray\n")
         }
     }
 --- timeout: 30
@@ -212,20 +199,15 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
 --- config
     location = /t {
         content_by_lua_block {
-            local T = require "gray_test"
-            local canary = { ["X-Client"] = "127.0.0.2" }
+            local T, C = require "gray_test", require "canary"
             local tripped_text = T.redis("get", "gray:rules")
-            for _ = 1, 25 do T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary) end
-            ngx.say("tripped: ", (T.wait_for(function()
-                return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "prod\n"
-            end, 5)))
+            C.send($TEST_NGINX_EXTRA_PORT, 25)
+            ngx.say("tripped: ", C.answered($TEST_NGINX_EXTRA_PORT, "prod\n"))
             T.redis("set", "canary_status", "200")
             T.redis("set", "gray:rules", '{"format": 1, "enabled": false, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20}}]}')
             ngx.sleep(0.5)
             T.redis("set", "gray:rules", tripped_text)
-            ngx.say("back as it was, matches: ", (T.wait_for(function()
-                return select(2, T.http_get($TEST_NGINX_EXTRA_PORT, "/", canary)) == "gray\n"
-            end, 5)))
+            ngx.say("back as it was, matches: ", C.answered($TEST_NGINX_EXTRA_PORT, "gray\n"))
         }
     }
 --- timeout: 20

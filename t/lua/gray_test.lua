@@ -29,6 +29,12 @@ function _M.redis(cmd, ...)
     return res
 end
 
+-- How many times the test's Redis has run `command` (lowercase), from INFO commandstats.
+function _M.calls(command)
+    local info = _M.redis("info", "commandstats")
+    return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
+end
+
 -- One command to the Redis on 127.0.0.1:`port` (another than the file's): result, err.
 function _M.redis_at(port, cmd, ...)
     local r = redis:new()

@@ -1,0 +1,23 @@
+-- t/010-guard.t's client, the one its guarded rule takes (127.0.0.2), against the gateway on a
+-- port.
+local T = require "gray_test"
+
+local HEADERS = { ["X-Client"] = "127.0.0.2" }
+
+local _M = {}
+
+-- Sends `n` requests; returns the last one's body.
+function _M.send(port, n)
+    local body
+    for _ = 1, n do
+        body = select(2, T.http_get(port, "/", HEADERS))
+    end
+    return body
+end
+
+-- Whether a request is answered `body` within 5 s.
+function _M.answered(port, body)
+    return (T.wait_for(function() return _M.send(port, 1) == body end, 5))
+end
+
+return _M
