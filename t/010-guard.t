@@ -56,6 +56,9 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
                 C.send($TEST_NGINX_EXTRA_PORT, 1)
             end
             local stopped = C.answered($TEST_NGINX_EXTRA_PORT, "prod\n")
+            -- The worker that answered has applied the trip; the other applies it from its own
+            -- timer, within a second.
+            ngx.sleep(1.2)
             -- Both workers: twenty new connections, spread over them by reuseport.
             local after = {}
             for _ = 1, 20 do
