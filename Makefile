@@ -8,11 +8,11 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := whitelist client_ip rule_set
 # Test::Nginx's Perl dependencies (Test::Nginx itself comes from ../shared/vendor or CPAN), and
-# Prometheus's Python client, whose parser checks the metrics t/009 scrapes, and the sentinels t/012
-# fails over.
+# Prometheus's Python client, whose parser checks the metrics t/009 scrapes, the sentinels t/012
+# fails over, and openssl, which makes t/013's CA and certificates.
 TEST_PACKAGES := libtest-base-perl libtext-diff-perl libtest-longstring-perl libipc-run-perl \
 	liblist-moreutils-perl liburi-perl libwww-perl libhttp-message-perl \
-	python3-prometheus-client redis-sentinel
+	python3-prometheus-client redis-sentinel openssl
 # OpenResty's components as source tarballs, for the second Test::Nginx leg.
 OPENRESTY_VENDOR ?= $(abspath $(CURDIR)/../shared/vendor/openresty)
 # The nginx test-nginx runs against: empty for Debian's (on PATH, Lua module loaded dynamically).

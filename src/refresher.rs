@@ -409,7 +409,7 @@ impl Refresher {
         let asked = match self.sentinel.as_mut() {
             Some(sentinel) => sentinels.master(sentinel).map_err(|e| e.to_string()),
             None => sentinels
-                .watch(self.config.timeout)
+                .watch(self.config.tls.as_ref(), self.config.timeout)
                 .map(|(sentinel, master)| {
                     self.sentinel = Some(sentinel);
                     master
@@ -439,11 +439,19 @@ impl Refresher {
     /// A new connection to the Redis to read: the `redis` URL's, or the node the sentinels name.
     fn connect(&self) -> Result<Connection, String> {
         let Some(sentinels) = &self.config.sentinels else {
-            return Connection::open(&self.config.redis, self.config.timeout)
-                .map_err(|e| format!("failed to connect to redis: {}", self.describe(&e)));
+            return Connection::open(
+                &self.config.redis,
+                self.config.tls.as_ref(),
+                self.config.timeout,
+            )
+            .map_err(|e| format!("failed to connect to redis: {}", self.describe(&e)));
         };
         let (con, node) = sentinels
-            .connect(&self.config.redis, self.config.timeout)
+            .connect(
+                &self.config.redis,
+                self.config.tls.as_ref(),
+                self.config.timeout,
+            )
             .map_err(|e| format!("failed to connect to redis: {e}"))?;
         self.shared.update_status(|s| s.node = Some(node));
         Ok(con)

@@ -11,6 +11,7 @@ use crate::guard::GUARD_KEY_SUFFIX;
 use crate::ipset::IpSet;
 use crate::sentinel::{Role, Sentinels};
 use crate::snapshot::code::MAX_TARGETS;
+use crate::tls::{self, Tls};
 use crate::whitelist::{parse_entry, tokens};
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -50,6 +51,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "sentinels",
     "sentinel_master",
     "read_from",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -119,6 +123,8 @@ pub struct Config {
     pub sentinels: Option<Sentinels>,
     /// With tracking, how often the keys are read whole all the same.
     pub resync: Duration,
+    /// Set for a `rediss://` URL: every connection (to Redis, and to the sentinels) is TLS.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Config {
@@ -166,6 +172,7 @@ impl Config {
         let mut sentinel_addresses = Vec::new();
         let mut sentinel_master = None;
         let mut read_from = None;
+        let mut tls_files = tls::Files::default();
 
         for (name, value) in options {
             match name.as_str() {
@@ -219,6 +226,9 @@ impl Config {
                         }
                     })
                 }
+                "tls_ca" => tls_files.ca = Some(non_empty_string(&name, value)?),
+                "tls_cert" => tls_files.cert = Some(non_empty_string(&name, value)?),
+                "tls_key" => tls_files.key = Some(non_empty_string(&name, value)?),
                 "report" => {
                     report = match value {
                         OptionValue::Bool(true) => Some(crate::fleet::DEFAULT_REPORT_EVERY),
@@ -260,7 +270,18 @@ impl Config {
                 ))
             }
         };
-        let redis = redis::IntoConnectionInfo::into_connection_info(redis_url.as_str())
+        // redis-rs parses `rediss://` only when built with its own TLS; gray's TLS is its own
+        // (tls.rs), so the URL is parsed as `redis://` and the scheme decides TLS.
+        let (tls_url, plain_url) = match redis_url.split_once("://") {
+            Some(("rediss", rest)) => (true, format!("redis://{rest}")),
+            _ => (false, redis_url.clone()),
+        };
+        if tls_url && plain_url.contains('#') {
+            return Err(invalid(
+                "opts.redis: a rediss:// URL takes no #fragment (#insecure is not offered: give the server's CA as opts.tls_ca)",
+            ));
+        }
+        let redis = redis::IntoConnectionInfo::into_connection_info(plain_url.as_str())
             .map_err(|e| invalid(format!("opts.redis is not a valid Redis URL: {e}")))?;
         // gray speaks RESP2 on connections of its own (connection.rs): refuse what it would
         // otherwise ignore, rather than fail to load at run time.
@@ -269,11 +290,15 @@ impl Config {
                 "opts.redis asks for protocol=resp3, which gray does not speak; remove it (RESP2 works with every Redis)",
             ));
         }
-        if matches!(redis.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-            return Err(invalid(
-                "opts.redis is a rediss:// (TLS) URL, which this build of gray does not support",
-            ));
-        }
+        let tls = if tls_url {
+            Some(Tls::load(&tls_files).map_err(invalid)?)
+        } else if let Some(option) = tls_files.option_given() {
+            return Err(invalid(format!(
+                "opts.{option} needs a rediss:// URL in opts.redis"
+            )));
+        } else {
+            None
+        };
         let mut targets = vec![prod.clone(), gray.clone()];
         for target in extra_targets {
             if !targets.contains(&target) {
@@ -328,6 +353,7 @@ impl Config {
             tracking,
             resync,
             sentinels,
+            tls,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! gray's Redis connections: RESP2 over TCP or a unix socket, written here rather than taken from
+//! gray's Redis connections: RESP2 over TCP (plain or TLS, [`crate::tls`]) or a unix socket, written here rather than taken from
 //! redis-rs (which gray uses for parsing the URL and encoding commands) because of two things it
 //! cannot do: read a reply under a byte bound (a bulk string's length is checked before its bytes
 //! are read, so a 200 MB member costs nothing but its header), and bound a connect as a whole,
@@ -15,6 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo};
+
+use crate::tls::{self, Tls};
 
 /// The longest status, error or length line accepted: far beyond any Redis sends.
 const MAX_LINE: u64 = 64 * 1024;
@@ -73,6 +75,7 @@ impl From<io::Error> for Error {
 
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<tls::Stream>),
     Unix(UnixStream),
 }
 
@@ -84,6 +87,11 @@ impl Stream {
                 s.set_write_timeout(Some(timeout))?;
                 s.set_nodelay(true)
             }
+            Stream::Tls(s) => {
+                s.sock.set_read_timeout(Some(timeout))?;
+                s.sock.set_write_timeout(Some(timeout))?;
+                s.sock.set_nodelay(true)
+            }
             Stream::Unix(s) => {
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))
@@ -94,6 +102,7 @@ impl Stream {
     fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Stream::Tls(s) => s.sock.set_read_timeout(Some(timeout)),
             Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
         }
     }
@@ -103,6 +112,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf).map_err(tls::name_error),
             Stream::Unix(s) => s.read(buf),
         }
     }
@@ -112,6 +122,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf).map_err(tls::name_error),
             Stream::Unix(s) => s.write(buf),
         }
     }
@@ -119,6 +130,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.flush(),
+            Stream::Tls(s) => s.flush().map_err(tls::name_error),
             Stream::Unix(s) => s.flush(),
         }
     }
@@ -134,22 +146,27 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects, authenticates and selects the database of `info`, resolution and connect
-    /// bounded together by `timeout`, each later read and write by `timeout` too.
-    pub fn open(info: &ConnectionInfo, timeout: Duration) -> Result<Self, Error> {
+    /// Connects, authenticates and selects the database of `info`, over TLS when `tls` is given
+    /// (a TCP address only); resolution, connect and handshake bounded together by `timeout`,
+    /// each later read and write by `timeout` too.
+    pub fn open(
+        info: &ConnectionInfo,
+        tls: Option<&Tls>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         let deadline = Instant::now() + timeout;
-        let stream = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => Stream::Tcp(connect_tcp(
-                host,
-                *port,
-                deadline,
-                resolve,
-                TcpStream::connect_timeout,
-            )?),
-            ConnectionAddr::Unix(path) => Stream::Unix(connect_unix(path)?),
+        let stream = match (info.addr(), tls) {
+            (ConnectionAddr::Tcp(host, port), tls) => {
+                let tcp = connect_tcp(host, *port, deadline, resolve, TcpStream::connect_timeout)?;
+                match tls {
+                    Some(tls) => Stream::Tls(Box::new(tls.handshake(host, tcp, deadline)?)),
+                    None => Stream::Tcp(tcp),
+                }
+            }
+            (ConnectionAddr::Unix(path), None) => Stream::Unix(connect_unix(path)?),
             _ => {
                 return Err(Error::Protocol(
-                    "TLS (rediss://) is not supported by this build".into(),
+                    "TLS is for a host and port, not a unix socket".into(),
                 ))
             }
         };
@@ -168,6 +185,10 @@ impl Connection {
                 auth.arg(user);
             }
             con.query(auth.arg(password), 0)?;
+        } else if tls.is_some() {
+            // Under TLS 1.3 the server judges the client's certificate after the client's side
+            // of the handshake is over: one reply tells here, not at the caller's first command.
+            con.query(&redis::cmd("PING"), 0)?;
         }
         if settings.db() != 0 {
             con.query(redis::cmd("SELECT").arg(settings.db()), 0)?;
@@ -182,7 +203,10 @@ impl Connection {
 
     pub fn send(&mut self, cmd: &redis::Cmd) -> Result<(), Error> {
         let packed = cmd.get_packed_command();
-        self.stream.get_mut().write_all(&packed)?;
+        let stream = self.stream.get_mut();
+        stream.write_all(&packed)?;
+        // TLS holds written bytes until flushed.
+        stream.flush()?;
         Ok(())
     }
 

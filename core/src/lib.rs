@@ -21,4 +21,5 @@ pub mod rules;
 pub mod sentinel;
 pub mod snapshot;
 pub mod source;
+pub mod tls;
 pub mod whitelist;

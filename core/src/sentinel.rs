@@ -10,6 +10,7 @@ use std::time::Duration;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use crate::connection::{self, Connection, Reply};
+use crate::tls::Tls;
 
 /// Which node of the group to read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,23 +51,25 @@ impl std::error::Error for Error {}
 
 impl Sentinels {
     /// A connection to the node to read from: the first sentinel that answers names it, and the
-    /// node confirms its role. `data` holds the credentials and database for that node.
+    /// node confirms its role. `data` holds the credentials and database for that node; with
+    /// `tls`, the sentinels and the node are both reached over TLS.
     pub fn connect(
         &self,
         data: &ConnectionInfo,
+        tls: Option<&Tls>,
         timeout: Duration,
     ) -> Result<(Connection, String), Error> {
         let mut failures = Vec::new();
         for (host, port) in &self.addresses {
             let sentinel = format!("{host}:{port}");
-            match self.ask(host, *port, timeout) {
+            match self.ask(host, *port, tls, timeout) {
                 Ok(candidates) => {
                     for (node_host, node_port, role) in candidates {
                         let node = format!("{node_host}:{node_port}");
                         let info = data
                             .clone()
                             .set_addr(ConnectionAddr::Tcp(node_host, node_port));
-                        match Connection::open(&info, timeout)
+                        match Connection::open(&info, tls, timeout)
                             .map_err(|e| e.to_string())
                             .and_then(|mut con| {
                                 confirm_role(&mut con, role)?;
@@ -92,11 +95,15 @@ impl Sentinels {
 
     /// A connection to the first sentinel that names the group's master, to ask
     /// [`Sentinels::master`] on again, with the master it named.
-    pub fn watch(&self, timeout: Duration) -> Result<(Connection, String), Error> {
+    pub fn watch(
+        &self,
+        tls: Option<&Tls>,
+        timeout: Duration,
+    ) -> Result<(Connection, String), Error> {
         let mut failures = Vec::new();
         for (host, port) in &self.addresses {
             let watched = sentinel_info(host, *port)
-                .and_then(|info| Connection::open(&info, timeout).map_err(|e| e.to_string()))
+                .and_then(|info| Connection::open(&info, tls, timeout).map_err(|e| e.to_string()))
                 .and_then(|mut con| {
                     let master = self.master(&mut con).map_err(|e| e.to_string())?;
                     Ok((con, master))
@@ -134,10 +141,11 @@ impl Sentinels {
         &self,
         host: &str,
         port: u16,
+        tls: Option<&Tls>,
         timeout: Duration,
     ) -> Result<Vec<(String, u16, Role)>, String> {
-        let mut con =
-            Connection::open(&sentinel_info(host, port)?, timeout).map_err(|e| e.to_string())?;
+        let mut con = Connection::open(&sentinel_info(host, port)?, tls, timeout)
+            .map_err(|e| e.to_string())?;
         let master = self.master(&mut con).map_err(|e| e.to_string())?;
         let (master_host, master_port) = master
             .rsplit_once(':')

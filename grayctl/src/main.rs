@@ -57,6 +57,22 @@ struct Connection {
     /// The gateways' `gray` target
     #[arg(long, global = true, env = "GRAY_GRAY", default_value = config::DEFAULT_GRAY)]
     gray: String,
+    /// PEM CA certificates that sign a rediss:// server's, as `tls_ca` [default: the system's]
+    #[arg(long, global = true, env = "GRAY_TLS_CA")]
+    tls_ca: Option<String>,
+    /// PEM client certificate for mutual TLS, as `tls_cert` (with --tls-key)
+    #[arg(long, global = true, env = "GRAY_TLS_CERT")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert, as `tls_key`
+    #[arg(long, global = true, env = "GRAY_TLS_KEY")]
+    tls_key: Option<String>,
+    /// Sentinels (host:port, comma-separated) to find the master through, as `sentinels`;
+    /// --redis then gives only the credentials and database
+    #[arg(long, global = true, env = "GRAY_SENTINELS", value_delimiter = ',')]
+    sentinels: Vec<String>,
+    /// The group the sentinels monitor, as `sentinel_master`
+    #[arg(long, global = true, env = "GRAY_SENTINEL_MASTER")]
+    sentinel_master: Option<String>,
     /// Seconds to wait for Redis (connect, each reply)
     #[arg(long, global = true, default_value_t = config::DEFAULT_TIMEOUT.as_secs_f64())]
     timeout: f64,
@@ -235,13 +251,32 @@ impl Connection {
         if let Some(rules_key) = &self.rules_key {
             options.push(("rules_key".to_string(), s(rules_key)));
         }
+        for (name, file) in [
+            ("tls_ca", &self.tls_ca),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+            ("sentinel_master", &self.sentinel_master),
+        ] {
+            if let Some(file) = file {
+                options.push((name.to_string(), s(file)));
+            }
+        }
+        if !self.sentinels.is_empty() {
+            options.push((
+                "sentinels".to_string(),
+                OptionValue::List(self.sentinels.iter().map(|a| s(a)).collect()),
+            ));
+        }
         // The module's option names, as flags.
         Config::from_options(options).map_err(|e| {
-            failure::refused(
-                e.to_string()
-                    .replace("opts.rules_key", "--rules-key")
-                    .replace("opts.", "--"),
-            )
+            let mut message = e.to_string();
+            for name in config::OPTION_NAMES {
+                message = message.replace(
+                    &format!("opts.{name}"),
+                    &format!("--{}", name.replace('_', "-")),
+                );
+            }
+            failure::refused(message)
         })
     }
 }

@@ -12,6 +12,7 @@ use gray_core::connection::{self, Connection, Reply};
 use gray_core::fleet::Report;
 use gray_core::guard;
 use gray_core::load::{self, LoadError};
+use gray_core::sentinel::{Role, Sentinels};
 use gray_core::snapshot::{KeyKind, Snapshot};
 use gray_core::source::{fetch, FetchError, Fetched, ListBuilder};
 
@@ -69,17 +70,31 @@ pub struct Write {
 }
 
 impl Store {
+    /// Connects to the master: the `redis` URL's, or the one the sentinels name (grayctl writes).
     pub fn open(config: Config) -> Result<Store, Failure> {
-        let con = Connection::open(&config.redis, config.timeout).map_err(|e| match e {
-            connection::Error::Server(refusal) => refused(format!(
-                "redis at {} refused the connection: {refusal}",
-                config.redis_display
-            )),
-            other => Failure::Unreachable(format!(
-                "cannot connect to {}: {other}",
-                config.redis_display
-            )),
-        })?;
+        let tls = config.tls.as_ref();
+        let con = match &config.sentinels {
+            Some(sentinels) => {
+                let master = Sentinels {
+                    role: Role::Master,
+                    ..sentinels.clone()
+                };
+                master
+                    .connect(&config.redis, tls, config.timeout)
+                    .map(|(con, _)| con)
+                    .map_err(|e| Failure::Unreachable(e.to_string()))?
+            }
+            None => Connection::open(&config.redis, tls, config.timeout).map_err(|e| match e {
+                connection::Error::Server(refusal) => refused(format!(
+                    "redis at {} refused the connection: {refusal}",
+                    config.redis_display
+                )),
+                other => Failure::Unreachable(format!(
+                    "cannot connect to {}: {other}",
+                    config.redis_display
+                )),
+            })?,
+        };
         Ok(Store { con, config })
     }
 

@@ -1,0 +1,208 @@
+//! TLS for `rediss://`: rustls with the ring provider, handed to each client config rather than
+//! installed process-wide, so no install order can panic a thread and nothing else in nginx's
+//! process is touched. Not native-tls: inside nginx it would bind to whichever libssl nginx
+//! loaded (OpenResty ships its own), a library and version gray was neither built nor tested with.
+//! The CA, certificate and key files are read once, when the options are checked, so a missing or
+//! wrong file is an error of `configure` naming the option, not a failure at every reconnect.
+
+use std::fmt;
+use std::io;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// The files of the TLS options, as given.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Files {
+    /// PEM CA certificates that sign the server's certificate; the system's store when `None`.
+    pub ca: Option<String>,
+    /// PEM client certificate chain and its private key, for servers that ask for one.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+impl Files {
+    /// The first TLS option given, by its name.
+    pub fn option_given(&self) -> Option<&'static str> {
+        [
+            ("tls_ca", &self.ca),
+            ("tls_cert", &self.cert),
+            ("tls_key", &self.key),
+        ]
+        .into_iter()
+        .find_map(|(name, file)| file.is_some().then_some(name))
+    }
+}
+
+/// A client configuration built from [`Files`], shared by every connection.
+#[derive(Clone)]
+pub struct Tls(Arc<ClientConfig>);
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+pub type Stream = StreamOwned<ClientConnection, TcpStream>;
+
+impl Tls {
+    /// Reads the files; an error names the option whose file is wrong and why.
+    pub fn load(files: &Files) -> Result<Tls, String> {
+        match (&files.cert, &files.key) {
+            (Some(_), None) => return Err("opts.tls_cert needs opts.tls_key".into()),
+            (None, Some(_)) => return Err("opts.tls_key needs opts.tls_cert".into()),
+            _ => {}
+        }
+        let roots = match &files.ca {
+            Some(path) => ca_file(path)?,
+            None => system_roots()?,
+        };
+        // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange, which
+        // no Redis offers (it links the system's OpenSSL; Debian 12's is 3.0). The alternative,
+        // aws-lc-rs, would build a second C crypto library into a module nginx loads.
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let builder = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots);
+        let config = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("opts.tls_cert: {cert}: {e}"))?;
+                if chain.is_empty() {
+                    return Err(format!("opts.tls_cert: {cert} holds no PEM certificate"));
+                }
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("opts.tls_key: {key}: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| format!("opts.tls_cert and opts.tls_key: {e}"))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(Tls(Arc::new(config)))
+    }
+
+    /// Runs the handshake with `host` over `tcp`, each socket read and write bounded by what is
+    /// left before `deadline`. The server's certificate must name `host` (a name or an address).
+    pub fn handshake(
+        &self,
+        host: &str,
+        mut tcp: TcpStream,
+        deadline: Instant,
+    ) -> Result<Stream, io::Error> {
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?
+            .to_owned();
+        let mut tls = ClientConnection::new(self.0.clone(), name)
+            .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+        while tls.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the TLS handshake did not finish in time",
+                ));
+            }
+            tcp.set_read_timeout(Some(left))?;
+            tcp.set_write_timeout(Some(left))?;
+            tls.complete_io(&mut tcp)
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+        }
+        Ok(StreamOwned::new(tls, tcp))
+    }
+}
+
+/// Marks an error of TLS itself (an alert from the server, a bad record) as such: rustls's own
+/// text ("received fatal alert: CertificateRequired") does not say it is about TLS.
+pub fn name_error(e: io::Error) -> io::Error {
+    match e.get_ref() {
+        Some(inner) if inner.is::<rustls::Error>() => {
+            io::Error::new(e.kind(), format!("TLS: {inner}"))
+        }
+        _ => e,
+    }
+}
+
+fn ca_file(path: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("opts.tls_ca: {path}: {e}"))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("opts.tls_ca: {path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("opts.tls_ca: {path} holds no PEM certificate"));
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let why = found
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(format!(
+            "opts.redis is a rediss:// URL but the system has no CA certificates to check it with ({}); give the server's CA as opts.tls_ca",
+            if why.is_empty() { "none found" } else { &why }
+        ));
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> Files {
+        Files {
+            ca: ca.map(str::to_string),
+            cert: cert.map(str::to_string),
+            key: key.map(str::to_string),
+        }
+    }
+
+    fn err(files: &Files) -> String {
+        Tls::load(files).map(|_| ()).unwrap_err()
+    }
+
+    #[test]
+    fn wrong_files_name_the_option() {
+        let dir = std::env::temp_dir().join(format!("gray-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let not_pem = not_pem.to_str().unwrap();
+        assert!(err(&files(Some("/nonexistent/ca.pem"), None, None))
+            .starts_with("opts.tls_ca: /nonexistent/ca.pem: "),);
+        assert_eq!(
+            err(&files(Some(not_pem), None, None)),
+            format!("opts.tls_ca: {not_pem} holds no PEM certificate")
+        );
+        assert_eq!(
+            err(&files(None, Some(not_pem), None)),
+            "opts.tls_cert needs opts.tls_key"
+        );
+        assert_eq!(
+            err(&files(None, None, Some(not_pem))),
+            "opts.tls_key needs opts.tls_cert"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
