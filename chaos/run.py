@@ -16,6 +16,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,9 +34,19 @@ GATEWAY_PORT = 16580
 BACKEND_PROD_PORT = 16581
 BACKEND_GRAY_PORT = 16582
 SPOOF_PORT = 16583
+# The Sentinel group (a master, its replica, three sentinels) and the gateway that reads through it.
+HA_MASTER_PORT = 16584
+HA_REPLICA_PORT = 16585
+HA_SENTINEL_PORTS = (16586, 16587, 16588)
+HA_GATEWAY_PORT = 16589
+# The black-holing proxy in front of the file's Redis, and the gateway that reads through it.
+PROXY_PORT = 16590
+PROXIED_GATEWAY_PORT = 16591
 
 REFRESH = 1.0    # gray's default
 RECOVERY_BOUND = REFRESH + 0.5
+# From a failover's end (the sentinels name the new master) to a change written there routed.
+FAILOVER_BOUND = 1.0
 RELOADS = 20
 WRK_CONNECTIONS = 32
 LOAD_LUA = os.path.join(TOP, "chaos", "load.lua")
@@ -70,7 +81,7 @@ def start_backends():
 class Gateway:
     """nginx with two workers routing with gray and proxying to the backends."""
 
-    def __init__(self, name, port, trusted):
+    def __init__(self, name, port, trusted, redis=f'redis = "redis://{HOST}:{REDIS_PORT}/0"'):
         self.port = port
         self.prefix = nginx_prefix(RUN_DIR, name)
         proxy = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
@@ -83,7 +94,7 @@ daemon off;
     init_by_lua_block {{ require "gray" }}
     init_worker_by_lua_block {{
         require("gray").configure{{
-            redis = "redis://{HOST}:{REDIS_PORT}/0", trusted_proxies = "{trusted}",
+            {redis}, trusted_proxies = "{trusted}",
         }}
     }}
     log_by_lua_block {{ require("gray").log() }}
@@ -188,8 +199,9 @@ def same(expected, route, _start):
 
 
 class Row:
-    def __init__(self, fault, counts, errors, accept=same, recovered=None):
+    def __init__(self, fault, counts, errors, accept=same, recovered=None, bound=RECOVERY_BOUND):
         self.fault = fault
+        self.bound = bound
         self.requests = sum(n for *_, n in counts) + errors
         self.non_2xx = sum(n for _, status, _, _, n in counts if not 200 <= status < 300)
         self.errors = errors
@@ -207,7 +219,7 @@ class Row:
         if self.requests is None:
             return all(ok for ok, _ in self.checks)
         return (self.requests > 0 and self.non_2xx == 0 and self.errors == 0 and self.misrouted == 0
-                and (self.recovered is None or self.recovered <= RECOVERY_BOUND)
+                and (self.recovered is None or self.recovered <= self.bound)
                 and all(ok for ok, _ in self.checks))
 
 
@@ -277,6 +289,128 @@ def redis_restarted_empty(redis, gw):
         return route == "prod"
     row = Row("Redis restarted empty (key gone)", *load.finish(), accept=accept, recovered=recovered)
     row.check(logged(gw, r"loaded whitelist from missing key gray: 0 entries", since), "error log: the empty list loaded")
+    put_good(redis, gw)
+    return row
+
+
+class SentinelGroup:
+    """A master, its replica and three sentinels watching them (failover after 1 s down)."""
+
+    NAME = "grays"
+
+    def __init__(self):
+        self.master = Redis(HA_MASTER_PORT, RUN_DIR)
+        self.replica = Redis(HA_REPLICA_PORT, RUN_DIR, "--replicaof", HOST, str(HA_MASTER_PORT))
+        self.sentinels = []
+        for port in HA_SENTINEL_PORTS:
+            conf = os.path.join(RUN_DIR, f"sentinel-{port}.conf")
+            with open(conf, "w") as f:
+                f.write(f"port {port}\nbind {HOST}\ndir {RUN_DIR}\nlogfile sentinel-{port}.log\n"
+                        f"sentinel monitor {self.NAME} {HOST} {HA_MASTER_PORT} 2\n"
+                        f"sentinel down-after-milliseconds {self.NAME} 1000\n"
+                        f"sentinel failover-timeout {self.NAME} 5000\n")
+            self.sentinels.append(spawn(["redis-sentinel", conf]))
+        synced = wait_until(lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"), 10)
+        known = wait_until(lambda: all("master-link-status" in self.ask(p, "SENTINEL", "REPLICAS", self.NAME)
+                                       and self.ask(p, "SENTINEL", "SENTINELS", self.NAME).count("127.0.0.1") >= 2
+                                       for p in HA_SENTINEL_PORTS), 30)
+        if not (synced and known):
+            raise RuntimeError("the sentinel group did not form")
+
+    @staticmethod
+    def ask(port, *args):
+        return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout
+
+    def master_port(self):
+        lines = self.ask(HA_SENTINEL_PORTS[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME).split()
+        return int(lines[1]) if len(lines) == 2 else None
+
+    def options(self):
+        sentinels = ", ".join(f'"{HOST}:{p}"' for p in HA_SENTINEL_PORTS)
+        return f'sentinels = {{ {sentinels} }}, sentinel_master = "{self.NAME}"'
+
+
+def sentinel_failover(group, gw):
+    """The master SIGKILLed under load: the sentinels promote the replica; meanwhile the last list
+    routes; a plain SET on the new master (no PUBLISH) is routed within FAILOVER_BOUND of the
+    sentinels naming it."""
+    since = gw.log_size()
+    load = Load(gw.port, member_requests())
+    group.master.kill()
+    killed = time.time()
+    if not wait_until(lambda: group.master_port() == HA_REPLICA_PORT, 30, 0.01):
+        raise RuntimeError("the sentinels did not fail over")
+    failed_over = time.time()
+    group.replica.cli("SET", "gray", ",".join(GOOD + [PROBE]))
+    recovered = recovery(gw, PROBE, "gray", failed_over)
+    row = Row("Sentinel: master killed (SIGKILL), replica promoted", *load.finish(),
+              recovered=recovered, bound=FAILOVER_BOUND)
+    row.check(True, f"the sentinels named the new master {failed_over - killed:.1f} s after the kill")
+    row.check(logged(gw, r"gray: redis is back after \d+ failed attempts", since), "error log: redis is back")
+    return row
+
+
+class BlackHoleProxy:
+    """A loopback TCP proxy to Redis that, told to, stops forwarding in both directions without
+    closing anything (new connections are still accepted, then nothing flows), and forwards again
+    on the same connections when told."""
+
+    def __init__(self, port, upstream):
+        self.upstream = upstream
+        self.forwarding = threading.Event()
+        self.forwarding.set()
+        self.server = socket.create_server((HOST, port))
+        self.sockets = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection((HOST, self.upstream))
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pump, args=(source, sink), daemon=True).start()
+
+    def pump(self, source, sink):
+        try:
+            while True:
+                self.forwarding.wait()
+                data = source.recv(65536)
+                if not data:
+                    break
+                self.forwarding.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.server.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def black_holed(redis, proxy, gw):
+    """Redis black-holed for three refresh intervals under load, then forwarded again with a new
+    state: the last good list routes meanwhile, the new one within the bound after."""
+    since = gw.log_size()
+    load = Load(gw.port, member_requests())
+    proxy.forwarding.clear()
+    time.sleep(3 * REFRESH)
+    redis.pipe(["SET", "gray", ",".join(GOOD + [PROBE])], ["PUBLISH", "gray:changed", "1"])
+    proxy.forwarding.set()
+    back = time.time()
+    recovered = recovery(gw, PROBE, "gray", back)
+    row = Row("Redis black-holed by a proxy 3 s (nothing forwarded, nothing closed)", *load.finish(),
+              recovered=recovered)
+    row.check(logged(gw, r"timed out after 1\.0s", since), "error log: gray names the timeout")
     put_good(redis, gw)
     return row
 
@@ -684,6 +818,19 @@ def main():
                       binary_value, wrong_type, large_rereads, churn, rule_set_churn, forwarded, reloads):
             log(fault.__name__)
             rows.append(fault(redis, gw))
+        log("sentinel_failover")
+        group = SentinelGroup()
+        group.master.put_list(GOOD, "string")
+        ha = Gateway("ha", HA_GATEWAY_PORT, trusted="127.0.0.1", redis=group.options())
+        for client, route in ((MEMBERS[0], "gray"), (PROBE, "prod")):
+            assert wait_routes(ha, client, route), f"{client} never routed to {route} through the sentinels"
+        rows.append(sentinel_failover(group, ha))
+        log("black_holed")
+        proxy = BlackHoleProxy(PROXY_PORT, REDIS_PORT)
+        proxied = Gateway("proxied", PROXIED_GATEWAY_PORT, trusted="127.0.0.1",
+                          redis=f'redis = "redis://{HOST}:{PROXY_PORT}/0"')
+        put_good(redis, proxied)
+        rows.append(black_holed(redis, proxy, proxied))
         log("keep-alive reference")
         reference = keepalive_reference(gw, reload_backends)
         log("spoofing")
@@ -691,6 +838,9 @@ def main():
         log("quit")
         rows.append(quit_gateway(gw, "gateway", expected_exits=2))
         rows.append(quit_gateway(spoof, "spoof gateway", expected_exits=2))
+        rows.append(quit_gateway(ha, "Sentinel gateway", expected_exits=2))
+        rows.append(quit_gateway(proxied, "proxied gateway", expected_exits=2))
+        proxy.close()
     text = table(rows, reference)
     print(text)
     failed = [r.fault for r in rows if not r.ok]

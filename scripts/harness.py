@@ -151,8 +151,9 @@ class Redis:
     """A private redis-server on loopback. `start` again after `kill` restarts it on the same
     port and directory, from its dump if one was saved, as a real restart would."""
 
-    def __init__(self, port, run_dir):
+    def __init__(self, port, run_dir, *args):
         self.port = port
+        self.args = args
         self.dir = os.path.join(run_dir, f"redis-{port}")
         os.makedirs(self.dir, exist_ok=True)
         self.start()
@@ -160,7 +161,7 @@ class Redis:
     def start(self):
         self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
                            "--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log",
-                           "--proto-max-bulk-len", "1gb"])
+                           "--proto-max-bulk-len", "1gb", *self.args])
         if not wait_until(lambda: self.cli("PING", check=False) == "PONG", 10):
             raise RuntimeError("redis-server did not start")
 

@@ -92,6 +92,7 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         last_reads: HashMap::new(),
         resync: Duration::ZERO,
         sentinel: None,
+        switches: None,
         registry_busy: false,
         tracking: false,
         unpublished: false,
@@ -256,6 +257,8 @@ struct Refresher {
     resync: Duration,
     /// A sentinel asked every `refresh` which node is the master (`sentinels`, master role).
     sentinel: Option<Connection>,
+    /// Between failed attempts: a sentinel's `+switch-master` announcements (`sentinels`).
+    switches: Option<Connection>,
     /// The series registry stayed locked during this poll: register nothing more until the next.
     registry_busy: bool,
     /// Tracking is in force in this session.
@@ -274,10 +277,41 @@ impl Refresher {
                 backoff = FIRST_BACKOFF;
             }
             self.record_failure(&error, false);
-            thread::sleep(backoff);
+            self.pause(backoff);
             // Never wait longer than a poll would: Redis coming back is seen within `refresh`.
             backoff = (backoff * 2).min(self.config.refresh);
         }
+    }
+
+    /// Waits `backoff` before the next attempt. With sentinels, less if a failover ends in the
+    /// meantime: a sentinel announces the new master (`+switch-master`) and the next attempt
+    /// follows at once, rather than up to `refresh` later.
+    fn pause(&mut self, backoff: Duration) {
+        let deadline = Instant::now() + backoff;
+        if let (Some(sentinels), None) = (&self.config.sentinels, &self.switches) {
+            // Within the backoff: a sentinel slow to answer only means no early wake-up.
+            self.switches = sentinels
+                .switches(self.config.tls.as_ref(), backoff.min(self.config.timeout))
+                .ok();
+        }
+        if let (Some(sentinels), Some(con)) = (&self.config.sentinels, &mut self.switches) {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                match con.read_within(left, MAX_MESSAGE) {
+                    Ok(Some(message)) if sentinels.switched(&message) => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(_) => {
+                        self.switches = None;
+                        break;
+                    }
+                }
+            }
+        }
+        thread::sleep(deadline.saturating_duration_since(Instant::now()));
     }
 
     /// One connection's life: subscribe, load, then wait for a message or the next poll, until
@@ -289,6 +323,8 @@ impl Refresher {
             panic!("fault injected by {FAULT_ENV}=refresher-panic");
         }
         let mut con = Some(self.connect()?);
+        // Announcements are for the time between attempts; none pile up while connected.
+        self.switches = None;
         let (mut subscription, mut tracking) = self.subscribe()?;
         self.tracking = tracking;
         self.resync = self.resync_interval();

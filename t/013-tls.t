@@ -50,11 +50,11 @@ for ([$Plain, $TlsPort, 'optional'], [$MutualPlain, $MutualTls, 'yes']) {
     start_redis($plain, '--tls-port', $tls, @Tls, '--tls-auth-clients', $clients,
                 '--replicaof', '127.0.0.1', $ENV{TEST_NGINX_REDIS_PORT});
 }
-# A master over TLS alone, and a sentinel over TLS watching it.
+# A master over TLS alone, and a sentinel over TLS watching it, with a password of its own.
 my ($Master, $MasterTls, $Sentinel) = map { t::Gray::free_port() } 1 .. 3;
 start_redis($Master, '--tls-port', $MasterTls, @Tls, '--tls-auth-clients', 'optional');
 open my $conf, '>', "$Dir/sentinel.conf" or die $!;
-print $conf "port 0\ntls-port $Sentinel\ntls-replication yes\ntls-auth-clients optional\n",
+print $conf "port 0\ntls-port $Sentinel\ntls-replication yes\ntls-auth-clients optional\nrequirepass sentinel-secret\n",
             "tls-cert-file $Dir/server.pem\ntls-key-file $Dir/server.key\ntls-ca-cert-file $Dir/ca.pem\n",
             "sentinel monitor grays 127.0.0.1 $MasterTls 1\n";
 close $conf;
@@ -79,7 +79,7 @@ $ENV{TEST_NGINX_TLS_SENTINEL} = $Sentinel;
 
 END {
     system("redis-cli -p $_ shutdown nosave >/dev/null 2>&1") for @Started;
-    system("redis-cli --tls --cacert $Dir/ca.pem -p $Sentinel shutdown nosave >/dev/null 2>&1")
+    system("redis-cli --tls --cacert $Dir/ca.pem -p $Sentinel -a sentinel-secret --no-auth-warning shutdown nosave >/dev/null 2>&1")
         if $Sentinel;
 }
 
@@ -231,7 +231,7 @@ qr/\[error\].*gray: failed to connect to redis: TLS handshake: invalid peer cert
 
 
 
-=== TEST 6: a sentinel over TLS names a master over TLS
+=== TEST 6: a sentinel over TLS, with a password of its own, names a master over TLS
 --- main_config
 env TEST_NGINX_TLS_MASTER;
 env TEST_NGINX_TLS_MASTER_CONTROL;
@@ -240,6 +240,7 @@ env TEST_NGINX_TLS_MASTER_CONTROL;
         require("gray").configure{
             redis = "rediss://127.0.0.1:6379/0", tls_ca = "$TEST_NGINX_TLS_DIR/ca.pem",
             sentinels = { "127.0.0.1:$TEST_NGINX_TLS_SENTINEL" }, sentinel_master = "grays",
+            sentinel_password = "sentinel-secret",
         }
     }
 --- config
@@ -270,6 +271,7 @@ env TEST_NGINX_TLS_SENTINEL;
         require("gray").configure{
             redis = "rediss://127.0.0.1:6379/0", tls_ca = "$TEST_NGINX_TLS_DIR/ca.pem",
             sentinels = { "127.0.0.1:$TEST_NGINX_TLS_SENTINEL" }, sentinel_master = "grays",
+            sentinel_password = "sentinel-secret",
         }
     }
 --- config
@@ -281,7 +283,7 @@ env TEST_NGINX_TLS_SENTINEL;
                 local p = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl"
                     .. " --redis rediss://127.0.0.1:6379/0 --tls-ca " .. dir .. "/" .. ca
                     .. " --sentinels 127.0.0.1:" .. os.getenv("TEST_NGINX_TLS_SENTINEL")
-                    .. " --sentinel-master grays " .. args .. " 2>&1; echo rc=$?")
+                    .. " --sentinel-master grays --sentinel-password sentinel-secret " .. args .. " 2>&1; echo rc=$?")
                 local out = p:read("*a")
                 p:close()
                 return (out:gsub(dir:gsub("%p", "%%%0"), "DIR"))
@@ -308,7 +310,27 @@ rc=3
 
 
 
-=== TEST 8: bad TLS options are errors of configure naming the option
+=== TEST 8: a wrong sentinel password: said in the log, requests to prod
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "rediss://127.0.0.1:6379/0", tls_ca = "$TEST_NGINX_TLS_DIR/ca.pem",
+            sentinels = { "127.0.0.1:$TEST_NGINX_TLS_SENTINEL" }, sentinel_master = "grays",
+            sentinel_password = "wrong",
+        }
+    }
+--- config
+    location = /t { content_by_lua_block { ngx.sleep(0.3) require("gray").route() } }
+--- response_body
+prod
+--- error_log eval
+qr/\[error\].*gray: failed to connect to redis: no node of "grays" to read from: sentinel 127\.0\.0\.1:\d+: WRONGPASS/
+--- no_error_log
+[crit]
+
+
+
+=== TEST 9: bad TLS options are errors of configure naming the option
 --- http_config
     init_by_lua_block {
         local gray, errors = require "gray", {}

@@ -51,6 +51,8 @@ pub const OPTION_NAMES: &[&str] = &[
     "sentinels",
     "sentinel_master",
     "read_from",
+    "sentinel_username",
+    "sentinel_password",
     "tls_ca",
     "tls_cert",
     "tls_key",
@@ -172,6 +174,8 @@ impl Config {
         let mut sentinel_addresses = Vec::new();
         let mut sentinel_master = None;
         let mut read_from = None;
+        let mut sentinel_username = None;
+        let mut sentinel_password = None;
         let mut tls_files = tls::Files::default();
 
         for (name, value) in options {
@@ -211,6 +215,8 @@ impl Config {
                 }
                 "sentinels" => sentinel_addresses = host_ports(&name, value)?,
                 "sentinel_master" => sentinel_master = Some(non_empty_string(&name, value)?),
+                "sentinel_username" => sentinel_username = Some(non_empty_string(&name, value)?),
+                "sentinel_password" => sentinel_password = Some(non_empty_string(&name, value)?),
                 "read_from" => {
                     read_from = Some(match value {
                         OptionValue::Str(s) if s == "master" => Role::Master,
@@ -247,17 +253,30 @@ impl Config {
             }
         }
 
+        if sentinel_username.is_some() && sentinel_password.is_none() {
+            return Err(invalid(
+                "opts.sentinel_username needs opts.sentinel_password",
+            ));
+        }
+        let sentinel_options = [
+            ("read_from", read_from.is_some()),
+            ("sentinel_password", sentinel_password.is_some()),
+        ];
         let sentinels = match (sentinel_addresses.is_empty(), sentinel_master) {
-            (true, None) if read_from.is_none() => None,
-            (true, None) => {
-                return Err(invalid(
-                    "opts.read_from needs opts.sentinels and opts.sentinel_master",
-                ))
-            }
+            (true, None) => match sentinel_options.iter().find(|(_, given)| *given) {
+                None => None,
+                Some((option, _)) => {
+                    return Err(invalid(format!(
+                        "opts.{option} needs opts.sentinels and opts.sentinel_master"
+                    )))
+                }
+            },
             (false, Some(master)) => Some(Sentinels {
                 addresses: sentinel_addresses,
                 master,
                 role: read_from.unwrap_or(Role::Master),
+                username: sentinel_username,
+                password: sentinel_password,
             }),
             (false, None) => {
                 return Err(invalid(
@@ -680,6 +699,18 @@ mod tests {
             (
                 &[("read_from", Str("replica".into()))],
                 "opts.read_from needs opts.sentinels and opts.sentinel_master",
+            ),
+            (
+                &[("sentinel_password", Str("pw".into()))],
+                "opts.sentinel_password needs opts.sentinels and opts.sentinel_master",
+            ),
+            (
+                &[("sentinel_username", Str("gray".into()))],
+                "opts.sentinel_username needs opts.sentinel_password",
+            ),
+            (
+                &[("tls_ca", Str("/etc/ca.pem".into()))],
+                "opts.tls_ca needs a rediss:// URL in opts.redis",
             ),
             (
                 &[

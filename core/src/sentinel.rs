@@ -12,6 +12,9 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use crate::connection::{self, Connection, Reply};
 use crate::tls::Tls;
 
+/// The channel on which a sentinel announces the end of a failover.
+const SWITCH_MASTER: &str = "+switch-master";
+
 /// Which node of the group to read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -36,6 +39,10 @@ pub struct Sentinels {
     /// The monitored group's name (`sentinel monitor <name> ...`).
     pub master: String,
     pub role: Role,
+    /// The sentinels' own credentials (`requirepass` or an ACL user in sentinel.conf), not the
+    /// data nodes'.
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 #[derive(Debug)]
@@ -102,7 +109,8 @@ impl Sentinels {
     ) -> Result<(Connection, String), Error> {
         let mut failures = Vec::new();
         for (host, port) in &self.addresses {
-            let watched = sentinel_info(host, *port)
+            let watched = self
+                .sentinel_info(host, *port)
                 .and_then(|info| Connection::open(&info, tls, timeout).map_err(|e| e.to_string()))
                 .and_then(|mut con| {
                     let master = self.master(&mut con).map_err(|e| e.to_string())?;
@@ -114,6 +122,50 @@ impl Sentinels {
             }
         }
         Err(Error(failures.join("; ")))
+    }
+
+    /// A connection to the first sentinel that answers, subscribed to `+switch-master`: the
+    /// event each sentinel publishes when a failover has made a new master
+    /// ([`Sentinels::switched`] reads it).
+    pub fn switches(&self, tls: Option<&Tls>, timeout: Duration) -> Result<Connection, Error> {
+        let mut failures = Vec::new();
+        for (host, port) in &self.addresses {
+            let subscribed = self
+                .sentinel_info(host, *port)
+                .and_then(|info| Connection::open(&info, tls, timeout).map_err(|e| e.to_string()))
+                .and_then(|mut con| {
+                    match con.query(redis::cmd("SUBSCRIBE").arg(SWITCH_MASTER), 1024) {
+                        Ok(Reply::Array(Some(reply)))
+                            if reply.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) =>
+                        {
+                            Ok(con)
+                        }
+                        Ok(other) => Err(format!("unexpected reply {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+            match subscribed {
+                Ok(con) => return Ok(con),
+                Err(e) => failures.push(format!("sentinel {host}:{port}: {e}")),
+            }
+        }
+        Err(Error(failures.join("; ")))
+    }
+
+    /// Whether `message`, read from a [`Sentinels::switches`] connection, says this group has a
+    /// new master (`+switch-master <name> <old ip> <old port> <new ip> <new port>`).
+    pub fn switched(&self, message: &Reply) -> bool {
+        match message {
+            Reply::Array(Some(parts)) => match parts.as_slice() {
+                [Reply::Bulk(Some(kind)), Reply::Bulk(Some(channel)), Reply::Bulk(Some(payload))] => {
+                    kind == b"message"
+                        && channel == SWITCH_MASTER.as_bytes()
+                        && payload.split(|b| *b == b' ').next() == Some(self.master.as_bytes())
+                }
+                _ => false,
+            },
+            _ => false,
+        }
     }
 
     /// The group's master as the sentinel on `con` names it, `host:port`.
@@ -135,6 +187,25 @@ impl Sentinels {
         }
     }
 
+    fn sentinel_info(&self, host: &str, port: u16) -> Result<ConnectionInfo, String> {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let info = format!("redis://{host}:{port}")
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
+        Ok(info.set_redis_settings(settings))
+    }
+
     /// The nodes sentinel `host:port` names for the group, best first, with the role each
     /// should have.
     fn ask(
@@ -144,7 +215,7 @@ impl Sentinels {
         tls: Option<&Tls>,
         timeout: Duration,
     ) -> Result<Vec<(String, u16, Role)>, String> {
-        let mut con = Connection::open(&sentinel_info(host, port)?, tls, timeout)
+        let mut con = Connection::open(&self.sentinel_info(host, port)?, tls, timeout)
             .map_err(|e| e.to_string())?;
         let master = self.master(&mut con).map_err(|e| e.to_string())?;
         let (master_host, master_port) = master
@@ -168,17 +239,6 @@ impl Sentinels {
         nodes.push((master_host, master_port, Role::Master));
         Ok(nodes)
     }
-}
-
-fn sentinel_info(host: &str, port: u16) -> Result<ConnectionInfo, String> {
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    format!("redis://{host}:{port}")
-        .into_connection_info()
-        .map_err(|e| e.to_string())
 }
 
 /// `[host, port]` as `SENTINEL GET-MASTER-ADDR-BY-NAME` answers.
@@ -268,6 +328,30 @@ mod tests {
             .flat_map(|(k, v)| [bulk(k), bulk(v)])
             .collect(),
         ))
+    }
+
+    #[test]
+    fn a_switch_of_this_group_is_told_apart() {
+        let sentinels = Sentinels {
+            addresses: vec![],
+            master: "grays".into(),
+            role: Role::Master,
+            username: None,
+            password: None,
+        };
+        let message = |channel: &str, payload: &str| {
+            Reply::Array(Some(vec![bulk("message"), bulk(channel), bulk(payload)]))
+        };
+        assert!(sentinels.switched(&message(
+            "+switch-master",
+            "grays 127.0.0.1 6379 127.0.0.1 6380"
+        )));
+        assert!(!sentinels.switched(&message(
+            "+switch-master",
+            "grays-other 127.0.0.1 6379 127.0.0.1 6380"
+        )));
+        assert!(!sentinels.switched(&message("+sdown", "grays 127.0.0.1 6379")));
+        assert!(!sentinels.switched(&Reply::Int(1)));
     }
 
     #[test]

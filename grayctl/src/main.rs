@@ -73,6 +73,17 @@ struct Connection {
     /// The group the sentinels monitor, as `sentinel_master`
     #[arg(long, global = true, env = "GRAY_SENTINEL_MASTER")]
     sentinel_master: Option<String>,
+    /// The sentinels' own username, as `sentinel_username` (with --sentinel-password)
+    #[arg(long, global = true, env = "GRAY_SENTINEL_USERNAME")]
+    sentinel_username: Option<String>,
+    /// The sentinels' own password, as `sentinel_password`
+    #[arg(
+        long,
+        global = true,
+        env = "GRAY_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    sentinel_password: Option<String>,
     /// Seconds to wait for Redis (connect, each reply)
     #[arg(long, global = true, default_value_t = config::DEFAULT_TIMEOUT.as_secs_f64())]
     timeout: f64,
@@ -251,14 +262,16 @@ impl Connection {
         if let Some(rules_key) = &self.rules_key {
             options.push(("rules_key".to_string(), s(rules_key)));
         }
-        for (name, file) in [
+        for (name, value) in [
             ("tls_ca", &self.tls_ca),
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),
             ("sentinel_master", &self.sentinel_master),
+            ("sentinel_username", &self.sentinel_username),
+            ("sentinel_password", &self.sentinel_password),
         ] {
-            if let Some(file) = file {
-                options.push((name.to_string(), s(file)));
+            if let Some(value) = value {
+                options.push((name.to_string(), s(value)));
             }
         }
         if !self.sentinels.is_empty() {
