@@ -857,7 +857,8 @@ def write_report(out, text, failed, elapsed):
                 f"UTC, {elapsed:.0f} s. Gateway: nginx, 2 workers, gray with its defaults "
                 f"(refresh {REFRESH:.0f} s); load: `wrk -t2 -c{WRK_CONNECTIONS}`, members and non-members of a 1,000-entry "
                 f"list through a trusted proxy; recovered after: Redis back to the new state routed (bound "
-                f"{RECOVERY_BOUND:.1f} s).\n\n{text}\n\n{'FAILED: ' + ', '.join(failed) if failed else 'All passed.'}\n")
+                f"{RECOVERY_BOUND:.1f} s; for the Sentinel row, from the sentinels naming the new master to a "
+                f"change written there routed, bound {FAILOVER_BOUND:.1f} s).\n\n{text}\n\n{'FAILED: ' + ', '.join(failed) if failed else 'All passed.'}\n")
     log(f"wrote {out}")
 
 
