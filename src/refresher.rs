@@ -93,6 +93,7 @@ pub fn spawn(config: Arc<Config>, shared: &'static Shared) -> std::io::Result<mp
         resync: Duration::ZERO,
         sentinel: None,
         switches: None,
+        switches_tried: false,
         registry_busy: false,
         tracking: false,
         unpublished: false,
@@ -259,6 +260,8 @@ struct Refresher {
     sentinel: Option<Connection>,
     /// Between failed attempts: a sentinel's `+switch-master` announcements (`sentinels`).
     switches: Option<Connection>,
+    /// A subscription to them was tried in this outage.
+    switches_tried: bool,
     /// The series registry stayed locked during this poll: register nothing more until the next.
     registry_busy: bool,
     /// Tracking is in force in this session.
@@ -288,10 +291,14 @@ impl Refresher {
     /// follows at once, rather than up to `refresh` later.
     fn pause(&mut self, backoff: Duration) {
         let deadline = Instant::now() + backoff;
-        if let (Some(sentinels), None) = (&self.config.sentinels, &self.switches) {
-            // Within the backoff: a sentinel slow to answer only means no early wake-up.
+        if let (Some(sentinels), None, false) =
+            (&self.config.sentinels, &self.switches, self.switches_tried)
+        {
+            // Once an outage, within the backoff: sentinels slow to answer, or gone, only
+            // mean no early wake-up.
+            self.switches_tried = true;
             self.switches = sentinels
-                .switches(self.config.tls.as_ref(), backoff.min(self.config.timeout))
+                .switches(self.config.tls.as_ref(), self.config.timeout, deadline)
                 .ok();
         }
         if let (Some(sentinels), Some(con)) = (&self.config.sentinels, &mut self.switches) {
@@ -325,6 +332,7 @@ impl Refresher {
         let mut con = Some(self.connect()?);
         // Announcements are for the time between attempts; none pile up while connected.
         self.switches = None;
+        self.switches_tried = false;
         let (mut subscription, mut tracking) = self.subscribe()?;
         self.tracking = tracking;
         self.resync = self.resync_interval();

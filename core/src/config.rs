@@ -292,7 +292,12 @@ impl Config {
         // redis-rs parses `rediss://` only when built with its own TLS; gray's TLS is its own
         // (tls.rs), so the URL is parsed as `redis://` and the scheme decides TLS.
         let (tls_url, plain_url) = match redis_url.split_once("://") {
-            Some(("rediss", rest)) => (true, format!("redis://{rest}")),
+            Some((scheme, rest))
+                if scheme.eq_ignore_ascii_case("rediss")
+                    || scheme.eq_ignore_ascii_case("valkeys") =>
+            {
+                (true, format!("redis://{rest}"))
+            }
             _ => (false, redis_url.clone()),
         };
         if tls_url && plain_url.contains('#') {
@@ -711,6 +716,13 @@ mod tests {
             (
                 &[("tls_ca", Str("/etc/ca.pem".into()))],
                 "opts.tls_ca needs a rediss:// URL in opts.redis",
+            ),
+            (
+                &[
+                    ("redis", Str("VALKEYS://127.0.0.1/0".into())),
+                    ("tls_ca", Str("/nonexistent/ca.pem".into())),
+                ],
+                "opts.tls_ca: /nonexistent/ca.pem: I/O error: No such file or directory (os error 2)",
             ),
             (
                 &[

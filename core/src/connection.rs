@@ -165,9 +165,10 @@ impl Connection {
             }
             (ConnectionAddr::Unix(path), None) => Stream::Unix(connect_unix(path)?),
             _ => {
-                return Err(Error::Protocol(
-                    "TLS is for a host and port, not a unix socket".into(),
-                ))
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS is for a host and port, not a unix socket",
+                )))
             }
         };
         stream.set_timeouts(timeout)?;

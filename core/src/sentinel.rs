@@ -5,7 +5,7 @@
 //! failover Sentinel kills the clients of the nodes it reconfigured, so that is when it matters.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
@@ -32,7 +32,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Sentinels {
     /// `host:port` of each sentinel, asked in this order.
     pub addresses: Vec<(String, u16)>,
@@ -55,6 +55,19 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Without the password.
+impl fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sentinels")
+            .field("addresses", &self.addresses)
+            .field("master", &self.master)
+            .field("role", &self.role)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
 
 impl Sentinels {
     /// A connection to the node to read from: the first sentinel that answers names it, and the
@@ -107,45 +120,58 @@ impl Sentinels {
         tls: Option<&Tls>,
         timeout: Duration,
     ) -> Result<(Connection, String), Error> {
-        let mut failures = Vec::new();
-        for (host, port) in &self.addresses {
-            let watched = self
-                .sentinel_info(host, *port)
-                .and_then(|info| Connection::open(&info, tls, timeout).map_err(|e| e.to_string()))
-                .and_then(|mut con| {
-                    let master = self.master(&mut con).map_err(|e| e.to_string())?;
-                    Ok((con, master))
-                });
-            match watched {
-                Ok(watched) => return Ok(watched),
-                Err(e) => failures.push(format!("sentinel {host}:{port}: {e}")),
-            }
-        }
-        Err(Error(failures.join("; ")))
+        self.first_sentinel(tls, timeout, None, |con| {
+            self.master(con).map_err(|e| e.to_string())
+        })
     }
 
-    /// A connection to the first sentinel that answers, subscribed to `+switch-master`: the
-    /// event each sentinel publishes when a failover has made a new master
+    /// A connection to the first sentinel that answers before `deadline`, subscribed to
+    /// `+switch-master`: the event each sentinel publishes when a failover has made a new master
     /// ([`Sentinels::switched`] reads it).
-    pub fn switches(&self, tls: Option<&Tls>, timeout: Duration) -> Result<Connection, Error> {
+    pub fn switches(
+        &self,
+        tls: Option<&Tls>,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<Connection, Error> {
+        self.first_sentinel(tls, timeout, Some(deadline), |con| {
+            match con.query(redis::cmd("SUBSCRIBE").arg(SWITCH_MASTER), 1024) {
+                Ok(Reply::Array(Some(reply)))
+                    if reply.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) =>
+                {
+                    Ok(())
+                }
+                Ok(other) => Err(format!("unexpected reply {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .map(|(con, ())| con)
+    }
+
+    /// The first sentinel, in order, that connects and answers `ask`; each given `timeout`, or
+    /// what is left before `deadline` when less.
+    fn first_sentinel<T>(
+        &self,
+        tls: Option<&Tls>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        ask: impl Fn(&mut Connection) -> Result<T, String>,
+    ) -> Result<(Connection, T), Error> {
         let mut failures = Vec::new();
         for (host, port) in &self.addresses {
-            let subscribed = self
+            let left = deadline.map_or(timeout, |d| {
+                timeout.min(d.saturating_duration_since(Instant::now()))
+            });
+            if left.is_zero() {
+                failures.push("no time left for the others".to_string());
+                break;
+            }
+            let answered = self
                 .sentinel_info(host, *port)
-                .and_then(|info| Connection::open(&info, tls, timeout).map_err(|e| e.to_string()))
-                .and_then(|mut con| {
-                    match con.query(redis::cmd("SUBSCRIBE").arg(SWITCH_MASTER), 1024) {
-                        Ok(Reply::Array(Some(reply)))
-                            if reply.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) =>
-                        {
-                            Ok(con)
-                        }
-                        Ok(other) => Err(format!("unexpected reply {other:?}")),
-                        Err(e) => Err(e.to_string()),
-                    }
-                });
-            match subscribed {
-                Ok(con) => return Ok(con),
+                .and_then(|info| Connection::open(&info, tls, left).map_err(|e| e.to_string()))
+                .and_then(|mut con| Ok((ask(&mut con)?, con)));
+            match answered {
+                Ok((answer, con)) => return Ok((con, answer)),
                 Err(e) => failures.push(format!("sentinel {host}:{port}: {e}")),
             }
         }

@@ -6,10 +6,10 @@
 //! wrong file is an error of `configure` naming the option, not a failure at every reconnect.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -90,12 +90,12 @@ impl Tls {
         Ok(Tls(Arc::new(config)))
     }
 
-    /// Runs the handshake with `host` over `tcp`, each socket read and write bounded by what is
-    /// left before `deadline`. The server's certificate must name `host` (a name or an address).
+    /// Runs the handshake with `host` over `tcp`, done by `deadline` or refused as timed out.
+    /// The server's certificate must name `host` (a name or an address).
     pub fn handshake(
         &self,
         host: &str,
-        mut tcp: TcpStream,
+        tcp: TcpStream,
         deadline: Instant,
     ) -> Result<Stream, io::Error> {
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
@@ -103,20 +103,53 @@ impl Tls {
             .to_owned();
         let mut tls = ClientConnection::new(self.0.clone(), name)
             .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+        let mut io = UntilDeadline { tcp, deadline };
         while tls.is_handshaking() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
+            tls.complete_io(&mut io).map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the TLS handshake did not finish in time",
-                ));
-            }
-            tcp.set_read_timeout(Some(left))?;
-            tcp.set_write_timeout(Some(left))?;
-            tls.complete_io(&mut tcp)
-                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+                ),
+                _ => io::Error::new(e.kind(), format!("TLS handshake: {e}")),
+            })?;
         }
-        Ok(StreamOwned::new(tls, tcp))
+        Ok(StreamOwned::new(tls, io.tcp))
+    }
+}
+
+/// A socket whose every read and write is bounded by what is left before `deadline`: rustls
+/// reads and writes as many times as the handshake needs within one call, so a timeout set once
+/// would be given afresh to each.
+struct UntilDeadline {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl UntilDeadline {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl Read for UntilDeadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for UntilDeadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
     }
 }
 
@@ -176,6 +209,51 @@ mod tests {
             cert: cert.map(str::to_string),
             key: key.map(str::to_string),
         }
+    }
+
+    /// A server that starts a handshake record and sends the rest a byte at a time, too slowly.
+    #[test]
+    fn a_handshake_dripped_slowly_is_cut_at_the_deadline() {
+        use std::net::TcpListener;
+        use std::thread;
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            let _ = peer.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]);
+            for _ in 0..40 {
+                thread::sleep(Duration::from_millis(50));
+                if peer.write_all(&[0]).is_err() {
+                    break;
+                }
+            }
+        });
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let tls = Tls(Arc::new(config));
+        let started = Instant::now();
+        let err = tls
+            .handshake(
+                "127.0.0.1",
+                TcpStream::connect(address).unwrap(),
+                started + Duration::from_millis(300),
+            )
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "the TLS handshake did not finish in time");
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+        server.join().unwrap();
     }
 
     fn err(files: &Files) -> String {
