@@ -80,7 +80,7 @@ enum Stream {
 }
 
 impl Stream {
-    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => {
                 s.set_read_timeout(Some(timeout))?;
@@ -88,9 +88,9 @@ impl Stream {
                 s.set_nodelay(true)
             }
             Stream::Tls(s) => {
-                s.sock.set_read_timeout(Some(timeout))?;
-                s.sock.set_write_timeout(Some(timeout))?;
-                s.sock.set_nodelay(true)
+                s.sock.set_read_timeout(timeout);
+                s.sock.set_write_timeout(timeout);
+                s.sock.set_nodelay()
             }
             Stream::Unix(s) => {
                 s.set_read_timeout(Some(timeout))?;
@@ -99,10 +99,13 @@ impl Stream {
         }
     }
 
-    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
-            Stream::Tls(s) => s.sock.set_read_timeout(Some(timeout)),
+            Stream::Tls(s) => {
+                s.sock.set_read_timeout(timeout);
+                Ok(())
+            }
             Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
         }
     }
@@ -112,7 +115,10 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf).map_err(tls::name_error),
+            Stream::Tls(s) => {
+                s.sock.start_read();
+                s.read(buf).map_err(tls::name_error)
+            }
             Stream::Unix(s) => s.read(buf),
         }
     }
@@ -122,7 +128,10 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf).map_err(tls::name_error),
+            Stream::Tls(s) => {
+                s.sock.start_write();
+                s.write(buf).map_err(tls::name_error)
+            }
             Stream::Unix(s) => s.write(buf),
         }
     }
@@ -130,7 +139,10 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.flush(),
-            Stream::Tls(s) => s.flush().map_err(tls::name_error),
+            Stream::Tls(s) => {
+                s.sock.start_write();
+                s.flush().map_err(tls::name_error)
+            }
             Stream::Unix(s) => s.flush(),
         }
     }
@@ -155,7 +167,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Self, Error> {
         let deadline = Instant::now() + timeout;
-        let stream = match (info.addr(), tls) {
+        let mut stream = match (info.addr(), tls) {
             (ConnectionAddr::Tcp(host, port), tls) => {
                 let tcp = connect_tcp(host, *port, deadline, resolve, TcpStream::connect_timeout)?;
                 match tls {
@@ -267,9 +279,9 @@ impl Connection {
     /// reply that has started is read under the connection's own timeout.
     pub fn read_within(&mut self, wait: Duration, max_bulk: usize) -> Result<Option<Reply>, Error> {
         if self.stream.buffer().is_empty() {
-            self.stream.get_ref().set_read_timeout(wait)?;
+            self.stream.get_mut().set_read_timeout(wait)?;
             let arrived = self.stream.fill_buf().map(|b| !b.is_empty());
-            self.stream.get_ref().set_read_timeout(self.timeout)?;
+            self.stream.get_mut().set_read_timeout(self.timeout)?;
             match arrived {
                 Ok(true) => {}
                 Ok(false) => {
@@ -500,7 +512,7 @@ mod tests {
         let mut theirs = theirs;
         theirs.write_all(bytes).unwrap();
         drop(theirs);
-        let stream = Stream::Unix(ours);
+        let mut stream = Stream::Unix(ours);
         stream.set_timeouts(Duration::from_secs(1)).unwrap();
         Connection {
             stream: BufReader::with_capacity(16, stream),
@@ -584,7 +596,7 @@ mod tests {
     #[test]
     fn a_message_that_has_not_started_is_no_message() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let stream = Stream::Unix(ours);
+        let mut stream = Stream::Unix(ours);
         stream.set_timeouts(Duration::from_secs(1)).unwrap();
         let mut con = Connection {
             stream: BufReader::new(stream),

@@ -48,7 +48,7 @@ impl fmt::Debug for Tls {
     }
 }
 
-pub type Stream = StreamOwned<ClientConnection, TcpStream>;
+pub type Stream = StreamOwned<ClientConnection, Socket>;
 
 impl Tls {
     /// Reads the files; an error names the option whose file is wrong and why.
@@ -103,9 +103,14 @@ impl Tls {
             .to_owned();
         let mut tls = ClientConnection::new(self.0.clone(), name)
             .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
-        let mut io = UntilDeadline { tcp, deadline };
+        let mut socket = Socket {
+            tcp,
+            read_timeout: Duration::ZERO,
+            write_timeout: Duration::ZERO,
+            deadline,
+        };
         while tls.is_handshaking() {
-            tls.complete_io(&mut io).map_err(|e| match e.kind() {
+            tls.complete_io(&mut socket).map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the TLS handshake did not finish in time",
@@ -113,36 +118,62 @@ impl Tls {
                 _ => io::Error::new(e.kind(), format!("TLS handshake: {e}")),
             })?;
         }
-        Ok(StreamOwned::new(tls, io.tcp))
+        Ok(StreamOwned::new(tls, socket))
     }
 }
 
-/// A socket whose every read and write is bounded by what is left before `deadline`: rustls
-/// reads and writes as many times as the handshake needs within one call, so a timeout set once
-/// would be given afresh to each.
-struct UntilDeadline {
+/// The TCP socket under TLS. A plain socket's timeout bounds each read(2); rustls makes as many
+/// as it needs within one call (the handshake, a record arriving in pieces, records that carry
+/// no data such as session tickets), so a timeout set on the socket would be given afresh to
+/// each. Here the timeout is a budget for the whole call ([`Socket::start_read`],
+/// [`Socket::start_write`]), every read(2) and write(2) getting what is left of it.
+pub struct Socket {
     tcp: TcpStream,
+    read_timeout: Duration,
+    write_timeout: Duration,
     deadline: Instant,
 }
 
-impl UntilDeadline {
+impl Socket {
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.read_timeout = timeout;
+    }
+
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.write_timeout = timeout;
+    }
+
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        self.tcp.set_nodelay(true)
+    }
+
+    /// A read of the TLS stream starts: it has the read timeout, all told.
+    pub fn start_read(&mut self) {
+        self.deadline = Instant::now() + self.read_timeout;
+    }
+
+    /// A write (or flush) of the TLS stream starts: it has the write timeout, all told.
+    pub fn start_write(&mut self) {
+        self.deadline = Instant::now() + self.write_timeout;
+    }
+
     fn left(&self) -> io::Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(left)
     }
 }
 
-impl Read for UntilDeadline {
+impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.tcp.set_read_timeout(Some(self.left()?))?;
         self.tcp.read(buf)
     }
 }
 
-impl Write for UntilDeadline {
+impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.tcp.set_write_timeout(Some(self.left()?))?;
         self.tcp.write(buf)
