@@ -262,7 +262,7 @@ node is the TLS port: true
 
 
 
-=== TEST 7: grayctl over TLS through the sentinel: its change reaches the gateway; a wrong CA is refused with exit code 3
+=== TEST 7: grayctl over TLS through the sentinel: its change reaches the gateway; a wrong CA is unreachable (exit code 3), a wrong sentinel password refused (1)
 --- main_config
 env TEST_NGINX_TLS_DIR;
 env TEST_NGINX_TLS_SENTINEL;
@@ -280,11 +280,12 @@ env TEST_NGINX_TLS_MASTER_CONTROL;
         content_by_lua_block {
             local gray, T = require "gray", require "gray_test"
             local dir = os.getenv("TEST_NGINX_TLS_DIR")
-            local function grayctl(ca, args)
+            local function grayctl(ca, password, args)
                 local p = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl"
                     .. " --redis rediss://127.0.0.1:6379/0 --tls-ca " .. dir .. "/" .. ca
                     .. " --sentinels 127.0.0.1:" .. os.getenv("TEST_NGINX_TLS_SENTINEL")
-                    .. " --sentinel-master grays --sentinel-password sentinel-secret " .. args .. " 2>&1; echo rc=$?")
+                    .. " --sentinel-master grays --sentinel-password " .. password .. " " .. args
+                    .. " 2>&1; echo rc=$?")
                 local out = p:read("*a")
                 p:close()
                 return (out:gsub(dir:gsub("%p", "%%%0"), "DIR"))
@@ -293,9 +294,10 @@ env TEST_NGINX_TLS_MASTER_CONTROL;
             assert(T.redis_at(os.getenv("TEST_NGINX_TLS_MASTER_CONTROL"), "set", "gray", "127.0.0.1"))
             T.wait_for(function() return gray.status().entries == 1 end, 2)
             ngx.say("before: ", (gray.decide()))
-            ngx.print(grayctl("ca.pem", "add 127.0.0.3 -m tls"))
+            ngx.print(grayctl("ca.pem", "sentinel-secret", "add 127.0.0.3 -m tls"))
             ngx.say("seen: ", (T.wait_for(function() return gray.decide() == "@prod2-grey" end, 1)))
-            ngx.print(grayctl("other-ca.pem", "list"))
+            ngx.print(grayctl("other-ca.pem", "sentinel-secret", "list"))
+            ngx.print(grayctl("ca.pem", "wrong", "list"))
         }
     }
 --- more_headers
@@ -307,6 +309,8 @@ rc=0
 seen: true
 grayctl: redis unreachable: no node of "grays" to read from: sentinel 127.0.0.1:\d+: TLS handshake: invalid peer certificate: UnknownIssuer
 rc=3
+grayctl: no node of "grays" to read from: sentinel 127.0.0.1:\d+: WRONGPASS [^\n]*
+rc=1
 --- no_error_log
 [warn]
 [error]

@@ -46,11 +46,38 @@ pub struct Sentinels {
 }
 
 #[derive(Debug)]
-pub struct Error(String);
+pub struct Error {
+    message: String,
+    refused: bool,
+}
+
+impl Error {
+    fn new(message: impl Into<String>) -> Self {
+        Error {
+            message: message.into(),
+            refused: false,
+        }
+    }
+
+    /// A sentinel or a node answered with an error reply (a wrong password, an ACL refusal):
+    /// reachable, but refusing.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+impl From<connection::Error> for Error {
+    fn from(e: connection::Error) -> Self {
+        Error {
+            refused: matches!(e, connection::Error::Server(_)),
+            message: e.to_string(),
+        }
+    }
+}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -80,37 +107,48 @@ impl Sentinels {
         timeout: Duration,
     ) -> Result<(Connection, String), Error> {
         let mut failures = Vec::new();
+        let mut refused = false;
         for (host, port) in &self.addresses {
             let sentinel = format!("{host}:{port}");
-            match self.ask(host, *port, tls, timeout) {
-                Ok(candidates) => {
-                    for (node_host, node_port, role) in candidates {
-                        let node = format!("{node_host}:{node_port}");
-                        let info = data
-                            .clone()
-                            .set_addr(ConnectionAddr::Tcp(node_host, node_port));
-                        match Connection::open(&info, tls, timeout)
-                            .map_err(|e| e.to_string())
-                            .and_then(|mut con| {
-                                confirm_role(&mut con, role)?;
-                                Ok(con)
-                            }) {
-                            Ok(con) => return Ok((con, node)),
-                            Err(e) => failures.push(format!(
-                                "{node} ({} by sentinel {sentinel}): {e}",
-                                role.as_str()
-                            )),
-                        }
+            let candidates = match self.ask(host, *port, tls, timeout) {
+                Ok(candidates) => candidates,
+                Err(e) => {
+                    refused |= e.refused;
+                    failures.push(format!("sentinel {sentinel}: {e}"));
+                    continue;
+                }
+            };
+            for (node_host, node_port, role) in candidates {
+                let node = format!("{node_host}:{node_port}");
+                let info = data
+                    .clone()
+                    .set_addr(ConnectionAddr::Tcp(node_host, node_port));
+                let confirmed = Connection::open(&info, tls, timeout)
+                    .map_err(Error::from)
+                    .and_then(|mut con| {
+                        confirm_role(&mut con, role).map_err(Error::new)?;
+                        Ok(con)
+                    });
+                match confirmed {
+                    Ok(con) => return Ok((con, node)),
+                    Err(e) => {
+                        refused |= e.refused;
+                        failures.push(format!(
+                            "{node} ({} by sentinel {sentinel}): {e}",
+                            role.as_str()
+                        ));
                     }
                 }
-                Err(e) => failures.push(format!("sentinel {sentinel}: {e}")),
             }
         }
-        Err(Error(format!(
-            "no node of \"{}\" to read from: {}",
-            self.master,
-            failures.join("; ")
-        )))
+        Err(Error {
+            message: format!(
+                "no node of \"{}\" to read from: {}",
+                self.master,
+                failures.join("; ")
+            ),
+            refused,
+        })
     }
 
     /// A connection to the first sentinel that names the group's master, to ask
@@ -175,7 +213,7 @@ impl Sentinels {
                 Err(e) => failures.push(format!("sentinel {host}:{port}: {e}")),
             }
         }
-        Err(Error(failures.join("; ")))
+        Err(Error::new(failures.join("; ")))
     }
 
     /// Whether `message`, read from a [`Sentinels::switches`] connection, says this group has a
@@ -204,12 +242,13 @@ impl Sentinels {
         ) {
             Ok(Reply::Array(Some(parts))) => address(&parts)
                 .map(|(host, port)| format!("{host}:{port}"))
-                .ok_or_else(|| Error(format!("an address it cannot give: {parts:?}"))),
-            Ok(Reply::Array(None)) => {
-                Err(Error(format!("it does not monitor \"{}\"", self.master)))
-            }
-            Ok(other) => Err(Error(format!("unexpected reply {other:?}"))),
-            Err(e) => Err(Error(e.to_string())),
+                .ok_or_else(|| Error::new(format!("an address it cannot give: {parts:?}"))),
+            Ok(Reply::Array(None)) => Err(Error::new(format!(
+                "it does not monitor \"{}\"",
+                self.master
+            ))),
+            Ok(other) => Err(Error::new(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(Error::from(e)),
         }
     }
 
@@ -240,22 +279,20 @@ impl Sentinels {
         port: u16,
         tls: Option<&Tls>,
         timeout: Duration,
-    ) -> Result<Vec<(String, u16, Role)>, String> {
-        let mut con = Connection::open(&self.sentinel_info(host, port)?, tls, timeout)
-            .map_err(|e| e.to_string())?;
-        let master = self.master(&mut con).map_err(|e| e.to_string())?;
+    ) -> Result<Vec<(String, u16, Role)>, Error> {
+        let info = self.sentinel_info(host, port).map_err(Error::new)?;
+        let mut con = Connection::open(&info, tls, timeout)?;
+        let master = self.master(&mut con)?;
         let (master_host, master_port) = master
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
-            .ok_or_else(|| format!("an address it cannot give: {master}"))?;
+            .ok_or_else(|| Error::new(format!("an address it cannot give: {master}")))?;
         let mut nodes = Vec::new();
         if self.role == Role::Replica {
-            let replicas = con
-                .query(
-                    redis::cmd("SENTINEL").arg("REPLICAS").arg(&self.master),
-                    1 << 20,
-                )
-                .map_err(|e| e.to_string())?;
+            let replicas = con.query(
+                redis::cmd("SENTINEL").arg("REPLICAS").arg(&self.master),
+                1 << 20,
+            )?;
             nodes.extend(
                 healthy_replicas(&replicas)
                     .into_iter()

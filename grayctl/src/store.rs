@@ -82,7 +82,13 @@ impl Store {
                 master
                     .connect(&config.redis, tls, config.timeout)
                     .map(|(con, _)| con)
-                    .map_err(|e| Failure::Unreachable(e.to_string()))?
+                    .map_err(|e| {
+                        if e.refused() {
+                            refused(e.to_string())
+                        } else {
+                            Failure::Unreachable(e.to_string())
+                        }
+                    })?
             }
             None => Connection::open(&config.redis, tls, config.timeout).map_err(|e| match e {
                 connection::Error::Server(refusal) => refused(format!(
