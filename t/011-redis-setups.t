@@ -9,16 +9,9 @@ use Time::HiRes qw(sleep);
 # A replica of the file's Redis, on a port of its own, for the whole file.
 my $Dir = tempdir('gray-replica-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 my $ReplicaPort = t::Gray::free_port();
-system('redis-server', '--port', $ReplicaPort, '--bind', '127.0.0.1', '--replicaof', '127.0.0.1',
-       $ENV{TEST_NGINX_REDIS_PORT}, '--save', '', '--appendonly', 'no', '--daemonize', 'yes',
-       '--pidfile', "$Dir/replica.pid", '--logfile', "$Dir/replica.log", '--dir', $Dir) == 0
-    or die "cannot start the replica: $?";
-for (1 .. 100) {
-    last if `redis-cli -p $ReplicaPort info replication 2>/dev/null` =~ /master_link_status:up/;
-    sleep 0.05;
-}
+t::Gray::start_redis($Dir, $ReplicaPort, '--replicaof', '127.0.0.1', $ENV{TEST_NGINX_REDIS_PORT});
+t::Gray::replica_synced($ReplicaPort) or die "the replica did not sync";
 $ENV{TEST_NGINX_REPLICA_PORT} = $ReplicaPort;
-END { system("redis-cli -p $ReplicaPort shutdown nosave >/dev/null 2>&1") if $ReplicaPort }
 
 add_block_preprocessor(\&gray_block);
 run_tests();

@@ -11,16 +11,6 @@ use Time::HiRes qw(sleep);
 my $Dir = tempdir('gray-sentinel-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 my ($Master, $Replica) = (t::Gray::free_port(), t::Gray::free_port());
 my @Sentinels = map { t::Gray::free_port() } 1 .. 3;
-my @Started;
-
-sub start_redis {
-    my ($port, @args) = @_;
-    system('redis-server', '--port', $port, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-           '--daemonize', 'yes', '--pidfile', "$Dir/$port.pid", '--logfile', "$Dir/$port.log",
-           '--dir', $Dir, @args) == 0 or die "cannot start redis-server on $port: $?";
-    push @Started, $port;
-}
-
 sub cli { my $port = shift; my $out = `redis-cli -p $port @_ 2>&1`; return $out }
 
 sub wait_until {
@@ -29,8 +19,8 @@ sub wait_until {
     return 0;
 }
 
-start_redis($Master);
-start_redis($Replica, '--replicaof', '127.0.0.1', $Master);
+t::Gray::start_redis($Dir, $Master);
+t::Gray::start_redis($Dir, $Replica, '--replicaof', '127.0.0.1', $Master);
 for my $port (@Sentinels) {
     open my $conf, '>', "$Dir/sentinel-$port.conf" or die $!;
     print $conf "sentinel monitor grays 127.0.0.1 $Master 2\n",
@@ -40,7 +30,7 @@ for my $port (@Sentinels) {
     system('redis-sentinel', "$Dir/sentinel-$port.conf", '--port', $port, '--bind', '127.0.0.1',
            '--daemonize', 'yes', '--pidfile', "$Dir/$port.pid", '--logfile', "$Dir/$port.log",
            '--dir', $Dir) == 0 or die "cannot start redis-sentinel on $port: $?";
-    push @Started, $port;
+    t::Gray::shut_down_at_end($port);
 }
 wait_until(sub { cli($Replica, 'info replication') =~ /master_link_status:up/ })
     or die "the replica did not sync";
@@ -53,8 +43,6 @@ $ENV{TEST_NGINX_SENTINELS} = join ', ', map { "\"127.0.0.1:$_\"" } @Sentinels;
 $ENV{TEST_NGINX_SENTINEL_MASTER} = $Master;
 $ENV{TEST_NGINX_SENTINEL_REPLICA} = $Replica;
 $ENV{TEST_NGINX_SENTINEL_1} = $Sentinels[0];
-
-END { system("redis-cli -p $_ shutdown nosave >/dev/null 2>&1") for @Started }
 
 add_block_preprocessor(\&gray_block);
 run_tests();

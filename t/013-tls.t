@@ -10,7 +10,6 @@ use File::Temp qw(tempdir);
 use Time::HiRes qw(sleep);
 
 my $Dir = tempdir('gray-tls-XXXXXX', TMPDIR => 1, CLEANUP => 1);
-my @Started;
 
 sub openssl { system("openssl @_ >/dev/null 2>&1") == 0 or die "openssl @_ failed" }
 
@@ -32,14 +31,6 @@ signed('server', 'ca', 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost');
 signed('other-server', 'other-ca', 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost');
 signed('client', 'ca', 'extendedKeyUsage=clientAuth');
 
-sub start_redis {
-    my ($port, @args) = @_;
-    system('redis-server', '--port', $port, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-           '--daemonize', 'yes', '--pidfile', "$Dir/$port.pid", '--logfile', "$Dir/$port.log",
-           '--dir', $Dir, @args) == 0 or die "cannot start redis-server on $port: $?";
-    push @Started, $port;
-}
-
 my @Tls = ('--tls-cert-file', "$Dir/server.pem", '--tls-key-file', "$Dir/server.key",
            '--tls-ca-cert-file', "$Dir/ca.pem");
 # TLS replicas of the file's Redis: one that takes clients without a certificate, one that asks.
@@ -47,12 +38,12 @@ my ($Plain, $TlsPort) = (t::Gray::free_port(), t::Gray::free_port());
 my ($MutualPlain, $MutualTls) = (t::Gray::free_port(), t::Gray::free_port());
 for ([$Plain, $TlsPort, 'optional'], [$MutualPlain, $MutualTls, 'yes']) {
     my ($plain, $tls, $clients) = @$_;
-    start_redis($plain, '--tls-port', $tls, @Tls, '--tls-auth-clients', $clients,
-                '--replicaof', '127.0.0.1', $ENV{TEST_NGINX_REDIS_PORT});
+    t::Gray::start_redis($Dir, $plain, '--tls-port', $tls, @Tls, '--tls-auth-clients', $clients,
+                         '--replicaof', '127.0.0.1', $ENV{TEST_NGINX_REDIS_PORT});
 }
 # A master over TLS alone, and a sentinel over TLS watching it, with a password of its own.
 my ($Master, $MasterTls, $Sentinel) = map { t::Gray::free_port() } 1 .. 3;
-start_redis($Master, '--tls-port', $MasterTls, @Tls, '--tls-auth-clients', 'optional');
+t::Gray::start_redis($Dir, $Master, '--tls-port', $MasterTls, @Tls, '--tls-auth-clients', 'optional');
 open my $conf, '>', "$Dir/sentinel.conf" or die $!;
 print $conf "port 0\ntls-port $Sentinel\ntls-replication yes\ntls-auth-clients optional\nrequirepass sentinel-secret\n",
             "tls-cert-file $Dir/server.pem\ntls-key-file $Dir/server.key\ntls-ca-cert-file $Dir/ca.pem\n",
@@ -62,12 +53,7 @@ system('redis-sentinel', "$Dir/sentinel.conf", '--bind', '127.0.0.1', '--daemoni
        '--pidfile', "$Dir/sentinel.pid", '--logfile', "$Dir/sentinel.log", '--dir', $Dir) == 0
     or die "cannot start redis-sentinel: $?";
 
-for my $port ($Plain, $MutualPlain) {
-    for (1 .. 100) {
-        last if `redis-cli -p $port info replication 2>/dev/null` =~ /master_link_status:up/;
-        sleep 0.05;
-    }
-}
+t::Gray::replica_synced($_) or die "the TLS replica on $_ did not sync" for $Plain, $MutualPlain;
 
 $ENV{TEST_NGINX_TLS_DIR} = $Dir;
 $ENV{TEST_NGINX_TLS_PORT} = $TlsPort;
@@ -78,7 +64,6 @@ $ENV{TEST_NGINX_TLS_MASTER_CONTROL} = $Master;
 $ENV{TEST_NGINX_TLS_SENTINEL} = $Sentinel;
 
 END {
-    system("redis-cli -p $_ shutdown nosave >/dev/null 2>&1") for @Started;
     system("redis-cli --tls --cacert $Dir/ca.pem -p $Sentinel -a sentinel-secret --no-auth-warning shutdown nosave >/dev/null 2>&1")
         if $Sentinel;
 }

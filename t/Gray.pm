@@ -75,6 +75,35 @@ END {
     }
 }
 
+# More Redis for a file (a replica, TLS servers, a Sentinel group's nodes): redis-server on loopback
+# `port` with `args`, its files in `dir`. It is shut down when the file ends, as are the ports given
+# to shut_down_at_end (sentinels).
+my @ShutDown;
+
+sub start_redis {
+    my ($dir, $port, @args) = @_;
+    system('redis-server', '--port', $port, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+           '--daemonize', 'yes', '--pidfile', "$dir/$port.pid", '--logfile', "$dir/$port.log",
+           '--dir', $dir, @args) == 0 or die "cannot start redis-server on $port: $?";
+    shut_down_at_end($port);
+}
+
+sub shut_down_at_end { push @ShutDown, @_ }
+
+# Waits until the replica on `port` is in sync with its master; false after 5 s.
+sub replica_synced {
+    my $port = shift;
+    for (1 .. 100) {
+        return 1 if `redis-cli -p $port info replication 2>/dev/null` =~ /master_link_status:up/;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+END {
+    system("redis-cli -p $_ shutdown nosave >/dev/null 2>&1") for $$ == $Owner ? @ShutDown : ();
+}
+
 # redis-server daemonizes, so PID 1 reaps it, perhaps late: a zombie has exited.
 sub exited {
     my $pid = shift;
