@@ -333,8 +333,7 @@ impl Refresher {
         // Announcements are for the time between attempts; none pile up while connected.
         self.switches = None;
         self.switches_tried = false;
-        let (mut subscription, mut tracking) = self.subscribe()?;
-        self.tracking = tracking;
+        let mut subscription = self.subscribe()?;
         self.resync = self.resync_interval();
         self.last_reads.clear();
         let mut resynced_at = Instant::now();
@@ -354,9 +353,8 @@ impl Refresher {
                 }
                 // A rule set now references a key outside the tracked prefixes: track it too,
                 // then read again what may have changed while no one was tracking it.
-                if tracking && self.wanted_prefixes() != self.armed {
-                    (subscription, tracking) = self.subscribe()?;
-                    self.tracking = tracking;
+                if self.tracking && self.wanted_prefixes() != self.armed {
+                    subscription = self.subscribe()?;
                     due = Some(Reading::All);
                     continue;
                 }
@@ -371,7 +369,7 @@ impl Refresher {
                 (Woke::Change(reading), _) => Some(reading),
                 // Redis pushes every change to gray's keys: each `refresh` only proves the
                 // subscriber is alive, and the keys are read again whole every `resync`.
-                (Woke::Tick, Some(subscriber)) if tracking => {
+                (Woke::Tick, Some(subscriber)) if self.tracking => {
                     let pushed = self.check_alive(subscriber)?;
                     if resynced_at.elapsed() >= self.resync {
                         Some(Reading::All)
@@ -504,8 +502,8 @@ impl Refresher {
     /// The connection changes arrive on: subscribed to `channel`, and tracking gray's keys
     /// (Redis pushes the name of each key written under their prefixes, by anyone, to this very
     /// connection). `None` when there is neither, or Redis refuses the subscription (an ACL
-    /// without pub/sub, say): polling alone still works.
-    fn subscribe(&mut self) -> Result<(Option<Connection>, bool), String> {
+    /// without pub/sub, say): polling alone still works. Sets whether tracking is in force.
+    fn subscribe(&mut self) -> Result<Option<Connection>, String> {
         let mut con = self.connect()?;
         let tracking = self.config.tracking && self.track(&mut con)?;
         let mut channels: Vec<String> = self.config.channel.iter().cloned().collect();
@@ -518,7 +516,8 @@ impl Refresher {
             s.subscribed = subscribed && channel;
             s.tracking = subscribed && tracking;
         });
-        Ok((subscribed.then_some(con), subscribed && tracking))
+        self.tracking = subscribed && tracking;
+        Ok(subscribed.then_some(con))
     }
 
     /// Arms client-side caching in broadcast mode on `con`, redirected to itself; false, with one
