@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use once_cell::sync::Lazy;
 
@@ -17,6 +17,7 @@ use crate::log::Level;
 use crate::metrics::{self, counter, GuardState};
 use crate::region::{Region, COUNTERS_PER_SERIES};
 use crate::state::{Shared, TripToRecord};
+use gray_core::clock;
 use gray_core::fleet;
 use gray_core::guard::{self, Counts, TripRecord};
 use gray_core::rules::RuleSet;
@@ -45,12 +46,6 @@ static WATCHES: Lazy<Mutex<Watches>> = Lazy::new(|| {
         by_series: HashMap::new(),
     })
 });
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Responses counted in `series` (of any class) and the 5xx among them, since the region began.
 fn counts(region: &Region, series: &[u32]) -> Counts {
@@ -186,7 +181,7 @@ pub fn tick(shared: &'static Shared) {
             else {
                 continue;
             };
-            let at_ms = unix_ms();
+            let at_ms = clock::unix_ms(SystemTime::now());
             if !region.trip(series as usize, compiled.version, at_ms) {
                 continue;
             }

@@ -9,7 +9,7 @@ use std::ffi::{c_int, c_void};
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use mlua::prelude::*;
 
@@ -19,10 +19,11 @@ use crate::nginx_request::AddressReader;
 use crate::pending;
 use crate::refresher;
 use crate::state::SHARED;
+use gray_core::clock::{unix_now, unix_seconds};
 use gray_core::config::{Config, OptionValue};
 use gray_core::plan::{Fetched, Header};
 use gray_core::rules::MAX_INPUTS;
-use gray_core::snapshot::{code, unix_now, Extra, Gathered, Snapshot, Target};
+use gray_core::snapshot::{code, Extra, Gathered, Snapshot, Target};
 
 /// A configuration cycle's options, held by that cycle's Lua VM. nginx runs init_by_lua for a new
 /// cycle in a new VM and closes it if it rejects the configuration, so options kept here belong
@@ -392,11 +393,6 @@ fn metrics_body(_: &Lua, format: Option<String>) -> LuaResult<(Option<String>, O
     })
 }
 
-fn unix_seconds(t: Option<SystemTime>) -> Option<f64> {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64())
-}
-
 fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     let config = active_config(&options);
     let snapshot = SHARED.current();
@@ -410,9 +406,9 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     t.set("redis_node", refresh.node)?;
     t.set("subscribed", refresh.subscribed)?;
     t.set("tracking", refresh.tracking)?;
-    t.set("last_ok_at", unix_seconds(refresh.last_ok_at))?;
+    t.set("last_ok_at", refresh.last_ok_at.map(unix_seconds))?;
     t.set("last_error", refresh.last_error)?;
-    t.set("last_error_at", unix_seconds(refresh.last_error_at))?;
+    t.set("last_error_at", refresh.last_error_at.map(unix_seconds))?;
     t.set("failures", refresh.failures)?;
     t.set("address_read", ADDRESS.mode().as_str())?;
     t.set("metrics", if metrics::shared() { "shared" } else { "off" })?;
@@ -422,7 +418,7 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
         let list = &loaded.list;
         t.set("key_type", loaded.kind.as_str())?;
         t.set("version", format!("{:016x}", loaded.version))?;
-        t.set("loaded_at", unix_seconds(Some(loaded.loaded_at)))?;
+        t.set("loaded_at", unix_seconds(loaded.loaded_at))?;
         t.set("entries", list.entries())?;
         t.set("entries_v4", list.entries_v4)?;
         t.set("entries_v6", list.entries_v6)?;
@@ -453,7 +449,7 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
         if let Some(active) = active {
             let compiled = &active.compiled;
             set.set("version", format!("{:016x}", compiled.version))?;
-            set.set("loaded_at", unix_seconds(Some(compiled.loaded_at)))?;
+            set.set("loaded_at", unix_seconds(compiled.loaded_at))?;
             set.set("rules", compiled.rules.rules.len())?;
             set.set("enabled", compiled.rules.enabled)?;
             let tripped: Vec<String> = compiled

@@ -17,6 +17,7 @@ use crate::metrics::{self, KeyLoaded, Labels, WorkerState};
 use crate::os;
 use crate::region::RegisterError;
 use crate::state::Shared;
+use gray_core::clock::unix_seconds;
 use gray_core::config::Config;
 use gray_core::connection::{self, Connection, Reply};
 use gray_core::fleet;
@@ -1370,11 +1371,6 @@ impl Refresher {
             let _ = done.send(());
         }
     }
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The prefixes to track for these keys: each key once, none inside another's prefix (Redis

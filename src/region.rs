@@ -7,13 +7,16 @@
 //! It holds a registry of series names, so an index means the same series in every worker and
 //! across reloads; which series' guards have tripped (for which rule set version, since when);
 //! one block of counters per worker id, cache-line aligned, each written only by the worker(s)
-//! with that id and summed by a scrape; and each worker's state as it last published it. Counting never blocks or allocates; only registering a name takes a lock, when
-//! a refresher publishes a snapshot.
+//! with that id and summed by a scrape; and each worker's state as it last published it.
+//! Counting never blocks or allocates; only registering a name takes a lock, when a refresher
+//! publishes a snapshot.
 
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+use gray_core::clock;
 
 /// Series a region can hold, including the reserved series 0 (counts nothing).
 pub const MAX_SERIES: usize = 2048;
@@ -112,9 +115,7 @@ impl Region {
         let region = Region {
             base: NonNull::new(base.cast()).expect("mmap returned a mapping"),
         };
-        let created_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let created_ms = clock::unix_ms(SystemTime::now());
         // SAFETY: the mapping is fresh, page-aligned and no other process sees it yet.
         unsafe {
             (*region.base.as_ptr().cast::<Header>()).created_ms = created_ms;

@@ -9,6 +9,7 @@
 
 pub mod bucket;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod fleet;

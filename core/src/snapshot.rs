@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::client_ip::{binary_addr, client_ip, parse_addr, Source};
+use crate::clock::unix_now;
 use crate::idset::IdSet;
 use crate::ipset::{IpSet, MatchedRange};
 use crate::plan::{Fetched, Plan};
@@ -179,13 +180,6 @@ pub struct Extra<'a> {
 pub struct Gathered<'a> {
     pub plan: u32,
     pub fetched: &'a dyn Fetched<'a>,
-}
-
-/// Now in Unix seconds, for ramps.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[derive(Debug, Clone, Default)]

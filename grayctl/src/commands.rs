@@ -4,20 +4,21 @@ use std::io::Read as _;
 use std::time::SystemTime;
 
 use clap::Args;
+use gray_core::clock::{self, unix_now};
 use gray_core::config::Config;
 use gray_core::fleet::Report;
 use gray_core::guard::{self, TripRecord};
 use gray_core::load::compile_rule_set;
 use gray_core::plan::{Header, Plan, Slices};
 use gray_core::rules::{schema, Outcome};
-use gray_core::snapshot::{unix_now, Reason};
+use gray_core::snapshot::Reason;
 use gray_core::whitelist::Whitelist;
 use serde_json::{json, Value};
 
 use crate::failure::{refused, Failure};
 use crate::fleet_status::{self, State, Versions};
 use crate::history::{self, Record, Subject};
-use crate::store::{unix_seconds, who, Store, Write};
+use crate::store::{who, Store, Write};
 use crate::value::KeyValue;
 use crate::whitelist_edit::{self, Change, Edit};
 use crate::{rules_edit, Cli, Command, GuardCommand, RulesCommand, SetName};
@@ -68,7 +69,7 @@ impl Context {
 
     fn record(&self, key: &str, subject: Subject, command: String) -> Record {
         Record {
-            time: unix_seconds(SystemTime::now()),
+            time: clock::unix_seconds(SystemTime::now()) as u64,
             who: who(),
             command,
             message: self.message.clone(),
@@ -890,9 +891,7 @@ fn guard_reset(ctx: &Context, set: &SetName, rule: &str) -> Result<(), Failure> 
         .filter(|(_, t)| t.rule == rule)
         .map(|(field, _)| field)
         .collect();
-    let at_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let at_ms = clock::unix_ms(SystemTime::now());
     store.reset_guard(&key, rule, &records, at_ms)?;
     if ctx.json {
         println!(

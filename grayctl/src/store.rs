@@ -5,8 +5,6 @@
 //! refuses it when anyone wrote the key after the WATCH: two operators at once never lose one's
 //! change silently; the second is told to retry.
 
-use std::time::SystemTime;
-
 use gray_core::config::Config;
 use gray_core::connection::{self, Connection, Reply};
 use gray_core::fleet::Report;
@@ -327,9 +325,4 @@ pub fn who() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
     format!("{user}@{}", gray_core::fleet::hostname())
-}
-
-pub fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
