@@ -565,34 +565,20 @@ impl Refresher {
     /// Subscribes `con` to `channels`; false, with one warning, where Redis refuses.
     fn subscribe_to(&mut self, con: &mut Connection, channels: &[String]) -> Result<bool, String> {
         let names = channels.join(", ");
-        let mut subscribe = redis::cmd("SUBSCRIBE");
-        for channel in channels {
-            subscribe.arg(channel);
-        }
-        let failed = |this: &Self, e: &connection::Error| {
-            format!("failed to subscribe to {names}: {}", this.describe(e))
-        };
-        con.send(&subscribe).map_err(|e| failed(self, &e))?;
-        for _ in channels {
-            match con.read(MAX_MESSAGE) {
-                Ok(Reply::Array(Some(confirmation)))
-                    if confirmation.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) => {}
-                Ok(other) => {
-                    return Err(format!(
-                        "failed to subscribe to {names}: unexpected reply {other:?}"
-                    ))
-                }
-                Err(connection::Error::Server(refusal)) => {
-                    self.warn_once(format!(
-                        "cannot subscribe to {names} ({refusal}); changes are seen by polling every {:.1}s",
-                        self.config.refresh.as_secs_f64()
-                    ));
-                    return Ok(false);
-                }
-                Err(e) => return Err(failed(self, &e)),
+        match con.subscribe(channels) {
+            Ok(()) => Ok(true),
+            Err(connection::Error::Server(refusal)) => {
+                self.warn_once(format!(
+                    "cannot subscribe to {names} ({refusal}); changes are seen by polling every {:.1}s",
+                    self.config.refresh.as_secs_f64()
+                ));
+                Ok(false)
             }
+            Err(e) => Err(format!(
+                "failed to subscribe to {names}: {}",
+                self.describe(&e)
+            )),
         }
-        Ok(true)
     }
 
     /// The prefixes that cover every key gray reads: the whitelist key, the rule set keys and

@@ -223,6 +223,23 @@ impl Connection {
         Ok(())
     }
 
+    /// Subscribes to `channels` and reads the confirmation of each; messages follow
+    /// ([`Connection::read_within`]). A refusal (an ACL without the channel) is [`Error::Server`].
+    pub fn subscribe<C: redis::ToRedisArgs>(&mut self, channels: &[C]) -> Result<(), Error> {
+        self.send(redis::cmd("SUBSCRIBE").arg(channels))?;
+        for _ in channels {
+            // A confirmation names its channel: bounded as a line is.
+            match self.read(MAX_LINE as usize)? {
+                Reply::Array(Some(confirmation))
+                    if confirmation.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) => {}
+                other => {
+                    return Err(self.protocol(&format!("a subscribe confirmation, not {other:?}")))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `cmd` and reads its reply; a bulk string longer than `max_bulk` is refused unread.
     pub fn query(&mut self, cmd: &redis::Cmd, max_bulk: usize) -> Result<Reply, Error> {
         self.send(cmd)?;
@@ -512,10 +529,15 @@ mod tests {
         let mut theirs = theirs;
         theirs.write_all(bytes).unwrap();
         drop(theirs);
+        over(ours, 16)
+    }
+
+    /// A connection over our end of a unix socket pair, reading through a buffer of `capacity`.
+    fn over(ours: UnixStream, capacity: usize) -> Connection {
         let mut stream = Stream::Unix(ours);
         stream.set_timeouts(Duration::from_secs(1)).unwrap();
         Connection {
-            stream: BufReader::with_capacity(16, stream),
+            stream: BufReader::with_capacity(capacity, stream),
             timeout: Duration::from_secs(1),
             in_step: true,
             line: Vec::new(),
@@ -594,17 +616,40 @@ mod tests {
     }
 
     #[test]
+    fn subscribing_reads_each_confirmation_and_tells_a_refusal() {
+        let confirmations =
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n";
+        for (reply, ok) in [
+            (&confirmations[..], true),
+            (
+                b"-NOPERM this user has no permissions to access the 'a' channel\r\n",
+                false,
+            ),
+        ] {
+            let (ours, mut theirs) = UnixStream::pair().unwrap();
+            theirs.write_all(reply).unwrap();
+            let mut con = over(ours, READ_BUFFER);
+            match con.subscribe(&["a", "b"]) {
+                Ok(()) => assert!(ok),
+                Err(Error::Server(refusal)) => {
+                    assert!(!ok);
+                    assert!(refusal.starts_with("NOPERM"));
+                }
+                Err(e) => panic!("{e}"),
+            }
+            let mut sent = vec![0; 64];
+            let n = theirs.read(&mut sent).unwrap();
+            assert_eq!(
+                &sent[..n],
+                b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n"
+            );
+        }
+    }
+
+    #[test]
     fn a_message_that_has_not_started_is_no_message() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let mut stream = Stream::Unix(ours);
-        stream.set_timeouts(Duration::from_secs(1)).unwrap();
-        let mut con = Connection {
-            stream: BufReader::new(stream),
-            timeout: Duration::from_secs(1),
-            in_step: true,
-            line: Vec::new(),
-            scratch: Vec::new(),
-        };
+        let mut con = over(ours, READ_BUFFER);
         assert_eq!(
             con.read_within(Duration::from_millis(10), 10).unwrap(),
             None

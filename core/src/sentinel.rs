@@ -173,15 +173,7 @@ impl Sentinels {
         deadline: Instant,
     ) -> Result<Connection, Error> {
         self.first_sentinel(tls, timeout, Some(deadline), |con| {
-            match con.query(redis::cmd("SUBSCRIBE").arg(SWITCH_MASTER), 1024) {
-                Ok(Reply::Array(Some(reply)))
-                    if reply.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) =>
-                {
-                    Ok(())
-                }
-                Ok(other) => Err(format!("unexpected reply {other:?}")),
-                Err(e) => Err(e.to_string()),
-            }
+            con.subscribe(&[SWITCH_MASTER]).map_err(|e| e.to_string())
         })
         .map(|(con, ())| con)
     }
