@@ -226,6 +226,11 @@ impl Sentinels {
 
     /// The group's master as the sentinel on `con` names it, `host:port`.
     pub fn master(&self, con: &mut Connection) -> Result<String, Error> {
+        self.master_address(con)
+            .map(|(host, port)| format!("{host}:{port}"))
+    }
+
+    fn master_address(&self, con: &mut Connection) -> Result<(String, u16), Error> {
         match con.query(
             redis::cmd("SENTINEL")
                 .arg("GET-MASTER-ADDR-BY-NAME")
@@ -233,7 +238,6 @@ impl Sentinels {
             1024,
         ) {
             Ok(Reply::Array(Some(parts))) => address(&parts)
-                .map(|(host, port)| format!("{host}:{port}"))
                 .ok_or_else(|| Error::new(format!("an address it cannot give: {parts:?}"))),
             Ok(Reply::Array(None)) => Err(Error::new(format!(
                 "it does not monitor \"{}\"",
@@ -274,11 +278,7 @@ impl Sentinels {
     ) -> Result<Vec<(String, u16, Role)>, Error> {
         let info = self.sentinel_info(host, port).map_err(Error::new)?;
         let mut con = Connection::open(&info, tls, timeout)?;
-        let master = self.master(&mut con)?;
-        let (master_host, master_port) = master
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
-            .ok_or_else(|| Error::new(format!("an address it cannot give: {master}")))?;
+        let (master_host, master_port) = self.master_address(&mut con)?;
         let mut nodes = Vec::new();
         if self.role == Role::Replica {
             let replicas = con.query(
