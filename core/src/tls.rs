@@ -11,9 +11,10 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::client::WantsClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, ConfigBuilder, RootCertStore, StreamOwned};
 
 /// The files of the TLS options, as given.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,23 +63,10 @@ impl Tls {
             Some(path) => ca_file(path)?,
             None => system_roots()?,
         };
-        // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange, which
-        // no Redis offers (it links the system's OpenSSL; Debian 12's is 3.0). The alternative,
-        // aws-lc-rs, would build a second C crypto library into a module nginx loads.
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        let builder = ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .with_root_certificates(roots);
+        let builder = with_ring(roots)?;
         let config = match (&files.cert, &files.key) {
             (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("opts.tls_cert: {cert}: {e}"))?;
-                if chain.is_empty() {
-                    return Err(format!("opts.tls_cert: {cert} holds no PEM certificate"));
-                }
+                let chain = certificates("tls_cert", cert)?;
                 let key_der = PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| format!("opts.tls_key: {key}: {e}"))?;
                 builder
@@ -195,18 +183,36 @@ pub fn name_error(e: io::Error) -> io::Error {
     }
 }
 
-fn ca_file(path: &str) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
+/// A client config builder with the ring provider and the `roots` to check servers with.
+fn with_ring(roots: RootCertStore) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, String> {
+    // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange, which
+    // no Redis offers (it links the system's OpenSSL; Debian 12's is 3.0). The alternative,
+    // aws-lc-rs, would build a second C crypto library into a module nginx loads.
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots))
+}
+
+/// The PEM certificates in the file `path` of option `option`: at least one.
+fn certificates(option: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("opts.tls_ca: {path}: {e}"))?;
-    for cert in certs {
+        .map_err(|e| format!("opts.{option}: {path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("opts.{option}: {path} holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+fn ca_file(path: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates("tls_ca", path)? {
         roots
             .add(cert)
             .map_err(|e| format!("opts.tls_ca: {path}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("opts.tls_ca: {path} holds no PEM certificate"));
     }
     Ok(roots)
 }
@@ -260,14 +266,8 @@ mod tests {
                 }
             }
         });
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        let config = ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth();
-        let tls = Tls(Arc::new(config));
+        let config = with_ring(RootCertStore::empty()).unwrap();
+        let tls = Tls(Arc::new(config.with_no_client_auth()));
         let started = Instant::now();
         let err = tls
             .handshake(
