@@ -24,7 +24,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-from harness import (HOST, LIB_DIR, PROCESSES, TOP, Redis, alive, get, load_modules,  # noqa: E402
+from harness import (HOST, LIB_DIR, PROCESSES, TOP, Redis, alive, get, load_modules, redis_cli,  # noqa: E402
                      nginx_prefix, preamble, rss_mib, signal_nginx, spawn, start_nginx, start_responders,
                      wait_until, worker_pids)
 import harness  # noqa: E402
@@ -301,7 +301,6 @@ class SentinelGroup:
     def __init__(self):
         self.master = Redis(HA_MASTER_PORT, RUN_DIR)
         self.replica = Redis(HA_REPLICA_PORT, RUN_DIR, "--replicaof", HOST, str(HA_MASTER_PORT))
-        self.sentinels = []
         for port in HA_SENTINEL_PORTS:
             conf = os.path.join(RUN_DIR, f"sentinel-{port}.conf")
             with open(conf, "w") as f:
@@ -309,20 +308,18 @@ class SentinelGroup:
                         f"sentinel monitor {self.NAME} {HOST} {HA_MASTER_PORT} 2\n"
                         f"sentinel down-after-milliseconds {self.NAME} 1000\n"
                         f"sentinel failover-timeout {self.NAME} 5000\n")
-            self.sentinels.append(spawn(["redis-sentinel", conf]))
+            spawn(["redis-sentinel", conf])
         synced = wait_until(lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"), 10)
-        known = wait_until(lambda: all("master-link-status" in self.ask(p, "SENTINEL", "REPLICAS", self.NAME)
-                                       and self.ask(p, "SENTINEL", "SENTINELS", self.NAME).count("127.0.0.1") >= 2
-                                       for p in HA_SENTINEL_PORTS), 30)
+        known = wait_until(lambda: all(
+            "master-link-status" in redis_cli(p, "SENTINEL", "REPLICAS", self.NAME, check=False)
+            and redis_cli(p, "SENTINEL", "SENTINELS", self.NAME, check=False).count(HOST) >= 2
+            for p in HA_SENTINEL_PORTS), 30)
         if not (synced and known):
             raise RuntimeError("the sentinel group did not form")
 
-    @staticmethod
-    def ask(port, *args):
-        return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout
-
     def master_port(self):
-        lines = self.ask(HA_SENTINEL_PORTS[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME).split()
+        lines = redis_cli(HA_SENTINEL_PORTS[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME,
+                          check=False).split()
         return int(lines[1]) if len(lines) == 2 else None
 
     def options(self):

@@ -147,6 +147,14 @@ def alive(pid):
 
 # --- redis ------------------------------------------------------------------------------------
 
+def redis_cli(port, *args, check=True):
+    """One redis-cli command to the Redis (or sentinel) on loopback `port`: its output."""
+    out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"redis-cli {args[:2]}: {out.stderr}")
+    return out.stdout.strip()
+
+
 class Redis:
     """A private redis-server on loopback. `start` again after `kill` restarts it on the same
     port and directory, from its dump if one was saved, as a real restart would."""
@@ -175,10 +183,7 @@ class Redis:
             pass
 
     def cli(self, *args, check=True):
-        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True)
-        if check and out.returncode != 0:
-            raise RuntimeError(f"redis-cli {args[:2]}: {out.stderr}")
-        return out.stdout.strip()
+        return redis_cli(self.port, *args, check=check)
 
     def pipe(self, *commands):
         """Runs commands (each a list of str or bytes words) in one `redis-cli --pipe`."""
