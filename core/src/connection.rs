@@ -1,8 +1,8 @@
-//! gray's Redis connections: RESP2 over TCP (plain or TLS, [`crate::tls`]) or a unix socket, written here rather than taken from
-//! redis-rs (which gray uses for parsing the URL and encoding commands) because of two things it
-//! cannot do: read a reply under a byte bound (a bulk string's length is checked before its bytes
-//! are read, so a 200 MB member costs nothing but its header), and bound a connect as a whole,
-//! name resolution included. Every read and write has a timeout; a connection whose reply was
+//! gray's Redis connections: RESP2 over TCP (plain or TLS, [`crate::tls`]) or a unix socket,
+//! written here rather than taken from redis-rs (which gray uses for parsing the URL and encoding
+//! commands) because of two things it cannot do: read a reply under a byte bound (a bulk string's
+//! length is checked before its bytes are read, so a 200 MB member costs nothing but its header),
+//! and bound a connect as a whole, name resolution included. Every read and write has a timeout; a connection whose reply was
 //! abandoned half-read is out of step and is dropped by its owner ([`Connection::in_step`]).
 
 use std::fmt;
