@@ -241,6 +241,5 @@ threads: 2
 --- no_error_log
 failed to create the log timer
 refresher started by a request
-[error]
 --- expected_alert
 lua_code_cache is off

@@ -43,6 +43,8 @@ loaded after redis came back: true
 --- error_log
 failed to connect to redis: Connection refused
 no list loaded yet, routing everyone to production
+--- allowed_errors
+failed to connect to redis: Connection refused
 
 
 
@@ -81,6 +83,11 @@ connect errors logged once: true
 --- error_log
 keeping the last good list
 redis is back after
+--- allowed_errors
+lost the subscription: unexpected end of file
+Connection refused
+Connection reset by peer
+unexpected end of file
 
 
 
@@ -118,6 +125,8 @@ prod
 $
 --- error_log
 keeping the last good list
+--- allowed_errors
+timed out after 0.3s
 
 
 
@@ -149,6 +158,8 @@ loaded: true
 --- error_log eval
 [qr/failed to (connect to redis|track gray's keys|subscribe to gray:changed, __redis__:invalidate|read key gray): timed out after 0\.3s/,
  "no list loaded yet, routing everyone to production"]
+--- allowed_errors
+timed out after 0.3s
 
 
 
@@ -173,6 +184,8 @@ loaded: true
 200 prod
 --- error_log
 failed to connect to redis
+--- allowed_errors
+failed to connect to redis: Connection refused
 
 
 
@@ -194,3 +207,5 @@ env GRAY_FAULT=refresher-panic;
 loaded after the restart: true, running: true, restarts: 1
 --- error_log
 the refresher panicked (fault injected by GRAY_FAULT=refresher-panic); restarting it in 0.1s, keeping the last good list
+--- allowed_errors
+the refresher panicked (fault injected by GRAY_FAULT=refresher-panic)

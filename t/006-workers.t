@@ -173,7 +173,7 @@ SET gray 127.0.0.1
             local log = ngx.config.prefix() .. "logs/error.log"
             ngx.say("reload rejected: ", (T.wait_for(function()
                 return assert(io.open(log)):read("*a"):find('unknown "gray_no_such_variable" variable', 1, true)
-            end, 5)) ~= nil)
+            end, 5)))
             local old = {}
             for _, w in ipairs(T.workers()) do
                 old[w.pid] = true

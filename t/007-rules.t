@@ -72,8 +72,8 @@ SET gray:rules '{"format":1,"override":{"header":"X-Gray","from":["127.0.0.0/8"]
     location = /t {
         content_by_lua_block {
             local gray, T = require "gray", require "gray_test"
-            local function route()
-                local _, body = T.http_get($TEST_NGINX_SERVER_PORT, "/r")
+            local function route(headers)
+                local _, body = T.http_get($TEST_NGINX_SERVER_PORT, "/r", headers)
                 return body
             end
             ngx.print("on: ", route())
@@ -81,6 +81,9 @@ SET gray:rules '{"format":1,"override":{"header":"X-Gray","from":["127.0.0.0/8"]
             T.redis("publish", "gray:changed", "1")
             T.wait_for(function() return gray.decide() == "@prod1" end, 1)
             ngx.print("off: ", route())
+            -- The tester's address is in override.from: the header would be honoured, were it on.
+            ngx.print("off, X-Gray: always: ", route({ ["X-Gray"] = "always" }))
+            ngx.print("off, X-Gray: @prod2-grey: ", route({ ["X-Gray"] = "@prod2-grey" }))
             ngx.say("decide: ", select(2, gray.decide()))
             T.redis("set", "gray:rules", '{"format":1,"rules":[{"name":"all","to":"@prod2-grey"}]}')
             T.redis("publish", "gray:changed", "1")
@@ -91,6 +94,8 @@ SET gray:rules '{"format":1,"override":{"header":"X-Gray","from":["127.0.0.0/8"]
 --- response_body
 on: gray
 off: prod
+off, X-Gray: always: prod
+off, X-Gray: @prod2-grey: prod
 decide: rule set gray:rules, client 127.0.0.1: disabled (enabled: false), the default
 on again: gray
 
@@ -126,6 +131,11 @@ SET gray:rules '{"format":1,"rules":[{"name":"all","to":"@prod2-grey"}]}'
 @prod2-grey | rejected rule set in key gray:rules: not a rule set: expected ident at line 1 column 2
 --- error_log
 rejected rule set in key gray:rules: rules[1] "all": to: unknown target "@nowhere" (this nginx has @prod1, @prod2-grey, @canary-b); keeping the previous rule set
+--- allowed_errors
+rejected rule set in key gray:rules: rules[2] "beta": unknown field `precent`
+rejected rule set in key gray:rules: rules[1] "all": to: unknown target "@nowhere"
+rejected rule set in key gray:rules: format is 2, this gray reads format 1
+rejected rule set in key gray:rules: not a rule set: expected ident at line 1 column 2
 
 
 
@@ -229,8 +239,8 @@ SET gray:rules:shop '{"format":1,"rules":[{"name":"all","to":"@canary-b"}]}'
 ["X-Client: 1.1.1.1", "X-Client: 1.1.1.1", "X-Client: 1.1.1.1", "X-Client: 1.1.1.1"]
 --- response_body eval
 ["gray\n", "canary-b\n", "prod\n", "prod\n"]
---- no_error_log
-[crit]
+--- allowed_errors
+route("nope"): no rule set of that name is configured
 
 
 
@@ -243,6 +253,8 @@ GET /nope
 prod
 --- error_log
 gray: route("nope"): no rule set of that name is configured (configure{ rule_sets = {...} }); routing to @prod1
+--- allowed_errors
+route("nope"): no rule set of that name is configured
 
 
 
@@ -268,8 +280,8 @@ SET gray:rules '{"format":1,"rules":[{"name":"a","ip":["127.0.0.8"],"to":"@prod2
 ["X-Client: 127.0.0.7", "X-Client: 127.0.0.8"]
 --- response_body eval
 ["gray\n", "prod\n"]
---- no_error_log
-[crit]
+--- allowed_errors
+rejected rule set in key gray:rules: rules[2] "b": to: unknown target "@canary-x"
 
 
 
@@ -282,6 +294,8 @@ GET /r
 prod
 --- error_log
 rejected rule set in key gray:rules: rules[2] "b": to: unknown target "@canary-x" (this nginx has @prod1, @prod2-grey, @canary-b); no rule set loaded, the whitelist key decides
+--- allowed_errors
+rejected rule set in key gray:rules: rules[2] "b": to: unknown target "@canary-x"
 
 
 

@@ -19,7 +19,12 @@ add_block_preprocessor(sub {
     server {
         listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
         location / { content_by_lua_block { require("gray").route() } }
-        location @prod1 { content_by_lua_block { ngx.say("prod") } }
+        location @prod1 {
+            content_by_lua_block {
+                ngx.header["X-Worker"] = ngx.worker.pid()
+                ngx.say("prod")
+            }
+        }
         location @prod2-grey {
             content_by_lua_block {
                 ngx.status = tonumber(require("gray_test").redis("get", "canary_status")) or 200
@@ -60,12 +65,17 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
             -- timer, within a second.
             ngx.sleep(1.2)
             -- Both workers: twenty new connections, spread over them by reuseport.
-            local after = {}
+            local after, workers, answering = {}, {}, 0
             for _ = 1, 20 do
-                local body = C.send($TEST_NGINX_EXTRA_PORT, 1)
+                local _, body, head = T.http_get($TEST_NGINX_EXTRA_PORT, "/", { ["X-Client"] = "127.0.0.2" })
                 after[body] = (after[body] or 0) + 1
+                local pid = (head or ""):match("X%-Worker: (%d+)")
+                if pid and not workers[pid] then
+                    workers[pid], answering = true, answering + 1
+                end
             end
-            ngx.say("stopped: ", stopped, ", then ", after["prod\n"], " of 20 to prod")
+            ngx.say("stopped: ", stopped, ", then ", after["prod\n"], " of 20 to prod, from ",
+                    answering, " workers")
             local _, text = T.http_get($TEST_NGINX_EXTRA_PORT, "/gray/metrics")
             ngx.say("metric: ", T.sample(text, "gray_guard_tripped",
                                          'rule_set="gray:rules",rule="canary",target="@prod2-grey"'))
@@ -80,14 +90,19 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
             ngx.say("recorded: ", #records / 2, " field ", (records[1] or ""):match("^trip:.+:canary$") ~= nil,
                     ", ", record:match('"rule":"canary","target":"@prod2%-grey"') ~= nil,
                     ", errors ", (tonumber(record:match('"errors":(%d+)')) or 0) >= 20)
+            -- Logged once for the nginx, by the worker that tripped it, not once a worker.
+            local log = assert(io.open(ngx.config.prefix() .. "logs/error.log")):read("*a")
+            local _, logged = log:gsub('guard tripped: rule set gray:rules rule "canary"', "")
+            ngx.say("logged: ", logged, " time")
         }
     }
 --- timeout: 15
 --- response_body
-stopped: true, then 20 of 20 to prod
+stopped: true, then 20 of 20 to prod, from 2 workers
 metric: 1
 status: [canary]
 recorded: 1 field true, true, errors true
+logged: 1 time
 --- error_log eval
 qr/guard tripped: rule set gray:rules rule "canary" \(to \@prod2-grey\): 5xx 100\.0% of \d+ responses in the last 60s against 0\.0% of \d+ for the default target, over the 5 points allowed/
 
@@ -115,7 +130,6 @@ gray
 metric: 0
 --- no_error_log
 guard tripped
-[error]
 
 
 
@@ -139,7 +153,6 @@ gray
 status: []
 --- no_error_log
 guard tripped
-[error]
 
 
 

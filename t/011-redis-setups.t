@@ -46,7 +46,6 @@ a plain SET: true
 a SET key: true
 --- no_error_log
 [warn]
-[error]
 
 
 
@@ -100,4 +99,3 @@ ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__
 grown, polled: true
 --- no_error_log
 [warn]
-[error]

@@ -44,7 +44,14 @@ $ENV{TEST_NGINX_SENTINEL_MASTER} = $Master;
 $ENV{TEST_NGINX_SENTINEL_REPLICA} = $Replica;
 $ENV{TEST_NGINX_SENTINEL_1} = $Sentinels[0];
 
-add_block_preprocessor(\&gray_block);
+# Each block starts from a settled group: after a failover the old master rejoins as a replica,
+# and the sentinels see it in sync, before the next block asks them.
+add_block_preprocessor(sub {
+    my $block = shift;
+    wait_until(sub { cli($Sentinels[0], 'sentinel replicas grays') =~ /master-link-status\s+ok/ })
+        or die "the sentinels see no replica in sync";
+    return gray_block($block);
+});
 run_tests();
 
 __DATA__
@@ -97,5 +104,48 @@ first master: true, tracking: true
 failed over: true
 reads the new master: true
 a write there is seen: true
---- no_error_log
-[alert]
+--- allowed_errors
+the master of "grays" now, not
+unexpected end of file
+Connection reset by peer
+
+
+
+=== TEST 2: read_from = "replica": the sentinels name the replica, gray reads and tracks it there, and a write on the master reaches it at run time
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            sentinels = { $TEST_NGINX_SENTINELS }, sentinel_master = "grays", read_from = "replica",
+            timeout = 0.5,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local on = T.redis_at
+            -- TEST 1 may have failed the group over already: ask which node is which.
+            local master = on(os.getenv("TEST_NGINX_SENTINEL_1"), "sentinel", "get-master-addr-by-name", "grays")[2]
+            local replica = master == os.getenv("TEST_NGINX_SENTINEL_MASTER")
+                            and os.getenv("TEST_NGINX_SENTINEL_REPLICA") or os.getenv("TEST_NGINX_SENTINEL_MASTER")
+            on(master, "set", "gray", "127.0.0.9")
+            ngx.say("reads the replica: ", (T.wait_for(function()
+                return gray.status().redis_node == "127.0.0.1:" .. replica and gray.status().tracking
+            end, 3)))
+            on(master, "set", "gray", "127.0.0.1")
+            ngx.say("a write on the master is seen through it: ", (T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 1)))
+            local role = on(replica, "role")
+            ngx.say("the node read is a replica: ", role[1] == "slave")
+        }
+    }
+--- main_config
+env TEST_NGINX_SENTINEL_MASTER;
+env TEST_NGINX_SENTINEL_REPLICA;
+env TEST_NGINX_SENTINEL_1;
+--- timeout: 15
+--- response_body
+reads the replica: true
+a write on the master is seen through it: true
+the node read is a replica: true

@@ -30,6 +30,8 @@ sub signed {
 signed('server', 'ca', 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost');
 signed('other-server', 'other-ca', 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost');
 signed('client', 'ca', 'extendedKeyUsage=clientAuth');
+# Signed by gray's CA, but for another host name than the one gray connects to.
+signed('other-name', 'ca', 'subjectAltName=DNS:other.example');
 
 my @Tls = ('--tls-cert-file', "$Dir/server.pem", '--tls-key-file', "$Dir/server.key",
            '--tls-ca-cert-file', "$Dir/ca.pem");
@@ -53,6 +55,12 @@ system('redis-sentinel', "$Dir/sentinel.conf", '--bind', '127.0.0.1', '--daemoni
        '--pidfile', "$Dir/sentinel.pid", '--logfile', "$Dir/sentinel.log", '--dir', $Dir) == 0
     or die "cannot start redis-sentinel: $?";
 
+# A TLS server whose certificate names another host.
+my ($OtherName, $OtherNameTls) = (t::Gray::free_port(), t::Gray::free_port());
+t::Gray::start_redis($Dir, $OtherName, '--tls-port', $OtherNameTls, '--tls-cert-file', "$Dir/other-name.pem",
+                     '--tls-key-file', "$Dir/other-name.key", '--tls-ca-cert-file', "$Dir/ca.pem",
+                     '--tls-auth-clients', 'no');
+
 t::Gray::replica_synced($_) or die "the TLS replica on $_ did not sync" for $Plain, $MutualPlain;
 
 $ENV{TEST_NGINX_TLS_DIR} = $Dir;
@@ -62,6 +70,7 @@ $ENV{TEST_NGINX_MUTUAL_TLS_PORT} = $MutualTls;
 $ENV{TEST_NGINX_TLS_MASTER} = $MasterTls;
 $ENV{TEST_NGINX_TLS_MASTER_CONTROL} = $Master;
 $ENV{TEST_NGINX_TLS_SENTINEL} = $Sentinel;
+$ENV{TEST_NGINX_TLS_OTHER_NAME} = $OtherNameTls;
 
 END {
     system("redis-cli --tls --cacert $Dir/ca.pem -p $Sentinel -a sentinel-secret --no-auth-warning shutdown nosave >/dev/null 2>&1")
@@ -99,7 +108,6 @@ SET gray 127.0.0.9
 written on the master: true
 --- no_error_log
 [warn]
-[error]
 
 
 
@@ -127,7 +135,6 @@ loaded: true
 tracking=true
 --- no_error_log
 [warn]
-[error]
 
 
 
@@ -146,8 +153,8 @@ SET gray 127.0.0.1
 prod
 --- error_log eval
 qr/\[error\].*gray: failed to connect to redis: TLS: received fatal alert: CertificateRequired/
---- no_error_log
-[crit]
+--- allowed_errors
+failed to connect to redis: TLS: received fatal alert: CertificateRequired
 
 
 
@@ -166,8 +173,8 @@ SET gray 127.0.0.1
 prod
 --- error_log eval
 qr/\[error\].*gray: failed to connect to redis: TLS handshake: invalid peer certificate: UnknownIssuer/
---- no_error_log
-[crit]
+--- allowed_errors
+failed to connect to redis: TLS handshake: invalid peer certificate: UnknownIssuer
 
 
 
@@ -211,8 +218,9 @@ still by the last list: @prod2-grey
 the server's own certificate back: true
 --- error_log eval
 qr/\[error\].*gray: failed to connect to redis: TLS handshake: invalid peer certificate: UnknownIssuer/
---- no_error_log
-[crit]
+--- allowed_errors
+unexpected end of file
+failed to connect to redis: TLS handshake: invalid peer certificate: UnknownIssuer
 
 
 
@@ -243,7 +251,6 @@ loaded: true
 node is the TLS port: true
 --- no_error_log
 [warn]
-[error]
 
 
 
@@ -298,7 +305,6 @@ grayctl: no node of "grays" to read from: sentinel 127.0.0.1:\d+: WRONGPASS [^\n
 rc=1
 --- no_error_log
 [warn]
-[error]
 
 
 
@@ -317,8 +323,8 @@ rc=1
 prod
 --- error_log eval
 qr/\[error\].*gray: failed to connect to redis: no node of "grays" to read from: sentinel 127\.0\.0\.1:\d+: WRONGPASS/
---- no_error_log
-[crit]
+--- allowed_errors
+WRONGPASS invalid username-password pair
 
 
 
@@ -353,3 +359,23 @@ opts.tls_cert needs opts.tls_key
 opts.tls_cert and opts.tls_key: keys may not be consistent: KeyMismatch
 opts.tls_ca needs a rediss:// URL in opts.redis
 opts.redis: a rediss:// URL takes no #fragment (#insecure is not offered: give the server's CA as opts.tls_ca)
+
+
+
+=== TEST 10: a certificate signed by the right CA for another host name: refused, naming why, requests to prod
+--- redis
+SET gray 127.0.0.1
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "rediss://127.0.0.1:$TEST_NGINX_TLS_OTHER_NAME/0", tls_ca = "$TEST_NGINX_TLS_DIR/ca.pem",
+        }
+    }
+--- config
+    location = /t { content_by_lua_block { ngx.sleep(0.3) require("gray").route() } }
+--- response_body
+prod
+--- error_log eval
+qr/\[error\].*gray: failed to connect to redis: TLS handshake: invalid peer certificate: certificate not valid for name "127\.0\.0\.1"; certificate is only valid for .*other\.example/
+--- allowed_errors
+invalid peer certificate: certificate not valid for name "127.0.0.1"

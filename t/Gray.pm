@@ -8,9 +8,11 @@ package t::Gray;
 #   `--- redis_down`, stops it with SIGSTOP for `--- redis_hung`, and fills in what blocks share:
 #   the module paths, the named locations, `GET /t`, no errors logged, and (for a block without
 #   its own `--- http_config`) gray configured against the test Redis in init_worker;
-# - guards every block against [alert], [crit] and [emerg] (a worker crash after the response,
-#   say), also the blocks with their own error_log checks. A block that provokes one on purpose
-#   names it in `--- expected_alert` (or _crit, _emerg), which is then required instead.
+# - guards every block against [error], [alert], [crit] and [emerg] (a worker crash after the
+#   response, say), also the blocks with their own error_log checks. A block that provokes [error]
+#   lines on purpose lists them in `--- allowed_errors`, one pattern a line: an [error] line that
+#   matches none of them fails the block. One that provokes an [alert] (or [crit], [emerg]) names
+#   it in `--- expected_alert` (or _crit, _emerg), which is then required instead.
 
 use strict;
 use warnings;
@@ -188,12 +190,21 @@ sub guard_error_log {
         }
     }
     $block->set_value('error_log', [patterns($block->error_log), @expected]) if @expected;
-    my @forbidden = patterns($block->no_error_log);
-    @forbidden = ('[error]') if !@forbidden && !defined $block->error_log;
+    my @forbidden = grep { ref || $_ ne '[error]' } patterns($block->no_error_log);
     for my $pattern (@guard) {
         push @forbidden, $pattern unless grep { !ref && $_ eq $pattern } @forbidden;
     }
+    push @forbidden, error_guard($block->can('allowed_errors') ? $block->allowed_errors : undef);
     $block->set_value('no_error_log', \@forbidden);
+}
+
+# An [error] line is forbidden unless it matches one of the block's allowed patterns (plain
+# text, found anywhere after the level).
+sub error_guard {
+    my @allowed = patterns(shift);
+    return '[error]' unless @allowed;
+    my $any = join '|', map { quotemeta } @allowed;
+    return qr/\[error\](?!.*(?:$any))/;
 }
 
 # A section's patterns as a list: lines of text, one regex, or an eval'd array.

@@ -35,6 +35,23 @@ function _M.calls(command)
     return tonumber(info:match("cmdstat_" .. command .. ":calls=(%d+)")) or 0
 end
 
+-- How many commands the test's Redis has run in all, but for those named (lowercase, as
+-- INFO commandstats names them) and the INFO this count runs itself.
+function _M.calls_but(...)
+    local info = _M.redis("info", "commandstats")
+    local skipped = { info = true }
+    for _, name in ipairs({ ... }) do
+        skipped[name] = true
+    end
+    local total = 0
+    for name, calls in info:gmatch("cmdstat_([%w|_]+):calls=(%d+)") do
+        if not skipped[name] then
+            total = total + tonumber(calls)
+        end
+    end
+    return total
+end
+
 -- One command to the Redis on 127.0.0.1:`port` (another than the file's): result, err.
 function _M.redis_at(port, cmd, ...)
     local r = redis:new()
