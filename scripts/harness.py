@@ -108,6 +108,12 @@ def worker_pids(prefix):
         return [int(p) for p in f.read().split()]
 
 
+def commit():
+    """The commit a report measured, as `git describe --always --dirty` names it."""
+    described = subprocess.run(["git", "-C", TOP, "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return described.stdout.strip() or "unknown"
+
+
 def rss_mib(pid):
     return status_mib(pid, "VmRSS")
 
