@@ -1,8 +1,9 @@
 #!/bin/sh
 # make test-deb: builds the .deb and proves it. Its contents and control fields; unpacked into a
-# scratch root, the module exports luaopen_gray and grayctl runs; then, as root and where no
-# lua-gray is installed already, a real `apt-get install ./lua-gray_*.deb`: Debian's nginx
-# loads `require "gray"` with no lua_package_cpath at all, and the package is purged after.
+# scratch root, the module exports luaopen_gray and grayctl runs; then, as root (as make test
+# runs) on a machine without lua-gray, a real `apt-get install ./lua-gray_*.deb`: Debian's nginx
+# loads `require "gray"` with no lua_package_cpath at all and routes by a real list in Redis, as
+# does OpenResty's through the package's link (scripts/route-check.sh); the package is purged after.
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,50 +36,26 @@ grep -q 'content_by_lua_file /usr/share/gray/route.lua' "$scratch/root/usr/share
     || fail "the example nginx.conf does not use the packaged route.lua"
 echo "test-deb: $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB): contents, Depends: $depends, unpacked module and grayctl ok"
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "test-deb: not root, the real apt-get install is skipped"
-    exit 0
-fi
-if dpkg-query -W -f='${Status}' lua-gray 2>/dev/null | grep -q "ok installed"; then
-    echo "test-deb: lua-gray is installed on this machine already, the real apt-get install is skipped"
-    exit 0
-fi
+# The real install: as root, as `make test` runs.
+[ "$(id -u)" -eq 0 ] || fail "not root: the real apt-get install needs root (make test runs as root)"
+dpkg-query -W -f='${Status}' lua-gray 2>/dev/null | grep -q "ok installed" \
+    && fail "lua-gray is installed on this machine already: purge it first (apt-get purge lua-gray)"
 installed=yes
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$deb" >/dev/null \
     || fail "apt-get install $deb failed"
-/usr/bin/grayctl --version >/dev/null || fail "/usr/bin/grayctl does not run"
-# A real nginx (init_by_lua does not run under nginx -t), with no lua_package_cpath.
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$scratch/nginx/logs"
-cat > "$scratch/nginx/nginx.conf" <<EOC
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-pid $scratch/nginx/nginx.pid;
-error_log $scratch/nginx/logs/error.log notice;
-events {}
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:$port;
-        location = /which {
-            content_by_lua_block {
-                ngx.say(package.searchpath("gray", package.cpath), " ", require("gray")._VERSION)
-            }
-        }
-        location / { content_by_lua_file /usr/share/gray/route.lua; }
-        location @prod1 { return 200 "prod\n"; }
-        location @prod2-grey { return 200 "gray\n"; }
-    }
-}
-EOC
-nginx -p "$scratch/nginx/" -c "$scratch/nginx/nginx.conf" || fail "nginx did not start with the package's gray"
-which=$(curl -s "http://127.0.0.1:$port/which")
-routed=$(curl -s "http://127.0.0.1:$port/hello")
-nginx -p "$scratch/nginx/" -c "$scratch/nginx/nginx.conf" -s quit 2>/dev/null
-i=0
-while [ -f "$scratch/nginx/nginx.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
-[ "$which" = "/usr/lib/$triplet/lua/5.1/gray.so $(dpkg-deb -f "$deb" Version)" ] \
-    || { cat "$scratch/nginx/logs/error.log" >&2; fail "nginx loaded gray as \"$which\""; }
-# Whatever Redis on the default port says (none: production), a named location answers.
-[ "$routed" = "prod" ] || [ "$routed" = "gray" ] || { cat "$scratch/nginx/logs/error.log" >&2; fail "route.lua answered \"$routed\""; }
-echo "test-deb: apt-get install ./$(basename "$deb"): grayctl runs; Debian's nginx loads gray from /usr/lib/$triplet/lua/5.1 with no lua_package_cpath and the packaged route.lua routes; purged"
+[ "$(/usr/bin/grayctl --version)" = "grayctl $(dpkg-deb -f "$deb" Version)" ] || fail "/usr/bin/grayctl is not this version"
+modules="load_module /usr/lib/nginx/modules/ndk_http_module.so; load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"
+# Debian's nginx finds it with no lua_package_cpath at all.
+"$top/scripts/route-check.sh" test-deb "$scratch/debian" nginx "$modules" "" \
+    /usr/share/gray/route.lua "/usr/lib/$triplet/lua/5.1/gray.so"
+# OpenResty's nginx through the package's link in /usr/local/openresty/lualib (the OpenResty leg's
+# build, made here if it is not yet; its LuaJIT's own default cpath is its build prefix).
+vendor="$top/../shared/vendor/openresty"
+if [ -d "$vendor" ]; then
+    openresty=$("$top/scripts/build-openresty.sh" "$(cd "$vendor" && pwd)" "$top/target/openresty" | tail -n 1)
+    "$top/scripts/route-check.sh" test-deb "$scratch/openresty" "$openresty" "" \
+        "/usr/local/openresty/lualib/?.so;;" /usr/share/gray/route.lua /usr/local/openresty/lualib/gray.so
+else
+    echo "test-deb: no OpenResty sources at $vendor: the /usr/local/openresty/lualib link is checked by the listing only"
+fi
+echo "test-deb: apt-get install ./$(basename "$deb"): grayctl runs; purged on the way out"
