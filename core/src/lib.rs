@@ -15,6 +15,8 @@ pub mod connection;
 pub mod fleet;
 pub mod guard;
 pub mod idset;
+#[cfg(any(test, feature = "invariants"))]
+pub mod invariants;
 pub mod ipset;
 pub mod load;
 pub mod plan;

@@ -1,0 +1,147 @@
+//! What the fuzz targets check of any input, as plain functions: `make fuzz` runs them under
+//! libFuzzer (fuzz/fuzz_targets), and `make test` replays the committed corpora through them, so a
+//! finding once fixed stays a test. Each panics (an assertion) where gray's parsers break a
+//! promise; none may panic for any other reason.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::client_ip::{client_ip as derive, parse_addr, parse_hop, Source};
+use crate::ipset::{canonical_net, IpSet};
+use crate::rules::{schema, KeyData, Request};
+use crate::whitelist::{parse_entry, tokens, Whitelist};
+
+/// Any bytes as a whitelist value: every token is either an entry or a rejection; every accepted
+/// entry is matched by the built set, both ends of it (except, for an IPv6 network spanning the
+/// IPv4-mapped range, its mapped addresses: those are IPv4 clients).
+pub fn whitelist(value: &[u8]) {
+    let list = Whitelist::parse([value]);
+    assert_eq!(list.entries() + list.rejected_count, tokens(value).count());
+    assert!(list.rejected.len() <= list.rejected_count);
+    for token in tokens(value) {
+        if let Ok((net, _)) = parse_entry(token) {
+            for end in [net.network(), net.broadcast()] {
+                if is_mapped_in_ipv6_net(net, end) {
+                    continue;
+                }
+                assert!(list.set.contains(end), "{net}: {end}");
+            }
+        }
+    }
+}
+
+fn is_mapped_in_ipv6_net(net: IpNet, addr: IpAddr) -> bool {
+    let mapped = matches!(addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+    mapped && matches!(canonical_net(net), IpNet::V6(_))
+}
+
+/// Any peer and forwarding headers (`peer\ntrusted\nx-forwarded-for\nx-real-ip`): an untrusted
+/// peer is always decided by its own address; a trusted peer by its own address or by one hop of
+/// the header the decision names, and never by a trusted hop while an untrusted one stands to its
+/// right.
+pub fn client_ip(data: &[u8]) {
+    let mut parts = data.splitn(4, |&b| b == b'\n');
+    let Some(peer) = parts.next().and_then(parse_addr) else {
+        return;
+    };
+    let trust_peer = parts.next() == Some(b"1");
+    let forwarded_for = parts.next();
+    let real_ip = parts.next();
+    let mut proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("a CIDR")];
+    if trust_peer {
+        proxies.push(IpNet::from(peer));
+    }
+    let trusted = IpSet::new(proxies);
+
+    let (client, source) = derive(peer, forwarded_for, real_ip, &trusted);
+    if !trusted.contains(peer) {
+        assert_eq!((client, source), (peer, Source::Peer));
+        return;
+    }
+    match source {
+        Source::Peer | Source::PeerBadHeader => assert_eq!(client, peer),
+        Source::RealIp => assert_eq!(real_ip.and_then(parse_hop), Some(client)),
+        Source::ForwardedFor => {
+            let hops: Vec<_> = forwarded_for
+                .unwrap_or_default()
+                .split(|&b| b == b',')
+                .map(parse_hop)
+                .collect();
+            let at = hops
+                .iter()
+                .rposition(|h| *h == Some(client))
+                .expect("the client is a hop");
+            assert!(hops[at + 1..]
+                .iter()
+                .flatten()
+                .all(|h| trusted.contains(*h)));
+        }
+    }
+}
+
+/// Any bytes as a rule set: a rule set the decoder accepts evaluates for requests built from the
+/// same bytes, always to a target of the table.
+pub fn rule_set(data: &[u8]) {
+    let targets: Vec<String> = ["@prod1", "@prod2-grey", "@canary-b"]
+        .map(String::from)
+        .to_vec();
+    let Ok(rules) = schema::compile(data, &targets) else {
+        return;
+    };
+    let keys: Vec<Option<KeyData>> = rules.keys.iter().map(|_| None).collect();
+    // Inputs: slices of the data itself, some absent, some empty.
+    let inputs: Vec<Option<&[u8]>> = (0..rules.inputs.len())
+        .map(|i| match i % 3 {
+            0 => None,
+            1 => Some(&data[..data.len().min(i * 7)]),
+            _ => Some(&data[data.len() / (i + 1)..]),
+        })
+        .collect();
+    let clients = [
+        None,
+        Some(IpAddr::V4(Ipv4Addr::new(10, 20, 1, 1))),
+        Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ];
+    for client in clients {
+        for now in [0.0, 1.8e9, f64::MAX] {
+            let request = Request {
+                client,
+                inputs: &inputs,
+                now,
+            };
+            let decision = rules.evaluate(&request, &keys[..], &mut ());
+            assert!(decision.target < targets.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// A fuzz target's checks.
+    type Check = fn(&[u8]);
+
+    /// Every file of the committed seed corpora (and the example rule sets `make fuzz` seeds the
+    /// rule set target with), through its target's checks.
+    #[test]
+    fn the_committed_fuzz_corpora_hold() {
+        let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let targets: [(&str, Check); 4] = [
+            ("fuzz/corpus/whitelist", super::whitelist),
+            ("fuzz/corpus/client_ip", super::client_ip),
+            ("fuzz/corpus/rule_set", super::rule_set),
+            ("nginx-conf/rules", super::rule_set),
+        ];
+        for (dir, check) in targets {
+            let mut replayed = 0;
+            for entry in std::fs::read_dir(top.join(dir)).expect(dir) {
+                let path = entry.expect(dir).path();
+                check(&std::fs::read(&path).expect("a corpus file"));
+                replayed += 1;
+            }
+            assert!(replayed > 0, "{dir} holds no input");
+        }
+    }
+}
