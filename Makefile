@@ -43,13 +43,13 @@ test: deps build lint test-unit test-grayctl check-conf test-install test-deb te
 
 lint: ## rustfmt, clippy and luacheck, warnings are errors
 	@scripts/deps.sh lua-check
-	luacheck -q --std ngx_lua+luajit --no-max-line-length src/gray.lua lua/route.lua t/lua/gray_test.lua t/lua/canary.lua
+	luacheck -q --std ngx_lua+luajit --no-max-line-length lua/gray.lua lua/route.lua t/lua/gray_test.lua t/lua/canary.lua
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --workspace -- -D warnings
 	$(CARGO) clippy --locked --workspace --no-default-features --all-targets -- -D warnings
 
 test-unit: ## cargo test of the core and the module (no nginx, no Lua)
-	$(CARGO) test --locked --no-default-features -p gray-core -p gray
+	$(CARGO) test --locked --no-default-features -p gray-core -p gray-io -p gray
 
 test-grayctl: deps build ## grayctl's tests: its commands against a real redis-server, status/wait with two real gateways
 	$(CARGO) test --locked -p grayctl

@@ -7,7 +7,7 @@
 //! changes (a new version) or an operator resets it (`grayctl guard reset`, read by the refresher:
 //! [`reset`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,8 +20,9 @@ use crate::state::{Shared, TripToRecord};
 use gray_core::clock;
 use gray_core::fleet;
 use gray_core::guard::{self, Counts, TripRecord};
-use gray_core::rules::RuleSet;
+use gray_core::keys;
 use gray_core::snapshot::{CompiledRuleSet, RuleSetSeries, Snapshot};
+use gray_io::host::hostname;
 
 /// How often the guards judge.
 const TICK: Duration = Duration::from_secs(1);
@@ -58,21 +59,6 @@ fn counts(region: &Region, series: &[u32]) -> Counts {
         total.errors += t[counter::CLASSES + 4];
     }
     total
-}
-
-/// The series whose requests went to the rule set's default target.
-fn baseline_series(rules: &RuleSet, series: &RuleSetSeries) -> Vec<u32> {
-    let mut baseline = vec![series.default, series.disabled];
-    for (rule, s) in rules.rules.iter().zip(&series.rules) {
-        if rule.to == rules.default {
-            baseline.push(*s);
-        }
-    }
-    baseline.extend(series.override_.get(rules.default));
-    baseline.retain(|&s| s != 0);
-    baseline.sort_unstable();
-    baseline.dedup();
-    baseline
 }
 
 /// When series `series` tripped (Unix ms), if it tripped under rule set version `version`.
@@ -143,7 +129,7 @@ pub fn tick(shared: &'static Shared) {
     for active in snapshot.rule_sets.iter().flatten() {
         let compiled = &active.compiled;
         let rules = &compiled.rules;
-        let baseline = baseline_series(rules, &active.series);
+        let baseline = active.series.to_default(rules);
         for (rule, &series) in rules.rules.iter().zip(&active.series.rules) {
             let Some(guard) = rule.guard else { continue };
             if series == 0 {
@@ -185,7 +171,7 @@ pub fn tick(shared: &'static Shared) {
             if !region.trip(series as usize, compiled.version, at_ms) {
                 continue;
             }
-            let target = metrics::target_name(series);
+            let target = snapshot.target_name(rule.to).to_string();
             shared.log(
                 Level::Warn,
                 format!(
@@ -194,12 +180,12 @@ pub fn tick(shared: &'static Shared) {
                 ),
             );
             shared.queue_trip(TripToRecord {
-                key: guard::guard_key(&compiled.key),
-                field: guard::trip_field(&fleet::hostname(), &rule.name),
+                key: keys::guard(&compiled.key),
+                field: guard::trip_field(&hostname(), &rule.name),
                 record: TripRecord {
                     rule: rule.name.clone(),
                     target,
-                    host: fleet::hostname(),
+                    host: hostname(),
                     pid: std::process::id(),
                     at: at_ms as f64 / 1000.0,
                     version: fleet::version_text(compiled.version),
@@ -260,7 +246,7 @@ pub fn apply(shared: &Shared) {
 pub fn reset(
     compiled: &CompiledRuleSet,
     series: &RuleSetSeries,
-    resets: &HashMap<String, u64>,
+    resets: &BTreeMap<String, u64>,
 ) -> Vec<String> {
     let Some(region) = metrics::region() else {
         return Vec::new();
@@ -293,7 +279,7 @@ pub fn states(snapshot: &Snapshot) -> Vec<GuardState> {
             states.push(GuardState {
                 rule_set: compiled.key.clone(),
                 rule: rule.name.clone(),
-                target: metrics::target_name(series),
+                target: snapshot.target_name(rule.to).to_string(),
                 tripped_at: tripped_at.map(|at| at as f64 / 1000.0),
             });
         }

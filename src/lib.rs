@@ -1,22 +1,40 @@
 //! gray: gray (canary) release routing for nginx/OpenResty, the module nginx loads.
 //!
-//! Each nginx worker keeps the whitelist and rule sets in memory as an immutable
-//! [`gray_core::snapshot::Snapshot`], rebuilt from Redis by a background [`refresher`] thread and
-//! swapped atomically, so a request is decided without I/O.
+//! Each nginx worker decides requests by an immutable [`gray_core::snapshot::Snapshot`], rebuilt
+//! from Redis by a background [`refresher`] thread and swapped atomically, so a request is decided
+//! without I/O. What decides a request lives in gray-core and what reads Redis in gray-io, both
+//! shared with `grayctl`; this crate is the refresher, the counters every worker shares
+//! ([`region`], [`metrics`], [`guard`], [`pending`]) and the LuaJIT binding (`require("gray")`, in
+//! `lua/` behind the default `lua` feature: in module mode nothing links Lua, so the tests build
+//! with `--no-default-features`).
 //!
-//! What decides a request lives in the `gray-core` crate, shared with `grayctl`; this crate is the
-//! refresher and the LuaJIT binding (`require("gray")`, in `lua.rs` behind the default `lua`
-//! feature: in module mode nothing links Lua, so the tests build with `--no-default-features`).
+//! Process-wide state, who owns it and which threads touch it:
+//! - [`state::SHARED`]: the snapshot in force, the refresher's status, its log queue and the
+//!   guard trips to record. Written by the refresher thread (and the guards' timer, which swaps in
+//!   a snapshot with trips applied); read by nginx's event-loop thread on every request.
+//! - `metrics::REGION`: the region every worker counts into, made by the master in init_by_lua
+//!   and inherited by each worker; `metrics::WORKER` and `counting::BLOCK`: this worker's id and
+//!   counters, set once as its refresher starts. The event loop counts; the refresher registers
+//!   series and publishes the worker's state (`workers::OWN_STATE` without a region).
+//! - `pending::PENDING`: each routed request's series until its log phase; the event loop only.
+//! - `guard::WATCHES`: the guards' windows; the worker's timer only (on the event loop).
+//! - `loaded::NEXT_PLAN`, `refresher::FAULT_INJECTED`: the refresher thread.
+//! - In `lua/`: the options the process's refresher runs with and how it reads a request's
+//!   address, set when the refresher starts (event loop), read by requests.
 
-pub mod guard;
-pub mod log;
-pub mod metrics;
-pub mod nginx_request;
+// Without the binding (`cargo test --no-default-features`) nothing reaches the modules but their
+// tests: the dead-code lint speaks for the module nginx loads, the default build.
+#![cfg_attr(not(feature = "lua"), allow(dead_code, unused_imports))]
+
+mod guard;
+mod log;
+mod metrics;
+mod nginx_request;
 mod os;
-pub mod pending;
-pub mod refresher;
-pub mod region;
-pub mod state;
+mod pending;
+mod refresher;
+mod region;
+mod state;
 
 #[cfg(feature = "lua")]
 mod lua;

@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 const QUEUE_MAX: usize = 256;
 
-/// nginx log levels, numbered as the Lua side maps them onto `ngx.ERR` .. `ngx.INFO`.
+/// nginx log levels, numbered as the Lua side maps them onto `ngx.ERR` .. `ngx.NOTICE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     Err = 1,
     Warn = 2,
     Notice = 3,
-    Info = 4,
 }
 
 #[derive(Default)]

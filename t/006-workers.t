@@ -202,3 +202,5 @@ reload rejected: true
 respawned: true, its key and decision: gray @prod2-grey
 --- expected_emerg
 unknown "gray_no_such_variable" variable
+--- allowed_errors
+recv() failed (104: Connection reset by peer)

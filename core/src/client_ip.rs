@@ -53,6 +53,37 @@ pub enum Source {
     PeerBadHeader,
 }
 
+/// Which forwarding header a trusted proxy's client is read from (the `real_ip_header` option,
+/// as nginx's realip module has one). A client can write either header itself: behind a proxy
+/// that sets X-Real-IP and passes the client's own X-Forwarded-For through, the default would
+/// let the client choose its address; name the header that proxy sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RealIpHeader {
+    /// `X-Forwarded-For`, else `X-Real-IP` when there is none (the default).
+    #[default]
+    Either,
+    /// `X-Forwarded-For` only.
+    ForwardedFor,
+    /// `X-Real-IP` only.
+    RealIp,
+}
+
+impl RealIpHeader {
+    /// Of the two headers a request brings, the ones to read.
+    #[inline]
+    pub fn pick<'a>(
+        self,
+        forwarded_for: Option<&'a [u8]>,
+        real_ip: Option<&'a [u8]>,
+    ) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+        match self {
+            RealIpHeader::Either => (forwarded_for, real_ip),
+            RealIpHeader::ForwardedFor => (forwarded_for, None),
+            RealIpHeader::RealIp => (None, real_ip),
+        }
+    }
+}
+
 /// The client address for a request from `peer`.
 pub fn client_ip(
     peer: IpAddr,

@@ -1,17 +1,19 @@
 //! The options of `gray.configure(opts)`: their defaults (one place for each) and their
 //! validation. Values arrive already converted from Lua into [`OptionValue`], so this file has no
-//! Lua in it and every rule is unit-tested.
+//! Lua in it and every rule is unit-tested. A [`Config`] is plain data: what touches files or the
+//! network (the URL's parse, the TLS files, connections) is gray-io's `Endpoint`, built from it.
 
 use std::fmt;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::guard::GUARD_KEY_SUFFIX;
+pub use crate::client_ip::RealIpHeader;
+use crate::decision::code::MAX_TARGETS;
+use crate::endpoint::{mask_password, tls_url};
+pub use crate::endpoint::{Role, Sentinels, TlsFiles};
 use crate::ipset::IpSet;
-use crate::sentinel::{Role, Sentinels};
-use crate::snapshot::code::MAX_TARGETS;
-use crate::tls::{self, Tls};
+use crate::keys;
 use crate::whitelist::{parse_entry, tokens};
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -26,10 +28,6 @@ pub const DEFAULT_CHANNEL: &str = "gray:changed";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room for about 1.25 million mixed IPv4/IPv6 entries (a 1M-entry list is ~26 MB of text).
 pub const DEFAULT_MAX_BYTES: usize = 32 << 20;
-/// The default rule set's key is `<key>` followed by this; a named set's adds `:<name>`.
-pub const RULES_KEY_SUFFIX: &str = ":rules";
-/// grayctl records every change it makes in a capped list at `<key>` followed by this.
-pub const HISTORY_KEY_SUFFIX: &str = ":history";
 
 /// The option names `configure` accepts, in the order the README documents them.
 pub const OPTION_NAMES: &[&str] = &[
@@ -56,6 +54,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "tls_ca",
     "tls_cert",
     "tls_key",
+    "real_ip_header",
 ];
 
 /// A Lua value as far as option validation needs to see it.
@@ -92,21 +91,29 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// An option's error, its message naming the option (`opts.<name> ...`).
+    pub fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError(message.into())
+    }
+}
+
 fn invalid(message: impl Into<String>) -> ConfigError {
-    ConfigError(message.into())
+    ConfigError::new(message)
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub redis: redis::ConnectionInfo,
-    /// The URL as given, with any password masked, for status and logs.
+    /// The Redis URL as given (`redis://`, `redis+unix://`, `rediss://`).
+    pub redis: String,
+    /// The URL with any password masked, and the sentinels it goes through, for status and logs.
     pub redis_display: String,
     pub key: String,
-    pub prod: String,
-    pub gray: String,
     pub refresh: Duration,
     pub channel: Option<String>,
     pub trusted_proxies: IpSet,
+    /// Which forwarding header a trusted proxy's client comes from.
+    pub real_ip_header: RealIpHeader,
     pub timeout: Duration,
     /// The largest list text (string length, or the sum of a SET's member lengths) gray reads.
     pub max_bytes: usize,
@@ -125,8 +132,9 @@ pub struct Config {
     pub sentinels: Option<Sentinels>,
     /// With tracking, how often the keys are read whole all the same.
     pub resync: Duration,
-    /// Set for a `rediss://` URL: every connection (to Redis, and to the sentinels) is TLS.
-    pub tls: Option<Tls>,
+    /// Set for a `rediss://` URL: every connection (to Redis, and to the sentinels) is TLS, with
+    /// these files.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -138,20 +146,17 @@ impl Default for Config {
 impl Config {
     /// The key of the default rule set (`None`) or of the named one.
     pub fn rule_set_key(&self, name: Option<&str>) -> String {
-        match name {
-            None => self.rules_key.clone(),
-            Some(name) => format!("{}:{name}", self.rules_key),
-        }
+        keys::rule_set(&self.rules_key, name)
     }
 
     /// Where grayctl keeps its history of changes.
     pub fn history_key(&self) -> String {
-        format!("{}{HISTORY_KEY_SUFFIX}", self.key)
+        keys::history(&self.key)
     }
 
     /// Where workers report what they serve ([`crate::fleet`]).
     pub fn gateways_key(&self) -> String {
-        format!("{}{}", self.key, crate::fleet::GATEWAYS_KEY_SUFFIX)
+        keys::gateways(&self.key)
     }
 
     /// Validates `opts`; every error names the option it is about.
@@ -163,6 +168,7 @@ impl Config {
         let mut refresh = DEFAULT_REFRESH;
         let mut channel = Some(DEFAULT_CHANNEL.to_string());
         let mut trusted_proxies = IpSet::default();
+        let mut real_ip_header = RealIpHeader::default();
         let mut timeout = DEFAULT_TIMEOUT;
         let mut max_bytes = DEFAULT_MAX_BYTES;
         let mut rules_key = None;
@@ -176,7 +182,7 @@ impl Config {
         let mut read_from = None;
         let mut sentinel_username = None;
         let mut sentinel_password = None;
-        let mut tls_files = tls::Files::default();
+        let mut tls_files = TlsFiles::default();
 
         for (name, value) in options {
             match name.as_str() {
@@ -196,6 +202,25 @@ impl Config {
                     }
                 }
                 "trusted_proxies" => trusted_proxies = networks(&name, value)?,
+                "real_ip_header" => {
+                    real_ip_header = match &value {
+                        OptionValue::Str(h) if h.eq_ignore_ascii_case("X-Forwarded-For") => {
+                            RealIpHeader::ForwardedFor
+                        }
+                        OptionValue::Str(h) if h.eq_ignore_ascii_case("X-Real-IP") => {
+                            RealIpHeader::RealIp
+                        }
+                        other => {
+                            return Err(invalid(format!(
+                                "opts.real_ip_header must be \"X-Forwarded-For\" or \"X-Real-IP\", got {}",
+                                match other {
+                                    OptionValue::Str(s) => format!("\"{s}\""),
+                                    other => other.type_name().to_string(),
+                                }
+                            )))
+                        }
+                    }
+                }
                 "max_bytes" => max_bytes = byte_count(&name, value)?,
                 "rules_key" => rules_key = Some(non_empty_string(&name, value)?),
                 "rule_sets" => {
@@ -289,33 +314,18 @@ impl Config {
                 ))
             }
         };
-        // redis-rs parses `rediss://` only when built with its own TLS; gray's TLS is its own
-        // (tls.rs), so the URL is parsed as `redis://` and the scheme decides TLS.
-        let (tls_url, plain_url) = match redis_url.split_once("://") {
-            Some((scheme, rest))
-                if scheme.eq_ignore_ascii_case("rediss")
-                    || scheme.eq_ignore_ascii_case("valkeys") =>
-            {
-                (true, format!("redis://{rest}"))
-            }
-            _ => (false, redis_url.clone()),
-        };
-        if tls_url && plain_url.contains('#') {
+        let tls_url = tls_url(&redis_url);
+        if tls_url.as_deref().is_some_and(|url| url.contains('#')) {
             return Err(invalid(
                 "opts.redis: a rediss:// URL takes no #fragment (#insecure is not offered: give the server's CA as opts.tls_ca)",
             ));
         }
-        let redis = redis::IntoConnectionInfo::into_connection_info(plain_url.as_str())
-            .map_err(|e| invalid(format!("opts.redis is not a valid Redis URL: {e}")))?;
-        // gray speaks RESP2 on connections of its own (connection.rs): refuse what it would
-        // otherwise ignore, rather than fail to load at run time.
-        if redis.redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
-            return Err(invalid(
-                "opts.redis asks for protocol=resp3, which gray does not speak; remove it (RESP2 works with every Redis)",
-            ));
-        }
-        let tls = if tls_url {
-            Some(Tls::load(&tls_files).map_err(invalid)?)
+        let tls = if tls_url.is_some() {
+            match (&tls_files.cert, &tls_files.key) {
+                (Some(_), None) => return Err(invalid("opts.tls_cert needs opts.tls_key")),
+                (None, Some(_)) => return Err(invalid("opts.tls_key needs opts.tls_cert")),
+                _ => Some(tls_files),
+            }
         } else if let Some(option) = tls_files.option_given() {
             return Err(invalid(format!(
                 "opts.{option} needs a rediss:// URL in opts.redis"
@@ -323,7 +333,7 @@ impl Config {
         } else {
             None
         };
-        let mut targets = vec![prod.clone(), gray.clone()];
+        let mut targets = vec![prod, gray];
         for target in extra_targets {
             if !targets.contains(&target) {
                 targets.push(target);
@@ -336,18 +346,11 @@ impl Config {
                 targets.len()
             )));
         }
-        // `<rules_key>:<name>:guard` holds the guard trips of the set `name`.
-        let guard = GUARD_KEY_SUFFIX.trim_start_matches(':');
-        if let Some(name) = rule_sets
-            .iter()
-            .find(|name| *name == guard || name.ends_with(GUARD_KEY_SUFFIX))
-        {
-            return Err(invalid(format!(
-                "opts.rule_sets: \"{name}\" cannot name a rule set: its key would be another rule set's guard hash"
-            )));
+        for name in &rule_sets {
+            keys::check_rule_set_name(name).map_err(|e| invalid(format!("opts.rule_sets: {e}")))?;
         }
         Ok(Config {
-            rules_key: rules_key.unwrap_or_else(|| format!("{key}{RULES_KEY_SUFFIX}")),
+            rules_key: rules_key.unwrap_or_else(|| keys::default_rules(&key)),
             rule_sets,
             targets,
             redis_display: match &sentinels {
@@ -364,13 +367,12 @@ impl Config {
                 ),
                 None => mask_password(&redis_url),
             },
-            redis,
+            redis: redis_url,
             key,
-            prod,
-            gray,
             refresh,
             channel,
             trusted_proxies,
+            real_ip_header,
             timeout,
             max_bytes,
             report,
@@ -540,28 +542,6 @@ fn networks(name: &str, value: OptionValue) -> Result<IpSet, ConfigError> {
     Ok(IpSet::new(nets))
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`, so status and logs never show secrets.
-fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://***@{host}{path}")
-            }
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,8 +564,6 @@ mod tests {
     fn zero_configuration_gives_the_seed_setup() {
         let c = Config::default();
         assert_eq!(c.key, "gray");
-        assert_eq!(c.prod, "@prod1");
-        assert_eq!(c.gray, "@prod2-grey");
         assert_eq!(c.refresh, Duration::from_secs(1));
         assert_eq!(c.channel.as_deref(), Some("gray:changed"));
         assert!(c.trusted_proxies.is_empty());
@@ -641,8 +619,11 @@ mod tests {
             ("max_bytes", Num(1048576.0)),
             ("report", Num(0.5)),
             ("tracking", Bool(false)),
+            ("real_ip_header", Str("x-real-ip".into())),
         ])
         .unwrap();
+        assert_eq!(c.real_ip_header, RealIpHeader::RealIp);
+        assert_eq!(Config::default().real_ip_header, RealIpHeader::Either);
         assert_eq!(c.report, Some(Duration::from_millis(500)));
         assert!(!c.tracking);
         assert_eq!(
@@ -653,7 +634,6 @@ mod tests {
         assert_eq!(c.refresh, Duration::from_millis(250));
         assert_eq!(c.channel, None);
         assert!(c.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
-        assert_eq!(c.redis.redis_settings().db(), 2);
         assert_eq!(c.redis_display, "redis://u:***@127.0.0.1:6390/2");
     }
 
@@ -720,9 +700,13 @@ mod tests {
             (
                 &[
                     ("redis", Str("VALKEYS://127.0.0.1/0".into())),
-                    ("tls_ca", Str("/nonexistent/ca.pem".into())),
+                    ("tls_cert", Str("/etc/client.pem".into())),
                 ],
-                "opts.tls_ca: /nonexistent/ca.pem: I/O error: No such file or directory (os error 2)",
+                "opts.tls_cert needs opts.tls_key",
+            ),
+            (
+                &[("real_ip_header", Str("Forwarded".into()))],
+                "opts.real_ip_header must be \"X-Forwarded-For\" or \"X-Real-IP\", got \"Forwarded\"",
             ),
             (
                 &[
@@ -780,10 +764,6 @@ mod tests {
                 "opts.channel must be a non-empty string or false",
             ),
             (
-                &[("redis", Str("http://x".into()))],
-                "opts.redis is not a valid Redis URL",
-            ),
-            (
                 &[("trusted_proxies", Num(1.0))],
                 "opts.trusted_proxies must be a list of IP addresses or CIDRs, got number",
             ),
@@ -809,10 +789,6 @@ mod tests {
             (
                 &[("max_bytes", Str("32m".into()))],
                 "opts.max_bytes must be a whole number of bytes",
-            ),
-            (
-                &[("redis", Str("redis://127.0.0.1/0?protocol=resp3".into()))],
-                "opts.redis asks for protocol=resp3, which gray does not speak",
             ),
             (
                 &[("targets", List(vec![Str("canary".into())]))],
@@ -844,16 +820,5 @@ mod tests {
     fn trusted_proxies_accepts_one_string_list() {
         let c = opts(&[("trusted_proxies", Str("10.0.0.0/8, 192.168.0.0/16".into()))]).unwrap();
         assert!(c.trusted_proxies.contains("192.168.3.3".parse().unwrap()));
-    }
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(mask_password("redis://:pw@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(mask_password("redis://pw@h"), "redis://***@h");
-        assert_eq!(mask_password("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(
-            mask_password("redis+unix:///tmp/r.sock"),
-            "redis+unix:///tmp/r.sock"
-        );
     }
 }

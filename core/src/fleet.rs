@@ -1,5 +1,5 @@
 //! What a gateway reports of itself when `report` is on, so `grayctl status` and `grayctl wait`
-//! can tell which gateways serve the latest change. One Redis hash, `<key>:gateways`, one field
+//! can tell which gateways serve the latest change. One Redis hash (`keys::gateways`), one field
 //! per worker (`host:pid`) holding a [`Report`] as JSON, rewritten after every load and at least
 //! every [`Report::every`]. A worker that stops reporting is not deleted (it cannot say it died):
 //! readers count it gone once it has missed [`MISSED_BEATS`] reports, and the whole hash expires
@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The reports' hash is `<key>` followed by this.
-pub const GATEWAYS_KEY_SUFFIX: &str = ":gateways";
 /// How often a worker reports with `report = true`.
 pub const DEFAULT_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// A worker whose last report is this many intervals old is gone.
@@ -60,13 +58,6 @@ impl Report {
 /// A key's version as reports and grayctl write it.
 pub fn version_text(version: u64) -> String {
     format!("{version:016x}")
-}
-
-/// This machine's host name, as reports and grayctl's history name it.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

@@ -1,21 +1,17 @@
 //! A rule's guard: the canary's 5xx share against the default target's, over a window of a
 //! gateway's own responses. Pure arithmetic on counts; keeping the windows and acting on a trip is
 //! the module's business. Also the Redis side of guards, shared with grayctl: each rule set key
-//! has a hash `<key>:guard` where a gateway records a trip (`trip:<host>:<rule>`, a
-//! [`TripRecord`]) and an operator resets one (`reset:<rule>`, the time of the reset).
+//! has a hash (`keys::guard`) where a gateway records a trip (`trip:<host>:<rule>`, a
+//! [`TripRecord`]) and an operator resets one (`reset:<rule>`, the time of the reset): its fields
+//! are written and read ([`GuardHash`]) here only.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A rule set's guard hash is its key followed by this.
-pub const GUARD_KEY_SUFFIX: &str = ":guard";
 const TRIP_FIELD_PREFIX: &str = "trip:";
 const RESET_FIELD_PREFIX: &str = "reset:";
-
-pub fn guard_key(rule_set_key: &str) -> String {
-    format!("{rule_set_key}{GUARD_KEY_SUFFIX}")
-}
 
 /// The field a gateway on `host` records rule `rule`'s trip in.
 pub fn trip_field(host: &str, rule: &str) -> String {
@@ -27,13 +23,35 @@ pub fn reset_field(rule: &str) -> String {
     format!("{RESET_FIELD_PREFIX}{rule}")
 }
 
-/// The rule a reset field resets.
-pub fn reset_rule(field: &[u8]) -> Option<&str> {
-    std::str::from_utf8(field.strip_prefix(RESET_FIELD_PREFIX.as_bytes())?).ok()
+/// A rule set's guard hash as read: the trips recorded (by field) and the resets (rule to Unix
+/// milliseconds, by rule). Fields that do not parse are left out.
+#[derive(Debug, Default, PartialEq)]
+pub struct GuardHash {
+    pub trips: Vec<(String, TripRecord)>,
+    pub resets: BTreeMap<String, u64>,
 }
 
-pub fn is_trip_field(field: &str) -> bool {
-    field.starts_with(TRIP_FIELD_PREFIX)
+impl GuardHash {
+    /// The hash from its fields and values, as HGETALL lists them.
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> GuardHash {
+        let mut hash = GuardHash::default();
+        for (field, value) in pairs {
+            let (Ok(field), Ok(value)) = (std::str::from_utf8(field), std::str::from_utf8(value))
+            else {
+                continue;
+            };
+            if let Some(rule) = field.strip_prefix(RESET_FIELD_PREFIX) {
+                if let Ok(at) = value.parse() {
+                    hash.resets.insert(rule.to_string(), at);
+                }
+            } else if field.starts_with(TRIP_FIELD_PREFIX) {
+                if let Ok(record) = serde_json::from_str(value) {
+                    hash.trips.push((field.to_string(), record));
+                }
+            }
+        }
+        hash
+    }
 }
 
 /// A trip as a gateway records it.
@@ -175,6 +193,39 @@ mod tests {
         assert_eq!(GUARD.check(counts(199, 199), counts(0, 0)), None);
         assert_eq!(GUARD.check(counts(500, 250), counts(500, 240)), None);
         assert_eq!(GUARD.check(counts(0, 0), counts(0, 0)), None);
+    }
+
+    #[test]
+    fn a_guard_hash_reads_its_trips_and_resets_and_skips_what_does_not_parse() {
+        let record = TripRecord {
+            rule: "canary".into(),
+            target: "@prod2-grey".into(),
+            host: "gw1".into(),
+            pid: 7,
+            at: 1.5,
+            version: "00000000000000ab".into(),
+            responses: 200,
+            errors: 20,
+            default_responses: 1000,
+            default_errors: 40,
+            window: 60,
+            max_error_rate: 5.0,
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        let field = trip_field("gw1", "canary");
+        let reset = reset_field("canary");
+        let hash = GuardHash::parse([
+            (field.as_bytes(), json.as_bytes()),
+            (reset.as_bytes(), &b"1700000000000"[..]),
+            (b"reset:other", b"soon"),
+            (b"trip:gw2:x", b"{"),
+            (b"unrelated", b"1"),
+        ]);
+        assert_eq!(hash.trips, vec![(field, record)]);
+        assert_eq!(
+            hash.resets,
+            BTreeMap::from([("canary".to_string(), 1_700_000_000_000)])
+        );
     }
 
     #[test]

@@ -1,28 +1,28 @@
-//! gray's core: everything that decides a request or reads Redis's data model, as plain Rust with
-//! no Lua and no nginx in sight, so the module nginx loads and `grayctl` accept exactly the same
-//! input and reach exactly the same decisions.
+//! gray's core: everything that decides a request or describes gray's data, as plain Rust with no
+//! Lua, no nginx and no I/O in sight, so the module nginx loads and `grayctl` accept exactly the
+//! same input and reach exactly the same decisions, and every rule is a unit test.
 //!
 //! A worker's state is an immutable [`snapshot::Snapshot`]: the whitelist ([`whitelist`],
 //! [`ipset`]), the compiled rule sets ([`rules`], with [`idset`] and [`bucket`]) and the inputs
-//! each needs ([`plan`]). [`source`] reads a key the way the refresher does, over [`connection`];
-//! [`config`] holds every option's default and validation.
+//! each needs ([`plan`]); [`decision`] decides by it. [`value`] turns what a key holds into those
+//! (and its version), [`keys`] names every key, [`config`] holds every option's default and
+//! validation ([`endpoint`]: where Redis is, as data). Reading Redis is gray-io's.
 
 pub mod bucket;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
-pub mod connection;
+pub mod decision;
+pub mod endpoint;
 pub mod fleet;
 pub mod guard;
 pub mod idset;
 #[cfg(any(test, feature = "invariants"))]
 pub mod invariants;
 pub mod ipset;
-pub mod load;
+pub mod keys;
 pub mod plan;
 pub mod rules;
-pub mod sentinel;
 pub mod snapshot;
-pub mod source;
-pub mod tls;
+pub mod value;
 pub mod whitelist;

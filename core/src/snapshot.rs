@@ -1,81 +1,21 @@
-//! The immutable value every request is decided against, and the decision itself. A worker holds
-//! one snapshot at a time; the refresher builds the next one and swaps it in whole, so a request
-//! never sees half a list or half a rule set. A rule set, where one is loaded, decides; without
-//! one the whitelist key decides between the first two targets, as gray always did.
+//! The immutable value every request is decided against. A worker holds one snapshot at a time;
+//! the refresher builds the next one and swaps it in whole, so a request never sees half a list or
+//! half a rule set. It holds the whitelist, each rule set compiled with the data of the keys it
+//! references, the target table their decisions index, and where the decisions are counted.
+//! Building one from what was read ([`CompiledRuleSet::compile`], [`ActiveRuleSet::new`]) is
+//! written here once, for the refresher and for grayctl's offline load alike; deciding is in
+//! [`crate::decision`].
 
-use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::client_ip::{binary_addr, client_ip, parse_addr, Source};
-use crate::clock::unix_now;
+use crate::client_ip::RealIpHeader;
 use crate::idset::IdSet;
-use crate::ipset::{IpSet, MatchedRange};
-use crate::plan::{Fetched, Plan};
-use crate::rules::{self, KeyData, Keys, Matched, Outcome, OverrideSeen, RuleSet, Trace};
+use crate::ipset::IpSet;
+use crate::plan::Plan;
+use crate::rules::{self, schema, KeyData, KeyRef, KeyUse, Keys, Outcome, RuleSet};
+pub use crate::value::KeyKind;
 use crate::whitelist::Whitelist;
-
-/// Where the whitelist sends a request, as an index into the target table (whose first two
-/// entries are always `prod` and `gray`; a rule set's targets are indexes into the same table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
-pub enum Target {
-    Prod = 0,
-    Gray = 1,
-}
-
-/// The codes the request path's FFI functions return: a [`Target`] (>= 0), or one of the
-/// requests for more input below. Defined here only; the Lua glue receives them from the binding.
-pub mod code {
-    /// The peer is a trusted proxy: the decision needs its forwarding headers.
-    pub const NEED_FORWARDED: i32 = -1;
-    /// The client address has to be read through `$binary_remote_addr` (see `nginx_request`).
-    pub const NEED_ADDRESS: i32 = -2;
-    /// The rule set reads request inputs: fetch those of plan `INPUTS_BASE - code` and ask again.
-    pub const INPUTS_BASE: i32 = -16;
-    /// A decision (a code >= 0) carries its target in these low bits and, above them, the
-    /// metrics series it is counted in, so the log phase can count the response in the same one.
-    pub const TARGET_BITS: u32 = 8;
-    /// The target table holds at most this many locations.
-    pub const MAX_TARGETS: usize = 1 << TARGET_BITS;
-    pub const TARGET_MASK: i32 = (1 << TARGET_BITS) - 1;
-
-    pub fn need_inputs(plan: u32) -> i32 {
-        INPUTS_BASE.saturating_sub(i32::try_from(plan).unwrap_or(i32::MAX))
-    }
-
-    /// The code for a decision to `target`, counted in `series` (below 2^23).
-    #[inline]
-    pub fn routed(target: usize, series: u32) -> i32 {
-        ((series << TARGET_BITS) as i32) | (target as i32 & TARGET_MASK)
-    }
-
-    /// The series a decision code is counted in.
-    #[inline]
-    pub fn series(code: i32) -> u32 {
-        (code as u32) >> TARGET_BITS
-    }
-}
-use code::NEED_FORWARDED;
-
-/// How the Redis key looked when the list was loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
-    Missing,
-    String,
-    Set,
-}
-
-impl KeyKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyKind::Missing => "missing",
-            KeyKind::String => "string",
-            KeyKind::Set => "set",
-        }
-    }
-}
 
 /// A loaded whitelist and where it came from.
 #[derive(Debug)]
@@ -102,6 +42,15 @@ pub enum LoadedKey {
     Ids(Arc<LoadedIds>),
 }
 
+impl LoadedKey {
+    pub fn version(&self) -> u64 {
+        match self {
+            LoadedKey::Whitelist(list) => list.version,
+            LoadedKey::Ids(ids) => ids.version,
+        }
+    }
+}
+
 /// A rule set as compiled from its key.
 #[derive(Debug)]
 pub struct CompiledRuleSet {
@@ -114,6 +63,37 @@ pub struct CompiledRuleSet {
     pub plan: Plan,
 }
 
+impl CompiledRuleSet {
+    /// A rule set key's value compiled as the gateways compile it, against the target table
+    /// `targets`: `None` for a missing key (the whitelist decides), an error for a value the
+    /// gateways reject whole. `plan` numbers its plan of inputs.
+    pub fn compile(
+        key: &str,
+        kind: KeyKind,
+        json: &[u8],
+        version: u64,
+        targets: &[String],
+        plan: u32,
+    ) -> Result<Option<CompiledRuleSet>, schema::RuleSetError> {
+        let rules = match kind {
+            KeyKind::Missing => return Ok(None),
+            KeyKind::String => schema::compile(json, targets)?,
+            KeyKind::Set => {
+                return Err(schema::RuleSetError(
+                    "key holds a set, expected a string of JSON".into(),
+                ))
+            }
+        };
+        Ok(Some(CompiledRuleSet {
+            key: key.to_string(),
+            plan: Plan::new(plan, &rules.inputs),
+            rules,
+            version,
+            loaded_at: SystemTime::now(),
+        }))
+    }
+}
+
 /// A rule set with the data of the keys it references (`None` while one is missing).
 #[derive(Debug, Clone)]
 pub struct ActiveRuleSet {
@@ -123,6 +103,38 @@ pub struct ActiveRuleSet {
     pub series: RuleSetSeries,
     /// By rule index: the rule's guard has tripped (empty while none has).
     pub tripped: Vec<bool>,
+}
+
+impl ActiveRuleSet {
+    /// `compiled` with the data of each key its rules reference: the whitelist's own list where a
+    /// rule reads the whitelist key as an `ip_key` (it is read once, for both), else what
+    /// `loaded` has of the key.
+    pub fn new(
+        compiled: Arc<CompiledRuleSet>,
+        whitelist_key: &str,
+        whitelist: Option<&Arc<LoadedList>>,
+        loaded: impl Fn(&KeyRef) -> Option<LoadedKey>,
+        series: RuleSetSeries,
+        tripped: Vec<bool>,
+    ) -> ActiveRuleSet {
+        let keys = compiled
+            .rules
+            .keys
+            .iter()
+            .map(|key| {
+                if key.use_ == KeyUse::Whitelist && key.name == whitelist_key {
+                    return whitelist.cloned().map(LoadedKey::Whitelist);
+                }
+                loaded(key)
+            })
+            .collect();
+        ActiveRuleSet {
+            compiled,
+            keys,
+            series,
+            tripped,
+        }
+    }
 }
 
 /// The metrics series (indexes the module assigns; 0 counts nothing) a rule set's decisions are
@@ -148,6 +160,22 @@ impl RuleSetSeries {
         };
         series.copied().unwrap_or(0)
     }
+
+    /// Every series a request to the rule set's default target is counted in: its default, its
+    /// kill switch, the rules that send there and an override that does. A guard's baseline.
+    pub fn to_default(&self, rules: &RuleSet) -> Vec<u32> {
+        let mut baseline = vec![self.default, self.disabled];
+        for (rule, s) in rules.rules.iter().zip(&self.rules) {
+            if rule.to == rules.default {
+                baseline.push(*s);
+            }
+        }
+        baseline.extend(self.override_.get(rules.default));
+        baseline.retain(|&s| s != 0);
+        baseline.sort_unstable();
+        baseline.dedup();
+        baseline
+    }
 }
 
 impl Keys for ActiveRuleSet {
@@ -163,28 +191,13 @@ impl Keys for ActiveRuleSet {
     }
 }
 
-/// `X-Forwarded-For` and `X-Real-IP`, each `None` when absent.
-pub type ForwardingHeaders<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
-
-/// What a request brings beyond its peer address.
-#[derive(Clone, Copy, Default)]
-pub struct Extra<'a> {
-    /// `X-Forwarded-For` and `X-Real-IP`, once fetched for a trusted peer.
-    pub forwarded: Option<ForwardingHeaders<'a>>,
-    /// The plan's inputs, once fetched.
-    pub inputs: Option<Gathered<'a>>,
-}
-
-/// What the request path fetched, and for which plan.
-#[derive(Clone, Copy)]
-pub struct Gathered<'a> {
-    pub plan: u32,
-    pub fetched: &'a dyn Fetched<'a>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub trusted_proxies: Arc<IpSet>,
+    /// Which of a trusted proxy's forwarding headers names the client.
+    pub real_ip_header: RealIpHeader,
+    /// The named locations decisions index: `prod`, `gray`, then `targets`.
+    pub targets: Arc<[String]>,
     /// `None` until the first successful load.
     pub loaded: Option<Arc<LoadedList>>,
     /// By rule set index (the default set first, then `rule_sets`); `None` where the set's key
@@ -194,148 +207,7 @@ pub struct Snapshot {
     pub whitelist_series: [u32; 2],
 }
 
-/// Why a request went where it went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
-    NoListLoaded,
-    BadPeerAddress(String),
-    Listed {
-        client: IpAddr,
-        source: Source,
-        range: MatchedRange,
-    },
-    NotListed {
-        client: IpAddr,
-        source: Source,
-        entries: usize,
-        kind: KeyKind,
-    },
-    RuleSet {
-        key: String,
-        client: IpAddr,
-        source: Source,
-        outcome: Outcome,
-        rule: Option<String>,
-        explanation: Explanation,
-    },
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::NoListLoaded => f.write_str("no whitelist loaded yet"),
-            Reason::BadPeerAddress(text) => {
-                write!(f, "client address \"{text}\" is not an IP address")
-            }
-            Reason::Listed {
-                client,
-                source,
-                range,
-            } => {
-                write!(
-                    f,
-                    "client {client}{} matched whitelist entry {range}",
-                    source_note(*source)
-                )
-            }
-            Reason::NotListed {
-                client,
-                source,
-                entries,
-                kind,
-            } => {
-                write!(
-                    f,
-                    "client {client}{} is not in the whitelist",
-                    source_note(*source)
-                )?;
-                if *kind == KeyKind::Missing {
-                    f.write_str(" (the key is missing: empty list)")
-                } else {
-                    write!(f, " ({entries} entries)")
-                }
-            }
-            Reason::RuleSet {
-                key,
-                client,
-                source,
-                outcome,
-                rule,
-                explanation,
-            } => {
-                write!(
-                    f,
-                    "rule set {key}, client {client}{}: ",
-                    source_note(*source)
-                )?;
-                match outcome {
-                    Outcome::Disabled => f.write_str("disabled (enabled: false), the default")?,
-                    Outcome::Override => {}
-                    Outcome::Rule(i) => write!(
-                        f,
-                        "rule {} \"{}\": {}",
-                        i + 1,
-                        rule.as_deref().unwrap_or(""),
-                        if explanation.matched.is_empty() {
-                            "no conditions".to_string()
-                        } else {
-                            explanation.matched.join(", ")
-                        }
-                    )?,
-                    Outcome::Default => f.write_str("no rule matched, the default")?,
-                }
-                if let Some(over) = &explanation.override_ {
-                    if *outcome != Outcome::Override {
-                        f.write_str("; ")?;
-                    }
-                    f.write_str(over)?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-fn source_note(source: Source) -> &'static str {
-    match source {
-        Source::Peer => "",
-        Source::ForwardedFor => " (from X-Forwarded-For)",
-        Source::RealIp => " (from X-Real-IP)",
-        Source::PeerBadHeader => " (forwarding header unusable, peer address used)",
-    }
-}
-
 impl Snapshot {
-    /// The request path, for rule set `set` and the peer `$binary_remote_addr`: a decision
-    /// (`code::routed`), or a `code::NEED_*` saying what to fetch and ask again with.
-    #[inline]
-    pub fn route(&self, set: usize, peer: &[u8], extra: &Extra<'_>) -> i32 {
-        let active = self.active(set);
-        let Some(peer) = binary_addr(peer) else {
-            return match active {
-                Some(active) => self.evaluate(active, None, extra),
-                None => self.whitelist_decision(Target::Prod),
-            };
-        };
-        let client = if !self.trusted_proxies.is_empty() && self.trusted_proxies.contains(peer) {
-            let Some((forwarded_for, real_ip)) = extra.forwarded else {
-                return NEED_FORWARDED;
-            };
-            client_ip(peer, forwarded_for, real_ip, &self.trusted_proxies).0
-        } else {
-            peer
-        };
-        match active {
-            Some(active) => self.evaluate(active, Some(client), extra),
-            None => self.whitelist_decision(self.target_for(client)),
-        }
-    }
-
-    #[inline]
-    fn whitelist_decision(&self, target: Target) -> i32 {
-        code::routed(target as usize, self.whitelist_series[target as usize])
-    }
-
     /// Rule set `set` as loaded; `None` without one (the whitelist decides).
     pub fn active(&self, set: usize) -> Option<&ActiveRuleSet> {
         self.rule_sets.get(set).and_then(Option::as_ref)
@@ -346,284 +218,8 @@ impl Snapshot {
         self.active(set).map(|a| &a.compiled.plan)
     }
 
-    fn evaluate(&self, active: &ActiveRuleSet, client: Option<IpAddr>, extra: &Extra<'_>) -> i32 {
-        let compiled = &active.compiled;
-        let wanted = compiled.rules.inputs.len();
-        // Few rule sets read more than a handful of inputs; those pay for an allocation.
-        let mut few = [None; 8];
-        let mut many = Vec::new();
-        let inputs: &mut [Option<&[u8]>] = if wanted <= few.len() {
-            &mut few[..wanted]
-        } else {
-            many.resize(wanted, None);
-            &mut many
-        };
-        if wanted > 0 {
-            match extra.inputs {
-                Some(gathered) if gathered.plan == compiled.plan.id => {
-                    compiled.plan.gather(gathered.fetched, inputs)
-                }
-                _ => return code::need_inputs(compiled.plan.id),
-            }
-        }
-        let request = rules::Request {
-            client,
-            inputs,
-            now: if compiled.rules.has_ramps {
-                unix_now()
-            } else {
-                0.0
-            },
-        };
-        let decision = compiled.rules.evaluate(&request, active, &mut ());
-        code::routed(decision.target, active.series.of(&decision))
-    }
-
-    #[inline]
-    fn target_for(&self, client: IpAddr) -> Target {
-        match &self.loaded {
-            Some(loaded) if loaded.list.set.contains(client) => Target::Gray,
-            _ => Target::Prod,
-        }
-    }
-
-    /// The same decision as the request path, with its reason; `peer` is `$remote_addr` (text),
-    /// `inputs` the values of the rule set's variables (all fetched).
-    pub fn decide(
-        &self,
-        set: usize,
-        peer: &[u8],
-        forwarded_for: Option<&[u8]>,
-        real_ip: Option<&[u8]>,
-        inputs: &[Option<&[u8]>],
-        now: f64,
-    ) -> (usize, Reason) {
-        let Some(peer_addr) = parse_addr(peer) else {
-            return (
-                Target::Prod as usize,
-                Reason::BadPeerAddress(peer.escape_ascii().to_string()),
-            );
-        };
-        let (client, source) = client_ip(peer_addr, forwarded_for, real_ip, &self.trusted_proxies);
-        if let Some(active) = self.active(set) {
-            let compiled = &active.compiled;
-            let mut explanation = Explanation::default();
-            let request = rules::Request {
-                client: Some(client),
-                inputs: &inputs[..inputs.len().min(compiled.rules.inputs.len())],
-                now,
-            };
-            let decision = compiled.rules.evaluate(&request, active, &mut explanation);
-            let rule = match decision.outcome {
-                Outcome::Rule(i) => Some(compiled.rules.rules[i].name.clone()),
-                _ => None,
-            };
-            return (
-                decision.target,
-                Reason::RuleSet {
-                    key: compiled.key.clone(),
-                    client,
-                    source,
-                    outcome: decision.outcome,
-                    rule,
-                    explanation,
-                },
-            );
-        }
-        let Some(loaded) = &self.loaded else {
-            return (Target::Prod as usize, Reason::NoListLoaded);
-        };
-        match loaded.list.set.matching_range(client) {
-            Some(range) => (
-                Target::Gray as usize,
-                Reason::Listed {
-                    client,
-                    source,
-                    range,
-                },
-            ),
-            None => (
-                Target::Prod as usize,
-                Reason::NotListed {
-                    client,
-                    source,
-                    entries: loaded.list.entries(),
-                    kind: loaded.kind,
-                },
-            ),
-        }
-    }
-}
-
-/// What an evaluation saw, for `decide`/`explain`: why the deciding rule held, the bucket of a
-/// percentage, and the override header.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Explanation {
-    /// Why the deciding rule's conditions held, one phrase each.
-    pub matched: Vec<String>,
-    /// The last percentage bucket computed, its threshold and the share in hundredths.
-    pub bucket: Option<(u32, u64, Option<u32>)>,
-    pub override_: Option<String>,
-    current_rule: Option<usize>,
-}
-
-impl Trace for Explanation {
-    fn matched(&mut self, rule: usize, why: Matched<'_>) {
-        if self.current_rule != Some(rule) {
-            self.current_rule = Some(rule);
-            self.matched.clear();
-        }
-        self.matched.push(match why {
-            Matched::Ip { client, range, key } => match key {
-                Some(key) => format!("client {client} matched entry {range} of key {key}"),
-                None => format!("client {client} matched {range}"),
-            },
-            Matched::Id { source, id, how } => {
-                format!("{source} \"{}\" {how}", id.escape_ascii())
-            }
-            Matched::Percent {
-                source,
-                key,
-                bucket,
-                threshold,
-                hundredths,
-            } => {
-                self.bucket = Some((bucket, threshold, Some(hundredths)));
-                format!(
-                    "bucket {bucket} of {} \"{}\" < threshold {threshold} ({}%)",
-                    source.map_or("ip".to_string(), |s| s.to_string()),
-                    key.escape_ascii(),
-                    f64::from(hundredths) / 100.0
-                )
-            }
-        });
-    }
-
-    fn missed(&mut self, rule: usize, _why: &'static str) {
-        if self.current_rule == Some(rule) {
-            self.matched.clear();
-        }
-        self.current_rule = None;
-    }
-
-    fn bucket_out(&mut self, rule: usize, bucket: u32, threshold: u64) {
-        self.bucket = Some((bucket, threshold, None));
-        self.missed(rule, "out of the percentage");
-    }
-
-    fn override_seen(&mut self, seen: OverrideSeen<'_>) {
-        self.override_ = Some(format!(
-            "override {}: {} {} ({})",
-            seen.header,
-            seen.value.escape_ascii(),
-            if seen.honoured { "honoured" } else { "ignored" },
-            seen.why
-        ));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::whitelist::parse_entry;
-
-    fn route(s: &Snapshot, peer: &[u8]) -> i32 {
-        s.route(0, peer, &Extra::default())
-    }
-
-    fn snapshot(list: &str, trusted: &[&str]) -> Snapshot {
-        Snapshot {
-            trusted_proxies: Arc::new(IpSet::new(
-                trusted.iter().map(|t| parse_entry(t.as_bytes()).unwrap().0),
-            )),
-            loaded: Some(Arc::new(LoadedList {
-                list: Whitelist::parse([list.as_bytes()]),
-                kind: KeyKind::String,
-                version: 1,
-                loaded_at: SystemTime::now(),
-            })),
-            rule_sets: Vec::new(),
-            whitelist_series: [0; 2],
-        }
-    }
-
-    #[test]
-    fn a_decision_carries_the_series_it_is_counted_in() {
-        let s = Snapshot {
-            whitelist_series: [5, 9],
-            ..snapshot("127.0.0.10", &[])
-        };
-        let listed = route(&s, &[127, 0, 0, 10]);
-        assert_eq!((listed & code::TARGET_MASK, code::series(listed)), (1, 9));
-        let unlisted = route(&s, &[127, 0, 0, 1]);
-        assert_eq!(
-            (unlisted & code::TARGET_MASK, code::series(unlisted)),
-            (0, 5)
-        );
-        let last = code::routed(code::MAX_TARGETS - 1, (1 << 23) - 1);
-        assert!(last >= 0);
-        assert_eq!((last & code::TARGET_MASK) as usize, code::MAX_TARGETS - 1);
-        assert_eq!(code::series(last), (1 << 23) - 1);
-    }
-
-    #[test]
-    fn whitelisted_client_goes_to_gray_everyone_else_to_prod() {
-        let s = snapshot("127.0.0.10", &[]);
-        assert_eq!(route(&s, &[127, 0, 0, 10]), Target::Gray as i32);
-        assert_eq!(route(&s, &[127, 0, 0, 1]), Target::Prod as i32);
-        let (target, reason) = s.decide(0, b"127.0.0.10", None, None, &[], 0.0);
-        assert_eq!(target, Target::Gray as usize);
-        assert_eq!(
-            reason.to_string(),
-            "client 127.0.0.10 matched whitelist entry 127.0.0.10"
-        );
-        assert_eq!(
-            s.decide(0, b"127.0.0.1", None, None, &[], 0.0)
-                .1
-                .to_string(),
-            "client 127.0.0.1 is not in the whitelist (1 entries)"
-        );
-    }
-
-    #[test]
-    fn nothing_loaded_goes_to_prod() {
-        let s = Snapshot::default();
-        assert_eq!(route(&s, b"127.0.0.1"), Target::Prod as i32);
-        assert_eq!(
-            s.decide(0, b"127.0.0.1", None, None, &[], 0.0),
-            (Target::Prod as usize, Reason::NoListLoaded)
-        );
-    }
-
-    #[test]
-    fn unparsable_peer_goes_to_prod() {
-        let s = snapshot("0.0.0.0/0", &[]);
-        assert_eq!(route(&s, b""), Target::Prod as i32);
-        assert_eq!(
-            s.decide(0, b"unix:", None, None, &[], 0.0).0,
-            Target::Prod as usize
-        );
-    }
-
-    #[test]
-    fn trusted_peer_needs_its_headers() {
-        let s = snapshot("2.2.2.2", &["127.0.0.1"]);
-        let (trusted, untrusted) = ([127, 0, 0, 1], [127, 0, 0, 2]);
-        assert_eq!(route(&s, &trusted), NEED_FORWARDED);
-        let gray = Target::Gray as i32;
-        let forwarded = |xff: Option<&'static [u8]>| Extra {
-            forwarded: Some((xff, None)),
-            inputs: None,
-        };
-        assert_eq!(s.route(0, &trusted, &forwarded(Some(b"2.2.2.2"))), gray);
-        assert_eq!(s.route(0, &trusted, &forwarded(None)), Target::Prod as i32);
-        // An untrusted peer claiming a whitelisted address is decided by its own address.
-        assert_eq!(route(&s, &untrusted), Target::Prod as i32);
-        assert_eq!(
-            s.decide(0, b"127.0.0.1", Some(b"2.2.2.2"), None, &[], 0.0)
-                .1
-                .to_string(),
-            "client 2.2.2.2 (from X-Forwarded-For) matched whitelist entry 2.2.2.2"
-        );
+    /// The location of target index `target` ("" past the table).
+    pub fn target_name(&self, target: usize) -> &str {
+        self.targets.get(target).map_or("", String::as_str)
     }
 }

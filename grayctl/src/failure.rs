@@ -4,8 +4,8 @@
 use std::fmt;
 use std::process::ExitCode;
 
-use gray_core::connection;
-use gray_core::load::LoadError;
+use gray_io::connection;
+use gray_io::load::LoadError;
 
 #[derive(Debug)]
 pub enum Failure {

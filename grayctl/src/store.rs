@@ -6,13 +6,15 @@
 //! change silently; the second is told to retry.
 
 use gray_core::config::Config;
-use gray_core::connection::{self, Connection, Reply};
 use gray_core::fleet::Report;
-use gray_core::guard;
-use gray_core::load::{self, LoadError};
-use gray_core::sentinel::{Role, Sentinels};
-use gray_core::snapshot::{KeyKind, Snapshot};
-use gray_core::source::{fetch, FetchError, Fetched, ListBuilder};
+use gray_core::keys;
+use gray_core::snapshot::Snapshot;
+use gray_core::value::{Fetched, KeyKind, ListBuilder};
+use gray_io::connection::{Connection, Reply};
+use gray_io::endpoint::Endpoint;
+use gray_io::host::hostname;
+use gray_io::load::{self, LoadError};
+use gray_io::read::{fetch, FetchError};
 
 use crate::failure::{refused, Failure};
 use crate::history::{self, Record};
@@ -69,36 +71,22 @@ pub struct Write {
 
 impl Store {
     /// Connects to the master: the `redis` URL's, or the one the sentinels name (grayctl writes).
-    pub fn open(config: Config) -> Result<Store, Failure> {
-        let tls = config.tls.as_ref();
-        let con = match &config.sentinels {
-            Some(sentinels) => {
-                let master = Sentinels {
-                    role: Role::Master,
-                    ..sentinels.clone()
-                };
-                master
-                    .connect(&config.redis, tls, config.timeout)
-                    .map(|(con, _)| con)
-                    .map_err(|e| {
-                        if e.refused() {
-                            refused(e.to_string())
-                        } else {
-                            Failure::Unreachable(e.to_string())
-                        }
-                    })?
+    pub fn open(config: Config, endpoint: &Endpoint) -> Result<Store, Failure> {
+        let (con, _) = endpoint.master().connect().map_err(|e| {
+            let message = match &config.sentinels {
+                Some(_) => e.message,
+                None if e.refused => format!(
+                    "redis at {} refused the connection: {}",
+                    config.redis_display, e.message
+                ),
+                None => format!("cannot connect to {}: {}", config.redis_display, e.message),
+            };
+            if e.refused {
+                refused(message)
+            } else {
+                Failure::Unreachable(message)
             }
-            None => Connection::open(&config.redis, tls, config.timeout).map_err(|e| match e {
-                connection::Error::Server(refusal) => refused(format!(
-                    "redis at {} refused the connection: {refusal}",
-                    config.redis_display
-                )),
-                other => Failure::Unreachable(format!(
-                    "cannot connect to {}: {other}",
-                    config.redis_display
-                )),
-            })?,
-        };
+        })?;
         Ok(Store { con, config })
     }
 
@@ -157,7 +145,7 @@ impl Store {
 
     /// The guard hash of rule set key `rules_key`: the trips gateways recorded, and the resets.
     pub fn guard(&mut self, rules_key: &str) -> Result<Vec<(String, String)>, Failure> {
-        self.hash(&guard::guard_key(rules_key))
+        self.hash(&keys::guard(rules_key))
     }
 
     /// Resets rule `rule`'s guard in rule set key `rules_key` at `at_ms` (Unix milliseconds):
@@ -170,12 +158,12 @@ impl Store {
         trips: &[String],
         at_ms: u64,
     ) -> Result<(), Failure> {
-        let key = guard::guard_key(rules_key);
+        let key = keys::guard(rules_key);
         self.command(&redis::cmd("MULTI"))?;
         self.command(
             redis::cmd("HSET")
                 .arg(&key)
-                .arg(guard::reset_field(rule))
+                .arg(gray_core::guard::reset_field(rule))
                 .arg(at_ms),
         )?;
         if !trips.is_empty() {
@@ -324,5 +312,5 @@ pub fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    format!("{user}@{}", gray_core::fleet::hostname())
+    format!("{user}@{}", hostname())
 }

@@ -278,6 +278,12 @@ fn rule_set_keys_of_another_kind_are_replaced_or_refused_by_name() {
     );
     let err = refused(r.grayctl(&["off", "--set", "a b"]));
     assert!(err.contains("--set \"a b\""), "{err}");
+    // gray:rules:guard is the default rule set's guard hash: never a rule set of its own.
+    for name in ["guard", "shop:guard"] {
+        let err = refused(r.grayctl(&["rules", "set", "-", "--set", name]));
+        assert!(err.contains("cannot name a rule set"), "{err}");
+    }
+    assert_eq!(r.cli(&["EXISTS", "gray:rules:guard"]), "0");
     let err = refused(r.grayctl(&["on", "--set", "nothing-here"]));
     assert!(
         err.contains("no rule set in key gray:rules:nothing-here"),

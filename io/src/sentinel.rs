@@ -9,40 +9,23 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
+use gray_core::endpoint::{Role, Sentinels};
+
 use crate::connection::{self, Connection, Reply};
 use crate::tls::Tls;
 
 /// The channel on which a sentinel announces the end of a failover.
 const SWITCH_MASTER: &str = "+switch-master";
 
-/// Which node of the group to read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Master,
-    /// A healthy replica (the master when none is).
-    Replica,
-}
+/// A Sentinel group (its addresses, name, role and credentials, as `configure` checked them)
+/// to ask.
+pub struct Group<'a>(pub &'a Sentinels);
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Master => "master",
-            Role::Replica => "replica",
-        }
+impl std::ops::Deref for Group<'_> {
+    type Target = Sentinels;
+    fn deref(&self) -> &Sentinels {
+        self.0
     }
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sentinels {
-    /// `host:port` of each sentinel, asked in this order.
-    pub addresses: Vec<(String, u16)>,
-    /// The monitored group's name (`sentinel monitor <name> ...`).
-    pub master: String,
-    pub role: Role,
-    /// The sentinels' own credentials (`requirepass` or an ACL user in sentinel.conf), not the
-    /// data nodes'.
-    pub username: Option<String>,
-    pub password: Option<String>,
 }
 
 #[derive(Debug)]
@@ -83,20 +66,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Without the password.
-impl fmt::Debug for Sentinels {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sentinels")
-            .field("addresses", &self.addresses)
-            .field("master", &self.master)
-            .field("role", &self.role)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-impl Sentinels {
+impl Group<'_> {
     /// A connection to the node to read from: the first sentinel that answers names it, and the
     /// node confirms its role. `data` holds the credentials and database for that node; with
     /// `tls`, the sentinels and the node are both reached over TLS.
@@ -152,7 +122,7 @@ impl Sentinels {
     }
 
     /// A connection to the first sentinel that names the group's master, to ask
-    /// [`Sentinels::master`] on again, with the master it named.
+    /// [`Group::master`] on again, with the master it named.
     pub fn watch(
         &self,
         tls: Option<&Tls>,
@@ -165,7 +135,7 @@ impl Sentinels {
 
     /// A connection to the first sentinel that answers before `deadline`, subscribed to
     /// `+switch-master`: the event each sentinel publishes when a failover has made a new master
-    /// ([`Sentinels::switched`] reads it).
+    /// ([`Group::switched`] reads it).
     pub fn switches(
         &self,
         tls: Option<&Tls>,
@@ -208,7 +178,7 @@ impl Sentinels {
         Err(Error::new(failures.join("; ")))
     }
 
-    /// Whether `message`, read from a [`Sentinels::switches`] connection, says this group has a
+    /// Whether `message`, read from a [`Group::switches`] connection, says this group has a
     /// new master (`+switch-master <name> <old ip> <old port> <new ip> <new port>`).
     pub fn switched(&self, message: &Reply) -> bool {
         match message {
@@ -397,16 +367,16 @@ mod tests {
         let message = |channel: &str, payload: &str| {
             Reply::Array(Some(vec![bulk("message"), bulk(channel), bulk(payload)]))
         };
-        assert!(sentinels.switched(&message(
+        assert!(Group(&sentinels).switched(&message(
             "+switch-master",
             "grays 127.0.0.1 6379 127.0.0.1 6380"
         )));
-        assert!(!sentinels.switched(&message(
+        assert!(!Group(&sentinels).switched(&message(
             "+switch-master",
             "grays-other 127.0.0.1 6379 127.0.0.1 6380"
         )));
-        assert!(!sentinels.switched(&message("+sdown", "grays 127.0.0.1 6379")));
-        assert!(!sentinels.switched(&Reply::Int(1)));
+        assert!(!Group(&sentinels).switched(&message("+sdown", "grays 127.0.0.1 6379")));
+        assert!(!Group(&sentinels).switched(&Reply::Int(1)));
     }
 
     #[test]

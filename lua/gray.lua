@@ -31,12 +31,14 @@ local var_get = ffi.C.ngx_http_lua_ffi_var_get
 local get_headers_count = ffi.C.ngx_http_lua_ffi_req_get_headers_count
 local get_headers = ffi.C.ngx_http_lua_ffi_req_get_headers
 
-local route_request = ffi.cast("int (*)(void *, int)", route_request_ptr)
-local route_with = ffi.cast("int (*)(void *, int, const char *, size_t, int, const char *, size_t, "
-                            .. "const char *, size_t, uint32_t, const char **, size_t *, size_t, "
-                            .. "const ngx_http_lua_ffi_table_elt_t *, int)",
-                            route_with_ptr)
-local count_response = ffi.cast("void (*)(void *, int, double)", count_response_ptr)
+-- The request inputs struct and the three functions' types, declared once per Lua VM (Rust
+-- defines them: core.codes.cdef).
+if not pcall(ffi.typeof, "gray_request_inputs_t") then
+    ffi.cdef(core.codes.cdef)
+end
+local route_request = ffi.cast("gray_route_request_t", route_request_ptr)
+local route_with = ffi.cast("gray_route_with_t", route_with_ptr)
+local count_response = ffi.cast("gray_count_response_t", count_response_ptr)
 
 local PROD = core.codes.prod
 local NEED_FORWARDED = core.codes.need_forwarded
@@ -71,6 +73,10 @@ local header_list = ffi.new("ngx_http_lua_ffi_table_elt_t[?]", MAX_HEADERS)
 local headers_truncated = ffi.new("int[1]")
 local plans = {}
 
+-- What route_with gets, one struct reused by every request; the arrays never move.
+local inputs = ffi.new("gray_request_inputs_t")
+inputs.values, inputs.lens, inputs.headers = input_values, input_lens, header_list
+
 local function fetch_inputs(r, set, plan_id)
     local plan = plans[set]
     if not plan or plan.id ~= plan_id then
@@ -103,15 +109,17 @@ end
 -- needs (the address through the variable, the forwarding headers of a trusted peer, the inputs
 -- of the rule set's plan, whose number the code carries); each is fetched at most once.
 local function decision(r, set)
-    local peer, peer_len, forwarded, xff, xri, plan, n, n_headers = nil, 0, 0, nil, nil, 0, 0, 0
+    local xff, xri
+    inputs.peer, inputs.peer_len, inputs.forwarded = nil, 0, 0
+    inputs.forwarded_for, inputs.forwarded_for_len, inputs.real_ip, inputs.real_ip_len = nil, 0, nil, 0
+    inputs.plan, inputs.n, inputs.n_headers = 0, 0, 0
     local code
     -- A rule set that read inputs for the last request reads the same ones now: fetching them
     -- first saves asking Rust twice. Rust still checks the plan number.
     local known = plans[set]
     if known then
-        plan, n, n_headers = fetch_inputs(r, set, known.id)
-        code = route_with(r, set, nil, 0, 0, nil, 0, nil, 0, plan, input_values, input_lens, n,
-                          header_list, n_headers)
+        inputs.plan, inputs.n, inputs.n_headers = fetch_inputs(r, set, known.id)
+        code = route_with(r, set, inputs)
     else
         code = route_request(r, set)
     end
@@ -119,30 +127,34 @@ local function decision(r, set)
         if code >= 0 then
             return code
         elseif code == NEED_ADDRESS then
-            peer, peer_len = peer_addr(r)
+            local peer, peer_len = peer_addr(r)
             if not peer then
                 return PROD
             end
+            inputs.peer, inputs.peer_len = peer, peer_len
         elseif code == NEED_FORWARDED then
-            if not peer then
-                peer, peer_len = peer_addr(r)
+            if inputs.peer == nil then
+                local peer, peer_len = peer_addr(r)
+                inputs.peer, inputs.peer_len = peer, peer_len or 0
             end
-            forwarded, xff, xri = 1, ngx_var.http_x_forwarded_for, ngx_var.http_x_real_ip
+            -- Kept in locals: the struct points into these strings while Rust reads them.
+            xff, xri = ngx_var.http_x_forwarded_for, ngx_var.http_x_real_ip
+            inputs.forwarded = 1
+            inputs.forwarded_for, inputs.forwarded_for_len = xff, xff and #xff or 0
+            inputs.real_ip, inputs.real_ip_len = xri, xri and #xri or 0
         elseif code <= INPUTS_BASE then
-            plan, n, n_headers = fetch_inputs(r, set, INPUTS_BASE - code)
+            inputs.plan, inputs.n, inputs.n_headers = fetch_inputs(r, set, INPUTS_BASE - code)
         else
             return PROD
         end
-        code = route_with(r, set, peer, peer_len or 0, forwarded, xff, xff and #xff or 0,
-                          xri, xri and #xri or 0, plan, input_values, input_lens, n,
-                          header_list, n_headers)
+        code = route_with(r, set, inputs)
     end
     return PROD
 end
 
 -- How often the worker copies the refresher's queued log lines into the error log.
 local LOG_DRAIN_INTERVAL = 0.2
-local LOG_LEVELS = { ngx.ERR, ngx.WARN, ngx.NOTICE, ngx.INFO }
+local LOG_LEVELS = { ngx.ERR, ngx.WARN, ngx.NOTICE }
 
 local _M = { _VERSION = core.version }
 
@@ -351,7 +363,7 @@ local function explained(name, caller)
     if set == nil then
         return PROD, "no rule set named " .. name .. " is configured", { target = targets[PROD] }
     end
-    return core.explain(options, set, ngx_var.remote_addr, ngx_var.http_x_forwarded_for,
+    return core.explain(set, ngx_var.remote_addr, ngx_var.http_x_forwarded_for,
                         ngx_var.http_x_real_ip, input_strings(set))
 end
 

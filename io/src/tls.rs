@@ -16,30 +16,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, ConfigBuilder, RootCertStore, StreamOwned};
 
-/// The files of the TLS options, as given.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Files {
-    /// PEM CA certificates that sign the server's certificate; the system's store when `None`.
-    pub ca: Option<String>,
-    /// PEM client certificate chain and its private key, for servers that ask for one.
-    pub cert: Option<String>,
-    pub key: Option<String>,
-}
+use gray_core::endpoint::TlsFiles;
 
-impl Files {
-    /// The first TLS option given, by its name.
-    pub fn option_given(&self) -> Option<&'static str> {
-        [
-            ("tls_ca", &self.ca),
-            ("tls_cert", &self.cert),
-            ("tls_key", &self.key),
-        ]
-        .into_iter()
-        .find_map(|(name, file)| file.is_some().then_some(name))
-    }
-}
-
-/// A client configuration built from [`Files`], shared by every connection.
+/// A client configuration built from the TLS options' files, shared by every connection.
 #[derive(Clone)]
 pub struct Tls(Arc<ClientConfig>);
 
@@ -52,13 +31,9 @@ impl fmt::Debug for Tls {
 pub type Stream = StreamOwned<ClientConnection, Socket>;
 
 impl Tls {
-    /// Reads the files; an error names the option whose file is wrong and why.
-    pub fn load(files: &Files) -> Result<Tls, String> {
-        match (&files.cert, &files.key) {
-            (Some(_), None) => return Err("opts.tls_cert needs opts.tls_key".into()),
-            (None, Some(_)) => return Err("opts.tls_key needs opts.tls_cert".into()),
-            _ => {}
-        }
+    /// Reads the files (a certificate without its key was refused with the options); an
+    /// error names the option whose file is wrong and why.
+    pub fn load(files: &TlsFiles) -> Result<Tls, String> {
         let roots = match &files.ca {
             Some(path) => ca_file(path)?,
             None => system_roots()?,
@@ -240,8 +215,8 @@ fn system_roots() -> Result<RootCertStore, String> {
 mod tests {
     use super::*;
 
-    fn files(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> Files {
-        Files {
+    fn files(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> TlsFiles {
+        TlsFiles {
             ca: ca.map(str::to_string),
             cert: cert.map(str::to_string),
             key: key.map(str::to_string),
@@ -287,7 +262,7 @@ mod tests {
         server.join().unwrap();
     }
 
-    fn err(files: &Files) -> String {
+    fn err(files: &TlsFiles) -> String {
         Tls::load(files).map(|_| ()).unwrap_err()
     }
 
@@ -305,12 +280,8 @@ mod tests {
             format!("opts.tls_ca: {not_pem} holds no PEM certificate")
         );
         assert_eq!(
-            err(&files(None, Some(not_pem), None)),
-            "opts.tls_cert needs opts.tls_key"
-        );
-        assert_eq!(
-            err(&files(None, None, Some(not_pem))),
-            "opts.tls_key needs opts.tls_cert"
+            err(&files(None, Some(not_pem), Some(not_pem))),
+            format!("opts.tls_cert: {not_pem} holds no PEM certificate")
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,21 +1,25 @@
 //! One load of what a gateway loads (the whitelist, one rule set and the keys its rules
 //! reference) into a [`Snapshot`], for deciding offline as the gateway would (`grayctl explain`).
-//! The refresher loads the same keys the same way, incrementally, keeping what did not change.
+//! The refresher loads the same keys the same way, incrementally, keeping what did not change;
+//! both assemble the snapshot with gray-core's [`CompiledRuleSet::compile`] and
+//! [`ActiveRuleSet::new`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Config;
-use crate::connection;
-use crate::idset::IdSet;
-use crate::plan::Plan;
-use crate::rules::{schema, KeyRef, KeyUse};
-use crate::snapshot::{
-    ActiveRuleSet, CompiledRuleSet, KeyKind, LoadedIds, LoadedKey, LoadedList, Snapshot,
+use gray_core::config::Config;
+use gray_core::idset::IdSet;
+use gray_core::rules::{KeyRef, KeyUse};
+use gray_core::snapshot::{
+    ActiveRuleSet, CompiledRuleSet, LoadedIds, LoadedKey, LoadedList, Snapshot,
 };
-use crate::source::{fetch, FetchError, Fetched, ListBuilder, Text};
-use crate::whitelist::WhitelistBuilder;
+use gray_core::value::{Fetched, ListBuilder, Text};
+use gray_core::whitelist::WhitelistBuilder;
+
+use crate::connection;
+use crate::read::{fetch, FetchError};
 
 #[derive(Debug)]
 pub enum LoadError {
@@ -57,21 +61,6 @@ fn list(fetched: Fetched) -> Arc<LoadedList> {
     })
 }
 
-/// A rule set key's value compiled as the gateways compile it: `None` for a missing key.
-pub fn compile_rule_set(
-    kind: KeyKind,
-    json: &[u8],
-    config: &Config,
-) -> Result<Option<crate::rules::RuleSet>, schema::RuleSetError> {
-    match kind {
-        KeyKind::Missing => Ok(None),
-        KeyKind::String => schema::compile(json, &config.targets).map(Some),
-        KeyKind::Set => Err(schema::RuleSetError(
-            "key holds a set, expected a string of JSON".into(),
-        )),
-    }
-}
-
 /// Loads the whitelist and rule set `set` (the default one for `None`) into a snapshot whose
 /// rule set 0 is that set (absent when its key is missing: the whitelist decides).
 pub fn load(
@@ -83,32 +72,38 @@ pub fn load(
     let key = config.rule_set_key(set);
     let fetched = read::<Text>(con, &key, config)?;
     let (kind, version) = (fetched.kind, fetched.version);
-    let rules = compile_rule_set(kind, &fetched.into_list(), config)
-        .map_err(|e| LoadError::Refused(format!("rule set in key {key} is rejected: {e}")))?;
-    let active = match rules {
+    let compiled = CompiledRuleSet::compile(
+        &key,
+        kind,
+        &fetched.into_list(),
+        version,
+        &config.targets,
+        1,
+    )
+    .map_err(|e| LoadError::Refused(format!("rule set in key {key} is rejected: {e}")))?;
+    let active = match compiled {
         None => None,
-        Some(rules) => {
-            let mut keys = Vec::with_capacity(rules.keys.len());
-            for key in &rules.keys {
-                keys.push(Some(load_key(con, key, config, &whitelist)?));
+        Some(compiled) => {
+            let mut loaded = HashMap::new();
+            for key in &compiled.rules.keys {
+                if !(key.use_ == KeyUse::Whitelist && key.name == config.key) {
+                    loaded.insert(key.clone(), load_key(con, key, config)?);
+                }
             }
-            let plan = Plan::new(1, &rules.inputs);
-            Some(ActiveRuleSet {
-                series: Default::default(),
-                tripped: Vec::new(),
-                compiled: Arc::new(CompiledRuleSet {
-                    key,
-                    rules,
-                    version,
-                    loaded_at: SystemTime::now(),
-                    plan,
-                }),
-                keys,
-            })
+            Some(ActiveRuleSet::new(
+                Arc::new(compiled),
+                &config.key,
+                Some(&whitelist),
+                |key| loaded.get(key).cloned(),
+                Default::default(),
+                Vec::new(),
+            ))
         }
     };
     Ok(Snapshot {
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+        real_ip_header: config.real_ip_header,
+        targets: config.targets.clone().into(),
         loaded: Some(whitelist),
         rule_sets: vec![active],
         whitelist_series: [0; 2],
@@ -119,10 +114,8 @@ fn load_key(
     con: &mut connection::Connection,
     key: &KeyRef,
     config: &Config,
-    whitelist: &Arc<LoadedList>,
 ) -> Result<LoadedKey, LoadError> {
     Ok(match key.use_ {
-        KeyUse::Whitelist if key.name == config.key => LoadedKey::Whitelist(whitelist.clone()),
         KeyUse::Whitelist => LoadedKey::Whitelist(list(read(con, &key.name, config)?)),
         KeyUse::Ids => {
             let fetched = read::<IdSet>(con, &key.name, config)?;

@@ -1,35 +1,46 @@
-//! The LuaJIT binding: `luaopen_gray` builds the `core` table of Rust functions and hands it, with
-//! the two FFI decision functions, to the Lua glue in `gray.lua`, which returns the module.
-//!
-//! Rules at this boundary: nothing panics into nginx (FFI entry points catch every panic and
-//! answer production; mlua turns a panic in a callback into a Lua error), and the `core` functions
-//! report failures as `nil, err` values for the glue to raise or log, so users see plain messages.
+//! The Lua API's Rust half: the `core` functions gray.lua calls (configure and start, status,
+//! explain, metrics, the plan of a rule set's inputs, the log queue, the guards' timer). They run
+//! on nginx's event loop, off the request path's FFI functions ([`super::ffi`]), and report
+//! failures as `nil, err` values for the glue to raise or log, so users see plain messages; mlua
+//! turns a panic here into a Lua error.
 
-use std::ffi::{c_int, c_void};
-use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mlua::prelude::*;
 
+use super::ffi::{ADDRESS, CDEF, MAX_HEADERS};
 use crate::log::Level;
 use crate::metrics;
-use crate::nginx_request::AddressReader;
 use crate::pending;
 use crate::refresher;
 use crate::state::SHARED;
 use gray_core::clock::{unix_now, unix_seconds};
 use gray_core::config::{Config, OptionValue};
-use gray_core::plan::{Fetched, Header};
+use gray_core::decision::{code, Target};
 use gray_core::rules::MAX_INPUTS;
-use gray_core::snapshot::{code, Extra, Gathered, Snapshot, Target};
+use gray_core::snapshot::Snapshot;
+use gray_io::endpoint::Endpoint;
 
 /// A configuration cycle's options, held by that cycle's Lua VM. nginx runs init_by_lua for a new
 /// cycle in a new VM and closes it if it rejects the configuration, so options kept here belong
 /// to the cycle nginx actually runs, also in workers the master respawns later.
 #[derive(Clone)]
-struct Options(Arc<Config>);
+pub(super) struct Options(Arc<(Config, Endpoint)>);
+
+impl Options {
+    fn config(&self) -> &Config {
+        &self.0 .0
+    }
+
+    /// The defaults, as every VM starts with them.
+    pub(super) fn defaults() -> Options {
+        let config = Config::default();
+        let endpoint = Endpoint::new(&config).expect("the default Redis URL is valid");
+        Options(Arc::new((config, endpoint)))
+    }
+}
 
 impl LuaUserData for Options {}
 
@@ -37,9 +48,7 @@ impl LuaUserData for Options {}
 static STARTED_PID: AtomicU32 = AtomicU32::new(0);
 /// The options this process's refresher runs with. Request VMs under `lua_code_cache off` hold
 /// only the defaults; what they route by is what the refresher was started with.
-static RUNNING: Mutex<Option<Arc<Config>>> = Mutex::new(None);
-/// How this process reads a request's client address.
-static ADDRESS: AddressReader = AddressReader::new();
+static RUNNING: Mutex<Option<Options>> = Mutex::new(None);
 /// How long `init_worker` waits for the first load beyond the Redis timeouts it is bounded by.
 const FIRST_LOAD_GRACE: Duration = Duration::from_millis(100);
 
@@ -48,201 +57,13 @@ fn running_here() -> bool {
 }
 
 /// The options in force: the running refresher's in a process that started one, else the VM's.
-fn active_config(options: &Options) -> Arc<Config> {
+fn active(options: &Options) -> Options {
     if running_here() {
-        if let Some(config) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            return config.clone();
+        if let Some(running) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return running.clone();
         }
     }
-    options.0.clone()
-}
-
-/// # Safety
-/// `ptr` must point to `len` readable bytes, or be null with `len` 0 (LuaJIT passes a Lua string
-/// or nil).
-unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
-    if ptr.is_null() {
-        None
-    } else {
-        // SAFETY: the caller guarantees `ptr` is valid for `len` bytes for this call.
-        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
-    }
-}
-
-/// FFI: the decision for request `r` by rule set `set`, its address read from the request
-/// itself; or a `code::NEED_*` (the address has to come through `$binary_remote_addr`, the peer
-/// is a trusted proxy, or the rule set reads inputs), answered through `route_with`.
-unsafe extern "C" fn route_request(r: *const c_void, set: c_int) -> c_int {
-    catch_unwind(|| {
-        // SAFETY: gray.lua passes the current request, from resty.core's get_request().
-        match unsafe { ADDRESS.peer(r) } {
-            Some(peer) => counted(
-                r,
-                SHARED
-                    .snapshot
-                    .load()
-                    .route(set as usize, peer, &Extra::default()),
-            ),
-            None => code::NEED_ADDRESS,
-        }
-    })
-    .unwrap_or(Target::Prod as c_int)
-}
-
-/// Counts request `r`'s decision in its series and keeps the series for its log phase; the
-/// target for gray.lua, or the code as it is when more input is needed.
-#[inline]
-fn counted(r: *const c_void, code: c_int) -> c_int {
-    if code < 0 {
-        return code;
-    }
-    let series = code::series(code);
-    metrics::count(series, metrics::counter::REQUESTS, 1);
-    pending::routed(r as usize, series);
-    code & code::TARGET_MASK
-}
-
-/// FFI: counts the response to request `r`, if route() sent it: its `status` and how long it
-/// took, in seconds, in the series its decision was counted in.
-unsafe extern "C" fn count_response(r: *const c_void, status: c_int, seconds: f64) {
-    let _ = catch_unwind(|| {
-        if let Some(series) = pending::take(r as usize) {
-            metrics::count_response(series, status.max(0) as u32, seconds);
-        }
-    });
-}
-
-/// A string as lua-nginx-module's FFI hands it over (`ngx_http_lua_ffi_str_t`).
-#[repr(C)]
-struct FfiStr {
-    len: c_int,
-    data: *const u8,
-}
-
-/// A request header as `ngx_http_lua_ffi_req_get_headers` lists it (`ngx_http_lua_ffi_table_elt_t`).
-#[repr(C)]
-struct FfiHeader {
-    key: FfiStr,
-    value: FfiStr,
-}
-
-/// The most request headers the request path looks at for a rule set.
-const MAX_HEADERS: usize = 100;
-
-/// gray.lua's arrays for one request: `values` variable values and `headers` request headers,
-/// each pointing into the request's memory (valid while it lasts, so for `'r`).
-struct FfiFetched<'r> {
-    values: usize,
-    value_ptrs: *const *const u8,
-    value_lens: *const usize,
-    headers: usize,
-    header_ptr: *const FfiHeader,
-    _request: std::marker::PhantomData<&'r [u8]>,
-}
-
-impl<'r> Fetched<'r> for FfiFetched<'r> {
-    fn header_count(&self) -> usize {
-        self.headers
-    }
-
-    fn header(&self, index: usize) -> Header<'r> {
-        if index >= self.headers {
-            return (&[], &[]);
-        }
-        // SAFETY: gray.lua's array holds `headers` entries that nginx filled, pointing at the
-        // request's header memory.
-        unsafe {
-            let h = &*self.header_ptr.add(index);
-            (
-                bytes(h.key.data, h.key.len.max(0) as usize).unwrap_or_default(),
-                bytes(h.value.data, h.value.len.max(0) as usize).unwrap_or_default(),
-            )
-        }
-    }
-
-    fn variable(&self, index: usize) -> Option<&'r [u8]> {
-        if index >= self.values {
-            return None;
-        }
-        // SAFETY: gray.lua's arrays hold `values` entries, each an nginx variable's bytes (or
-        // null when absent).
-        unsafe { bytes(*self.value_ptrs.add(index), *self.value_lens.add(index)) }
-    }
-}
-
-/// FFI: the decision with what `route_request` asked for. `peer` is `$binary_remote_addr` of
-/// request `r`, or null when the address is read from the request; `forwarded` says the two
-/// headers were fetched (each null when absent); `values`/`lens` hold the `n` variables of
-/// `plan` (a null value is absent) and `headers` its `n_headers` request headers. The first IP
-/// peer also proves (or not) the address offsets.
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C" fn route_with(
-    r: *const c_void,
-    set: c_int,
-    peer: *const u8,
-    peer_len: usize,
-    forwarded: c_int,
-    forwarded_for: *const u8,
-    forwarded_for_len: usize,
-    real_ip: *const u8,
-    real_ip_len: usize,
-    plan: u32,
-    values: *const *const u8,
-    lens: *const usize,
-    n: usize,
-    headers: *const FfiHeader,
-    n_headers: c_int,
-) -> c_int {
-    catch_unwind(|| {
-        let peer = if peer.is_null() {
-            // SAFETY: the current request, from gray.lua.
-            match unsafe { ADDRESS.peer(r) } {
-                Some(peer) => peer,
-                // gray.lua fetched the inputs first and asks again with the address.
-                None => return code::NEED_ADDRESS,
-            }
-        } else {
-            // SAFETY: the current request and the variable's value, valid for this call.
-            if unsafe { ADDRESS.check(r, peer, peer_len) } == Some(false) {
-                SHARED.log(
-                    Level::Notice,
-                    "this nginx lays out its request differently from the nginx gray was built for; \
-                     the client address is read through $binary_remote_addr (~900 instructions more per request)"
-                        .into(),
-                );
-            }
-            // SAFETY: as above.
-            unsafe { bytes(peer, peer_len) }.unwrap_or_default()
-        };
-        // SAFETY: Lua strings (or nil) and their lengths, valid for this call.
-        let forwarding = unsafe {
-            (
-                bytes(forwarded_for, forwarded_for_len),
-                bytes(real_ip, real_ip_len),
-            )
-        };
-        let fetched = FfiFetched {
-            values: if values.is_null() || lens.is_null() { 0 } else { n.min(MAX_INPUTS) },
-            value_ptrs: values,
-            value_lens: lens,
-            headers: if headers.is_null() {
-                0
-            } else {
-                usize::try_from(n_headers).unwrap_or(0).min(MAX_HEADERS)
-            },
-            header_ptr: headers,
-            _request: std::marker::PhantomData,
-        };
-        let extra = Extra {
-            forwarded: (forwarded != 0).then_some(forwarding),
-            inputs: (plan != 0).then_some(Gathered {
-                plan,
-                fetched: &fetched,
-            }),
-        };
-        counted(r, SHARED.snapshot.load().route(set as usize, peer, &extra))
-    })
-    .unwrap_or(Target::Prod as c_int)
+    options.clone()
 }
 
 fn option_value(value: LuaValue) -> OptionValue {
@@ -286,8 +107,10 @@ fn configure(_: &Lua, opts: LuaTable) -> LuaResult<(Option<Options>, Option<Stri
         };
         options.push((name.to_string_lossy(), option_value(value)));
     }
-    match Config::from_options(options) {
-        Ok(config) => Ok((Some(Options(Arc::new(config))), None)),
+    let checked = Config::from_options(options)
+        .and_then(|config| Endpoint::new(&config).map(|endpoint| (config, endpoint)));
+    match checked {
+        Ok(checked) => Ok((Some(Options(Arc::new(checked))), None)),
         Err(e) => Ok((None, Some(e.to_string()))),
     }
 }
@@ -307,12 +130,14 @@ fn start(
     // Before the refresher publishes anything: its snapshots' series and its state are this
     // worker's.
     let counting = metrics::join(worker.unwrap_or(0));
-    let config = options.0.clone();
+    let config = Arc::new(options.config().clone());
     SHARED.snapshot.store(Arc::new(Snapshot {
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+        real_ip_header: config.real_ip_header,
+        targets: config.targets.clone().into(),
         ..Snapshot::default()
     }));
-    let first_load = match refresher::spawn(config.clone(), &SHARED) {
+    let first_load = match refresher::spawn(config.clone(), options.0 .1.clone(), &SHARED) {
         Ok(first_load) => first_load,
         Err(e) => {
             // Not running: a later call may try again.
@@ -325,7 +150,7 @@ fn start(
             return Ok((None, Some(error)));
         }
     };
-    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(config.clone());
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(options.clone());
     match (metrics::shared(), counting) {
         (true, true) => {}
         (true, false) => SHARED.log(
@@ -394,7 +219,8 @@ fn metrics_body(_: &Lua, format: Option<String>) -> LuaResult<(Option<String>, O
 }
 
 fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
-    let config = active_config(&options);
+    let options = active(&options);
+    let config = options.config();
     let snapshot = SHARED.current();
     let refresh = SHARED.status();
     let t = lua.create_table()?;
@@ -438,12 +264,10 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     for (i, name) in names.enumerate() {
         let set = lua.create_table()?;
         set.set("name", (!name.is_empty()).then_some(name))?;
-        let key = if name.is_empty() {
-            config.rules_key.clone()
-        } else {
-            format!("{}:{name}", config.rules_key)
-        };
-        set.set("key", key)?;
+        set.set(
+            "key",
+            config.rule_set_key((!name.is_empty()).then_some(name)),
+        )?;
         let active = snapshot.active(i);
         set.set("loaded", active.is_some())?;
         if let Some(active) = active {
@@ -497,7 +321,6 @@ fn plan_id(_: &Lua, set: usize) -> LuaResult<u32> {
 
 /// The arguments of `core.explain`.
 type ExplainArgs = (
-    LuaUserDataRef<Options>,
     usize,
     Option<LuaString>,
     Option<LuaString>,
@@ -505,10 +328,10 @@ type ExplainArgs = (
     Option<LuaTable>,
 );
 
-/// core.explain(options, set, peer, x_forwarded_for, x_real_ip, values) -> code, reason, details
+/// core.explain(set, peer, x_forwarded_for, x_real_ip, values) -> code, reason, details
 fn explain(
     lua: &Lua,
-    (options, set, peer, forwarded_for, real_ip, values): ExplainArgs,
+    (set, peer, forwarded_for, real_ip, values): ExplainArgs,
 ) -> LuaResult<(usize, String, LuaTable)> {
     let snapshot = SHARED.current();
     let peer = peer.map(|p| p.as_bytes().to_vec()).unwrap_or_default();
@@ -528,33 +351,17 @@ fn explain(
     let (target, reason) = snapshot.decide(
         set,
         &peer,
-        forwarded_for.as_deref(),
-        real_ip.as_deref(),
+        (forwarded_for.as_deref(), real_ip.as_deref()),
         &inputs,
         unix_now(),
     );
     let details = lua.create_table()?;
-    let config = active_config(&options);
-    details.set("target", config.targets.get(target).cloned())?;
-    if let gray_core::snapshot::Reason::RuleSet {
-        key,
-        client,
-        outcome,
-        rule,
-        explanation,
-        ..
-    } = &reason
-    {
-        details.set("rule_set", key.as_str())?;
-        details.set("client", client.to_string())?;
-        details.set("rule", rule.clone())?;
-        details.set("outcome", outcome.as_str())?;
-        details.set("matched", explanation.matched.clone())?;
-        details.set("override", explanation.override_.clone())?;
-        if let Some((bucket, threshold, _)) = explanation.bucket {
-            details.set("bucket", bucket)?;
-            details.set("threshold", threshold)?;
-        }
+    let explained = serde_json::to_value(snapshot.explain(target, &reason))
+        .expect("an explanation is plain data");
+    for (field, value) in explained.as_object().into_iter().flatten() {
+        details.set(field.as_str(), lua_value(lua, value)?)?;
+    }
+    if active.is_some() {
         let shown = lua.create_table()?;
         for (source, value) in sources.iter().zip(&inputs) {
             if let Some(value) = value {
@@ -563,8 +370,32 @@ fn explain(
         }
         details.set("inputs", shown)?;
     }
-    details.set("reason", reason.to_string())?;
     Ok((target, reason.to_string(), details))
+}
+
+/// A JSON value (an explanation's field) as Lua has it: null is nil, an array a sequence.
+fn lua_value(lua: &Lua, value: &serde_json::Value) -> LuaResult<LuaValue> {
+    use serde_json::Value;
+    Ok(match value {
+        Value::Null => LuaValue::Nil,
+        Value::Bool(b) => LuaValue::Boolean(*b),
+        Value::Number(n) => LuaValue::Number(n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => LuaValue::String(lua.create_string(s)?),
+        Value::Array(items) => {
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for item in items {
+                t.raw_push(lua_value(lua, item)?)?;
+            }
+            LuaValue::Table(t)
+        }
+        Value::Object(fields) => {
+            let t = lua.create_table()?;
+            for (name, field) in fields {
+                t.set(name.as_str(), lua_value(lua, field)?)?;
+            }
+            LuaValue::Table(t)
+        }
+    })
 }
 
 /// core.watch_guards(): the guards judge (at most once a second), from the worker's timer.
@@ -588,19 +419,20 @@ fn take_logs(lua: &Lua, _: ()) -> LuaResult<Option<LuaTable>> {
 
 /// core.targets(options) -> { location, ... }: the target table, index 0 first.
 fn targets(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
-    lua.create_sequence_from(active_config(&options).targets.clone())
+    lua.create_sequence_from(active(&options).config().targets.clone())
 }
 
 /// core.rule_sets(options) -> { name, ... }: the named rule sets; set i is the (i)th, 0 the default.
 fn rule_sets(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
-    lua.create_sequence_from(active_config(&options).rule_sets.clone())
+    lua.create_sequence_from(active(&options).config().rule_sets.clone())
 }
 
-/// The decision codes, for the glue: one definition, in `snapshot`.
-fn codes(lua: &Lua) -> LuaResult<LuaTable> {
+/// The decision codes and the FFI declarations, for the glue: one definition of each, in
+/// `gray_core::decision` and [`super::ffi`].
+pub(super) fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
+    t.set("cdef", CDEF)?;
     t.set("prod", Target::Prod as i32)?;
-    t.set("gray", Target::Gray as i32)?;
     t.set("need_forwarded", code::NEED_FORWARDED)?;
     t.set("need_address", code::NEED_ADDRESS)?;
     t.set("inputs_base", code::INPUTS_BASE)?;
@@ -609,8 +441,8 @@ fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     Ok(t)
 }
 
-#[mlua::lua_module]
-fn gray(lua: &Lua) -> LuaResult<LuaValue> {
+/// The `core` table gray.lua is handed: these functions, the version, the defaults and the codes.
+pub(super) fn core_table(lua: &Lua) -> LuaResult<LuaTable> {
     let core = lua.create_table()?;
     core.set("version", env!("CARGO_PKG_VERSION"))?;
     core.set("configure", lua.create_function(configure)?)?;
@@ -629,16 +461,7 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
         "pending_dropped",
         lua.create_function(|_, ()| Ok(pending::dropped()))?,
     )?;
-    core.set("defaults", Options(Arc::new(Config::default())))?;
+    core.set("defaults", Options::defaults())?;
     core.set("codes", codes(lua)?)?;
-    let glue = lua
-        .load(include_str!("gray.lua"))
-        .set_name("=gray")
-        .into_function()?;
-    glue.call((
-        core,
-        LuaLightUserData(route_request as *mut c_void),
-        LuaLightUserData(route_with as *mut c_void),
-        LuaLightUserData(count_response as *mut c_void),
-    ))
+    Ok(core)
 }

@@ -1,6 +1,6 @@
-//! Reading the whitelist key from Redis: a string in the whitelist format, or a SET of entries.
-//! A missing key is an empty list (the operator rolled back); any other type is an error, and so
-//! is a value over `max_bytes`: what is read from Redis, and so a worker's memory, is bounded.
+//! Reading a key from Redis: a string in the whitelist format, or a SET of entries. A missing key
+//! is an empty list (the operator rolled back); any other type is an error, and so is a value over
+//! `max_bytes`: what is read from Redis, and so a worker's memory, is bounded.
 //!
 //! A SET is read with SSCAN, and each member's length is checked before its bytes are read, so an
 //! oversized SET (or one huge member) is refused after reading at most `max_bytes` of members.
@@ -8,127 +8,14 @@
 //! added or removed meanwhile may or may not be; the PUBLISH or poll after a change reads again.
 //! The scan is pipelined: the next batch is asked for before this one is parsed, so Redis produces
 //! it meanwhile (a 1M-member SET: ~0.9 s instead of ~1.2 s here), and members are never all held
-//! at once. A string is parsed only when its version is new.
+//! at once. What the bytes become, and the version that tells a changed value, is gray-core's
+//! ([`gray_core::value`]).
 
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
+
+use gray_core::value::{Fetched, KeyKind, ListBuilder, Members};
 
 use crate::connection::{self, Connection, Reply};
-use crate::idset::IdSet;
-use crate::snapshot::KeyKind;
-use crate::whitelist::{Whitelist, WhitelistBuilder};
-
-/// What a key's values are parsed into: a whitelist, a set of ids, or the text itself (a rule
-/// set). A SET's members are added as they arrive, a string's value once.
-pub trait ListBuilder: Default {
-    type List;
-    fn add(&mut self, value: &[u8]);
-    fn finish(self) -> Self::List;
-}
-
-impl ListBuilder for WhitelistBuilder {
-    type List = Whitelist;
-    fn add(&mut self, value: &[u8]) {
-        WhitelistBuilder::add(self, value);
-    }
-    fn finish(self) -> Whitelist {
-        WhitelistBuilder::finish(self)
-    }
-}
-
-impl ListBuilder for IdSet {
-    type List = IdSet;
-    fn add(&mut self, value: &[u8]) {
-        IdSet::add(self, value);
-    }
-    fn finish(self) -> IdSet {
-        self
-    }
-}
-
-/// A string value as it is (a rule set's JSON); members of a SET are joined by newlines.
-#[derive(Default)]
-pub struct Text(pub Vec<u8>);
-
-impl ListBuilder for Text {
-    type List = Vec<u8>;
-    fn add(&mut self, value: &[u8]) {
-        if !self.0.is_empty() {
-            self.0.push(b'\n');
-        }
-        self.0.extend_from_slice(value);
-    }
-    fn finish(self) -> Vec<u8> {
-        self.0
-    }
-}
-
-/// The key as read: enough to tell whether it changed, and its entries.
-#[derive(Debug)]
-pub struct Fetched<B: ListBuilder = WhitelistBuilder> {
-    pub kind: KeyKind,
-    /// The size of the list text: the string's length, or the sum of the members' lengths.
-    pub bytes: usize,
-    /// A hash of the kind and the value: equal values give equal versions, so an unchanged list
-    /// is not parsed again.
-    pub version: u64,
-    entries: Entries<B>,
-}
-
-#[derive(Debug)]
-enum Entries<B> {
-    /// A string (empty for a missing key), parsed only if its version is new.
-    Text(Vec<u8>),
-    /// A SET's members, parsed batch by batch as they arrived.
-    Parsed(Box<B>),
-}
-
-impl<B: ListBuilder> Fetched<B> {
-    fn text(kind: KeyKind, value: Vec<u8>) -> Self {
-        let mut version = Version::new(kind);
-        version.add(&value);
-        Fetched {
-            kind,
-            bytes: value.len(),
-            version: version.finish(),
-            entries: Entries::Text(value),
-        }
-    }
-
-    /// The whitelist, parsed (a string) and indexed.
-    pub fn into_list(self) -> B::List {
-        let builder = match self.entries {
-            Entries::Text(value) => {
-                let mut builder = B::default();
-                builder.add(&value);
-                // A large value is freed before the index is built: one less copy at the peak.
-                drop(value);
-                builder
-            }
-            Entries::Parsed(builder) => *builder,
-        };
-        builder.finish()
-    }
-}
-
-/// The version of a value being read.
-struct Version(DefaultHasher);
-
-impl Version {
-    fn new(kind: KeyKind) -> Self {
-        let mut hasher = DefaultHasher::new();
-        kind.as_str().hash(&mut hasher);
-        Version(hasher)
-    }
-
-    fn add(&mut self, value: &[u8]) {
-        value.hash(&mut self.0);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0.finish()
-    }
-}
 
 /// SSCAN batch size: big enough that a 1M-member SET is ~100 round trips.
 const SCAN_COUNT: usize = 10_000;
@@ -306,7 +193,8 @@ fn fetch_set<B: ListBuilder>(
         cmd.arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
         cmd
     };
-    let mut set = SetReader::new(max_bytes);
+    let mut budget = Budget::new(KeyKind::Set, max_bytes);
+    let mut members = Members::<B>::default();
     con.send(&sscan(0))?;
     loop {
         let next = con.read_scan_cursor()?;
@@ -315,50 +203,9 @@ fn fetch_set<B: ListBuilder>(
         }
         // Each member is counted before it is read: a refused SET leaves the rest unread, and
         // the connection out of step (its owner drops it).
-        let SetReader { budget, members } = &mut set;
         con.read_scan_members(|len| budget.take(len), |member| members.add(member))??;
         if next == 0 {
-            return Ok(set.finish());
-        }
-    }
-}
-
-/// A SET as its SSCAN members arrive: counted against `max_bytes`, hashed and parsed.
-struct SetReader<B> {
-    budget: Budget,
-    members: Members<B>,
-}
-
-/// The members read so far: their version and their list.
-struct Members<B> {
-    version: Version,
-    builder: B,
-}
-
-impl<B: ListBuilder> Members<B> {
-    fn add(&mut self, member: &[u8]) {
-        self.version.add(member);
-        self.builder.add(member);
-    }
-}
-
-impl<B: ListBuilder> SetReader<B> {
-    fn new(max_bytes: usize) -> Self {
-        SetReader {
-            budget: Budget::new(KeyKind::Set, max_bytes),
-            members: Members {
-                version: Version::new(KeyKind::Set),
-                builder: B::default(),
-            },
-        }
-    }
-
-    fn finish(self) -> Fetched<B> {
-        Fetched {
-            kind: KeyKind::Set,
-            bytes: self.budget.used,
-            version: self.members.version.finish(),
-            entries: Entries::Parsed(Box::new(self.members.builder)),
+            return Ok(members.finish());
         }
     }
 }
@@ -392,44 +239,5 @@ mod tests {
                 .to_string(),
             "value is 52428800 bytes, over max_bytes (10 bytes)"
         );
-    }
-
-    fn set(batches: &[&[&str]]) -> Fetched {
-        let mut set = SetReader::<WhitelistBuilder>::new(usize::MAX);
-        for member in batches.iter().flat_map(|batch| batch.iter()) {
-            set.budget.take(member.len()).unwrap();
-            set.members.add(member.as_bytes());
-        }
-        set.finish()
-    }
-
-    fn string(value: &str) -> Fetched {
-        Fetched::<WhitelistBuilder>::text(KeyKind::String, value.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn versions_tell_values_and_kinds_apart() {
-        let a = string("1.1.1.1");
-        assert_eq!(a.version, string("1.1.1.1").version);
-        assert_ne!(a.version, string("1.1.1.2").version);
-        assert_ne!(a.version, set(&[&["1.1.1.1"]]).version);
-        assert_ne!(
-            Fetched::<WhitelistBuilder>::text(KeyKind::Missing, Vec::new()).version,
-            string("").version
-        );
-        assert_eq!(
-            set(&[&["1.1.1.1", "::1"], &["2.2.2.0/24"]]).version,
-            set(&[&["1.1.1.1"], &["::1", "2.2.2.0/24"]]).version
-        );
-    }
-
-    #[test]
-    fn set_batches_add_up_to_one_list() {
-        let fetched = set(&[&["1.1.1.1", "bad"], &[], &["2001:db8::/32 10.0.0.0/8"]]);
-        assert_eq!(fetched.bytes, 7 + 3 + 24);
-        let list = fetched.into_list();
-        assert_eq!((list.entries_v4, list.entries_v6), (2, 1));
-        assert_eq!(list.rejected_count, 1);
-        assert!(list.set.contains("10.1.2.3".parse().unwrap()));
     }
 }

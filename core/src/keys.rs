@@ -1,0 +1,92 @@
+//! gray's Redis keyspace, one definition of each name: from the whitelist key `<key>` (default
+//! `gray`) come the default rule set `<key>:rules` (or `rules_key`), a named rule set
+//! `<rules_key>:<name>`, each rule set's guard hash `<rule set key>:guard`, grayctl's history
+//! `<key>:history` and the gateways' reports `<key>:gateways`. A rule set's name is checked here
+//! too, once for the module's `rule_sets` and grayctl's `--set`: a name that would make its key
+//! another rule set's guard hash is refused.
+
+/// The default rule set's key is the whitelist key followed by this.
+pub const RULES_SUFFIX: &str = ":rules";
+/// grayctl's capped list of the changes it made.
+pub const HISTORY_SUFFIX: &str = ":history";
+/// The hash the gateways report what they serve to (`report`).
+pub const GATEWAYS_SUFFIX: &str = ":gateways";
+/// A rule set's guard hash: trips recorded by the gateways, resets by grayctl.
+pub const GUARD_SUFFIX: &str = ":guard";
+
+/// The default rule set's key for whitelist key `key`.
+pub fn default_rules(key: &str) -> String {
+    format!("{key}{RULES_SUFFIX}")
+}
+
+/// The key of rule set `name` (`None`: the default one, `rules_key` itself).
+pub fn rule_set(rules_key: &str, name: Option<&str>) -> String {
+    match name {
+        None => rules_key.to_string(),
+        Some(name) => format!("{rules_key}:{name}"),
+    }
+}
+
+pub fn history(key: &str) -> String {
+    format!("{key}{HISTORY_SUFFIX}")
+}
+
+pub fn gateways(key: &str) -> String {
+    format!("{key}{GATEWAYS_SUFFIX}")
+}
+
+pub fn guard(rule_set_key: &str) -> String {
+    format!("{rule_set_key}{GUARD_SUFFIX}")
+}
+
+/// Whether `key` is the guard hash of rule set key `rule_set_key`.
+pub fn is_guard_of(key: &[u8], rule_set_key: &str) -> bool {
+    key.strip_prefix(rule_set_key.as_bytes()) == Some(GUARD_SUFFIX.as_bytes())
+}
+
+/// Checks a rule set's name (`rule_sets`, `--set`): not empty, no white space, and not one that
+/// makes its key another rule set's guard hash (`guard`, `x:guard`).
+pub fn check_rule_set_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!(
+            "\"{name}\" is not a rule set name: it must be non-empty and without spaces"
+        ));
+    }
+    let guard = GUARD_SUFFIX.trim_start_matches(':');
+    if name == guard || name.ends_with(GUARD_SUFFIX) {
+        return Err(format!(
+            "\"{name}\" cannot name a rule set: its key would be another rule set's guard hash"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_follows_from_the_whitelist_key() {
+        assert_eq!(default_rules("gray"), "gray:rules");
+        assert_eq!(rule_set("gray:rules", None), "gray:rules");
+        assert_eq!(rule_set("gray:rules", Some("shop")), "gray:rules:shop");
+        assert_eq!(history("gray"), "gray:history");
+        assert_eq!(gateways("gray"), "gray:gateways");
+        assert_eq!(guard("gray:rules:shop"), "gray:rules:shop:guard");
+        assert!(is_guard_of(b"gray:rules:guard", "gray:rules"));
+        assert!(!is_guard_of(b"gray:rules:shop:guard", "gray:rules"));
+        assert!(!is_guard_of(b"gray:rules", "gray:rules"));
+    }
+
+    #[test]
+    fn a_rule_set_name_never_makes_a_guard_hash() {
+        assert!(check_rule_set_name("shop").is_ok());
+        for bad in ["guard", "shop:guard", "", "a b"] {
+            assert!(check_rule_set_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            check_rule_set_name("guard").unwrap_err(),
+            "\"guard\" cannot name a rule set: its key would be another rule set's guard hash"
+        );
+    }
+}

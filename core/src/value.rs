@@ -1,0 +1,218 @@
+//! A key's value as gray reads it, without the reading: its kind, its size, its version (equal
+//! values, equal versions: an unchanged list is not parsed again), and what its bytes are built
+//! into (a whitelist, a set of ids, or the text itself, a rule set's JSON). The reading, over
+//! Redis, is gray-io's; grayctl computes versions the same way, from the same code.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::idset::IdSet;
+use crate::whitelist::{Whitelist, WhitelistBuilder};
+
+/// How the Redis key looked when it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Missing,
+    String,
+    Set,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Missing => "missing",
+            KeyKind::String => "string",
+            KeyKind::Set => "set",
+        }
+    }
+}
+
+/// What a key's values are parsed into: a whitelist, a set of ids, or the text itself (a rule
+/// set). A SET's members are added as they arrive, a string's value once.
+pub trait ListBuilder: Default {
+    type List;
+    fn add(&mut self, value: &[u8]);
+    fn finish(self) -> Self::List;
+}
+
+impl ListBuilder for WhitelistBuilder {
+    type List = Whitelist;
+    fn add(&mut self, value: &[u8]) {
+        WhitelistBuilder::add(self, value);
+    }
+    fn finish(self) -> Whitelist {
+        WhitelistBuilder::finish(self)
+    }
+}
+
+impl ListBuilder for IdSet {
+    type List = IdSet;
+    fn add(&mut self, value: &[u8]) {
+        IdSet::add(self, value);
+    }
+    fn finish(self) -> IdSet {
+        self
+    }
+}
+
+/// A string value as it is (a rule set's JSON); members of a SET are joined by newlines.
+#[derive(Default)]
+pub struct Text(pub Vec<u8>);
+
+impl ListBuilder for Text {
+    type List = Vec<u8>;
+    fn add(&mut self, value: &[u8]) {
+        if !self.0.is_empty() {
+            self.0.push(b'\n');
+        }
+        self.0.extend_from_slice(value);
+    }
+    fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// The key as read: enough to tell whether it changed, and its entries.
+#[derive(Debug)]
+pub struct Fetched<B: ListBuilder = WhitelistBuilder> {
+    pub kind: KeyKind,
+    /// The size of the list text: the string's length, or the sum of the members' lengths.
+    pub bytes: usize,
+    /// A hash of the kind and the value: equal values give equal versions, so an unchanged list
+    /// is not parsed again.
+    pub version: u64,
+    entries: Entries<B>,
+}
+
+#[derive(Debug)]
+enum Entries<B> {
+    /// A string (empty for a missing key), parsed only if its version is new.
+    Text(Vec<u8>),
+    /// A SET's members, parsed as they arrived.
+    Parsed(Box<B>),
+}
+
+impl<B: ListBuilder> Fetched<B> {
+    /// A string value (`KeyKind::String`), or a missing key's (`KeyKind::Missing`, empty).
+    pub fn text(kind: KeyKind, value: Vec<u8>) -> Self {
+        let mut version = Version::new(kind);
+        version.add(&value);
+        Fetched {
+            kind,
+            bytes: value.len(),
+            version: version.finish(),
+            entries: Entries::Text(value),
+        }
+    }
+
+    /// The list, parsed (a string) and indexed.
+    pub fn into_list(self) -> B::List {
+        let builder = match self.entries {
+            Entries::Text(value) => {
+                let mut builder = B::default();
+                builder.add(&value);
+                // A large value is freed before the index is built: one less copy at the peak.
+                drop(value);
+                builder
+            }
+            Entries::Parsed(builder) => *builder,
+        };
+        builder.finish()
+    }
+}
+
+/// A SET's members as they arrive, each hashed into the version and parsed at once, so they
+/// are never all held as text.
+pub struct Members<B> {
+    version: Version,
+    builder: B,
+    bytes: usize,
+}
+
+impl<B: ListBuilder> Default for Members<B> {
+    fn default() -> Self {
+        Members {
+            version: Version::new(KeyKind::Set),
+            builder: B::default(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<B: ListBuilder> Members<B> {
+    pub fn add(&mut self, member: &[u8]) {
+        self.bytes += member.len();
+        self.version.add(member);
+        self.builder.add(member);
+    }
+
+    pub fn finish(self) -> Fetched<B> {
+        Fetched {
+            kind: KeyKind::Set,
+            bytes: self.bytes,
+            version: self.version.finish(),
+            entries: Entries::Parsed(Box::new(self.builder)),
+        }
+    }
+}
+
+/// The version of a value being read.
+struct Version(DefaultHasher);
+
+impl Version {
+    fn new(kind: KeyKind) -> Self {
+        let mut hasher = DefaultHasher::new();
+        kind.as_str().hash(&mut hasher);
+        Version(hasher)
+    }
+
+    fn add(&mut self, value: &[u8]) {
+        value.hash(&mut self.0);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(batches: &[&[&str]]) -> Fetched {
+        let mut members = Members::<WhitelistBuilder>::default();
+        for member in batches.iter().flat_map(|batch| batch.iter()) {
+            members.add(member.as_bytes());
+        }
+        members.finish()
+    }
+
+    fn string(value: &str) -> Fetched {
+        Fetched::text(KeyKind::String, value.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn versions_tell_values_and_kinds_apart() {
+        let a = string("1.1.1.1");
+        assert_eq!(a.version, string("1.1.1.1").version);
+        assert_ne!(a.version, string("1.1.1.2").version);
+        assert_ne!(a.version, set(&[&["1.1.1.1"]]).version);
+        assert_ne!(
+            Fetched::<WhitelistBuilder>::text(KeyKind::Missing, Vec::new()).version,
+            string("").version
+        );
+        assert_eq!(
+            set(&[&["1.1.1.1", "::1"], &["2.2.2.0/24"]]).version,
+            set(&[&["1.1.1.1"], &["::1", "2.2.2.0/24"]]).version
+        );
+    }
+
+    #[test]
+    fn set_batches_add_up_to_one_list() {
+        let fetched = set(&[&["1.1.1.1", "bad"], &[], &["2001:db8::/32 10.0.0.0/8"]]);
+        assert_eq!(fetched.bytes, 7 + 3 + 24);
+        let list = fetched.into_list();
+        assert_eq!((list.entries_v4, list.entries_v6), (2, 1));
+        assert_eq!(list.rejected_count, 1);
+        assert!(list.set.contains("10.1.2.3".parse().unwrap()));
+    }
+}

@@ -1,0 +1,516 @@
+//! The loaded state: what the refresher has read of each key (the whitelist, each rule set's
+//! slot, the keys the rule sets reference), how a new value replaces an old one (a rule set only
+//! when it compiles, a list whatever its bad entries), and the snapshot built from it for the
+//! request path. It reads through a [`Source`], so it is unit-tested with a fake one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use gray_core::clock::unix_seconds;
+use gray_core::config::Config;
+use gray_core::fleet;
+use gray_core::idset::{IdSet, MAX_ID_LEN};
+use gray_core::keys;
+use gray_core::rules::{KeyRef, KeyUse};
+use gray_core::snapshot::{
+    ActiveRuleSet, CompiledRuleSet, LoadedIds, LoadedKey, LoadedList, RuleSetSeries, Snapshot,
+};
+use gray_core::value::{Fetched, KeyKind, ListBuilder, Text};
+use gray_core::whitelist::{Whitelist, WhitelistBuilder};
+
+use super::reader::Read;
+use super::watch::tracking_prefixes;
+use crate::log::Level;
+use crate::metrics::{self, KeyLoaded, Labels, WorkerState};
+use crate::region::RegisterError;
+use crate::state::Shared;
+
+/// Where the loaded state reads keys and says what it did: the refresher's link and health, or a
+/// test's fake.
+pub(super) trait Source {
+    /// Key `key`, as the poll under way reads it (or leaves it).
+    fn read<B: ListBuilder>(&mut self, key: &str) -> Result<Read<B>, String>;
+    /// Key `key` is no longer read: referenced again later, it is read again, whatever a write
+    /// names.
+    fn forget(&mut self, key: &str);
+    fn log(&mut self, level: Level, message: String);
+    /// A condition that repeats but is not a failure, said once.
+    fn warn_once(&mut self, message: String);
+    /// What Redis holds is wrong (a rule set rejected): the status's last error.
+    fn rejected(&mut self, error: String);
+}
+
+/// Plan numbers, unique per compiled rule set in this process.
+static NEXT_PLAN: AtomicU32 = AtomicU32::new(1);
+
+/// A rule set's key and what was loaded from it.
+pub(super) struct RuleSetSlot {
+    pub key: String,
+    pub compiled: Option<Arc<CompiledRuleSet>>,
+    /// The version last read, good or bad: an unchanged bad value is not logged again.
+    seen: Option<u64>,
+    /// Where the compiled rule set's decisions are counted.
+    pub series: RuleSetSeries,
+}
+
+pub(super) struct Loaded {
+    config: Arc<Config>,
+    /// The default rule set, then the named ones.
+    pub rule_sets: Vec<RuleSetSlot>,
+    whitelist: Option<Arc<LoadedList>>,
+    /// The keys rule sets reference, other than the whitelist key.
+    keys: HashMap<KeyRef, LoadedKey>,
+    /// Where the whitelist's decisions are counted, once registered.
+    whitelist_series: Option<[u32; 2]>,
+    /// The series registry stayed locked during this poll: register nothing more until the next.
+    registry_busy: bool,
+    /// When the snapshot in force was swapped in.
+    pub published_at: SystemTime,
+    /// Something was loaded that no published snapshot holds yet (a poll failed before it
+    /// published).
+    unpublished: bool,
+}
+
+impl Loaded {
+    pub fn new(config: Arc<Config>) -> Loaded {
+        let rule_sets = std::iter::once(None)
+            .chain(config.rule_sets.iter().map(|name| Some(name.as_str())))
+            .map(|name| RuleSetSlot {
+                key: config.rule_set_key(name),
+                compiled: None,
+                seen: None,
+                series: RuleSetSeries::default(),
+            })
+            .collect();
+        Loaded {
+            config,
+            rule_sets,
+            whitelist: None,
+            keys: HashMap::new(),
+            whitelist_series: None,
+            registry_busy: false,
+            published_at: SystemTime::now(),
+            unpublished: false,
+        }
+    }
+
+    /// Reads the keys of this poll into the loaded state; says whether anything was replaced.
+    /// What was replaced before a failure stays to be published all the same.
+    pub fn poll(&mut self, source: &mut impl Source) -> Result<bool, String> {
+        self.registry_busy = false;
+        let mut replaced = false;
+        let read = self.read_keys(source, &mut replaced);
+        self.unpublished |= replaced;
+        read.map(|()| replaced)
+    }
+
+    /// Something changed that the next publish must carry (a guard reset).
+    pub fn mark_unpublished(&mut self) {
+        self.unpublished = true;
+    }
+
+    /// Whether a snapshot should be published: something new is loaded, or the one in force does
+    /// not have this configuration's rule sets yet.
+    pub fn unpublished(&self, current: &Snapshot) -> bool {
+        self.unpublished || current.rule_sets.len() != self.rule_sets.len()
+    }
+
+    fn read_keys(&mut self, source: &mut impl Source, replaced: &mut bool) -> Result<(), String> {
+        let key = self.config.key.clone();
+        if let Read::Value(fetched, took) = source.read::<WhitelistBuilder>(&key)? {
+            if self
+                .whitelist
+                .as_ref()
+                .is_none_or(|l| l.version != fetched.version)
+            {
+                self.whitelist = Some(parse_list(source, &key, fetched, took));
+                *replaced = true;
+            }
+        }
+        for set in 0..self.rule_sets.len() {
+            *replaced |= self.poll_rule_set(source, set)?;
+        }
+        *replaced |= self.poll_referenced_keys(source)?;
+        Ok(())
+    }
+
+    /// Reads rule set `set`; a new good one replaces the old, a bad one is logged once and
+    /// changes nothing, a missing key leaves the whitelist to decide. Says whether it replaced.
+    fn poll_rule_set(&mut self, source: &mut impl Source, set: usize) -> Result<bool, String> {
+        let key = self.rule_sets[set].key.clone();
+        let Read::Value(fetched, _) = source.read::<Text>(&key)? else {
+            return Ok(false);
+        };
+        let slot = &mut self.rule_sets[set];
+        if slot.seen == Some(fetched.version) {
+            return Ok(false);
+        }
+        slot.seen = Some(fetched.version);
+        let (kind, version) = (fetched.kind, fetched.version);
+        let plan = NEXT_PLAN.fetch_add(1, Ordering::Relaxed);
+        let text = fetched.into_list();
+        match CompiledRuleSet::compile(&key, kind, &text, version, &self.config.targets, plan) {
+            Ok(None) => {
+                if slot.compiled.take().is_some() {
+                    source.log(
+                        Level::Notice,
+                        format!("rule set key {key} is gone: the whitelist key decides again"),
+                    );
+                }
+                Ok(true)
+            }
+            Ok(Some(compiled)) => {
+                let rules = &compiled.rules;
+                source.log(
+                    Level::Notice,
+                    format!(
+                        "loaded rule set from key {key}: {} rules, {}, reading {}; version {version:016x}",
+                        rules.rules.len(),
+                        if rules.enabled { "enabled" } else { "disabled (everyone to the default)" },
+                        if rules.inputs.is_empty() {
+                            "the client address only".to_string()
+                        } else {
+                            rules.inputs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                );
+                let compiled = Arc::new(compiled);
+                let targets = self.config.targets.clone();
+                let series = metrics::rule_set_series(&compiled, &targets, |labels| {
+                    self.series(labels, &mut |warning| source.warn_once(warning))
+                });
+                for (rule, &s) in compiled.rules.rules.iter().zip(&series.rules) {
+                    if rule.guard.is_some() && s == 0 {
+                        source.warn_once(format!(
+                            "the guard of rule set {key} rule \"{}\" is off: its requests are not counted",
+                            rule.name
+                        ));
+                    }
+                }
+                crate::guard::forget_other_versions(&compiled, &series);
+                let slot = &mut self.rule_sets[set];
+                slot.compiled = Some(compiled);
+                slot.series = series;
+                Ok(true)
+            }
+            Err(e) => {
+                let keeping = if slot.compiled.is_some() {
+                    "keeping the previous rule set"
+                } else {
+                    "no rule set loaded, the whitelist key decides"
+                };
+                let error = format!("rejected rule set in key {key}: {e}");
+                source.log(Level::Err, format!("{error}; {keeping}"));
+                source.rejected(error);
+                // Redis answered; what it holds is wrong, and the log says so.
+                Ok(false)
+            }
+        }
+    }
+
+    /// The keys the loaded rule sets reference (`ip_key`, `in_key`), each once.
+    fn referenced_keys(&self) -> Vec<KeyRef> {
+        let mut wanted: Vec<KeyRef> = Vec::new();
+        for compiled in self.rule_sets.iter().filter_map(|s| s.compiled.as_ref()) {
+            for key in &compiled.rules.keys {
+                if !wanted.contains(key) {
+                    wanted.push(key.clone());
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Reads the keys the loaded rule sets reference and forgets the others. Says whether
+    /// anything was replaced.
+    fn poll_referenced_keys(&mut self, source: &mut impl Source) -> Result<bool, String> {
+        let wanted = self.referenced_keys();
+        let before = self.keys.len();
+        self.keys.retain(|key, _| {
+            let kept = wanted.contains(key);
+            if !kept {
+                source.forget(&key.name);
+            }
+            kept
+        });
+        let mut replaced = self.keys.len() != before;
+        for key in wanted {
+            // The whitelist key is read once, above.
+            if key.use_ == KeyUse::Whitelist && key.name == self.config.key {
+                continue;
+            }
+            let current = self.keys.get(&key).map(LoadedKey::version);
+            let loaded = match key.use_ {
+                KeyUse::Whitelist => match source.read::<WhitelistBuilder>(&key.name)? {
+                    Read::Value(f, took) if current != Some(f.version) => {
+                        Some(LoadedKey::Whitelist(parse_list(source, &key.name, f, took)))
+                    }
+                    _ => None,
+                },
+                KeyUse::Ids => match source.read::<IdSet>(&key.name)? {
+                    Read::Value(f, took) if current != Some(f.version) => {
+                        Some(LoadedKey::Ids(parse_ids(source, &key.name, f, took)))
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(loaded) = loaded {
+                self.keys.insert(key, loaded);
+                replaced = true;
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// The prefixes that cover every key gray reads: the whitelist key, the rule set keys and
+    /// the keys the loaded rule sets reference.
+    pub fn wanted_prefixes(&self) -> Vec<String> {
+        let mut keys: Vec<&str> = vec![&self.config.key, &self.config.rules_key];
+        for compiled in self.rule_sets.iter().filter_map(|s| s.compiled.as_ref()) {
+            keys.extend(compiled.rules.keys.iter().map(|k| k.name.as_str()));
+        }
+        tracking_prefixes(&keys)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether the refresher reads `key`: the whitelist, a rule set, a rule set's guard hash,
+    /// or a key a rule references.
+    pub fn reads_key(&self, key: &[u8]) -> bool {
+        key == self.config.key.as_bytes()
+            || self
+                .rule_sets
+                .iter()
+                .any(|s| s.key.as_bytes() == key || keys::is_guard_of(key, &s.key))
+            || self.keys.keys().any(|k| k.name.as_bytes() == key)
+    }
+
+    /// Swaps in a snapshot of what is loaded now.
+    pub fn publish(&mut self, shared: &Shared, warn: &mut dyn FnMut(String)) {
+        self.unpublished = false;
+        self.published_at = SystemTime::now();
+        let whitelist = self.whitelist.clone();
+        let rule_sets = self
+            .rule_sets
+            .iter()
+            .map(|slot| {
+                let compiled = slot.compiled.clone()?;
+                Some(ActiveRuleSet::new(
+                    compiled.clone(),
+                    &self.config.key,
+                    whitelist.as_ref(),
+                    |key| self.keys.get(key).cloned(),
+                    slot.series.clone(),
+                    crate::guard::tripped_rules(&compiled, &slot.series),
+                ))
+            })
+            .collect();
+        let whitelist_series = match self.whitelist_series {
+            Some(series) => series,
+            None => {
+                let config = self.config.clone();
+                let series = metrics::whitelist_series(&config.key, &config.targets, |l| {
+                    self.series(l, warn)
+                });
+                // Registered for good once both are; tried again at the next publish otherwise.
+                if !series.contains(&0) || !metrics::shared() {
+                    self.whitelist_series = Some(series);
+                }
+                series
+            }
+        };
+        shared.snapshot.store(Arc::new(Snapshot {
+            trusted_proxies: Arc::new(self.config.trusted_proxies.clone()),
+            real_ip_header: self.config.real_ip_header,
+            targets: self.config.targets.clone().into(),
+            loaded: whitelist,
+            rule_sets,
+            whitelist_series,
+        }));
+    }
+
+    /// The metrics series of `labels`; 0 (not counted, said once) where it cannot have one.
+    fn series(&mut self, labels: &Labels, warn: &mut dyn FnMut(String)) -> u32 {
+        if self.registry_busy {
+            return 0;
+        }
+        metrics::register(labels).unwrap_or_else(|e| {
+            // A registry held by a stuck process: not once per rule of this poll.
+            self.registry_busy = matches!(e, RegisterError::Busy);
+            let rule = if labels.rule.is_empty() {
+                String::new()
+            } else {
+                format!(" \"{}\"", labels.rule)
+            };
+            warn(format!(
+                "not counting the requests key {} sends to {} ({}{rule}): {e}",
+                labels.rule_set, labels.target, labels.outcome
+            ));
+            0
+        })
+    }
+
+    /// Every key this worker has loaded: the whitelist, each rule set slot (loaded or not), and
+    /// the keys the rule sets reference. What scrapes and the gateways hash show.
+    pub fn loaded_keys(&self) -> Vec<KeyLoaded> {
+        let whitelist = self.whitelist.as_ref();
+        let mut keys = vec![KeyLoaded {
+            key: self.config.key.clone(),
+            kind: "whitelist".into(),
+            version: whitelist.map(|l| fleet::version_text(l.version)),
+            entries: whitelist.map_or(0, |l| l.list.entries() as u64),
+            loaded_at: whitelist.map(|l| unix_seconds(l.loaded_at)),
+        }];
+        for slot in &self.rule_sets {
+            let compiled = slot.compiled.as_ref();
+            keys.push(KeyLoaded {
+                key: slot.key.clone(),
+                kind: "rule_set".into(),
+                version: compiled.map(|c| fleet::version_text(c.version)),
+                entries: compiled.map_or(0, |c| c.rules.rules.len() as u64),
+                loaded_at: compiled.map(|c| unix_seconds(c.loaded_at)),
+            });
+        }
+        for (key, loaded) in &self.keys {
+            let (kind, entries, loaded_at) = match loaded {
+                LoadedKey::Whitelist(l) => (
+                    "whitelist",
+                    l.list.entries() as u64,
+                    Some(unix_seconds(l.loaded_at)),
+                ),
+                LoadedKey::Ids(ids) => ("ids", ids.ids.len() as u64, None),
+            };
+            keys.push(KeyLoaded {
+                key: key.name.clone(),
+                kind: kind.into(),
+                version: Some(fleet::version_text(loaded.version())),
+                entries,
+                loaded_at,
+            });
+        }
+        keys
+    }
+
+    /// Publishes what this worker serves and how its link to Redis is, for scrapes.
+    pub fn publish_state(&self, shared: &Shared) {
+        let status = shared.status();
+        metrics::publish_state(&WorkerState {
+            worker: metrics::worker(),
+            pid: std::process::id(),
+            running: status.running,
+            connected: status.connected,
+            subscribed: status.subscribed,
+            tracking: status.tracking,
+            failures: status.failures,
+            last_ok_at: status.last_ok_at.map(unix_seconds),
+            last_error: status.last_error,
+            last_error_at: status.last_error_at.map(unix_seconds),
+            keys: self.loaded_keys(),
+        });
+    }
+}
+
+fn parse_list(
+    source: &mut impl Source,
+    key: &str,
+    fetched: Fetched,
+    read_took: Duration,
+) -> Arc<LoadedList> {
+    let (kind, version) = (fetched.kind, fetched.version);
+    let started = Instant::now();
+    let list = fetched.into_list();
+    report_parse(
+        source,
+        key,
+        &list,
+        kind,
+        version,
+        read_took,
+        started.elapsed(),
+    );
+    Arc::new(LoadedList {
+        list,
+        kind,
+        version,
+        loaded_at: SystemTime::now(),
+    })
+}
+
+fn parse_ids(
+    source: &mut impl Source,
+    key: &str,
+    fetched: Fetched<IdSet>,
+    took: Duration,
+) -> Arc<LoadedIds> {
+    let (kind, version) = (fetched.kind, fetched.version);
+    let started = Instant::now();
+    let ids = fetched.into_list();
+    source.log(
+        Level::Notice,
+        format!(
+            "loaded ids from {} key {key}: {} ids, {} rejected (over {MAX_ID_LEN} bytes), version {version:016x}, read in {:.1} ms, parsed in {:.1} ms",
+            kind.as_str(),
+            ids.len(),
+            ids.rejected_count,
+            took.as_secs_f64() * 1000.0,
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+    );
+    Arc::new(LoadedIds { ids, kind, version })
+}
+
+fn report_parse(
+    source: &mut impl Source,
+    key: &str,
+    list: &Whitelist,
+    kind: KeyKind,
+    version: u64,
+    read_took: Duration,
+    parse_took: Duration,
+) {
+    // A SET's members are parsed as its batches arrive; what is left after reading is indexing.
+    let (read, parse) = match kind {
+        KeyKind::Set => ("read and parsed", "indexed"),
+        _ => ("read", "parsed"),
+    };
+    source.log(
+        Level::Notice,
+        format!(
+            "loaded whitelist from {} key {key}: {} entries ({} IPv4, {} IPv6), {} rejected, version {version:016x}, {read} in {:.1} ms, {parse} in {:.1} ms",
+            kind.as_str(),
+            list.entries(),
+            list.entries_v4,
+            list.entries_v6,
+            list.rejected_count,
+            read_took.as_secs_f64() * 1000.0,
+            parse_took.as_secs_f64() * 1000.0
+        ),
+    );
+    for rejected in &list.rejected {
+        source.log(
+            Level::Warn,
+            format!("rejected whitelist entry {rejected} in key {key}"),
+        );
+    }
+    if list.rejected_count > list.rejected.len() {
+        source.log(
+            Level::Warn,
+            format!(
+                "... and {} more rejected entries in key {key}",
+                list.rejected_count - list.rejected.len()
+            ),
+        );
+    }
+    for t in &list.truncated {
+        source.log(
+            Level::Warn,
+            format!(
+                "whitelist entry \"{}\" has host bits set; using {}",
+                t.entry, t.network
+            ),
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! The background refresher: one thread per worker process that keeps the snapshot in step with
+//! Redis, and never touches the Lua state (it talks to the worker only through [`Shared`]) nor
+//! blocks a request. A session is one connection's life: subscribe, read every key, then wait for
+//! a change (pushed by Redis, or announced on `channel`) or the next `refresh`, read what changed,
+//! and publish a new snapshot when anything did; until something fails, when it reconnects with
+//! backoff and keeps the last good snapshot meanwhile. A panic is caught and the refresher
+//! started again. Its parts, each with its own state: the link to Redis and the health they
+//! report to ([`link`], [`health`]: the ground floor), change detection ([`watch`]), reading keys
+//! ([`reader`]), the loaded state and the snapshot built from it ([`loaded`]), failover
+//! ([`failover`]) and what it writes ([`writes`]).
+
+mod failover;
+mod health;
+mod link;
+mod loaded;
+mod reader;
+mod watch;
+mod writes;
+
+use std::convert::Infallible;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use gray_core::config::Config;
+use gray_core::value::ListBuilder;
+use gray_io::endpoint::Endpoint;
+
+use crate::log::Level;
+use crate::os;
+use crate::state::Shared;
+use failover::Failover;
+use health::Health;
+use link::Link;
+use loaded::{Loaded, Source};
+use reader::{Polled, Read, Reader, LARGE_READ};
+use watch::{Reading, Watch, Woke};
+use writes::Writes;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait before a refresher that panicked is started again.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Fault injection for tests, set in the worker's environment (nginx's `env` directive):
+/// `refresher-panic` makes the first session of each process panic (the supervisor's tests),
+/// `address-layout` makes the request's layout fail its proof (nginx_request).
+pub const FAULT_ENV: &str = "GRAY_FAULT";
+static FAULT_INJECTED: AtomicBool = AtomicBool::new(false);
+
+/// Starts the refresher. The receiver gets one message when the first load attempt has finished,
+/// successful or not, so the worker can load before it serves.
+pub fn spawn(
+    config: Arc<Config>,
+    endpoint: Endpoint,
+    shared: &'static Shared,
+) -> std::io::Result<mpsc::Receiver<()>> {
+    os::map_large_allocations();
+    let (first_load_done, first_load) = mpsc::channel();
+    let mut refresher = Refresher {
+        link: Link::new(endpoint, shared),
+        health: Health::new(shared, first_load_done),
+        watch: Watch::default(),
+        reader: Reader::default(),
+        loaded: Loaded::new(config.clone()),
+        failover: Failover::default(),
+        writes: Writes::default(),
+        config,
+    };
+    shared.update_status(|s| s.running = true);
+    let spawned = thread::Builder::new()
+        .name("gray-refresher".into())
+        .spawn(move || {
+            os::lower_thread_priority();
+            supervise(
+                || match refresher.run() {},
+                |message, backoff| {
+                    shared.update_status(|s| {
+                        s.running = false;
+                        s.restarts += 1;
+                        s.last_error = Some(format!("the refresher panicked: {message}"));
+                        s.last_error_at = Some(SystemTime::now());
+                    });
+                    shared.log(
+                        Level::Err,
+                        format!(
+                            "the refresher panicked ({message}); restarting it in {:.1}s, keeping the last good list",
+                            backoff.as_secs_f64()
+                        ),
+                    );
+                },
+                || shared.update_status(|s| s.running = true),
+            );
+        });
+    if let Err(e) = spawned {
+        shared.update_status(|s| s.running = false);
+        return Err(e);
+    }
+    Ok(first_load)
+}
+
+/// Runs `body` until it returns, catching every panic: `panicked` is told the message and the
+/// backoff, then `restarted` once the backoff has passed and `body` runs again. The backoff
+/// doubles up to `MAX_RESTART_BACKOFF` and starts over after a run of an hour without a panic.
+fn supervise(
+    mut body: impl FnMut(),
+    mut panicked: impl FnMut(&str, Duration),
+    mut restarted: impl FnMut(),
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let began = Instant::now();
+        let payload = match panic::catch_unwind(AssertUnwindSafe(&mut body)) {
+            Ok(()) => return,
+            Err(payload) => payload,
+        };
+        if began.elapsed() > Duration::from_secs(3600) {
+            backoff = FIRST_BACKOFF;
+        }
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        panicked(&message, backoff);
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+        restarted();
+    }
+}
+
+struct Refresher {
+    config: Arc<Config>,
+    link: Link,
+    health: Health,
+    watch: Watch,
+    reader: Reader,
+    loaded: Loaded,
+    failover: Failover,
+    writes: Writes,
+}
+
+impl Refresher {
+    fn run(&mut self) -> Infallible {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let Err(error) = self.session();
+            if self.health.failures_in_a_row() == 0 {
+                backoff = FIRST_BACKOFF;
+            }
+            self.record_failure(&error, false);
+            self.failover.pause(&self.link, backoff);
+            // Never wait longer than a poll would: Redis coming back is seen within `refresh`.
+            backoff = (backoff * 2).min(self.config.refresh);
+        }
+    }
+
+    /// One connection's life: subscribe, load, then wait for a message or the next poll, until
+    /// something fails.
+    fn session(&mut self) -> Result<Infallible, String> {
+        if std::env::var(FAULT_ENV).is_ok_and(|f| f == "refresher-panic")
+            && !FAULT_INJECTED.swap(true, Ordering::SeqCst)
+        {
+            panic!("fault injected by {FAULT_ENV}=refresher-panic");
+        }
+        self.link.reconnect()?;
+        self.failover.connected();
+        self.subscribe()?;
+        self.reader.start(self.config.resync);
+        let mut resynced_at = Instant::now();
+        let mut due = Some(Reading::All);
+        loop {
+            let mut changed = false;
+            if let Some(reading) = due.take() {
+                if reading == Reading::All {
+                    resynced_at = Instant::now();
+                }
+                let polled = self.poll(reading)?;
+                changed = polled.replaced;
+                // The read's temporaries, the parse's and any replaced list are freed by now
+                // (and, after a large read, the connection's buffer): give them back in one go.
+                if polled.bytes >= LARGE_READ || polled.replaced {
+                    os::release_freed_memory();
+                }
+                // A rule set now references a key outside the tracked prefixes: track it too,
+                // then read again what may have changed while no one was tracking it.
+                if !self.watch.tracks(&self.loaded.wanted_prefixes()) {
+                    self.subscribe()?;
+                    due = Some(Reading::All);
+                    continue;
+                }
+            }
+            self.writes.report(
+                &mut self.link,
+                &mut self.health,
+                &self.config,
+                &self.loaded,
+                changed,
+            )?;
+            self.writes.record_trips(&mut self.link, &mut self.health)?;
+            let loaded = &self.loaded;
+            let woke = self
+                .watch
+                .wait(&self.link, self.config.refresh, |key| loaded.reads_key(key))?;
+            if matches!(woke, Woke::Tick) {
+                self.failover.check(&self.link, &mut self.health)?;
+            }
+            due = match woke {
+                Woke::Change(reading) => Some(reading),
+                // Redis pushes every change to gray's keys: each `refresh` only proves the
+                // subscriber is alive, and the keys are read again whole every `resync`.
+                Woke::Tick => match self
+                    .watch
+                    .check_alive(&self.link, |key| loaded.reads_key(key))?
+                {
+                    Some(pushed) => {
+                        self.record_success();
+                        if resynced_at.elapsed() >= self.reader.resync {
+                            Some(Reading::All)
+                        } else {
+                            pushed
+                        }
+                    }
+                    None => Some(Reading::Poll),
+                },
+            };
+        }
+    }
+
+    fn subscribe(&mut self) -> Result<(), String> {
+        let wanted = self.loaded.wanted_prefixes();
+        self.watch
+            .subscribe(&self.link, &mut self.health, &self.config, wanted)
+    }
+
+    /// Reads the keys `reading` names (the whitelist, each rule set and the keys its rules
+    /// reference, the guards' resets) and swaps in a new snapshot if anything changed.
+    fn poll(&mut self, reading: Reading) -> Result<Polled, String> {
+        self.reader.begin(reading);
+        let mut polled = Polled::default();
+        let mut read = self.loaded.poll(&mut Session {
+            link: &mut self.link,
+            health: &mut self.health,
+            reader: &mut self.reader,
+            tracking: self.watch.tracking,
+            max_bytes: self.config.max_bytes,
+            polled: &mut polled,
+        });
+        if let Ok(replaced) = read {
+            read = self
+                .writes
+                .read_guard_resets(&mut self.link, &mut self.health, &self.loaded)
+                .map(|cleared| {
+                    if cleared {
+                        self.loaded.mark_unpublished();
+                    }
+                    replaced || cleared
+                });
+        }
+        let refused = !polled.refusals.is_empty();
+        for refusal in std::mem::take(&mut polled.refusals) {
+            self.record_failure(&refusal, true);
+        }
+        // What was loaded before a failure is published all the same, after the next poll,
+        // which may find nothing new to read.
+        polled.replaced = read?;
+        let shared = self.health.shared;
+        if self.loaded.unpublished(&shared.current()) {
+            let health = &mut self.health;
+            self.loaded
+                .publish(shared, &mut |warning| health.warn_once(warning));
+            self.loaded.publish_state(shared);
+        }
+        if refused {
+            self.health.first_load_over();
+        } else {
+            self.record_success();
+        }
+        Ok(polled)
+    }
+
+    fn record_success(&mut self) {
+        self.health.succeeded();
+        self.loaded.publish_state(self.health.shared);
+        self.health.first_load_over();
+    }
+
+    fn record_failure(&mut self, error: &str, still_connected: bool) {
+        self.health.failed(error, still_connected);
+        self.loaded.publish_state(self.health.shared);
+        self.health.first_load_over();
+    }
+}
+
+/// The loaded state's [`Source`] during a poll: keys read through the link, by the reader's
+/// rules, what it says reported to the health.
+struct Session<'a> {
+    link: &'a mut Link,
+    health: &'a mut Health,
+    reader: &'a mut Reader,
+    tracking: bool,
+    max_bytes: usize,
+    polled: &'a mut Polled,
+}
+
+impl Source for Session<'_> {
+    fn read<B: ListBuilder>(&mut self, key: &str) -> Result<Read<B>, String> {
+        let read = self.reader.read(
+            self.link,
+            self.health,
+            self.tracking,
+            self.max_bytes,
+            key,
+            self.polled,
+        )?;
+        if let Read::Refused(why) = &read {
+            self.polled.refusals.push(why.clone());
+        }
+        Ok(read)
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.reader.forget(key);
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        self.health.log(level, message);
+    }
+
+    fn warn_once(&mut self, message: String) {
+        self.health.warn_once(message);
+    }
+
+    fn rejected(&mut self, error: String) {
+        self.health.rejected(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn a_panicking_body_is_restarted_with_a_growing_backoff_and_told() {
+        let runs = RefCell::new(0);
+        let told = RefCell::new(Vec::new());
+        let restarts = RefCell::new(0);
+        // Silence the default hook's message for the panics this test causes.
+        let hook = panic::take_hook();
+        panic::set_hook(Box::new(|_| {}));
+        supervise(
+            || {
+                *runs.borrow_mut() += 1;
+                if *runs.borrow() <= 3 {
+                    panic!("run {}", runs.borrow());
+                }
+            },
+            |message, backoff| told.borrow_mut().push((message.to_string(), backoff)),
+            || *restarts.borrow_mut() += 1,
+        );
+        panic::set_hook(hook);
+        assert_eq!(*runs.borrow(), 4);
+        assert_eq!(*restarts.borrow(), 3);
+        assert_eq!(
+            told.into_inner(),
+            vec![
+                ("run 1".to_string(), FIRST_BACKOFF),
+                ("run 2".to_string(), FIRST_BACKOFF * 2),
+                ("run 3".to_string(), FIRST_BACKOFF * 4),
+            ]
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Reading keys: which keys a poll reads ([`Reading`]: all, the ones a change named, or a poll
+//! without tracking, which probes a large value's type and size before it reads it), each read
+//! bounded by `max_bytes`, and what each key looked like when last read. A key refused (the wrong
+//! type, too large) is reported, never read into memory, and keeps its last good value.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use gray_core::value::{Fetched, KeyKind, ListBuilder};
+use gray_io::connection;
+use gray_io::read::{fetch, probe, FetchError};
+
+use super::health::Health;
+use super::link::Link;
+use super::watch::Reading;
+
+/// Polling without tracking, a key whose value is at least this large is probed (its type and
+/// size) before it is read, and read only when those moved or `resync` has passed since its last
+/// read; a smaller one is read whole every poll, which costs less than a miss.
+const PROBE_FROM: usize = 64 * 1024;
+/// A read at least this large is followed by a new connection, so the memory it took goes back
+/// before the parse needs memory of its own.
+pub(super) const LARGE_READ: usize = 1 << 20;
+
+/// One key as read: its value and how long the read took, refused (why), or left unread
+/// because it has not changed.
+pub(super) enum Read<B: ListBuilder> {
+    Value(Fetched<B>, Duration),
+    Refused(String),
+    Unchanged,
+}
+
+/// A key's last read, for the polls that follow: its size, and its kind and size as probed
+/// before it was read (`None` when it was not).
+struct LastRead {
+    bytes: usize,
+    probed: Option<(KeyKind, u64)>,
+    at: Instant,
+}
+
+/// What one poll did: for the memory housekeeping after it, and whether to publish.
+#[derive(Default)]
+pub(super) struct Polled {
+    /// Bytes of list read from Redis.
+    pub bytes: usize,
+    /// A new list replaced the previous one.
+    pub replaced: bool,
+    /// Keys refused, each with why.
+    pub refusals: Vec<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Reader {
+    /// Which keys the poll under way reads.
+    reading: Option<Reading>,
+    /// Each key's last read in this session.
+    last_reads: HashMap<String, LastRead>,
+    /// This session's `resync` (jittered), set as it starts.
+    pub resync: Duration,
+}
+
+impl Reader {
+    /// A new session: nothing read on it yet, and its own `resync`: `resync` give or take a
+    /// tenth, different in each worker, so that N workers do not read a big list at the same
+    /// moment.
+    pub fn start(&mut self, resync: Duration) {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let spread =
+            (u64::from(std::process::id()).wrapping_mul(2_654_435_761) ^ u64::from(nanos)) % 2001;
+        self.resync = resync.mul_f64(0.9 + spread as f64 / 10_000.0);
+        self.last_reads.clear();
+    }
+
+    /// The poll that begins reads these keys.
+    pub fn begin(&mut self, reading: Reading) {
+        self.reading = Some(reading);
+    }
+
+    /// Forgets key `key`'s last read: referenced again later, it is read again, whatever a write
+    /// names.
+    pub fn forget(&mut self, key: &str) {
+        self.last_reads.remove(key);
+    }
+
+    /// One key read, with the connection kept in order: a refusal (wrong type, too large) keeps
+    /// the key's last good value; a Redis error ends the session.
+    pub fn read<B: ListBuilder>(
+        &mut self,
+        link: &mut Link,
+        health: &mut Health,
+        tracking: bool,
+        max_bytes: usize,
+        key: &str,
+        polled: &mut Polled,
+    ) -> Result<Read<B>, String> {
+        let last = self.last_reads.get(key);
+        if let Some(Reading::Keys(written)) = &self.reading {
+            if last.is_some() && !written.contains(key.as_bytes()) {
+                return Ok(Read::Unchanged);
+            }
+        }
+        // Without tracking, a large value (or one not read yet) is probed before every read, so
+        // that the next poll can tell it unchanged.
+        let probing = !tracking && last.is_none_or(|l| l.bytes >= PROBE_FROM);
+        let started = Instant::now();
+        let probed = if probing {
+            match probe(link.command()?, key) {
+                Ok(probed) => Some(probed),
+                Err(refused @ FetchError::WrongType(_)) => {
+                    return Ok(Read::Refused(format!("ignoring key {key}: {refused}")));
+                }
+                Err(FetchError::Redis(connection::Error::Server(refusal))) => {
+                    health.warn_once(format!(
+                        "cannot probe key {key} ({refusal}); it is read whole every poll (grant +strlen +scard)"
+                    ));
+                    None
+                }
+                Err(e) => return Err(read_failed(link, key, e)),
+            }
+        } else {
+            None
+        };
+        if let (Some(Reading::Poll), Some(probed), Some(last)) =
+            (&self.reading, probed, self.last_reads.get(key))
+        {
+            if last.probed == Some(probed) && last.at.elapsed() < self.resync {
+                return Ok(Read::Unchanged);
+            }
+        }
+        let command = link.command()?;
+        match fetch::<B>(command, key, max_bytes) {
+            Ok(fetched) => {
+                polled.bytes += fetched.bytes;
+                if fetched.bytes >= LARGE_READ {
+                    link.drop_command();
+                }
+                self.last_reads.insert(
+                    key.to_string(),
+                    LastRead {
+                        bytes: fetched.bytes,
+                        probed,
+                        at: Instant::now(),
+                    },
+                );
+                Ok(Read::Value(fetched, started.elapsed()))
+            }
+            Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
+                if !command.in_step() {
+                    link.drop_command();
+                }
+                // What was read before the refusal is freed: give it back.
+                polled.bytes += LARGE_READ;
+                Ok(Read::Refused(format!("ignoring key {key}: {refused}")))
+            }
+            Err(e) => Err(read_failed(link, key, e)),
+        }
+    }
+}
+
+fn read_failed(link: &Link, key: &str, e: FetchError) -> String {
+    match e {
+        FetchError::Redis(e) => format!("failed to read key {key}: {}", link.describe(&e)),
+        other => format!("failed to read key {key}: {other}"),
+    }
+}

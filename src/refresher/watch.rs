@@ -1,0 +1,383 @@
+//! Change detection: the subscriber connection, on which Redis pushes what changed. It is
+//! subscribed to `channel` and, with client-side caching (`tracking`), tracks the prefixes of
+//! every key gray reads (broadcast mode, redirected to itself), so a write by anyone arrives as an
+//! invalidation naming the key. Waiting on it tells the session what to read again ([`Reading`])
+//! or that `refresh` passed; a PING every `refresh` proves it alive. Where Redis refuses tracking
+//! or the subscription, a warning says so once and polling does the work.
+
+use std::collections::HashSet;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gray_core::config::Config;
+use gray_io::connection::{self, Connection, Reply};
+
+use super::health::Health;
+use super::link::Link;
+
+/// Messages arriving within this long of the first one are folded into one reload: a fixed
+/// deadline, so a publisher that never pauses still gets its changes loaded.
+const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
+/// The largest pub/sub message read; a bigger one loses the subscription (it is never ours).
+pub(super) const MAX_MESSAGE: usize = 64 * 1024;
+/// Where Redis pushes the names of tracked keys that were written.
+const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
+
+/// Which keys a poll reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// Every key, whole: a new session, a resync, a flush, a message on the channel.
+    All,
+    /// The keys Redis said were written (tracking), and any not loaded yet.
+    Keys(HashSet<Vec<u8>>),
+    /// Every key, polling without tracking: a large value is probed first.
+    Poll,
+}
+
+impl Reading {
+    fn merge(self, other: Reading) -> Reading {
+        match (self, other) {
+            (Reading::Keys(mut a), Reading::Keys(b)) => {
+                a.extend(b);
+                Reading::Keys(a)
+            }
+            (Reading::All, _) | (_, Reading::All) => Reading::All,
+            _ => Reading::Poll,
+        }
+    }
+}
+
+/// Why a wait ended.
+pub(super) enum Woke {
+    /// A change to gray's keys was announced: these, or all of them.
+    Change(Reading),
+    /// `refresh` passed.
+    Tick,
+}
+
+#[derive(Default)]
+pub(super) struct Watch {
+    /// Subscribed to the channel and the invalidations; `None` where neither is to be had.
+    subscription: Option<Connection>,
+    /// The key prefixes Redis tracks for this subscriber now.
+    armed: Vec<String>,
+    /// Tracking is in force in this session.
+    pub tracking: bool,
+}
+
+impl Watch {
+    /// Whether Redis tracks every prefix `wanted` names (a rule set may have named a new key).
+    pub fn tracks(&self, wanted: &[String]) -> bool {
+        !self.tracking || self.armed == wanted
+    }
+
+    /// Subscribes a new connection to `channel` and, with `tracking`, tracks the prefixes
+    /// `wanted` (Redis pushes the name of each key written under them, by anyone, to this very
+    /// connection). Without either, or where Redis refuses the subscription (an ACL without
+    /// pub/sub, say), there is none: polling alone still works.
+    pub fn subscribe(
+        &mut self,
+        link: &Link,
+        health: &mut Health,
+        config: &Config,
+        wanted: Vec<String>,
+    ) -> Result<(), String> {
+        self.subscription = None;
+        let mut con = link.connect()?;
+        let tracking = config.tracking && self.track(link, health, config, &mut con, wanted)?;
+        let mut channels: Vec<String> = config.channel.iter().cloned().collect();
+        if tracking {
+            channels.push(INVALIDATE_CHANNEL.to_string());
+        }
+        let subscribed =
+            !channels.is_empty() && subscribe_to(link, health, config, &mut con, &channels)?;
+        let channel = config.channel.is_some();
+        health.shared.update_status(|s| {
+            s.subscribed = subscribed && channel;
+            s.tracking = subscribed && tracking;
+        });
+        self.tracking = subscribed && tracking;
+        self.subscription = subscribed.then_some(con);
+        Ok(())
+    }
+
+    /// Arms client-side caching in broadcast mode on `con`, redirected to itself; false, with one
+    /// warning, where Redis refuses (before 6.0, or an ACL without `client|id`/`client|tracking`).
+    fn track(
+        &mut self,
+        link: &Link,
+        health: &mut Health,
+        config: &Config,
+        con: &mut Connection,
+        prefixes: Vec<String>,
+    ) -> Result<bool, String> {
+        let refused = |health: &mut Health, why: String| {
+            health.warn_once(format!(
+                "cannot track changes to gray's keys ({why}); a write without a PUBLISH is seen by polling every {:.1}s",
+                config.refresh.as_secs_f64()
+            ));
+            Ok(false)
+        };
+        let doing = || "failed to track gray's keys".to_string();
+        let id = match link.triage(con.query(redis::cmd("CLIENT").arg("ID"), 0), doing)? {
+            Ok(Reply::Int(id)) => id,
+            Ok(other) => return Err(format!("unexpected reply to CLIENT ID: {other:?}")),
+            Err(why) => return refused(health, why),
+        };
+        let mut arm = redis::cmd("CLIENT");
+        arm.arg("TRACKING").arg("ON").arg("BCAST");
+        for prefix in &prefixes {
+            arm.arg("PREFIX").arg(prefix);
+        }
+        arm.arg("REDIRECT").arg(id);
+        match link.triage(con.query(&arm, 0), doing)? {
+            Ok(_) => {
+                self.armed = prefixes;
+                Ok(true)
+            }
+            Err(why) => refused(health, why),
+        }
+    }
+
+    /// Waits until the next poll is due, or less when a message on the channel or an
+    /// invalidation of a key gray reads arrives (other keys under the tracked prefixes, such as
+    /// grayctl's history, are let pass); the messages that follow within `MESSAGE_COALESCE` are
+    /// read with it.
+    pub fn wait(
+        &mut self,
+        link: &Link,
+        refresh: Duration,
+        reads_key: impl Fn(&[u8]) -> bool,
+    ) -> Result<Woke, String> {
+        let Some(con) = self.subscription.as_mut() else {
+            thread::sleep(refresh);
+            return Ok(Woke::Tick);
+        };
+        let lost = |e: connection::Error| format!("lost the subscription: {}", link.describe(&e));
+        // Until the next poll; once a change arrives, only a little longer, for the messages
+        // that come with it.
+        let mut until = Instant::now() + refresh;
+        let mut pending = None;
+        loop {
+            // A zero read timeout is refused by the socket: the wait is over anyway.
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Some(message) = con.read_within(left, MAX_MESSAGE).map_err(lost)? else {
+                break;
+            };
+            let first = pending.is_none();
+            pending = with_message(pending, &message, &reads_key);
+            if first && pending.is_some() {
+                until = Instant::now() + MESSAGE_COALESCE;
+            }
+        }
+        Ok(pending.map_or(Woke::Tick, Woke::Change))
+    }
+
+    /// With tracking, PINGs the subscriber and waits `timeout` for the answer: an error when none
+    /// comes (the session then reconnects, subscribes, re-arms tracking and reloads). `Some` with
+    /// the changes to gray's keys that arrived meanwhile; `None` without a tracking subscriber.
+    pub fn check_alive(
+        &mut self,
+        link: &Link,
+        reads_key: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<Option<Reading>>, String> {
+        let Some(subscriber) = self.subscription.as_mut().filter(|_| self.tracking) else {
+            return Ok(None);
+        };
+        let timeout = link.endpoint.timeout;
+        let lost = |e: connection::Error| format!("lost the subscription: {}", link.describe(&e));
+        subscriber.send(&redis::cmd("PING")).map_err(lost)?;
+        let deadline = Instant::now() + timeout;
+        let mut changed: Option<Reading> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match subscriber.read_within(left, MAX_MESSAGE).map_err(lost)? {
+                None => {
+                    return Err(format!(
+                        "lost the subscription: no answer to PING, timed out after {:.1}s",
+                        timeout.as_secs_f64()
+                    ))
+                }
+                Some(reply) if is_pong(&reply) => return Ok(Some(changed)),
+                Some(reply) => changed = with_message(changed, &reply, &reads_key),
+            }
+        }
+    }
+}
+
+/// Subscribes `con` to `channels`; false, with one warning, where Redis refuses.
+fn subscribe_to(
+    link: &Link,
+    health: &mut Health,
+    config: &Config,
+    con: &mut Connection,
+    channels: &[String],
+) -> Result<bool, String> {
+    let names = channels.join(", ");
+    match link.triage(con.subscribe(channels), || {
+        format!("failed to subscribe to {names}")
+    })? {
+        Ok(()) => Ok(true),
+        Err(refusal) => {
+            health.warn_once(format!(
+                "cannot subscribe to {names} ({refusal}); changes are seen by polling every {:.1}s",
+                config.refresh.as_secs_f64()
+            ));
+            Ok(false)
+        }
+    }
+}
+
+/// The keys to read again, `pending` and what `message` asks for.
+fn with_message(
+    pending: Option<Reading>,
+    message: &Reply,
+    reads_key: impl Fn(&[u8]) -> bool,
+) -> Option<Reading> {
+    match (pending, wants_reload(message, reads_key)) {
+        (Some(pending), Some(more)) => Some(pending.merge(more)),
+        (pending, more) => pending.or(more),
+    }
+}
+
+/// The prefixes to track for these keys: each key once, none inside another's prefix (Redis
+/// refuses overlapping prefixes).
+pub(super) fn tracking_prefixes<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    let mut prefixes: Vec<&str> = Vec::new();
+    for key in keys {
+        if prefixes.iter().any(|p| key.starts_with(p)) {
+            continue;
+        }
+        prefixes.retain(|p| !p.starts_with(key));
+        prefixes.push(key);
+    }
+    prefixes
+}
+
+/// A subscribed connection's answer to PING.
+fn is_pong(reply: &Reply) -> bool {
+    matches!(reply, Reply::Array(Some(parts))
+        if parts.first() == Some(&Reply::Bulk(Some(b"pong".to_vec()))))
+}
+
+/// What a message on the subscription asks to read again: the key a message on gray's channel
+/// names (grayctl names the key it wrote), or everything for any other payload on the channel
+/// and for an invalidation naming no key (a flush, a replica's resync); the keys gray reads that
+/// an invalidation names; nothing for other messages.
+fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> Option<Reading> {
+    let Reply::Array(Some(parts)) = message else {
+        return None;
+    };
+    match parts.as_slice() {
+        [Reply::Bulk(Some(kind)), Reply::Bulk(Some(channel)), payload] if kind == b"message" => {
+            if channel != INVALIDATE_CHANNEL.as_bytes() {
+                return Some(match payload {
+                    Reply::Bulk(Some(key)) if reads_key(key) => {
+                        Reading::Keys(HashSet::from([key.clone()]))
+                    }
+                    _ => Reading::All,
+                });
+            }
+            match payload {
+                Reply::Array(Some(keys)) => {
+                    let written: HashSet<Vec<u8>> = keys
+                        .iter()
+                        .filter_map(|k| match k {
+                            Reply::Bulk(Some(k)) if reads_key(k) => Some(k.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    (!written.is_empty()).then_some(Reading::Keys(written))
+                }
+                _ => Some(Reading::All),
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscribed_ping_is_answered_by_pong() {
+        let bulk = |b: &str| Reply::Bulk(Some(b.as_bytes().to_vec()));
+        assert!(is_pong(&Reply::Array(Some(vec![bulk("pong"), bulk("")]))));
+        assert!(!is_pong(&Reply::Array(Some(vec![
+            bulk("message"),
+            bulk("gray:changed"),
+            bulk("1")
+        ]))));
+        assert!(!is_pong(&Reply::Status("PONG".into())));
+    }
+
+    #[test]
+    fn tracked_prefixes_never_overlap() {
+        assert_eq!(tracking_prefixes(&["gray", "gray:rules"]), ["gray"]);
+        assert_eq!(tracking_prefixes(&["gray:rules", "gray"]), ["gray"]);
+        assert_eq!(tracking_prefixes(&["gray", "rules"]), ["gray", "rules"]);
+        assert_eq!(tracking_prefixes(&["gray", "gray"]), ["gray"]);
+    }
+
+    #[test]
+    fn only_changes_to_keys_gray_reads_reload() {
+        let bulk = |b: &str| Reply::Bulk(Some(b.as_bytes().to_vec()));
+        let message = |channel: &str, payload: Reply| {
+            Reply::Array(Some(vec![bulk("message"), bulk(channel), payload]))
+        };
+        let reads = |k: &[u8]| k == b"gray" || k == b"gray:rules";
+        let keys = |names: &[&str]| Reply::Array(Some(names.iter().map(|n| bulk(n)).collect()));
+        let written = |names: &[&str]| {
+            Some(Reading::Keys(
+                names.iter().map(|n| n.as_bytes().to_vec()).collect(),
+            ))
+        };
+        assert_eq!(
+            wants_reload(&message("gray:changed", bulk("anything")), reads),
+            Some(Reading::All)
+        );
+        assert_eq!(
+            wants_reload(&message("gray:changed", bulk("gray:rules")), reads),
+            written(&["gray:rules"])
+        );
+        assert_eq!(
+            wants_reload(
+                &message(INVALIDATE_CHANNEL, keys(&["gray:rules", "gray:history"])),
+                reads
+            ),
+            written(&["gray:rules"])
+        );
+        assert_eq!(
+            wants_reload(
+                &message(INVALIDATE_CHANNEL, keys(&["gray:history", "gray:gateways"])),
+                reads
+            ),
+            None
+        );
+        assert_eq!(
+            wants_reload(&message(INVALIDATE_CHANNEL, Reply::Bulk(None)), reads),
+            Some(Reading::All)
+        );
+        assert_eq!(
+            wants_reload(&message(INVALIDATE_CHANNEL, Reply::Array(None)), reads),
+            Some(Reading::All)
+        );
+        assert_eq!(
+            wants_reload(&Reply::Array(Some(vec![bulk("pong"), bulk("")])), reads),
+            None
+        );
+    }
+
+    #[test]
+    fn readings_merge_into_the_wider() {
+        let keys = |k: &[&str]| Reading::Keys(k.iter().map(|k| k.as_bytes().to_vec()).collect());
+        assert_eq!(keys(&["a"]).merge(keys(&["b"])), keys(&["a", "b"]));
+        assert_eq!(keys(&["a"]).merge(Reading::All), Reading::All);
+        assert_eq!(Reading::Poll.merge(keys(&["a"])), Reading::Poll);
+        assert_eq!(Reading::Poll.merge(Reading::All), Reading::All);
+    }
+}
