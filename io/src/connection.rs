@@ -22,6 +22,13 @@ use crate::tls::{self, Tls};
 const MAX_LINE: u64 = 64 * 1024;
 /// Read buffer: a SSCAN batch of short members arrives in a few reads.
 const READ_BUFFER: usize = 64 * 1024;
+/// The deepest a reply may nest: gray's nest two levels (a Sentinel's replicas, an invalidation
+/// message). Deeper is a server that is not Redis, which must not walk gray off its stack.
+const MAX_DEPTH: usize = 8;
+/// The most elements one reply (all its arrays together) or one SSCAN batch may hold: far more
+/// than any reply gray asks for (a batch is ~10,000 members), far fewer than a server that never
+/// ends its array would send.
+const MAX_ELEMENTS: usize = 1 << 20;
 
 /// A reply. Error replies are [`Error::Server`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +221,28 @@ impl Connection {
         self.in_step
     }
 
+    /// Leaves a reply unread (a pipelined one the caller gave up on): out of step from now on.
+    pub fn abandon(&mut self) {
+        self.in_step = false;
+    }
+
+    /// A connection over our end of a unix socket pair, reading through a buffer of `capacity`
+    /// (tests of what reads replies, with a fake server at the other end).
+    #[cfg(test)]
+    pub(crate) fn over_unix(ours: UnixStream, capacity: usize, timeout: Duration) -> Connection {
+        let mut stream = Stream::Unix(ours);
+        stream
+            .set_timeouts(timeout)
+            .expect("a unix socket takes timeouts");
+        Connection {
+            stream: BufReader::with_capacity(capacity, stream),
+            timeout,
+            in_step: true,
+            line: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, cmd: &redis::Cmd) -> Result<(), Error> {
         let packed = cmd.get_packed_command();
         let stream = self.stream.get_mut();
@@ -248,7 +277,8 @@ impl Connection {
 
     /// Reads one reply; a bulk string longer than `max_bulk` is refused unread.
     pub fn read(&mut self, max_bulk: usize) -> Result<Reply, Error> {
-        self.read_value(&mut |len| len <= max_bulk)
+        let mut elements = 0;
+        self.read_value(&mut |len| len <= max_bulk, 0, &mut elements)
     }
 
     /// Reads the start of a SSCAN reply, `[cursor, [member, ...]]`: the cursor (0 at the end).
@@ -274,6 +304,11 @@ impl Connection {
         mut each: impl FnMut(&[u8]),
     ) -> Result<Result<(), E>, Error> {
         let count = self.read_array_len()?;
+        if count > MAX_ELEMENTS {
+            return Err(self.protocol(&format!(
+                "a SSCAN batch of at most {MAX_ELEMENTS} elements, not {count}"
+            )));
+        }
         let mut member = std::mem::take(&mut self.scratch);
         let mut read = || {
             for _ in 0..count {
@@ -318,7 +353,13 @@ impl Connection {
         self.read(max_bulk).map(Some)
     }
 
-    fn read_value(&mut self, admit: &mut dyn FnMut(usize) -> bool) -> Result<Reply, Error> {
+    /// One value, `depth` arrays deep, `elements` counting every element read of the reply.
+    fn read_value(
+        &mut self,
+        admit: &mut dyn FnMut(usize) -> bool,
+        depth: usize,
+        elements: &mut usize,
+    ) -> Result<Reply, Error> {
         let line = self.read_line()?;
         let (kind, rest) = line
             .split_first()
@@ -341,10 +382,20 @@ impl Connection {
             },
             b'*' => match self.number(rest)? {
                 len if len < 0 => Ok(Reply::Array(None)),
+                _ if depth >= MAX_DEPTH => {
+                    Err(self.protocol(&format!("a reply nested no deeper than {MAX_DEPTH} arrays")))
+                }
                 len => {
-                    let mut items = Vec::with_capacity((len as usize).min(1 << 16));
+                    let len = len as usize;
+                    *elements = elements.saturating_add(len);
+                    if *elements > MAX_ELEMENTS {
+                        return Err(
+                            self.protocol(&format!("a reply of at most {MAX_ELEMENTS} elements"))
+                        );
+                    }
+                    let mut items = Vec::with_capacity(len.min(1 << 16));
                     for _ in 0..len {
-                        items.push(self.read_value(admit)?);
+                        items.push(self.read_value(admit, depth + 1, elements)?);
                     }
                     Ok(Reply::Array(Some(items)))
                 }
@@ -532,17 +583,8 @@ mod tests {
         over(ours, 16)
     }
 
-    /// A connection over our end of a unix socket pair, reading through a buffer of `capacity`.
     fn over(ours: UnixStream, capacity: usize) -> Connection {
-        let mut stream = Stream::Unix(ours);
-        stream.set_timeouts(Duration::from_secs(1)).unwrap();
-        Connection {
-            stream: BufReader::with_capacity(capacity, stream),
-            timeout: Duration::from_secs(1),
-            in_step: true,
-            line: Vec::new(),
-            scratch: Vec::new(),
-        }
+        Connection::over_unix(ours, capacity, Duration::from_secs(1))
     }
 
     #[test]
@@ -613,6 +655,50 @@ mod tests {
         let mut long = b"+".to_vec();
         long.extend(std::iter::repeat_n(b'x', MAX_LINE as usize + 10));
         assert!(replying(&long).read(10).is_err());
+    }
+
+    /// A server that answers with `reply` until the reader hangs up.
+    fn endless(reply: &'static [u8]) -> Connection {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        thread::spawn(move || while theirs.write_all(reply).is_ok() {});
+        over(ours, READ_BUFFER)
+    }
+
+    #[test]
+    fn a_reply_nested_without_end_is_refused_not_followed() {
+        // Before the bound, each level was a frame of read_value: the stack overflowed.
+        let mut con = endless(b"*1\r\n");
+        match con.read(10) {
+            Err(Error::Protocol(why)) => assert!(why.contains("nested no deeper than 8"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!con.in_step());
+    }
+
+    /// A server that sends `header`, then `element` until the reader hangs up.
+    fn endless_after(header: &'static [u8], element: &'static [u8]) -> Connection {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        thread::spawn(move || {
+            if theirs.write_all(header).is_ok() {
+                while theirs.write_all(element).is_ok() {}
+            }
+        });
+        over(ours, READ_BUFFER)
+    }
+
+    #[test]
+    fn a_reply_of_endless_elements_is_refused() {
+        let mut con = endless_after(b"*2147483647\r\n", b":1\r\n");
+        match con.read(10) {
+            Err(Error::Protocol(why)) => assert!(why.contains("elements"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let mut scan = endless_after(b"*2147483647\r\n", b"$0\r\n\r\n");
+        match scan.read_scan_members(|_| Ok::<(), ()>(()), |_| {}) {
+            Err(Error::Protocol(why)) => assert!(why.contains("elements"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!scan.in_step());
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::connection::{self, Connection, Reply};
 
 /// SSCAN batch size: big enough that a 1M-member SET is ~100 round trips.
 const SCAN_COUNT: usize = 10_000;
+/// SSCAN rounds allowed beyond those a SET's size needs: Redis visits at most ten buckets per
+/// member asked for, so even a sparse table (a SET that shrank) ends well within this.
+const SPARE_ROUNDS: usize = 1024;
 
 #[derive(Debug)]
 pub enum FetchError {
@@ -183,11 +186,36 @@ fn fetch_string<B: ListBuilder>(
     Ok(Fetched::text(KeyKind::String, value))
 }
 
+/// How far a scan of a SET of `size` members (SCARD; `None` where it was refused) may go before
+/// it is a server that is not Redis: (rounds, members). Members present during the whole scan
+/// come once, those added or rehashed meanwhile may come twice.
+fn scan_bounds(size: Option<usize>, max_bytes: usize) -> (usize, usize) {
+    match size {
+        Some(size) => (
+            SPARE_ROUNDS + size.saturating_mul(16) / SCAN_COUNT,
+            size.saturating_mul(2).saturating_add(2 * SCAN_COUNT),
+        ),
+        // Each member but the one empty string takes a byte of the budget.
+        None => (
+            SPARE_ROUNDS + max_bytes / SCAN_COUNT,
+            max_bytes.saturating_add(2 * SCAN_COUNT),
+        ),
+    }
+}
+
 fn fetch_set<B: ListBuilder>(
     con: &mut Connection,
     key: &str,
     max_bytes: usize,
 ) -> Result<Fetched<B>, FetchError> {
+    let size = match con.query(redis::cmd("SCARD").arg(key), 0) {
+        Ok(Reply::Int(n)) => Some(usize::try_from(n).unwrap_or(0)),
+        Ok(other) => return Err(unexpected("a size", &other)),
+        // An ACL without SCARD: bounded by max_bytes instead.
+        Err(connection::Error::Server(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let (max_rounds, max_members) = scan_bounds(size, max_bytes);
     let sscan = |cursor: u64| {
         let mut cmd = redis::cmd("SSCAN");
         cmd.arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
@@ -195,24 +223,72 @@ fn fetch_set<B: ListBuilder>(
     };
     let mut budget = Budget::new(KeyKind::Set, max_bytes);
     let mut members = Members::<B>::default();
+    let mut read = 0usize;
     con.send(&sscan(0))?;
-    loop {
+    for _ in 0..max_rounds {
         let next = con.read_scan_cursor()?;
         if next != 0 {
             con.send(&sscan(next))?;
         }
         // Each member is counted before it is read: a refused SET leaves the rest unread, and
         // the connection out of step (its owner drops it).
-        con.read_scan_members(|len| budget.take(len), |member| members.add(member))??;
+        con.read_scan_members(
+            |len| budget.take(len),
+            |member| {
+                read += 1;
+                members.add(member)
+            },
+        )??;
         if next == 0 {
             return Ok(members.finish());
         }
+        if read > max_members {
+            break;
+        }
     }
+    con.abandon();
+    Err(FetchError::Redis(connection::Error::Protocol(format!(
+        "a SSCAN of key {key} that ends, not one past {max_rounds} rounds and {read} members ({})",
+        size.map_or("SCARD refused".to_string(), |n| format!("SCARD said {n}"))
+    ))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gray_core::whitelist::WhitelistBuilder;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_scan_whose_cursor_never_returns_to_zero_is_cut_by_the_size_scard_gave() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut requests = theirs.try_clone().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut requests, &mut std::io::sink()));
+        // TYPE, SCARD, then every SSCAN answered with cursor 7 and no member, for ever: no
+        // budget is spent, only rounds.
+        std::thread::spawn(move || {
+            if theirs.write_all(b"+set\r\n:5\r\n").is_ok() {
+                while theirs.write_all(b"*2\r\n$1\r\n7\r\n*0\r\n").is_ok() {}
+            }
+        });
+        let mut con = Connection::over_unix(ours, 64 * 1024, Duration::from_secs(1));
+        let started = Instant::now();
+        match fetch::<WhitelistBuilder>(&mut con, "gray", 1 << 20) {
+            Err(FetchError::Redis(connection::Error::Protocol(why))) => {
+                assert!(why.contains("that ends"), "{why}");
+                assert!(why.contains("SCARD said 5"), "{why}");
+            }
+            other => panic!("{:?}", other.map(|f| f.bytes)),
+        }
+        assert!(!con.in_step());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            scan_bounds(Some(1_000_000), 1),
+            (SPARE_ROUNDS + 1600, 2_020_000)
+        );
+    }
 
     #[test]
     fn the_budget_allows_exactly_the_limit() {
