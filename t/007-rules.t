@@ -448,3 +448,55 @@ X-Client: 1.1.1.1
 --- response_body
 @prod1 tracking=true
 sadd seen: true
+
+
+
+=== TEST 17: a rule set that would cost gigabytes to parse or compile is refused whole, the good one kept, the worker's peak memory flat
+--- redis
+SET gray:rules '{"format":1,"rules":[{"name":"all","to":"@prod2-grey"}]}'
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.2 }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            local function peak_mib()
+                local status = assert(io.open("/proc/self/status")):read("*a")
+                return tonumber(status:match("VmHWM:%s+(%d+)")) / 1024
+            end
+            local function refused(message)
+                return (T.wait_for(function()
+                    return (gray.status().last_error or ""):find(message, 1, true)
+                end, 3))
+            end
+            local before = peak_mib()
+            -- 30 MB of zeros where the rules go: under max_bytes, far over a rule set's limit.
+            T.redis("eval", "redis.call('set', KEYS[1], '{\"format\":1,\"rules\":[' .. string.rep('0,', 15000000) .. '0]}')", 1, "gray:rules")
+            ngx.say("30 MB: ", refused("over the rule set limit (1048576 bytes)"))
+            -- Under the limit: half a million elements.
+            T.redis("eval", "redis.call('set', KEYS[1], '{\"format\":1,\"rules\":[' .. string.rep('0,', 500000) .. '0]}')", 1, "gray:rules")
+            ngx.say("500,000 rules: ", refused("more than 1000 rules"))
+            -- A thousand regexes that compile large.
+            local rules = {}
+            for i = 1, 1000 do
+                rules[i] = '{"name":"r' .. i .. '","id":"arg:u","regex":"[a-z]{20}@[a-z]{20}\\\\.com","to":"@prod2-grey"}'
+            end
+            T.redis("set", "gray:rules", '{"format":1,"rules":[' .. table.concat(rules, ",") .. ']}')
+            ngx.say("1,000 regexes: ", refused("regexes would take more than 16777216 bytes"))
+            ngx.say("still the good one: ", (gray.decide()))
+            local grown = peak_mib() - before
+            ngx.say("peak memory grew under 16 MiB: ", grown < 16, grown < 16 and "" or (" (" .. grown .. " MiB)"))
+        }
+    }
+--- timeout: 20
+--- response_body
+30 MB: true
+500,000 rules: true
+1,000 regexes: true
+still the good one: @prod2-grey
+peak memory grew under 16 MiB: true
+--- allowed_errors
+over the rule set limit (1048576 bytes)
+rejected rule set in key gray:rules

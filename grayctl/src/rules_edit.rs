@@ -128,7 +128,7 @@ pub fn describe(rules: &RuleSet, targets: &[String], now: f64) -> Vec<String> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                    IdMatcher::Regex(re) => format!("{source} matches /{}/", re.as_str()),
+                    IdMatcher::Regex(pattern, _) => format!("{source} matches /{pattern}/"),
                 });
             }
         }

@@ -14,7 +14,7 @@ use gray_io::connection::{Connection, Reply};
 use gray_io::endpoint::Endpoint;
 use gray_io::host::hostname;
 use gray_io::load::{self, LoadError};
-use gray_io::read::{fetch, FetchError};
+use gray_io::read::{fetch, FetchError, Limit};
 
 use crate::failure::{refused, Failure};
 use crate::history::{self, Record};
@@ -92,7 +92,7 @@ impl Store {
 
     /// `key` read as a gateway reads it (a string, or a SET by SSCAN), up to `READ_MAX`.
     fn fetch<B: ListBuilder>(&mut self, key: &str) -> Result<Fetched<B>, Failure> {
-        fetch::<B>(&mut self.con, key, READ_MAX).map_err(|e| match e {
+        fetch::<B>(&mut self.con, key, Limit::list(READ_MAX)).map_err(|e| match e {
             FetchError::Redis(e) => Failure::from(e),
             other => refused(format!("key {key}: {other}")),
         })

@@ -19,7 +19,7 @@ use gray_core::value::{Fetched, ListBuilder, Text};
 use gray_core::whitelist::WhitelistBuilder;
 
 use crate::connection;
-use crate::read::{fetch, FetchError};
+use crate::read::{fetch, FetchError, Limit};
 
 #[derive(Debug)]
 pub enum LoadError {
@@ -43,9 +43,9 @@ impl std::error::Error for LoadError {}
 fn read<B: ListBuilder>(
     con: &mut connection::Connection,
     key: &str,
-    config: &Config,
+    limit: Limit,
 ) -> Result<Fetched<B>, LoadError> {
-    fetch::<B>(con, key, config.max_bytes).map_err(|e| match e {
+    fetch::<B>(con, key, limit).map_err(|e| match e {
         FetchError::Redis(e) => LoadError::Redis(e),
         refused => LoadError::Refused(format!("key {key}: {refused}")),
     })
@@ -68,9 +68,10 @@ pub fn load(
     config: &Config,
     set: Option<&str>,
 ) -> Result<Snapshot, LoadError> {
-    let whitelist = list(read::<WhitelistBuilder>(con, &config.key, config)?);
+    let lists = Limit::list(config.max_bytes);
+    let whitelist = list(read::<WhitelistBuilder>(con, &config.key, lists)?);
     let key = config.rule_set_key(set);
-    let fetched = read::<Text>(con, &key, config)?;
+    let fetched = read::<Text>(con, &key, Limit::rule_set(config.max_bytes))?;
     let (kind, version) = (fetched.kind, fetched.version);
     let compiled = CompiledRuleSet::compile(
         &key,
@@ -110,15 +111,19 @@ pub fn load(
     })
 }
 
+fn lists(config: &Config) -> Limit {
+    Limit::list(config.max_bytes)
+}
+
 fn load_key(
     con: &mut connection::Connection,
     key: &KeyRef,
     config: &Config,
 ) -> Result<LoadedKey, LoadError> {
     Ok(match key.use_ {
-        KeyUse::Whitelist => LoadedKey::Whitelist(list(read(con, &key.name, config)?)),
+        KeyUse::Whitelist => LoadedKey::Whitelist(list(read(con, &key.name, lists(config))?)),
         KeyUse::Ids => {
-            let fetched = read::<IdSet>(con, &key.name, config)?;
+            let fetched = read::<IdSet>(con, &key.name, lists(config))?;
             let (kind, version) = (fetched.kind, fetched.version);
             LoadedKey::Ids(Arc::new(LoadedIds {
                 ids: fetched.into_list(),

@@ -1,6 +1,7 @@
 //! Reading a key from Redis: a string in the whitelist format, or a SET of entries. A missing key
 //! is an empty list (the operator rolled back); any other type is an error, and so is a value over
-//! `max_bytes`: what is read from Redis, and so a worker's memory, is bounded.
+//! its [`Limit`] (`max_bytes` for a list, far less for a rule set): what is read from Redis, and
+//! so a worker's memory, is bounded.
 //!
 //! A SET is read with SSCAN, and each member's length is checked before its bytes are read, so an
 //! oversized SET (or one huge member) is refused after reading at most `max_bytes` of members.
@@ -33,41 +34,70 @@ pub enum FetchError {
     Redis(connection::Error),
 }
 
-/// A value over the cap: `bytes` is its size, or for a SET the members' bytes up to and including
-/// the member that crossed the cap (whose bytes are never read).
+/// The most a key's value may hold, and the name an error gives that limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub bytes: usize,
+    pub name: &'static str,
+}
+
+impl Limit {
+    /// A list's (the whitelist, an `ip_key` or `in_key`): the `max_bytes` option.
+    pub fn list(max_bytes: usize) -> Limit {
+        Limit {
+            bytes: max_bytes,
+            name: "max_bytes",
+        }
+    }
+
+    /// A rule set's: its own limit, far below a list's (or `max_bytes`, where that is lower).
+    pub fn rule_set(max_bytes: usize) -> Limit {
+        if max_bytes < gray_core::rules::MAX_BYTES {
+            return Limit::list(max_bytes);
+        }
+        Limit {
+            bytes: gray_core::rules::MAX_BYTES,
+            name: "the rule set limit",
+        }
+    }
+}
+
+/// A value over the limit: `bytes` is its size, or for a SET the members' bytes up to and
+/// including the member that crossed it (whose bytes are never read).
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooLarge {
     pub kind: KeyKind,
     pub bytes: usize,
-    pub limit: usize,
+    pub limit: Limit,
 }
 
 impl fmt::Display for TooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Limit { bytes: limit, name } = self.limit;
         match self.kind {
             KeyKind::Set => write!(
                 f,
-                "set members exceed max_bytes ({} bytes): refused at {} bytes, the rest left unread",
-                self.limit, self.bytes
+                "set members exceed {name} ({limit} bytes): refused at {} bytes, the rest left unread",
+                self.bytes
             ),
             _ => write!(
                 f,
-                "value is {} bytes, over max_bytes ({} bytes)",
-                self.bytes, self.limit
+                "value is {} bytes, over {name} ({limit} bytes)",
+                self.bytes
             ),
         }
     }
 }
 
-/// Counts the bytes read against `max_bytes`.
+/// Counts the bytes read against the limit.
 struct Budget {
     kind: KeyKind,
     used: usize,
-    limit: usize,
+    limit: Limit,
 }
 
 impl Budget {
-    fn new(kind: KeyKind, limit: usize) -> Self {
+    fn new(kind: KeyKind, limit: Limit) -> Self {
         Budget {
             kind,
             used: 0,
@@ -77,7 +107,7 @@ impl Budget {
 
     fn take(&mut self, bytes: usize) -> Result<(), TooLarge> {
         self.used = self.used.saturating_add(bytes);
-        if self.used > self.limit {
+        if self.used > self.limit.bytes {
             return Err(TooLarge {
                 kind: self.kind,
                 bytes: self.used,
@@ -121,7 +151,7 @@ fn unexpected(what: &str, reply: &Reply) -> FetchError {
 pub fn fetch<B: ListBuilder>(
     con: &mut Connection,
     key: &str,
-    max_bytes: usize,
+    limit: Limit,
 ) -> Result<Fetched<B>, FetchError> {
     let kind = match con.query(redis::cmd("TYPE").arg(key), 0)? {
         Reply::Status(kind) => kind,
@@ -129,8 +159,8 @@ pub fn fetch<B: ListBuilder>(
     };
     match kind.as_str() {
         "none" => Ok(Fetched::text(KeyKind::Missing, Vec::new())),
-        "string" => fetch_string(con, key, max_bytes),
-        "set" => fetch_set(con, key, max_bytes),
+        "string" => fetch_string(con, key, limit),
+        "set" => fetch_set(con, key, limit),
         other => Err(FetchError::WrongType(other.to_string())),
     }
 }
@@ -160,13 +190,14 @@ pub fn probe(con: &mut Connection, key: &str) -> Result<(KeyKind, u64), FetchErr
 fn fetch_string<B: ListBuilder>(
     con: &mut Connection,
     key: &str,
-    max_bytes: usize,
+    limit: Limit,
 ) -> Result<Fetched<B>, FetchError> {
+    let max_bytes = limit.bytes;
     let len = match con.query(redis::cmd("STRLEN").arg(key), 0)? {
         Reply::Int(len) => usize::try_from(len).unwrap_or(0),
         other => return Err(unexpected("a length", &other)),
     };
-    Budget::new(KeyKind::String, max_bytes).take(len)?;
+    Budget::new(KeyKind::String, limit).take(len)?;
     let value = match con.query(
         redis::cmd("GETRANGE").arg(key).arg(0).arg(max_bytes),
         max_bytes,
@@ -174,7 +205,7 @@ fn fetch_string<B: ListBuilder>(
         Ok(Reply::Bulk(value)) => value.unwrap_or_default(),
         Ok(other) => return Err(unexpected("a string", &other)),
         Err(connection::Error::TooLong(len)) => {
-            return Err(Budget::new(KeyKind::String, max_bytes)
+            return Err(Budget::new(KeyKind::String, limit)
                 .take(len)
                 .unwrap_err()
                 .into())
@@ -182,7 +213,7 @@ fn fetch_string<B: ListBuilder>(
         Err(e) => return Err(e.into()),
     };
     // It may have been cut at max_bytes + 1 bytes, if it grew since STRLEN.
-    Budget::new(KeyKind::String, max_bytes).take(value.len())?;
+    Budget::new(KeyKind::String, limit).take(value.len())?;
     Ok(Fetched::text(KeyKind::String, value))
 }
 
@@ -206,7 +237,7 @@ fn scan_bounds(size: Option<usize>, max_bytes: usize) -> (usize, usize) {
 fn fetch_set<B: ListBuilder>(
     con: &mut Connection,
     key: &str,
-    max_bytes: usize,
+    limit: Limit,
 ) -> Result<Fetched<B>, FetchError> {
     let size = match con.query(redis::cmd("SCARD").arg(key), 0) {
         Ok(Reply::Int(n)) => Some(usize::try_from(n).unwrap_or(0)),
@@ -215,13 +246,13 @@ fn fetch_set<B: ListBuilder>(
         Err(connection::Error::Server(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    let (max_rounds, max_members) = scan_bounds(size, max_bytes);
+    let (max_rounds, max_members) = scan_bounds(size, limit.bytes);
     let sscan = |cursor: u64| {
         let mut cmd = redis::cmd("SSCAN");
         cmd.arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
         cmd
     };
-    let mut budget = Budget::new(KeyKind::Set, max_bytes);
+    let mut budget = Budget::new(KeyKind::Set, limit);
     let mut members = Members::<B>::default();
     let mut read = 0usize;
     con.send(&sscan(0))?;
@@ -275,7 +306,7 @@ mod tests {
         });
         let mut con = Connection::over_unix(ours, 64 * 1024, Duration::from_secs(1));
         let started = Instant::now();
-        match fetch::<WhitelistBuilder>(&mut con, "gray", 1 << 20) {
+        match fetch::<WhitelistBuilder>(&mut con, "gray", Limit::list(1 << 20)) {
             Err(FetchError::Redis(connection::Error::Protocol(why))) => {
                 assert!(why.contains("that ends"), "{why}");
                 assert!(why.contains("SCARD said 5"), "{why}");
@@ -292,7 +323,7 @@ mod tests {
 
     #[test]
     fn the_budget_allows_exactly_the_limit() {
-        let mut budget = Budget::new(KeyKind::Set, 10);
+        let mut budget = Budget::new(KeyKind::Set, Limit::list(10));
         assert!(budget.take(4).is_ok());
         assert!(budget.take(6).is_ok());
         let err = budget.take(1).unwrap_err();
@@ -301,7 +332,7 @@ mod tests {
             TooLarge {
                 kind: KeyKind::Set,
                 bytes: 11,
-                limit: 10
+                limit: Limit::list(10)
             }
         );
         assert_eq!(
@@ -309,7 +340,7 @@ mod tests {
             "set members exceed max_bytes (10 bytes): refused at 11 bytes, the rest left unread"
         );
         assert_eq!(
-            Budget::new(KeyKind::String, 10)
+            Budget::new(KeyKind::String, Limit::list(10))
                 .take(52_428_800)
                 .unwrap_err()
                 .to_string(),

@@ -19,6 +19,7 @@ use gray_core::snapshot::{
 };
 use gray_core::value::{Fetched, KeyKind, ListBuilder, Text};
 use gray_core::whitelist::{Whitelist, WhitelistBuilder};
+use gray_io::read::Limit;
 
 use super::reader::Read;
 use super::watch::tracking_prefixes;
@@ -30,8 +31,8 @@ use crate::state::Shared;
 /// Where the loaded state reads keys and says what it did: the refresher's link and health, or a
 /// test's fake.
 pub(super) trait Source {
-    /// Key `key`, as the poll under way reads it (or leaves it).
-    fn read<B: ListBuilder>(&mut self, key: &str) -> Result<Read<B>, String>;
+    /// Key `key`, as the poll under way reads it (or leaves it), at most `limit`.
+    fn read<B: ListBuilder>(&mut self, key: &str, limit: Limit) -> Result<Read<B>, String>;
     /// Key `key` is no longer read: referenced again later, it is read again, whatever a write
     /// names.
     fn forget(&mut self, key: &str);
@@ -96,6 +97,11 @@ impl Loaded {
         }
     }
 
+    /// How much a list is read at most.
+    fn lists(&self) -> Limit {
+        Limit::list(self.config.max_bytes)
+    }
+
     /// Reads the keys of this poll into the loaded state; says whether anything was replaced.
     /// What was replaced before a failure stays to be published all the same.
     pub fn poll(&mut self, source: &mut impl Source) -> Result<bool, String> {
@@ -119,7 +125,7 @@ impl Loaded {
 
     fn read_keys(&mut self, source: &mut impl Source, replaced: &mut bool) -> Result<(), String> {
         let key = self.config.key.clone();
-        if let Read::Value(fetched, took) = source.read::<WhitelistBuilder>(&key)? {
+        if let Read::Value(fetched, took) = source.read::<WhitelistBuilder>(&key, self.lists())? {
             if self
                 .whitelist
                 .as_ref()
@@ -140,7 +146,9 @@ impl Loaded {
     /// changes nothing, a missing key leaves the whitelist to decide. Says whether it replaced.
     fn poll_rule_set(&mut self, source: &mut impl Source, set: usize) -> Result<bool, String> {
         let key = self.rule_sets[set].key.clone();
-        let Read::Value(fetched, _) = source.read::<Text>(&key)? else {
+        let Read::Value(fetched, _) =
+            source.read::<Text>(&key, Limit::rule_set(self.config.max_bytes))?
+        else {
             return Ok(false);
         };
         let slot = &mut self.rule_sets[set];
@@ -243,13 +251,15 @@ impl Loaded {
             }
             let current = self.keys.get(&key).map(LoadedKey::version);
             let loaded = match key.use_ {
-                KeyUse::Whitelist => match source.read::<WhitelistBuilder>(&key.name)? {
-                    Read::Value(f, took) if current != Some(f.version) => {
-                        Some(LoadedKey::Whitelist(parse_list(source, &key.name, f, took)))
+                KeyUse::Whitelist => {
+                    match source.read::<WhitelistBuilder>(&key.name, self.lists())? {
+                        Read::Value(f, took) if current != Some(f.version) => {
+                            Some(LoadedKey::Whitelist(parse_list(source, &key.name, f, took)))
+                        }
+                        _ => None,
                     }
-                    _ => None,
-                },
-                KeyUse::Ids => match source.read::<IdSet>(&key.name)? {
+                }
+                KeyUse::Ids => match source.read::<IdSet>(&key.name, self.lists())? {
                     Read::Value(f, took) if current != Some(f.version) => {
                         Some(LoadedKey::Ids(parse_ids(source, &key.name, f, took)))
                     }
@@ -512,5 +522,148 @@ fn report_parse(
                 t.entry, t.network
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use gray_core::config::OptionValue;
+    use gray_core::decision::Extra;
+
+    /// Redis as a map of string keys; what was read and forgotten, and what was said.
+    #[derive(Default)]
+    struct Fake {
+        values: HashMap<String, String>,
+        reads: Vec<String>,
+        limits: HashMap<String, Limit>,
+        forgotten: HashSet<String>,
+        logged: Vec<String>,
+        rejected: Vec<String>,
+    }
+
+    impl Source for Fake {
+        fn read<B: ListBuilder>(&mut self, key: &str, limit: Limit) -> Result<Read<B>, String> {
+            self.reads.push(key.to_string());
+            self.limits.insert(key.to_string(), limit);
+            let fetched = match self.values.get(key) {
+                Some(value) if value.len() > limit.bytes => {
+                    return Ok(Read::Refused(format!("{key} over {}", limit.name)))
+                }
+                Some(value) => Fetched::text(KeyKind::String, value.as_bytes().to_vec()),
+                None => Fetched::text(KeyKind::Missing, Vec::new()),
+            };
+            Ok(Read::Value(fetched, Duration::ZERO))
+        }
+        fn forget(&mut self, key: &str) {
+            self.forgotten.insert(key.to_string());
+        }
+        fn log(&mut self, _: Level, message: String) {
+            self.logged.push(message);
+        }
+        fn warn_once(&mut self, message: String) {
+            self.logged.push(message);
+        }
+        fn rejected(&mut self, error: String) {
+            self.rejected.push(error);
+        }
+    }
+
+    fn loaded() -> Loaded {
+        let targets = OptionValue::List(vec![OptionValue::Str("@canary".into())]);
+        Loaded::new(Arc::new(
+            Config::from_options(vec![("targets".into(), targets)]).unwrap(),
+        ))
+    }
+
+    /// Where the published snapshot sends a client (peer address bytes), by target name.
+    fn routes(shared: &Shared, client: [u8; 4]) -> String {
+        let snapshot = shared.current();
+        let code = snapshot.route(0, &client, &Extra::default());
+        snapshot.target_name((code & 0xff) as usize).to_string()
+    }
+
+    #[test]
+    fn a_rule_set_reading_the_whitelist_key_shares_its_one_read() {
+        let mut fake = Fake::default();
+        fake.values.insert("gray".into(), "10.0.0.1".into());
+        fake.values.insert(
+            "gray:rules".into(),
+            r#"{"format":1,"rules":[{"name":"list","ip_key":"gray","to":"@canary"}]}"#.into(),
+        );
+        let mut loaded = loaded();
+        assert!(loaded.poll(&mut fake).unwrap());
+        assert_eq!(fake.reads, ["gray", "gray:rules"]);
+        let shared = Shared::default();
+        loaded.publish(&shared, &mut |_| {});
+        assert_eq!(routes(&shared, [10, 0, 0, 1]), "@canary");
+        assert_eq!(routes(&shared, [10, 0, 0, 2]), "@prod1");
+        assert!(loaded.reads_key(b"gray:rules:guard"));
+        assert!(!loaded.reads_key(b"gray:history"));
+    }
+
+    #[test]
+    fn a_bad_rule_set_keeps_the_good_one_and_a_missing_one_hands_back_to_the_whitelist() {
+        let mut fake = Fake::default();
+        fake.values.insert("gray".into(), "10.0.0.1".into());
+        fake.values.insert(
+            "gray:rules".into(),
+            r#"{"format":1,"rules":[{"name":"all","to":"@canary"}]}"#.into(),
+        );
+        let (mut loaded, shared) = (loaded(), Shared::default());
+        loaded.poll(&mut fake).unwrap();
+        fake.values.insert(
+            "gray:rules".into(),
+            r#"{"format":1,"rules":[{"name":"all","to":"@x"}]}"#.into(),
+        );
+        assert!(!loaded.poll(&mut fake).unwrap());
+        assert!(fake.rejected[0].starts_with(
+            "rejected rule set in key gray:rules: rules[1] \"all\": to: unknown target \"@x\""
+        ));
+        loaded.publish(&shared, &mut |_| {});
+        assert_eq!(routes(&shared, [10, 9, 9, 9]), "@canary");
+        fake.values.remove("gray:rules");
+        assert!(loaded.poll(&mut fake).unwrap());
+        loaded.publish(&shared, &mut |_| {});
+        assert_eq!(routes(&shared, [10, 9, 9, 9]), "@prod1");
+        assert_eq!(routes(&shared, [10, 0, 0, 1]), "@prod2-grey");
+    }
+
+    #[test]
+    fn a_referenced_key_is_read_and_forgotten_with_the_rules_that_named_it() {
+        let mut fake = Fake::default();
+        fake.values.insert(
+            "gray:rules".into(),
+            r#"{"format":1,"rules":[{"name":"office","ip_key":"office","to":"@canary"}]}"#.into(),
+        );
+        fake.values.insert("office".into(), "10.0.0.0/8".into());
+        let (mut loaded, shared) = (loaded(), Shared::default());
+        loaded.poll(&mut fake).unwrap();
+        loaded.publish(&shared, &mut |_| {});
+        assert_eq!(routes(&shared, [10, 1, 2, 3]), "@canary");
+        assert!(loaded.reads_key(b"office"));
+        fake.values
+            .insert("gray:rules".into(), r#"{"format":1,"rules":[]}"#.into());
+        assert!(loaded.poll(&mut fake).unwrap());
+        assert!(fake.forgotten.contains("office"));
+        assert!(!loaded.reads_key(b"office"));
+        assert_eq!(loaded.wanted_prefixes(), ["gray"]);
+    }
+
+    #[test]
+    fn a_rule_set_is_read_under_its_own_limit_and_a_list_under_max_bytes() {
+        let mut fake = Fake::default();
+        fake.values.insert(
+            "gray:rules".into(),
+            "x".repeat(gray_core::rules::MAX_BYTES + 1),
+        );
+        let mut loaded = loaded();
+        loaded.poll(&mut fake).unwrap();
+        assert_eq!(fake.limits["gray:rules"], Limit::rule_set(32 << 20));
+        assert_eq!(fake.limits["gray:rules"].bytes, 1 << 20);
+        assert_eq!(fake.limits["gray"], Limit::list(32 << 20));
+        assert!(loaded.rule_sets[0].compiled.is_none());
     }
 }

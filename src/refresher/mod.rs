@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use gray_core::config::Config;
 use gray_core::value::ListBuilder;
 use gray_io::endpoint::Endpoint;
+use gray_io::read::Limit;
 
 use crate::log::Level;
 use crate::os;
@@ -245,7 +246,6 @@ impl Refresher {
             health: &mut self.health,
             reader: &mut self.reader,
             tracking: self.watch.tracking,
-            max_bytes: self.config.max_bytes,
             polled: &mut polled,
         });
         if let Ok(replaced) = read {
@@ -301,17 +301,16 @@ struct Session<'a> {
     health: &'a mut Health,
     reader: &'a mut Reader,
     tracking: bool,
-    max_bytes: usize,
     polled: &'a mut Polled,
 }
 
 impl Source for Session<'_> {
-    fn read<B: ListBuilder>(&mut self, key: &str) -> Result<Read<B>, String> {
+    fn read<B: ListBuilder>(&mut self, key: &str, limit: Limit) -> Result<Read<B>, String> {
         let read = self.reader.read(
             self.link,
             self.health,
             self.tracking,
-            self.max_bytes,
+            limit,
             key,
             self.polled,
         )?;

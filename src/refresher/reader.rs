@@ -1,6 +1,6 @@
 //! Reading keys: which keys a poll reads ([`Reading`]: all, the ones a change named, or a poll
 //! without tracking, which probes a large value's type and size before it reads it), each read
-//! bounded by `max_bytes`, and what each key looked like when last read. A key refused (the wrong
+//! bounded by its limit, and what each key looked like when last read. A key refused (the wrong
 //! type, too large) is reported, never read into memory, and keeps its last good value.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
 use gray_io::connection;
-use gray_io::read::{fetch, probe, FetchError};
+use gray_io::read::{fetch, probe, FetchError, Limit};
 
 use super::health::Health;
 use super::link::Link;
@@ -91,7 +91,7 @@ impl Reader {
         link: &mut Link,
         health: &mut Health,
         tracking: bool,
-        max_bytes: usize,
+        limit: Limit,
         key: &str,
         polled: &mut Polled,
     ) -> Result<Read<B>, String> {
@@ -130,7 +130,7 @@ impl Reader {
             }
         }
         let command = link.command()?;
-        match fetch::<B>(command, key, max_bytes) {
+        match fetch::<B>(command, key, limit) {
             Ok(fetched) => {
                 polled.bytes += fetched.bytes;
                 if fetched.bytes >= LARGE_READ {

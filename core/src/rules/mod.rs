@@ -19,6 +19,10 @@ pub use source::Source;
 
 /// At most this many rules in a rule set.
 pub const MAX_RULES: usize = 1000;
+/// A rule set's JSON is at most this long: far below a list's `max_bytes`, so what a rule set
+/// costs to read, parse and compile stays small whatever its key holds (big id lists belong in
+/// an `in_key`).
+pub const MAX_BYTES: usize = 1 << 20;
 /// At most this many distinct inputs (headers, cookies, ...) in a rule set: the request path
 /// holds them in a fixed array.
 pub const MAX_INPUTS: usize = 64;
@@ -92,7 +96,8 @@ pub enum IdMatcher {
     Prefix(Vec<Vec<u8>>),
     /// Inclusive; an id that is not an integer matches none.
     Range(Vec<(i64, i64)>),
-    Regex(regex::bytes::Regex),
+    /// The pattern as written, and compiled.
+    Regex(String, regex_automata::meta::Regex),
 }
 
 #[derive(Debug)]
@@ -420,7 +425,9 @@ impl RuleSet {
                     IdMatcher::Range(ranges) => parse_integer(value)
                         .filter(|n| ranges.iter().any(|(lo, hi)| lo <= n && n <= hi))
                         .map(|_| "in a listed range"),
-                    IdMatcher::Regex(regex) => regex.is_match(value).then_some("matches the regex"),
+                    IdMatcher::Regex(_, regex) => {
+                        regex.is_match(value).then_some("matches the regex")
+                    }
                 };
                 match how {
                     Some(how) => trace.matched(

@@ -5,12 +5,15 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use regex_automata::meta::Regex;
+use regex_automata::util::syntax;
+use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
     Amount, IdCondition, IdMatcher, KeyRef, KeySource, KeyUse, Override, Percent, Rule, RuleSet,
-    Source, MAX_INPUTS, MAX_RULES,
+    Source, MAX_BYTES, MAX_INPUTS, MAX_RULES,
 };
 use crate::bucket;
 use crate::guard::{Guard, DEFAULT_MIN_REQUESTS, DEFAULT_WINDOW, MAX_WINDOW};
@@ -20,8 +23,14 @@ use crate::whitelist::parse_entry;
 
 /// The one format this build reads.
 pub const FORMAT: u64 = 1;
-/// A regex compiles to at most this much memory (the regex crate matches in linear time).
+/// A regex's pattern is at most this long: parsing costs memory in proportion to it.
+const REGEX_PATTERN_MAX: usize = 4096;
+/// A regex compiles to at most this much memory (the regex engine matches in linear time).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Each regex's lazy DFA caches at most this much as it matches.
+const REGEX_CACHE: usize = 64 << 10;
+/// A rule set's regexes together, compiled and with their caches full, take at most this much.
+const REGEX_BUDGET: usize = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSetError(pub String);
@@ -44,7 +53,31 @@ struct RuleSetSpec {
     default: Option<String>,
     #[serde(default, rename = "override")]
     override_: Option<OverrideSpec>,
+    #[serde(deserialize_with = "at_most_max_rules")]
     rules: Vec<Value>,
+}
+
+/// The rules, decoded one by one and refused at the first past [`MAX_RULES`]: a rule set of
+/// half a million elements costs what 1,001 do.
+fn at_most_max_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+    struct Rules;
+    impl<'de> Visitor<'de> for Rules {
+        type Value = Vec<Value>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of rules")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+            let mut rules = Vec::new();
+            while let Some(rule) = seq.next_element::<Value>()? {
+                if rules.len() == MAX_RULES {
+                    return Err(A::Error::custom(format!("more than {MAX_RULES} rules")));
+                }
+                rules.push(rule);
+            }
+            Ok(rules)
+        }
+    }
+    d.deserialize_seq(Rules)
 }
 
 #[derive(Deserialize)]
@@ -96,6 +129,12 @@ struct RampSpec {
 /// Decodes and compiles a rule set. `targets` is the target table (the named locations this
 /// nginx has); its first entry is the default when the rule set names none.
 pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError> {
+    if json.len() > MAX_BYTES {
+        return Err(RuleSetError(format!(
+            "the rule set is {} bytes, at most {MAX_BYTES}",
+            json.len()
+        )));
+    }
     let spec: RuleSetSpec =
         serde_json::from_slice(json).map_err(|e| RuleSetError(format!("not a rule set: {e}")))?;
     if spec.format.as_u64() != Some(FORMAT) {
@@ -104,17 +143,12 @@ pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError>
             spec.format
         )));
     }
-    if spec.rules.len() > MAX_RULES {
-        return Err(RuleSetError(format!(
-            "{} rules, at most {MAX_RULES}",
-            spec.rules.len()
-        )));
-    }
     let mut compiler = Compiler {
         targets,
         default: 0,
         inputs: Vec::new(),
         keys: Vec::new(),
+        regex_memory: 0,
     };
     let default = match &spec.default {
         Some(name) => compiler.target(name, "default")?,
@@ -173,9 +207,48 @@ struct Compiler<'a> {
     default: usize,
     inputs: Vec<Source>,
     keys: Vec<KeyRef>,
+    /// What the regexes compiled so far take, their caches counted full.
+    regex_memory: usize,
 }
 
 impl Compiler<'_> {
+    /// A rule's regex, within what is left of the rule set's regex budget.
+    fn regex(&mut self, pattern: &str) -> Result<Regex, String> {
+        if pattern.len() > REGEX_PATTERN_MAX {
+            return Err(format!(
+                "a pattern of {} bytes, at most {REGEX_PATTERN_MAX}",
+                pattern.len()
+            ));
+        }
+        let over_budget = || {
+            format!(
+                "the rule set's regexes would take more than {REGEX_BUDGET} bytes compiled; use fewer or simpler ones"
+            )
+        };
+        let left = REGEX_BUDGET
+            .checked_sub(self.regex_memory + REGEX_CACHE)
+            .ok_or_else(over_budget)?;
+        let regex = Regex::builder()
+            .syntax(syntax::Config::new().utf8(false))
+            .configure(
+                Regex::config()
+                    .nfa_size_limit(Some(REGEX_SIZE_LIMIT.min(left)))
+                    .hybrid_cache_capacity(REGEX_CACHE),
+            )
+            .build(pattern)
+            .map_err(|e| match (e.syntax_error(), e.size_limit()) {
+                (Some(syntax), _) => format!("regex parse error: {syntax}"),
+                (None, Some(limit)) if limit < REGEX_SIZE_LIMIT => over_budget(),
+                (None, Some(limit)) => format!("compiles to more than {limit} bytes"),
+                (None, None) => e.to_string(),
+            })?;
+        self.regex_memory += regex.memory_usage() + REGEX_CACHE;
+        if self.regex_memory > REGEX_BUDGET {
+            return Err(over_budget());
+        }
+        Ok(regex)
+    }
+
     fn target(&self, name: &str, field: &str) -> Result<usize, RuleSetError> {
         self.targets.iter().position(|t| t == name).ok_or_else(|| {
             RuleSetError(format!(
@@ -261,11 +334,8 @@ impl Compiler<'_> {
             matchers.push(IdMatcher::Range(ranges.clone()));
         }
         if let Some(pattern) = &spec.regex {
-            let regex = regex::bytes::RegexBuilder::new(pattern)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| err("regex", e.to_string()))?;
-            matchers.push(IdMatcher::Regex(regex));
+            let regex = self.regex(pattern).map_err(|e| err("regex", e))?;
+            matchers.push(IdMatcher::Regex(pattern.clone(), regex));
         }
         let id = match (&spec.id, matchers.is_empty()) {
             (Some(source), false) => {
