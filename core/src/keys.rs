@@ -44,6 +44,16 @@ pub fn is_guard_of(key: &[u8], rule_set_key: &str) -> bool {
     key.strip_prefix(rule_set_key.as_bytes()) == Some(GUARD_SUFFIX.as_bytes())
 }
 
+/// Which rule set `key` is, under `rules_key`: `Some(None)` for the default one, `Some(name)`
+/// for a named one with a good name, `None` for a key that is no rule set's.
+pub fn rule_set_name<'k>(rules_key: &str, key: &'k str) -> Option<Option<&'k str>> {
+    if key == rules_key {
+        return Some(None);
+    }
+    let name = key.strip_prefix(rules_key)?.strip_prefix(':')?;
+    check_rule_set_name(name).ok().map(|()| Some(name))
+}
+
 /// Checks a rule set's name (`rule_sets`, `--set`): not empty, no white space, and not one that
 /// makes its key another rule set's guard hash (`guard`, `x:guard`).
 pub fn check_rule_set_name(name: &str) -> Result<(), String> {
@@ -76,6 +86,18 @@ mod tests {
         assert!(is_guard_of(b"gray:rules:guard", "gray:rules"));
         assert!(!is_guard_of(b"gray:rules:shop:guard", "gray:rules"));
         assert!(!is_guard_of(b"gray:rules", "gray:rules"));
+    }
+
+    #[test]
+    fn a_key_is_a_rule_sets_by_its_name() {
+        assert_eq!(rule_set_name("gray:rules", "gray:rules"), Some(None));
+        assert_eq!(
+            rule_set_name("gray:rules", "gray:rules:shop"),
+            Some(Some("shop"))
+        );
+        assert_eq!(rule_set_name("gray:rules", "gray:rules:guard"), None);
+        assert_eq!(rule_set_name("gray:rules", "gray:rulesx"), None);
+        assert_eq!(rule_set_name("gray:rules", "gray"), None);
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub enum Subject {
     RuleSet,
 }
 
+impl Subject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subject::Whitelist => "whitelist",
+            Subject::RuleSet => "rule set",
+        }
+    }
+}
+
 /// Who changed what, when and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {

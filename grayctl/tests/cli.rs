@@ -421,3 +421,37 @@ fn guard_show_lists_trips_and_reset_clears_that_rules_records() {
     assert_eq!(shown["trips"].as_array().unwrap().len(), 1);
     assert_eq!(shown["resets"][0]["rule"], "canary");
 }
+
+#[test]
+fn a_history_entry_cannot_steer_a_rollback_elsewhere_nor_crash_the_history() {
+    let r = Redis::start();
+    r.cli(&["SET", "gray", "1.1.1.1"]);
+    r.cli(&["SET", "gray:history:victim", "precious"]);
+    let entry = |key: &str, subject: &str, time: &str| {
+        format!(
+            r#"{{"time":{time},"who":"x@y","command":"add 9.9.9.9","key":"{key}","subject":"{subject}","previous":{{"type":"string","value":"9.9.9.9"}},"previous_bytes":7}}"#
+        )
+    };
+    // Keys no whitelist or rule set of this gray owns: refused, nothing written.
+    for (key, subject) in [
+        ("gray:history:victim", "whitelist"),
+        ("gray:rules:guard", "rule_set"),
+        ("gray:rules", "whitelist"),
+        ("gray", "rule_set"),
+    ] {
+        r.cli(&["LPUSH", "gray:history", &entry(key, subject, "1")]);
+        let err = refused(r.grayctl(&["rollback"]));
+        assert!(err.contains("not one this gray's"), "{key}: {err}");
+        r.cli(&["LPOP", "gray:history"]);
+    }
+    assert_eq!(r.cli(&["GET", "gray:history:victim"]), "precious");
+    // A time no clock can show: the history lists it all the same.
+    r.cli(&[
+        "LPUSH",
+        "gray:history",
+        &entry("gray", "whitelist", "18446744073709551615"),
+    ]);
+    let shown = ok(r.grayctl(&["history"]));
+    assert!(shown.contains("gray: add 9.9.9.9"), "{shown}");
+    ok(r.grayctl(&["history", "--json"]));
+}

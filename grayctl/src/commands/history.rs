@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use gray_core::keys;
 use gray_core::snapshot::CompiledRuleSet;
 use gray_core::whitelist::Whitelist;
 use serde_json::{json, Value};
@@ -14,6 +15,9 @@ use crate::history::{self, Subject};
 use crate::store::Write;
 use crate::value::KeyValue;
 use crate::whitelist_edit::Change;
+
+/// The latest time humantime writes (the year 9999).
+const MAX_SHOWN_TIME: std::time::Duration = std::time::Duration::from_secs(253_402_300_799);
 
 pub(super) fn show(ctx: &Context, limit: usize) -> Result<(), Failure> {
     let entries = ctx.store()?.history()?;
@@ -43,10 +47,16 @@ pub(super) fn show(ctx: &Context, limit: usize) -> Result<(), Failure> {
     for (n, entry) in shown {
         match entry {
             Some(e) => {
-                let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(e.record.time);
+                // Any number may stand there: one past what a clock shows is shown as it is.
+                let at = SystemTime::UNIX_EPOCH
+                    .checked_add(std::time::Duration::from_secs(e.record.time))
+                    .filter(|at| *at < SystemTime::UNIX_EPOCH + MAX_SHOWN_TIME)
+                    .map_or_else(
+                        || format!("time {}", e.record.time),
+                        |at| humantime::format_rfc3339_seconds(at).to_string(),
+                    );
                 println!(
-                    "{n:>3}  {}  {}  {}: {}{}",
-                    humantime::format_rfc3339_seconds(at),
+                    "{n:>3}  {at}  {}  {}: {}{}",
                     e.record.who,
                     e.record.key,
                     e.record.command,
@@ -110,8 +120,20 @@ pub(super) fn rollback(ctx: &Context, n: usize) -> Result<(), Failure> {
             history::MAX_VALUE_BYTES
         ))
     })?;
-    validate_restore(ctx, &entry, &previous)?;
     let key = entry.record.key.clone();
+    let owned = match entry.record.subject {
+        Subject::Whitelist => key == ctx.config.key,
+        Subject::RuleSet => keys::rule_set_name(&ctx.config.rules_key, &key).is_some(),
+    };
+    if !owned {
+        return Err(refused(format!(
+            "history entry {n} names key {key} as a {}: not one this gray's whitelist or rule sets own (--key {}, --rules-key {}); nothing written",
+            entry.record.subject.as_str(),
+            ctx.config.key,
+            ctx.config.rules_key
+        )));
+    }
+    validate_restore(ctx, &entry, &previous)?;
     let record = ctx.record(
         &key,
         entry.record.subject,
