@@ -30,6 +30,16 @@ sub command {
 my %Modes = (
     nested => sub { my $c = shift; command($c); 1 while print $c "*1\r\n" },
     elements => sub { my $c = shift; command($c); print $c "*2147483647\r\n"; 1 while print $c ":1\r\n" },
+    # Every reply a quarter of a second late: each within a timeout of 0.3 s, a first load longer.
+    slow => sub {
+        my $c = shift;
+        while (my @words = command($c)) {
+            select(undef, undef, undef, 0.25);
+            my $name = uc $words[0];
+            my $reply = $name eq 'TYPE' ? "+none\r\n" : $name eq 'PING' ? "+PONG\r\n" : "-ERR slow\r\n";
+            print $c $reply or return;
+        }
+    },
     scan => sub {
         my $c = shift;
         while (my @words = command($c)) {
@@ -71,6 +81,7 @@ my $Owner = $$;
 $ENV{TEST_NGINX_FAKE_NESTED} = fake_redis('nested');
 $ENV{TEST_NGINX_FAKE_ELEMENTS} = fake_redis('elements');
 $ENV{TEST_NGINX_FAKE_SCAN} = fake_redis('scan');
+$ENV{TEST_NGINX_FAKE_SLOW} = fake_redis('slow');
 
 END { kill 'KILL', @Fakes if $$ == $Owner }
 
@@ -127,3 +138,31 @@ prod
 failed to read key gray: unexpected reply: a SSCAN of key gray that ends, not one past 1024 rounds and 0 members (SCARD said 5)
 --- allowed_errors
 a SSCAN of key gray that ends
+
+
+
+=== TEST 4: a Redis slow to answer holds a starting worker for timeout, not more: the first load goes on in the background
+--- http_config
+    init_worker_by_lua_block {
+        ngx.update_time()
+        local started = ngx.now()
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_FAKE_SLOW/0", timeout = 0.3, channel = false,
+        }
+        ngx.update_time()
+        package.loaded.init_worker_took = ngx.now() - started
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local took = package.loaded.init_worker_took
+            ngx.say("served after at most timeout + 0.15 s: ", took < 0.45, took < 0.45 and "" or (" (" .. took .. " s)"))
+            ngx.say((require("gray").decide()))
+        }
+    }
+--- response_body
+served after at most timeout + 0.15 s: true
+@prod1
+--- error_log
+no answer from redis within 0.4s; serving before the first load, which continues in the background
+

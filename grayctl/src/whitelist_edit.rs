@@ -3,6 +3,7 @@
 //! keeps its type and format: a string stays a string joined by its own separator, a SET stays a
 //! SET and changes by SADD/SREM of the members concerned.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use gray_core::whitelist::{is_separator, parse_entry, tokens};
@@ -115,18 +116,23 @@ fn string_tokens(value: &[u8]) -> Vec<Vec<u8>> {
     tokens(value).map(<[u8]>::to_vec).collect()
 }
 
-/// Adds `entries` not yet in the list (an entry is there when an entry of the same network is).
-pub fn add(current: &KeyValue, entries: &[Entry]) -> Edit {
-    let present: Vec<IpNet> = current
+/// The networks the list holds now, each once.
+fn networks(current: &KeyValue) -> HashSet<IpNet> {
+    current
         .values()
         .iter()
         .flat_map(|v| tokens(v))
         .filter_map(parsed)
-        .collect();
+        .collect()
+}
+
+/// Adds `entries` not yet in the list (an entry is there when an entry of the same network is).
+pub fn add(current: &KeyValue, entries: &[Entry]) -> Edit {
+    let mut present = networks(current);
     let mut notes = Vec::new();
     let mut new: Vec<&Entry> = Vec::new();
     for entry in entries {
-        if present.contains(&entry.net) || new.iter().any(|e| e.net == entry.net) {
+        if !present.insert(entry.net) {
             notes.push(format!("{} is already in the list", entry.text));
         } else {
             new.push(entry);
@@ -159,18 +165,14 @@ pub fn add(current: &KeyValue, entries: &[Entry]) -> Edit {
 
 /// Removes every entry of the same network as one of `entries`.
 pub fn remove(current: &KeyValue, entries: &[Entry]) -> Edit {
-    let wanted = |token: &[u8]| parsed(token).is_some_and(|n| entries.iter().any(|e| e.net == n));
-    let mut notes = Vec::new();
-    for entry in entries {
-        let there = current
-            .values()
-            .iter()
-            .flat_map(|v| tokens(v))
-            .any(|t| parsed(t) == Some(entry.net));
-        if !there {
-            notes.push(format!("{} is not in the list", entry.text));
-        }
-    }
+    let removed: HashSet<IpNet> = entries.iter().map(|e| e.net).collect();
+    let wanted = |token: &[u8]| parsed(token).is_some_and(|n| removed.contains(&n));
+    let present = networks(current);
+    let notes = entries
+        .iter()
+        .filter(|entry| !present.contains(&entry.net))
+        .map(|entry| format!("{} is not in the list", entry.text))
+        .collect();
     let change = match current {
         KeyValue::Missing => None,
         KeyValue::String(value) => {
@@ -201,11 +203,10 @@ pub fn remove(current: &KeyValue, entries: &[Entry]) -> Edit {
 /// Replaces the whole list with `entries` (`grayctl import`), in the key's type and format.
 pub fn replace(current: &KeyValue, entries: &[Entry]) -> Edit {
     // One entry per network, as `add` counts them: the first spelling stays.
-    let mut nets = Vec::new();
+    let mut nets = HashSet::new();
     let mut texts: Vec<Vec<u8>> = Vec::new();
     for entry in entries {
-        if !nets.contains(&entry.net) {
-            nets.push(entry.net);
+        if nets.insert(entry.net) {
             texts.push(entry.text.clone().into_bytes());
         }
     }

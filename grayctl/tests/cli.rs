@@ -455,3 +455,11 @@ fn a_history_entry_cannot_steer_a_rollback_elsewhere_nor_crash_the_history() {
     assert!(shown.contains("gray: add 9.9.9.9"), "{shown}");
     ok(r.grayctl(&["history", "--json"]));
 }
+
+#[test]
+fn every_argument_says_what_it_is() {
+    let r = Redis::start();
+    let help = ok(r.grayctl(&["percent", "--help"]));
+    assert!(help.contains("The rule's name in the rule set"), "{help}");
+    assert!(help.contains("Its new percentage, 0 to 100"), "{help}");
+}

@@ -182,7 +182,7 @@ impl Connection {
                     None => Stream::Tcp(tcp),
                 }
             }
-            (ConnectionAddr::Unix(path), None) => Stream::Unix(connect_unix(path)?),
+            (ConnectionAddr::Unix(path), None) => Stream::Unix(connect_unix(path, deadline)?),
             _ => {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -565,8 +565,67 @@ fn connect_tcp<S>(
     }))
 }
 
-fn connect_unix(path: &Path) -> io::Result<UnixStream> {
-    UnixStream::connect(path)
+/// A unix socket's connect, bounded by `deadline`: a server whose backlog is full makes a
+/// blocking connect wait for as long as it does not accept, so the connect is made non-blocking
+/// and tried again (a unix socket cannot be polled for the end of a connect) until the deadline.
+fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unix socket path {} is too long", path.display()),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in addr.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    // SAFETY: plain arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket just made, owned from here on by the stream (closed with it).
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    loop {
+        // SAFETY: `addr` is a sockaddr_un of the size given, alive for the call.
+        let connected = unsafe {
+            libc::connect(
+                fd,
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if connected == 0 {
+            stream.set_nonblocking(false)?;
+            return Ok(stream);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5).min(deadline - Instant::now()));
+            }
+            Some(libc::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} accepted no connection in time", path.display()),
+                ))
+            }
+            _ => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -774,6 +833,41 @@ mod tests {
             resolve_with("[::1]", 6379, Instant::now(), literal).unwrap(),
             vec!["[::1]:6379".parse().unwrap()]
         );
+    }
+
+    #[test]
+    fn a_unix_socket_that_accepts_nothing_is_given_the_connect_timeout() {
+        use std::os::unix::ffi::OsStrExt;
+
+        let dir = std::env::temp_dir().join(format!("gray-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("full.sock");
+        let _ = std::fs::remove_file(&path);
+        // A listener with a backlog of 0 that never accepts.
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: the listener's own socket, listened on again with a smaller backlog.
+        assert_eq!(
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) },
+            0
+        );
+        let mut held = Vec::new();
+        let mut timed_out = None;
+        for _ in 0..16 {
+            let started = Instant::now();
+            match connect_unix(&path, started + Duration::from_millis(200)) {
+                Ok(stream) => held.push(stream),
+                Err(e) => {
+                    timed_out = Some((e, started.elapsed()));
+                    break;
+                }
+            }
+        }
+        let (e, took) = timed_out.expect("the backlog filled up");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        let too_long = Path::new(std::ffi::OsStr::from_bytes(&[b'x'; 200]));
+        assert!(connect_unix(too_long, Instant::now()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

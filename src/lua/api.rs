@@ -164,8 +164,9 @@ fn start(
         (false, _) => SHARED.log(Level::Notice, NOT_SHARED.into()),
     }
     if wait {
-        // Connecting and reading are each bounded by the timeout.
-        let bound = config.timeout * 2 + FIRST_LOAD_GRACE;
+        // A worker accepts nothing until this returns: bounded by `timeout` as a whole, however
+        // many connects and reads the first load takes; it goes on in the background after.
+        let bound = config.timeout + FIRST_LOAD_GRACE;
         if first_load.recv_timeout(bound).is_err() {
             return Ok((
                 Some(true),

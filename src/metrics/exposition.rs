@@ -253,16 +253,14 @@ fn worker_families(workers: &[WorkerState], family: &mut Family<'_>) {
     );
     family(
         "gray_loaded_entries",
-        "Whitelist entries, rules or ids each worker has loaded from each key",
+        "Whitelist entries, rules or ids each worker has loaded from each key, by what it reads it as",
         MetricType::GAUGE,
         workers
             .iter()
             .flat_map(|w| {
                 per_key(w, &|k| {
                     k.version.as_ref()?;
-                    let mut labels = worker(w);
-                    labels.push(label("key", &k.key));
-                    Some(gauge(labels, k.entries as f64))
+                    Some(gauge(key_labels(w, k), k.entries as f64))
                 })
             })
             .collect(),
@@ -273,13 +271,7 @@ fn worker_families(workers: &[WorkerState], family: &mut Family<'_>) {
         MetricType::GAUGE,
         workers
             .iter()
-            .flat_map(|w| {
-                per_key(w, &|k| {
-                    let mut labels = worker(w);
-                    labels.push(label("key", &k.key));
-                    Some(gauge(labels, k.loaded_at?))
-                })
-            })
+            .flat_map(|w| per_key(w, &|k| Some(gauge(key_labels(w, k), k.loaded_at?))))
             .collect(),
     );
     // One gauge a worker, for those that have a value.
@@ -343,6 +335,15 @@ fn worker_families(workers: &[WorkerState], family: &mut Family<'_>) {
     );
 }
 
+/// A worker's key: by worker, key and kind (one key can be read as the whitelist and as ids).
+fn key_labels(w: &WorkerState, k: &KeyLoaded) -> Vec<LabelPair> {
+    vec![
+        label("worker", &w.worker.to_string()),
+        label("key", &k.key),
+        label("kind", &k.kind),
+    ]
+}
+
 /// A flag as a gauge's value.
 fn flag(on: bool) -> Option<f64> {
     Some(f64::from(u8::from(on)))
@@ -379,4 +380,56 @@ fn counter_metric(labels: Vec<LabelPair>, value: u64) -> Metric {
     m.set_label(labels);
     m.set_counter(c);
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// The exposition of `workers`' families: each sample line's name and labels.
+    fn samples(workers: &[WorkerState]) -> Vec<String> {
+        let mut families = Vec::new();
+        worker_families(workers, &mut |name, help, kind, metrics| {
+            if metrics.is_empty() {
+                return;
+            }
+            let mut f = MetricFamily::default();
+            f.set_name(name.into());
+            f.set_help(help.into());
+            f.set_field_type(kind);
+            f.set_metric(metrics);
+            families.push(f);
+        });
+        let mut text = String::new();
+        TextEncoder::new()
+            .encode_utf8(&families, &mut text)
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_key_read_as_the_whitelist_and_as_ids_is_two_series_not_one_twice() {
+        let key = |kind: &str| KeyLoaded {
+            key: "gray".into(),
+            kind: kind.into(),
+            version: Some("00000000000000ab".into()),
+            entries: 3,
+            loaded_at: Some(1.5),
+        };
+        let state = WorkerState {
+            keys: vec![key("whitelist"), key("ids")],
+            ..WorkerState::default()
+        };
+        let lines = samples(&[state]);
+        let unique: HashSet<&String> = lines.iter().collect();
+        assert_eq!(unique.len(), lines.len(), "{lines:#?}");
+        assert!(
+            lines.contains(&r#"gray_loaded_entries{worker="0",key="gray",kind="ids"}"#.to_string())
+        );
+    }
 }
