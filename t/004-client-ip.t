@@ -130,3 +130,49 @@ SET gray 127.0.0.77
 --- response_body
 / prod
 /realip/ gray
+
+
+
+=== TEST 6: real_ip_header = "X-Real-IP": behind a proxy that sets X-Real-IP and passes X-Forwarded-For through, a client's own X-Forwarded-For chooses nothing
+--- redis
+SET gray 2.2.2.2
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0",
+            trusted_proxies = "10.0.0.0/8", real_ip_header = "X-Real-IP",
+        }
+    }
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+--- request eval
+["GET /t", "GET /t", "GET /t"]
+--- more_headers eval
+[
+"X-Client: 10.0.0.1\nX-Forwarded-For: 2.2.2.2\nX-Real-IP: 6.6.6.6",
+"X-Client: 10.0.0.1\nX-Forwarded-For: 6.6.6.6\nX-Real-IP: 2.2.2.2",
+"X-Client: 10.0.0.1\nX-Forwarded-For: 2.2.2.2",
+]
+--- response_body eval
+["prod\n", "gray\n", "prod\n"]
+
+
+
+=== TEST 7: real_ip_header = "X-Forwarded-For": X-Real-IP is never read
+--- redis
+SET gray 2.2.2.2
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0",
+            trusted_proxies = "10.0.0.0/8", real_ip_header = "X-Forwarded-For",
+        }
+    }
+--- config
+    location = /t { content_by_lua_block { require("gray").route() } }
+--- request eval
+["GET /t", "GET /t"]
+--- more_headers eval
+["X-Client: 10.0.0.1\nX-Real-IP: 2.2.2.2", "X-Client: 10.0.0.1\nX-Forwarded-For: 2.2.2.2"]
+--- response_body eval
+["prod\n", "gray\n"]
