@@ -232,3 +232,30 @@ tripped: true
 back as it was, matches: true
 --- error_log
 guard tripped
+
+
+
+=== TEST 6: the window starts at the load: failing responses answered before the first judgement after it are judged too
+--- redis
+SET canary_status 500
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T, C = require "gray_test", require "canary"
+            -- Loaded while the test runs: the guards have judged the empty rule set for a while.
+            ngx.sleep(1.5)
+            T.redis("set", "gray:rules", '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 50}}]}')
+            T.wait_for(function() return C.send($TEST_NGINX_EXTRA_PORT, 1) == "gray\n" end, 2)
+            -- 80 failing answers at once, then no traffic at all.
+            C.send($TEST_NGINX_EXTRA_PORT, 80)
+            ngx.say("tripped: ", (T.wait_for(function()
+                local _, status = T.http_get($TEST_NGINX_SERVER_PORT, "/status")
+                return status == "[canary]"
+            end, 4)))
+        }
+    }
+--- timeout: 15
+--- response_body
+tripped: true
+--- error_log
+guard tripped: rule set gray:rules rule "canary"

@@ -198,6 +198,7 @@ impl Loaded {
                     }
                 }
                 crate::guard::forget_other_versions(&compiled, &series);
+                crate::guard::start_windows(&compiled, &series);
                 let slot = &mut self.rule_sets[set];
                 slot.compiled = Some(compiled);
                 slot.series = series;
