@@ -670,3 +670,80 @@ SET gray 127.0.0.9
 --- response_body
 @prod1 entries=1 tracking=true unix=true
 a plain SET is seen: true
+
+
+
+=== TEST 22: gray's own writes never wake its readers: a report the worker writes pushes no invalidation back
+--- redis
+SET gray 127.0.0.9
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{
+            redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 0.2, report = 0.2,
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local function out_bytes()
+                local info = T.redis("info", "stats")
+                return tonumber(info:match("total_net_output_bytes:(%d+)")), #info
+            end
+            local function calls()
+                return T.calls("hset"), T.calls("expire"), T.calls("ping")
+            end
+            ngx.sleep(0.5)
+            local hsets, expires, pings = calls()
+            local before = out_bytes()
+            ngx.sleep(2)
+            local after, info_reply = out_bytes()
+            local hsets2, expires2, pings2 = calls()
+            -- What was sent meanwhile: the worker's PONGs (24 bytes each, subscribed) and the replies
+            -- to its HSETs and EXPIREs (4 bytes each), and the reply to the test's first INFO stats
+            -- (as long as the second). An invalidation of the reports hash would add ~80 bytes a
+            -- report.
+            local own = info_reply + 64
+            local expected = (pings2 - pings) * 24 + (hsets2 - hsets) * 4 + (expires2 - expires) * 4
+            local extra = (after - before) - own - expected
+            ngx.say("reports written: ", hsets2 - hsets >= 10, ", pushed to readers besides: ",
+                    extra < (hsets2 - hsets) * 20, extra < (hsets2 - hsets) * 20 and "" or (" (" .. extra .. " bytes)"))
+        }
+    }
+--- timeout: 10
+--- response_body
+reports written: true, pushed to readers besides: true
+
+
+
+=== TEST 23: a PUBLISH naming no key reads a big key at most once a refresh, and the last state is served
+--- redis
+EVAL "local e = {'127.0.0.9'} for a = 0, 39 do for b = 0, 199 do e[#e + 1] = '10.' .. a .. '.' .. b .. '.1' end end redis.call('SET', 'gray', table.concat(e, ',')) return #e" 0
+--- http_config
+    init_worker_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", refresh = 1 }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local gray, T = require "gray", require "gray_test"
+            ngx.sleep(0.2)
+            local reads = T.calls("getrange")
+            -- 50 messages naming no key over half a second (the classic `publish gray:changed 1`).
+            for _ = 1, 50 do
+                T.redis("publish", "gray:changed", "1")
+                ngx.sleep(0.01)
+            end
+            ngx.say("whole reads of the 100 KB list for 50 messages: ", T.calls("getrange") - reads <= 2)
+            -- The list changes by a SET and a message naming no key: served within a refresh.
+            T.redis("eval", "redis.call('SET', KEYS[1], redis.call('GET', KEYS[1]) .. ',127.0.0.1')", 1, "gray")
+            T.redis("publish", "gray:changed", "1")
+            ngx.say("the last state served: ", (T.wait_for(function()
+                return gray.decide() == "@prod2-grey"
+            end, 1.5)))
+        }
+    }
+--- timeout: 10
+--- response_body
+whole reads of the 100 KB list for 50 messages: true
+the last state served: true

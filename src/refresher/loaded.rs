@@ -22,7 +22,6 @@ use gray_core::whitelist::{Whitelist, WhitelistBuilder};
 use gray_io::read::Limit;
 
 use super::reader::Read;
-use super::watch::tracking_prefixes;
 use crate::log::Level;
 use crate::metrics::{self, KeyLoaded, Labels, WorkerState};
 use crate::region::RegisterError;
@@ -273,19 +272,6 @@ impl Loaded {
             }
         }
         Ok(replaced)
-    }
-
-    /// The prefixes that cover every key gray reads: the whitelist key, the rule set keys and
-    /// the keys the loaded rule sets reference.
-    pub fn wanted_prefixes(&self) -> Vec<String> {
-        let mut keys: Vec<&str> = vec![&self.config.key, &self.config.rules_key];
-        for compiled in self.rule_sets.iter().filter_map(|s| s.compiled.as_ref()) {
-            keys.extend(compiled.rules.keys.iter().map(|k| k.name.as_str()));
-        }
-        tracking_prefixes(&keys)
-            .into_iter()
-            .map(str::to_string)
-            .collect()
     }
 
     /// Whether the refresher reads `key`: the whitelist, a rule set, a rule set's guard hash,
@@ -650,7 +636,6 @@ mod tests {
         assert!(loaded.poll(&mut fake).unwrap());
         assert!(fake.forgotten.contains("office"));
         assert!(!loaded.reads_key(b"office"));
-        assert_eq!(loaded.wanted_prefixes(), ["gray"]);
     }
 
     #[test]

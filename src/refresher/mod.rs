@@ -17,6 +17,7 @@ mod reader;
 mod watch;
 mod writes;
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,7 +170,7 @@ impl Refresher {
         self.link.reconnect()?;
         self.failover.connected();
         self.subscribe()?;
-        self.reader.start(self.config.resync);
+        self.reader.start(self.config.resync, self.config.refresh);
         let mut resynced_at = Instant::now();
         let mut due = Some(Reading::All);
         loop {
@@ -180,17 +181,10 @@ impl Refresher {
                 }
                 let polled = self.poll(reading)?;
                 changed = polled.replaced;
-                // The read's temporaries, the parse's and any replaced list are freed by now
-                // (and, after a large read, the connection's buffer): give them back in one go.
+                // The read's temporaries, the parse's and any replaced list are freed by now:
+                // give them back in one go.
                 if polled.bytes >= LARGE_READ || polled.replaced {
                     os::release_freed_memory();
-                }
-                // A rule set now references a key outside the tracked prefixes: track it too,
-                // then read again what may have changed while no one was tracking it.
-                if !self.watch.tracks(&self.loaded.wanted_prefixes()) {
-                    self.subscribe()?;
-                    due = Some(Reading::All);
-                    continue;
                 }
             }
             self.writes.report(
@@ -211,7 +205,8 @@ impl Refresher {
             due = match woke {
                 Woke::Change(reading) => Some(reading),
                 // Redis pushes every change to gray's keys: each `refresh` only proves the
-                // subscriber is alive, and the keys are read again whole every `resync`.
+                // subscriber is alive, and the keys are read again whole every `resync`; a
+                // large key whose read waited for its `refresh` is read now.
                 Woke::Tick => match self
                     .watch
                     .check_alive(&self.link, |key| loaded.reads_key(key))?
@@ -220,6 +215,8 @@ impl Refresher {
                         self.record_success();
                         if resynced_at.elapsed() >= self.reader.resync {
                             Some(Reading::All)
+                        } else if self.reader.deferred_due() {
+                            Some(pushed.unwrap_or_else(|| Reading::Keys(HashSet::new())))
                         } else {
                             pushed
                         }
@@ -231,9 +228,8 @@ impl Refresher {
     }
 
     fn subscribe(&mut self) -> Result<(), String> {
-        let wanted = self.loaded.wanted_prefixes();
         self.watch
-            .subscribe(&self.link, &mut self.health, &self.config, wanted)
+            .subscribe(&mut self.link, &mut self.health, &self.config)
     }
 
     /// Reads the keys `reading` names (the whitelist, each rule set and the keys its rules

@@ -1,9 +1,12 @@
-//! Reading keys: which keys a poll reads ([`Reading`]: all, the ones a change named, or a poll
-//! without tracking, which probes a large value's type and size before it reads it), each read
-//! bounded by its limit, and what each key looked like when last read. A key refused (the wrong
-//! type, too large) is reported, never read into memory, and keeps its last good value.
+//! Reading keys: which keys a poll reads ([`Reading`]: all, the ones a change named, all for a
+//! message naming none, or a poll without tracking, which probes a large value's type and size
+//! before it reads it), each read bounded by its limit, and what each key looked like when last
+//! read. A message that names no key reads a large key whole at most once a `refresh`: one sooner
+//! is read when the `refresh` is up, with whatever came meanwhile (a write that names the key is
+//! read at once). A key refused (the wrong type, too large) is reported, never read into memory,
+//! and keeps its last good value.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
@@ -14,12 +17,12 @@ use super::health::Health;
 use super::link::Link;
 use super::watch::Reading;
 
-/// Polling without tracking, a key whose value is at least this large is probed (its type and
-/// size) before it is read, and read only when those moved or `resync` has passed since its last
-/// read; a smaller one is read whole every poll, which costs less than a miss.
-const PROBE_FROM: usize = 64 * 1024;
-/// A read at least this large is followed by a new connection, so the memory it took goes back
-/// before the parse needs memory of its own.
+/// A key whose value is at least this large is read whole at most once a `refresh` for messages
+/// that name no key, and, polling without tracking, is probed (its type and size) before it is
+/// read and read only when those moved or `resync` has passed since its last read; a smaller one
+/// is read whole whenever asked, which costs less than a miss.
+const LARGE: usize = 64 * 1024;
+/// A read at least this large is followed by the memory housekeeping that gives it back.
 pub(super) const LARGE_READ: usize = 1 << 20;
 
 /// One key as read: its value and how long the read took, refused (why), or left unread
@@ -55,15 +58,23 @@ pub(super) struct Reader {
     reading: Option<Reading>,
     /// Each key's last read in this session.
     last_reads: HashMap<String, LastRead>,
+    /// Keys refused in this session (read again when a write names them).
+    refused: HashSet<String>,
+    /// Large keys whose read waits for their `refresh` to pass, and when it does.
+    deferred: HashMap<String, Instant>,
+    /// The command connection the keys were read on: a new one tracks none of them yet.
+    generation: u64,
     /// This session's `resync` (jittered), set as it starts.
     pub resync: Duration,
+    refresh: Duration,
 }
 
 impl Reader {
     /// A new session: nothing read on it yet, and its own `resync`: `resync` give or take a
     /// tenth, different in each worker, so that N workers do not read a big list at the same
     /// moment.
-    pub fn start(&mut self, resync: Duration) {
+    pub fn start(&mut self, resync: Duration, refresh: Duration) {
+        self.refresh = refresh;
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -71,6 +82,14 @@ impl Reader {
             (u64::from(std::process::id()).wrapping_mul(2_654_435_761) ^ u64::from(nanos)) % 2001;
         self.resync = resync.mul_f64(0.9 + spread as f64 / 10_000.0);
         self.last_reads.clear();
+        self.refused.clear();
+        self.deferred.clear();
+    }
+
+    /// Whether a deferred key is due: the session polls for it though nothing was announced.
+    pub fn deferred_due(&self) -> bool {
+        let now = Instant::now();
+        self.deferred.values().any(|&due| due <= now)
     }
 
     /// The poll that begins reads these keys.
@@ -82,6 +101,32 @@ impl Reader {
     /// names.
     pub fn forget(&mut self, key: &str) {
         self.last_reads.remove(key);
+        self.refused.remove(key);
+        self.deferred.remove(key);
+    }
+
+    /// On a new command connection, has Redis track again every key read on the old one (a
+    /// TYPE is a read): a write to one is pushed from now on. One made between the old read and
+    /// this is seen at the next resync.
+    fn rearm(&mut self, link: &mut Link, tracking: bool) -> Result<(), String> {
+        if link.generation() == self.generation {
+            return Ok(());
+        }
+        if tracking {
+            let keys: Vec<String> = self
+                .last_reads
+                .keys()
+                .chain(&self.refused)
+                .cloned()
+                .collect();
+            for key in keys {
+                let typed = link.command()?.query(redis::cmd("TYPE").arg(&key), 0);
+                link.triage(typed, || format!("failed to track key {key}"))?
+                    .map_err(|refusal| format!("failed to track key {key}: {refusal}"))?;
+            }
+        }
+        self.generation = link.generation();
+        Ok(())
     }
 
     /// One key read, with the connection kept in order: a refusal (wrong type, too large) keeps
@@ -95,20 +140,34 @@ impl Reader {
         key: &str,
         polled: &mut Polled,
     ) -> Result<Read<B>, String> {
+        link.command()?;
+        self.rearm(link, tracking)?;
+        let now = Instant::now();
+        let due = self.deferred.get(key).is_some_and(|&at| at <= now);
         let last = self.last_reads.get(key);
         if let Some(Reading::Keys(written)) = &self.reading {
-            if last.is_some() && !written.contains(key.as_bytes()) {
+            if last.is_some() && !written.contains(key.as_bytes()) && !due {
                 return Ok(Read::Unchanged);
             }
         }
+        // Announced without a name, a large key read within `refresh` waits for it to pass.
+        if let (Some(Reading::Announced), Some(last)) = (&self.reading, last) {
+            let next = last.at + self.refresh;
+            if last.bytes >= LARGE && now < next {
+                self.deferred.insert(key.to_string(), next);
+                return Ok(Read::Unchanged);
+            }
+        }
+        self.deferred.remove(key);
         // Without tracking, a large value (or one not read yet) is probed before every read, so
         // that the next poll can tell it unchanged.
-        let probing = !tracking && last.is_none_or(|l| l.bytes >= PROBE_FROM);
+        let probing = !tracking && last.is_none_or(|l| l.bytes >= LARGE);
         let started = Instant::now();
         let probed = if probing {
             match probe(link.command()?, key) {
                 Ok(probed) => Some(probed),
                 Err(refused @ FetchError::WrongType(_)) => {
+                    self.refused.insert(key.to_string());
                     return Ok(Read::Refused(format!("ignoring key {key}: {refused}")));
                 }
                 Err(FetchError::Redis(connection::Error::Server(refusal))) => {
@@ -133,9 +192,7 @@ impl Reader {
         match fetch::<B>(command, key, limit) {
             Ok(fetched) => {
                 polled.bytes += fetched.bytes;
-                if fetched.bytes >= LARGE_READ {
-                    link.drop_command();
-                }
+                self.refused.remove(key);
                 self.last_reads.insert(
                     key.to_string(),
                     LastRead {
@@ -150,6 +207,7 @@ impl Reader {
                 if !command.in_step() {
                     link.drop_command();
                 }
+                self.refused.insert(key.to_string());
                 // What was read before the refusal is freed: give it back.
                 polled.bytes += LARGE_READ;
                 Ok(Read::Refused(format!("ignoring key {key}: {refused}")))

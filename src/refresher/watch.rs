@@ -1,9 +1,9 @@
 //! Change detection: the subscriber connection, on which Redis pushes what changed. It is
-//! subscribed to `channel` and, with client-side caching (`tracking`), tracks the prefixes of
-//! every key gray reads (broadcast mode, redirected to itself), so a write by anyone arrives as an
-//! invalidation naming the key. Waiting on it tells the session what to read again ([`Reading`])
-//! or that `refresh` passed; a PING every `refresh` proves it alive. Where Redis refuses tracking
-//! or the subscription, a warning says so once and polling does the work.
+//! subscribed to `channel` and, with client-side caching (`tracking`), to the invalidations the
+//! command connection's tracking redirects to it (see `link`): a write by anyone to a key gray
+//! read arrives as a message naming the key. Waiting on it tells the session what to read again
+//! ([`Reading`]) or that `refresh` passed; a PING every `refresh` proves it alive. Where Redis
+//! refuses tracking or the subscription, a warning says so once and polling does the work.
 
 use std::collections::HashSet;
 use std::thread;
@@ -26,8 +26,11 @@ const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
 /// Which keys a poll reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Reading {
-    /// Every key, whole: a new session, a resync, a flush, a message on the channel.
+    /// Every key, whole: a new session, a resync, a flush.
     All,
+    /// Every key, but a large one read within `refresh` only once that has passed: a message on
+    /// the channel that names no key gray reads (any number of them cost one read a `refresh`).
+    Announced,
     /// The keys Redis said were written (tracking), and any not loaded yet.
     Keys(HashSet<Vec<u8>>),
     /// Every key, polling without tracking: a large value is probed first.
@@ -42,6 +45,7 @@ impl Reading {
                 Reading::Keys(a)
             }
             (Reading::All, _) | (_, Reading::All) => Reading::All,
+            (Reading::Announced, _) | (_, Reading::Announced) => Reading::Announced,
             _ => Reading::Poll,
         }
     }
@@ -59,84 +63,62 @@ pub(super) enum Woke {
 pub(super) struct Watch {
     /// Subscribed to the channel and the invalidations; `None` where neither is to be had.
     subscription: Option<Connection>,
-    /// The key prefixes Redis tracks for this subscriber now.
-    armed: Vec<String>,
     /// Tracking is in force in this session.
     pub tracking: bool,
 }
 
 impl Watch {
-    /// Whether Redis tracks every prefix `wanted` names (a rule set may have named a new key).
-    pub fn tracks(&self, wanted: &[String]) -> bool {
-        !self.tracking || self.armed == wanted
-    }
-
-    /// Subscribes a new connection to `channel` and, with `tracking`, tracks the prefixes
-    /// `wanted` (Redis pushes the name of each key written under them, by anyone, to this very
-    /// connection). Without either, or where Redis refuses the subscription (an ACL without
-    /// pub/sub, say), there is none: polling alone still works.
+    /// Subscribes a new connection to `channel` and, with `tracking`, to the invalidations of the
+    /// keys the command connection reads, which it has redirected here. Without either, or
+    /// where Redis refuses the subscription (an ACL without pub/sub, say), there is none:
+    /// polling alone still works.
     pub fn subscribe(
         &mut self,
-        link: &Link,
+        link: &mut Link,
         health: &mut Health,
         config: &Config,
-        wanted: Vec<String>,
     ) -> Result<(), String> {
         self.subscription = None;
-        let mut con = link.connect()?;
-        let tracking = config.tracking && self.track(link, health, config, &mut con, wanted)?;
-        let mut channels: Vec<String> = config.channel.iter().cloned().collect();
-        if tracking {
-            channels.push(INVALIDATE_CHANNEL.to_string());
-        }
-        let subscribed =
-            !channels.is_empty() && subscribe_to(link, health, config, &mut con, &channels)?;
-        let channel = config.channel.is_some();
-        health.shared.update_status(|s| {
-            s.subscribed = subscribed && channel;
-            s.tracking = subscribed && tracking;
-        });
-        self.tracking = subscribed && tracking;
-        self.subscription = subscribed.then_some(con);
-        Ok(())
-    }
-
-    /// Arms client-side caching in broadcast mode on `con`, redirected to itself; false, with one
-    /// warning, where Redis refuses (before 6.0, or an ACL without `client|id`/`client|tracking`).
-    fn track(
-        &mut self,
-        link: &Link,
-        health: &mut Health,
-        config: &Config,
-        con: &mut Connection,
-        prefixes: Vec<String>,
-    ) -> Result<bool, String> {
+        self.tracking = false;
         let refused = |health: &mut Health, why: String| {
             health.warn_once(format!(
                 "cannot track changes to gray's keys ({why}); a write without a PUBLISH is seen by polling every {:.1}s",
                 config.refresh.as_secs_f64()
             ));
-            Ok(false)
         };
-        let doing = || "failed to track gray's keys".to_string();
-        let id = match link.triage(con.query(redis::cmd("CLIENT").arg("ID"), 0), doing)? {
-            Ok(Reply::Int(id)) => id,
-            Ok(other) => return Err(format!("unexpected reply to CLIENT ID: {other:?}")),
-            Err(why) => return refused(health, why),
-        };
-        let mut arm = redis::cmd("CLIENT");
-        arm.arg("TRACKING").arg("ON").arg("BCAST");
-        for prefix in &prefixes {
-            arm.arg("PREFIX").arg(prefix);
-        }
-        arm.arg("REDIRECT").arg(id);
-        match link.triage(con.query(&arm, 0), doing)? {
-            Ok(_) => {
-                self.armed = prefixes;
-                Ok(true)
+        let mut con = link.connect()?;
+        let id = if config.tracking {
+            let asked = con.query(redis::cmd("CLIENT").arg("ID"), 0);
+            match link.triage(asked, || "failed to track gray's keys".to_string())? {
+                Ok(Reply::Int(id)) => Some(id),
+                Ok(other) => return Err(format!("unexpected reply to CLIENT ID: {other:?}")),
+                Err(why) => {
+                    refused(health, why);
+                    None
+                }
             }
-            Err(why) => refused(health, why),
+        } else {
+            None
+        };
+        let mut channels: Vec<String> = config.channel.iter().cloned().collect();
+        if id.is_some() {
+            channels.push(INVALIDATE_CHANNEL.to_string());
         }
+        let subscribed =
+            !channels.is_empty() && subscribe_to(link, health, config, &mut con, &channels)?;
+        if let (true, Some(id)) = (subscribed, id) {
+            match link.track(id)? {
+                Ok(()) => self.tracking = true,
+                Err(why) => refused(health, why),
+            }
+        }
+        let (channel, tracking) = (config.channel.is_some(), self.tracking);
+        health.shared.update_status(|s| {
+            s.subscribed = subscribed && channel;
+            s.tracking = tracking;
+        });
+        self.subscription = subscribed.then_some(con);
+        Ok(())
     }
 
     /// Waits until the next poll is due, or less when a message on the channel or an
@@ -243,20 +225,6 @@ fn with_message(
     }
 }
 
-/// The prefixes to track for these keys: each key once, none inside another's prefix (Redis
-/// refuses overlapping prefixes).
-pub(super) fn tracking_prefixes<'a>(keys: &[&'a str]) -> Vec<&'a str> {
-    let mut prefixes: Vec<&str> = Vec::new();
-    for key in keys {
-        if prefixes.iter().any(|p| key.starts_with(p)) {
-            continue;
-        }
-        prefixes.retain(|p| !p.starts_with(key));
-        prefixes.push(key);
-    }
-    prefixes
-}
-
 /// A subscribed connection's answer to PING.
 fn is_pong(reply: &Reply) -> bool {
     matches!(reply, Reply::Array(Some(parts))
@@ -264,9 +232,10 @@ fn is_pong(reply: &Reply) -> bool {
 }
 
 /// What a message on the subscription asks to read again: the key a message on gray's channel
-/// names (grayctl names the key it wrote), or everything for any other payload on the channel
-/// and for an invalidation naming no key (a flush, a replica's resync); the keys gray reads that
-/// an invalidation names; nothing for other messages.
+/// names (grayctl names the key it wrote), or everything, a large key at most once a `refresh`,
+/// for any other payload on the channel; everything for an invalidation naming no key (a flush,
+/// a replica's resync); the keys gray reads that an invalidation names; nothing for other
+/// messages.
 fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> Option<Reading> {
     let Reply::Array(Some(parts)) = message else {
         return None;
@@ -278,7 +247,7 @@ fn wants_reload(message: &Reply, reads_key: impl Fn(&[u8]) -> bool) -> Option<Re
                     Reply::Bulk(Some(key)) if reads_key(key) => {
                         Reading::Keys(HashSet::from([key.clone()]))
                     }
-                    _ => Reading::All,
+                    _ => Reading::Announced,
                 });
             }
             match payload {
@@ -316,14 +285,6 @@ mod tests {
     }
 
     #[test]
-    fn tracked_prefixes_never_overlap() {
-        assert_eq!(tracking_prefixes(&["gray", "gray:rules"]), ["gray"]);
-        assert_eq!(tracking_prefixes(&["gray:rules", "gray"]), ["gray"]);
-        assert_eq!(tracking_prefixes(&["gray", "rules"]), ["gray", "rules"]);
-        assert_eq!(tracking_prefixes(&["gray", "gray"]), ["gray"]);
-    }
-
-    #[test]
     fn only_changes_to_keys_gray_reads_reload() {
         let bulk = |b: &str| Reply::Bulk(Some(b.as_bytes().to_vec()));
         let message = |channel: &str, payload: Reply| {
@@ -338,7 +299,7 @@ mod tests {
         };
         assert_eq!(
             wants_reload(&message("gray:changed", bulk("anything")), reads),
-            Some(Reading::All)
+            Some(Reading::Announced)
         );
         assert_eq!(
             wants_reload(&message("gray:changed", bulk("gray:rules")), reads),
@@ -379,5 +340,7 @@ mod tests {
         assert_eq!(keys(&["a"]).merge(Reading::All), Reading::All);
         assert_eq!(Reading::Poll.merge(keys(&["a"])), Reading::Poll);
         assert_eq!(Reading::Poll.merge(Reading::All), Reading::All);
+        assert_eq!(keys(&["a"]).merge(Reading::Announced), Reading::Announced);
+        assert_eq!(Reading::Announced.merge(Reading::All), Reading::All);
     }
 }
