@@ -13,9 +13,10 @@ my ($Master, $Replica) = (t::Gray::free_port(), t::Gray::free_port());
 my @Sentinels = map { t::Gray::free_port() } 1 .. 3;
 sub cli { my $port = shift; my $out = `redis-cli -p $port @_ 2>&1`; return $out }
 
+# True once `check` is, polled for up to 30 s (a loaded machine is slow to sync and fail over).
 sub wait_until {
     my $check = shift;
-    for (1 .. 200) { return 1 if $check->(); sleep 0.05 }
+    for (1 .. 600) { return 1 if $check->(); sleep 0.05 }
     return 0;
 }
 

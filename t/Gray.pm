@@ -92,10 +92,11 @@ sub start_redis {
 
 sub shut_down_at_end { push @ShutDown, @_ }
 
-# Waits until the replica on `port` is in sync with its master; false after 5 s.
+# Waits until the replica on `port` is in sync with its master; false after 30 s (a full sync
+# forks the master: slow on a loaded machine).
 sub replica_synced {
     my $port = shift;
-    for (1 .. 100) {
+    for (1 .. 600) {
         return 1 if `redis-cli -p $port info replication 2>/dev/null` =~ /master_link_status:up/;
         sleep 0.05;
     }
