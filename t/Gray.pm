@@ -69,6 +69,9 @@ $ENV{TEST_NGINX_DEAD_PORT} = free_port();
 $ENV{TEST_NGINX_EXTRA_PORT} = free_port();
 
 END {
+    # A file's exit status is $? here; what END runs must not overwrite it (a set-up that died
+    # would pass).
+    local $?;
     if ($$ == $Owner && $Pid) {
         kill 'CONT', $Pid;
         kill 'TERM', $Pid;
@@ -104,6 +107,7 @@ sub replica_synced {
 }
 
 END {
+    local $?;
     system("redis-cli -p $_ shutdown nosave >/dev/null 2>&1") for $$ == $Owner ? @ShutDown : ();
 }
 
