@@ -259,3 +259,48 @@ SET canary_status 500
 tripped: true
 --- error_log
 guard tripped: rule set gray:rules rule "canary"
+
+
+
+=== TEST 7: rules renamed past the registry's 2,047 series: the series no worker uses any more are given to new names, and a guard loaded after still trips
+--- redis
+SET canary_status 500
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T, C = require "gray_test", require "canary"
+            local gray = require "gray"
+            -- Six generations of 400 renamed rules (this request's client the first's): 2,400
+            -- names, each loaded before the next.
+            local function rule_set(generation, extra)
+                local rules = {}
+                for i = 1, 400 do
+                    rules[i] = '{"name": "g' .. generation .. '-r' .. i .. '", "ip": ["127.0.0.1"], "to": "@prod2-grey"}'
+                end
+                if extra then
+                    rules[#rules + 1] = extra
+                end
+                return '{"format": 1, "rules": [' .. table.concat(rules, ", ") .. ']}'
+            end
+            local loaded = 0
+            for generation = 1, 6 do
+                T.redis("set", "gray:rules", rule_set(generation))
+                if T.wait_for(function()
+                    return gray.explain().rule == "g" .. generation .. "-r1"
+                end, 5) then
+                    loaded = loaded + 1
+                end
+            end
+            ngx.say("generations loaded: ", loaded)
+            T.redis("set", "gray:rules", rule_set(7, '{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20}}'))
+            T.wait_for(function() return C.send($TEST_NGINX_EXTRA_PORT, 1) == "gray\n" end, 5)
+            C.send($TEST_NGINX_EXTRA_PORT, 25)
+            ngx.say("tripped: ", C.answered($TEST_NGINX_EXTRA_PORT, "prod\n"))
+        }
+    }
+--- timeout: 60
+--- response_body
+generations loaded: 6
+tripped: true
+--- error_log
+guard tripped: rule set gray:rules rule "canary"

@@ -154,7 +154,7 @@ fn start(
     match (metrics::shared(), counting) {
         (true, true) => {}
         (true, false) => SHARED.log(
-            Level::Warn,
+            Level::Err,
             format!(
                 "worker id {} is beyond the {} the metrics region has room for: this worker's requests are not counted",
                 worker.unwrap_or(0),

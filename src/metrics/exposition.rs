@@ -68,7 +68,7 @@ fn scrape(guards: Vec<GuardState>) -> Scrape {
     };
     let series = (1..region.registered())
         .filter_map(|i| {
-            let labels = Labels::from_name(region.name(i)?)?;
+            let labels = Labels::from_name(&region.name(i)?)?;
             Some(totals(labels, &region.totals(i)))
         })
         .collect();

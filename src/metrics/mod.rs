@@ -25,7 +25,7 @@ pub use counting::{count, count_response, counter};
 pub use exposition::{
     json, prometheus_text, GuardState, JSON_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
 };
-pub use series::{register, rule_set_series, whitelist_series, Labels};
+pub use series::{keep_only, register, rule_set_series, whitelist_series, Labels};
 pub use workers::{publish_state, KeyLoaded, WorkerState};
 
 /// The region this nginx's workers count into: made once, by the master, before it forks (see

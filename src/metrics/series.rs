@@ -130,6 +130,15 @@ pub fn register(labels: &Labels) -> Result<u32, RegisterError> {
     }
 }
 
+/// Lets go of every series but `in_use` (this process's loaded rule sets and whitelist): a
+/// series no live process holds can be given to a new name.
+pub fn keep_only(in_use: &[u32]) -> Result<(), RegisterError> {
+    match REGION.get() {
+        Some(region) => region.keep_only(in_use),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,8 +38,13 @@ impl Health {
 
     /// A condition that repeats on every reconnect but is not a failure.
     pub fn warn_once(&mut self, message: String) {
+        self.log_once(Level::Warn, message);
+    }
+
+    /// A condition that repeats on every poll or reconnect, logged the first time.
+    pub fn log_once(&mut self, level: Level, message: String) {
         if self.warned.insert(message.clone()) {
-            self.shared.log(Level::Warn, message);
+            self.shared.log(level, message);
         }
     }
 

@@ -36,8 +36,8 @@ pub(super) trait Source {
     /// names.
     fn forget(&mut self, key: &str);
     fn log(&mut self, level: Level, message: String);
-    /// A condition that repeats but is not a failure, said once.
-    fn warn_once(&mut self, message: String);
+    /// A condition that repeats with every poll, said once.
+    fn log_once(&mut self, level: Level, message: String);
     /// What Redis holds is wrong (a rule set rejected): the status's last error.
     fn rejected(&mut self, error: String);
 }
@@ -186,14 +186,19 @@ impl Loaded {
                 let compiled = Arc::new(compiled);
                 let targets = self.config.targets.clone();
                 let series = metrics::rule_set_series(&compiled, &targets, |labels| {
-                    self.series(labels, &mut |warning| source.warn_once(warning))
+                    self.series(labels, &mut |level, message| {
+                        source.log_once(level, message)
+                    })
                 });
                 for (rule, &s) in compiled.rules.rules.iter().zip(&series.rules) {
-                    if rule.guard.is_some() && s == 0 {
-                        source.warn_once(format!(
-                            "the guard of rule set {key} rule \"{}\" is off: its requests are not counted",
-                            rule.name
-                        ));
+                    if rule.guard.is_some() && s == 0 && metrics::shared() {
+                        source.log_once(
+                            Level::Err,
+                            format!(
+                                "the guard of rule set {key} rule \"{}\" is off: its requests are not counted",
+                                rule.name
+                            ),
+                        );
                     }
                 }
                 crate::guard::forget_other_versions(&compiled, &series);
@@ -286,7 +291,7 @@ impl Loaded {
     }
 
     /// Swaps in a snapshot of what is loaded now.
-    pub fn publish(&mut self, shared: &Shared, warn: &mut dyn FnMut(String)) {
+    pub fn publish(&mut self, shared: &Shared, warn: &mut dyn FnMut(Level, String)) {
         self.unpublished = false;
         self.published_at = SystemTime::now();
         let whitelist = self.whitelist.clone();
@@ -327,10 +332,27 @@ impl Loaded {
             rule_sets,
             whitelist_series,
         }));
+        if let Err(e) = metrics::keep_only(&self.series_in_use()) {
+            warn(
+                Level::Err,
+                format!("metrics: could not let go of the series no longer loaded: {e}"),
+            );
+        }
+    }
+
+    /// The series this worker's loaded rule sets and whitelist count into: the ones a new name
+    /// must not take.
+    fn series_in_use(&self) -> Vec<u32> {
+        let mut in_use: Vec<u32> = self.whitelist_series.iter().flatten().copied().collect();
+        for series in self.rule_sets.iter().map(|slot| &slot.series) {
+            in_use.extend(series.rules.iter().chain(&series.override_));
+            in_use.extend([series.default, series.disabled]);
+        }
+        in_use
     }
 
     /// The metrics series of `labels`; 0 (not counted, said once) where it cannot have one.
-    fn series(&mut self, labels: &Labels, warn: &mut dyn FnMut(String)) -> u32 {
+    fn series(&mut self, labels: &Labels, warn: &mut dyn FnMut(Level, String)) -> u32 {
         if self.registry_busy {
             return 0;
         }
@@ -342,10 +364,13 @@ impl Loaded {
             } else {
                 format!(" \"{}\"", labels.rule)
             };
-            warn(format!(
-                "not counting the requests key {} sends to {} ({}{rule}): {e}",
-                labels.rule_set, labels.target, labels.outcome
-            ));
+            warn(
+                Level::Err,
+                format!(
+                    "not counting the requests key {} sends to {} ({}{rule}): {e}",
+                    labels.rule_set, labels.target, labels.outcome
+                ),
+            );
             0
         })
     }
@@ -550,7 +575,7 @@ mod tests {
         fn log(&mut self, _: Level, message: String) {
             self.logged.push(message);
         }
-        fn warn_once(&mut self, message: String) {
+        fn log_once(&mut self, _: Level, message: String) {
             self.logged.push(message);
         }
         fn rejected(&mut self, error: String) {
@@ -584,7 +609,7 @@ mod tests {
         assert!(loaded.poll(&mut fake).unwrap());
         assert_eq!(fake.reads, ["gray", "gray:rules"]);
         let shared = Shared::default();
-        loaded.publish(&shared, &mut |_| {});
+        loaded.publish(&shared, &mut |_, _| {});
         assert_eq!(routes(&shared, [10, 0, 0, 1]), "@canary");
         assert_eq!(routes(&shared, [10, 0, 0, 2]), "@prod1");
         assert!(loaded.reads_key(b"gray:rules:guard"));
@@ -609,11 +634,11 @@ mod tests {
         assert!(fake.rejected[0].starts_with(
             "rejected rule set in key gray:rules: rules[1] \"all\": to: unknown target \"@x\""
         ));
-        loaded.publish(&shared, &mut |_| {});
+        loaded.publish(&shared, &mut |_, _| {});
         assert_eq!(routes(&shared, [10, 9, 9, 9]), "@canary");
         fake.values.remove("gray:rules");
         assert!(loaded.poll(&mut fake).unwrap());
-        loaded.publish(&shared, &mut |_| {});
+        loaded.publish(&shared, &mut |_, _| {});
         assert_eq!(routes(&shared, [10, 9, 9, 9]), "@prod1");
         assert_eq!(routes(&shared, [10, 0, 0, 1]), "@prod2-grey");
     }
@@ -628,7 +653,7 @@ mod tests {
         fake.values.insert("office".into(), "10.0.0.0/8".into());
         let (mut loaded, shared) = (loaded(), Shared::default());
         loaded.poll(&mut fake).unwrap();
-        loaded.publish(&shared, &mut |_| {});
+        loaded.publish(&shared, &mut |_, _| {});
         assert_eq!(routes(&shared, [10, 1, 2, 3]), "@canary");
         assert!(loaded.reads_key(b"office"));
         fake.values

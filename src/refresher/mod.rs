@@ -265,8 +265,9 @@ impl Refresher {
         let shared = self.health.shared;
         if self.loaded.unpublished(&shared.current()) {
             let health = &mut self.health;
-            self.loaded
-                .publish(shared, &mut |warning| health.warn_once(warning));
+            self.loaded.publish(shared, &mut |level, message| {
+                health.log_once(level, message)
+            });
             self.loaded.publish_state(shared);
         }
         if refused {
@@ -324,8 +325,8 @@ impl Source for Session<'_> {
         self.health.log(level, message);
     }
 
-    fn warn_once(&mut self, message: String) {
-        self.health.warn_once(message);
+    fn log_once(&mut self, level: Level, message: String) {
+        self.health.log_once(level, message);
     }
 
     fn rejected(&mut self, error: String) {
