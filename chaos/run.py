@@ -94,10 +94,9 @@ daemon off;
     init_by_lua_block {{ require "gray" }}
     init_worker_by_lua_block {{
         require("gray").configure{{
-            {redis}, trusted_proxies = "{trusted}",
+            {redis}, trusted_proxies = "{trusted}", count_responses = true,
         }}
     }}
-    log_by_lua_block {{ require("gray").log() }}
     upstream prod1 {{ server {HOST}:{BACKEND_PROD_PORT}; keepalive 16; }}
     upstream prod2-grey {{ server {HOST}:{BACKEND_GRAY_PORT}; keepalive 16; }}
     server {{
@@ -138,7 +137,7 @@ daemon off;
                                + r'",kind="[^"]*",version="([^"]*)"\} 1$', text, re.M))
 
     def counted(self):
-        """The requests gray counted (all series) and the responses log() counted, so far."""
+        """The requests gray counted (all series) and their responses counted, so far."""
         _, text = get(self.port, "/gray/metrics")
         def total(name):
             return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

@@ -3,7 +3,7 @@
 -- for the decision through FFI functions (no allocation, no Redis, no lock) and jumps in a Lua
 -- frame. Everything else is in Rust (`core`). Errors from misuse are raised here, blaming the
 -- caller; the request path never raises.
-local core, route_request_ptr, route_with_ptr, count_response_ptr = ...
+local core, route_request_ptr, route_with_ptr = ...
 
 local ffi = require "ffi"
 
@@ -17,7 +17,6 @@ local ngx_now = ngx.now
 local get_phase = ngx.get_phase
 local timer_every = ngx.timer.every
 local worker_id = ngx.worker.id
-local req_start_time = ngx.req.start_time
 local error = error
 local type = type
 local pairs = pairs
@@ -31,14 +30,13 @@ local var_get = ffi.C.ngx_http_lua_ffi_var_get
 local get_headers_count = ffi.C.ngx_http_lua_ffi_req_get_headers_count
 local get_headers = ffi.C.ngx_http_lua_ffi_req_get_headers
 
--- The request inputs struct and the three functions' types, declared once per Lua VM (Rust
+-- The request inputs struct and the two functions' types, declared once per Lua VM (Rust
 -- defines them: core.codes.cdef).
 if not pcall(ffi.typeof, "gray_request_inputs_t") then
     ffi.cdef(core.codes.cdef)
 end
 local route_request = ffi.cast("gray_route_request_t", route_request_ptr)
 local route_with = ffi.cast("gray_route_with_t", route_with_ptr)
-local count_response = ffi.cast("gray_count_response_t", count_response_ptr)
 
 local PROD = core.codes.prod
 local NEED_FORWARDED = core.codes.need_forwarded
@@ -168,8 +166,8 @@ local started = false
 local START_RETRY_INTERVAL = 5
 local start_failed_at
 
--- Routed requests that never reached log() are dropped by the thousands: said once per drop.
-local pending_dropped = 0
+-- log() has run in this VM: it has turned response counting on for the whole nginx.
+local log_seen = false
 
 -- set_index[name] is the index of a named rule set; the default set is 0.
 local set_index = {}
@@ -232,13 +230,6 @@ end
 local function drain_logs()
     forget_stale_plans()
     core.watch_guards()
-    local dropped = core.pending_dropped()
-    if dropped > pending_dropped then
-        pending_dropped = dropped
-        ngx_log(ngx_WARN, "gray: routed requests pile up without reaching log(): put ",
-                "log_by_lua_block { require(\"gray\").log() } where it runs for the named ",
-                "locations route() jumps to (http or server level, not hidden by a location's own)")
-    end
     if start_failed_at and ngx_now() - start_failed_at >= START_RETRY_INTERVAL then
         start_failed_at = nil
         start(false)
@@ -322,13 +313,14 @@ function _M.route(name)
     return ngx_exec(targets[decision(r, set)] or targets[PROD])
 end
 
--- In log_by_lua*: counts the response to a request route() sent, by status class and time taken.
+-- In log_by_lua*, as configurations written before the option count_responses have it: turns
+-- response counting on for this nginx. The responses are counted as nginx frees each routed
+-- request, not here.
 function _M.log()
-    local r = get_request()
-    if r == nil then
-        return
+    if not log_seen then
+        log_seen = true
+        core.count_responses_from_log()
     end
-    count_response(r, ngx.status, ngx_now() - req_start_time())
 end
 
 -- The metrics of every worker of this nginx, as the response: Prometheus's text format, or JSON

@@ -4,7 +4,7 @@
 //! from Redis by a background [`refresher`] thread and swapped atomically, so a request is decided
 //! without I/O. What decides a request lives in gray-core and what reads Redis in gray-io, both
 //! shared with `grayctl`; this crate is the refresher, the counters every worker shares
-//! ([`region`], [`metrics`], [`guard`], [`pending`]) and the LuaJIT binding (`require("gray")`, in
+//! ([`region`], [`metrics`], [`guard`], [`request_end`]) and the LuaJIT binding (`require("gray")`, in
 //! `lua/` behind the default `lua` feature: in module mode nothing links Lua, so the tests build
 //! with `--no-default-features`).
 //!
@@ -16,7 +16,9 @@
 //!   and inherited by each worker; `metrics::WORKER` and `counting::BLOCK`: this worker's id and
 //!   counters, set once as its refresher starts. The event loop counts; the refresher registers
 //!   series and publishes the worker's state (`workers::OWN_STATE` without a region).
-//! - `pending::PENDING`: each routed request's series until its log phase; the event loop only.
+//! - `request_end::COUNT_RESPONSES`, `POOL`, `NGINX`: whether this worker counts responses, where
+//!   a request keeps its pool and the nginx functions that count them; set and read on the event
+//!   loop (the options when the refresher starts, the rest by the first routed requests).
 //! - `guard::WATCHES`: the guards' windows; the worker's timer only (on the event loop).
 //! - `loaded::NEXT_PLAN`, `refresher::FAULT_INJECTED`: the refresher thread.
 //! - In `lua/`: the options the process's refresher runs with and how it reads a request's
@@ -31,9 +33,9 @@ mod log;
 mod metrics;
 mod nginx_request;
 mod os;
-mod pending;
 mod refresher;
 mod region;
+mod request_end;
 mod state;
 
 #[cfg(feature = "lua")]

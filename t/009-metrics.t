@@ -17,10 +17,9 @@ __DATA__
 SET gray:rules '{"format": 1, "rules": [{"name": "office", "to": "@prod2-grey", "ip": ["127.0.0.2"]}]}'
 --- http_config
     init_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", count_responses = true }
     }
     init_worker_by_lua_block { require("gray").init_worker() }
-    log_by_lua_block { require("gray").log() }
     server {
         listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
         location / { content_by_lua_block { require("gray").route() } }
@@ -83,11 +82,10 @@ parsed: ok 13
 SET gray 127.0.0.2
 --- http_config
     init_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", count_responses = true }
         package.loaded.generation = tostring(ngx.now()) .. "-" .. tostring(math.random())
     }
     init_worker_by_lua_block { require("gray").init_worker() }
-    log_by_lua_block { require("gray").log() }
     server {
         listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
         location / { content_by_lua_block { require("gray").route() } }
@@ -125,7 +123,7 @@ SET gray 127.0.0.2
             local n = 0
             for _ in pairs(generations) do n = n + 1 end
             local text
-            -- The last responses are counted in their log phase, after the client has them.
+            -- The last responses are counted as nginx frees their requests, after the client has them.
             local settled = T.wait_for(function()
                 _, text = T.http_get($TEST_NGINX_EXTRA_PORT, "/gray/metrics")
                 return T.sum(text or "", "gray_requests_total") == sent
@@ -258,3 +256,54 @@ application/json
 {"rule_set":"gray","outcome":"listed","rule":"","target":"@prod2-grey","requests":3
 workers: 2, "key":"gray","kind":"whitelist","version":"V","entries":1
 bad argument #1 to 'metrics' ("prometheus" or "json" expected, got "xml")
+
+
+
+=== TEST 6: log() in log_by_lua, as older configurations have it, turns counting on; a request whose log phase runs a location's own handler instead is still counted, and no later request at its address inherits its series
+--- redis
+SET gray 127.0.0.2
+--- http_config
+    init_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    init_worker_by_lua_block { require("gray").init_worker() }
+    log_by_lua_block { require("gray").log() }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT;
+        location / { content_by_lua_block { require("gray").route() } }
+        location @prod1 { content_by_lua_block { ngx.say("prod") } }
+        location @prod2-grey {
+            log_by_lua_block { }
+            content_by_lua_block { ngx.status = 503 ngx.say("gray") }
+        }
+        location = /plain { content_by_lua_block { ngx.say("not routed") } }
+        location = /gray/metrics { content_by_lua_block { require("gray").metrics() } }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local T = require "gray_test"
+            local port = $TEST_NGINX_EXTRA_PORT
+            -- The first log phase turns counting on for the requests routed after it.
+            T.http_get(port, "/plain")
+            local failed = 0
+            for _ = 1, 5 do
+                if T.http_get(port, "/", { ["X-Client"] = "127.0.0.2" }) == 503 then
+                    failed = failed + 1
+                end
+                -- Not routed, and given the memory the request before it was freed from.
+                T.http_get(port, "/plain")
+            end
+            local listed = 'rule_set="gray",outcome="listed",rule="",target="@prod2-grey"'
+            local text
+            T.wait_for(function()
+                text = select(2, T.http_get(port, "/gray/metrics"))
+                return (T.sample(text, "gray_response_seconds_count", listed) or 0) >= failed
+            end, 2)
+            ngx.say("sent to gray: ", failed, ", counted: ",
+                    T.sample(text, "gray_responses_total", listed .. ',class="5xx"') or 0, " 5xx, ",
+                    T.sample(text, "gray_responses_total", listed .. ',class="2xx"') or 0, " 2xx")
+        }
+    }
+--- response_body
+sent to gray: 5, counted: 5 5xx, 0 2xx

@@ -12,10 +12,9 @@ add_block_preprocessor(sub {
     # Every block's gateway: the canary target answers what $canary_status says.
     $block->set_value('http_config', <<'_EOC_' . ($block->http_config // ''));
     init_by_lua_block {
-        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0", count_responses = true }
     }
     init_worker_by_lua_block { require("gray").init_worker() }
-    log_by_lua_block { require("gray").log() }
     server {
         listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
         location / { content_by_lua_block { require("gray").route() } }

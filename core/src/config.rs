@@ -44,6 +44,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "rule_sets",
     "targets",
     "report",
+    "count_responses",
     "tracking",
     "resync",
     "sentinels",
@@ -127,6 +128,8 @@ pub struct Config {
     pub report: Option<Duration>,
     /// Have Redis push writes to gray's keys (client-side caching) rather than wait for a poll.
     pub tracking: bool,
+    /// Count each routed request's response (class and time) as nginx frees the request.
+    pub count_responses: bool,
     /// Find the Redis to read through these sentinels; `redis` then gives only the credentials
     /// and the database.
     pub sentinels: Option<Sentinels>,
@@ -176,6 +179,7 @@ impl Config {
         let mut extra_targets = Vec::new();
         let mut report = None;
         let mut tracking = true;
+        let mut count_responses = false;
         let mut resync = DEFAULT_RESYNC;
         let mut sentinel_addresses = Vec::new();
         let mut sentinel_master = None;
@@ -227,17 +231,8 @@ impl Config {
                     rule_sets = names(&name, value, |n| !n.contains(char::is_whitespace))?
                 }
                 "targets" => extra_targets = names(&name, value, |n| n.starts_with('@'))?,
-                "tracking" => {
-                    tracking = match value {
-                        OptionValue::Bool(b) => b,
-                        other => {
-                            return Err(invalid(format!(
-                                "opts.tracking must be true or false, got {}",
-                                other.type_name()
-                            )))
-                        }
-                    }
-                }
+                "tracking" => tracking = boolean(&name, value)?,
+                "count_responses" => count_responses = boolean(&name, value)?,
                 "sentinels" => sentinel_addresses = host_ports(&name, value)?,
                 "sentinel_master" => sentinel_master = Some(non_empty_string(&name, value)?),
                 "sentinel_username" => sentinel_username = Some(non_empty_string(&name, value)?),
@@ -377,6 +372,7 @@ impl Config {
             max_bytes,
             report,
             tracking,
+            count_responses,
             resync,
             sentinels,
             tls,
@@ -427,6 +423,16 @@ fn host_ports(name: &str, value: OptionValue) -> Result<Vec<(String, u16)>, Conf
             })
         })
         .collect()
+}
+
+fn boolean(name: &str, value: OptionValue) -> Result<bool, ConfigError> {
+    match value {
+        OptionValue::Bool(b) => Ok(b),
+        other => Err(invalid(format!(
+            "opts.{name} must be true or false, got {}",
+            other.type_name()
+        ))),
+    }
 }
 
 fn non_empty_string(name: &str, value: OptionValue) -> Result<String, ConfigError> {
@@ -619,9 +625,11 @@ mod tests {
             ("max_bytes", Num(1048576.0)),
             ("report", Num(0.5)),
             ("tracking", Bool(false)),
+            ("count_responses", Bool(true)),
             ("real_ip_header", Str("x-real-ip".into())),
         ])
         .unwrap();
+        assert!(c.count_responses && !Config::default().count_responses);
         assert_eq!(c.real_ip_header, RealIpHeader::RealIp);
         assert_eq!(Config::default().real_ip_header, RealIpHeader::Either);
         assert_eq!(c.report, Some(Duration::from_millis(500)));

@@ -13,8 +13,8 @@ use mlua::prelude::*;
 use super::ffi::{ADDRESS, CDEF, MAX_HEADERS};
 use crate::log::Level;
 use crate::metrics;
-use crate::pending;
 use crate::refresher;
+use crate::request_end;
 use crate::state::SHARED;
 use gray_core::clock::{unix_now, unix_seconds};
 use gray_core::config::{Config, OptionValue};
@@ -131,6 +131,7 @@ fn start(
     // worker's.
     let counting = metrics::join(worker.unwrap_or(0));
     let config = Arc::new(options.config().clone());
+    request_end::set_count_responses(config.count_responses);
     SHARED.snapshot.store(Arc::new(Snapshot {
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         real_ip_header: config.real_ip_header,
@@ -459,8 +460,11 @@ pub(super) fn core_table(lua: &Lua) -> LuaResult<LuaTable> {
     core.set("create_region", lua.create_function(create_region)?)?;
     core.set("metrics", lua.create_function(metrics_body)?)?;
     core.set(
-        "pending_dropped",
-        lua.create_function(|_, ()| Ok(pending::dropped()))?,
+        "count_responses_from_log",
+        lua.create_function(|_, ()| {
+            metrics::note_responses_counted();
+            Ok(())
+        })?,
     )?;
     core.set("defaults", Options::defaults())?;
     core.set("codes", codes(lua)?)?;

@@ -1,9 +1,10 @@
 //! The request path's FFI functions, which gray.lua calls through LuaJIT's FFI with no Lua API in
-//! between: [`route_request`] (the address read from the request itself), [`route_with`] (with
-//! what it asked for, in one [`RequestInputs`]) and [`count_response`] (the log phase). Each
-//! catches every panic and then answers production; none allocates, locks or does I/O.
+//! between: [`route_request`] (the address read from the request itself) and [`route_with`]
+//! (with what it asked for, in one [`RequestInputs`]). Each catches every panic and then answers
+//! production; none locks or does I/O, and neither allocates but from the request's own pool
+//! (the cleanup that counts its response, [`crate::request_end`]).
 //!
-//! [`CDEF`] declares for LuaJIT the struct and the three signatures, written here once.
+//! [`CDEF`] declares for LuaJIT the struct and the two signatures, written here once.
 
 use std::ffi::{c_int, c_void};
 use std::panic::catch_unwind;
@@ -15,7 +16,7 @@ use gray_core::rules::MAX_INPUTS;
 use crate::log::Level;
 use crate::metrics;
 use crate::nginx_request::AddressReader;
-use crate::pending;
+use crate::request_end;
 use crate::state::SHARED;
 
 /// How this process reads a request's client address: proven on its first IP peer.
@@ -44,7 +45,6 @@ typedef struct {
 } gray_request_inputs_t;
 typedef int (*gray_route_request_t)(void *r, int set);
 typedef int (*gray_route_with_t)(void *r, int set, const gray_request_inputs_t *inputs);
-typedef void (*gray_count_response_t)(void *r, int status, double seconds);
 "#;
 
 /// What gray.lua fetched for a request when `route_request` asked for more: the peer address
@@ -104,7 +104,7 @@ pub(super) unsafe extern "C" fn route_request(r: *const c_void, set: c_int) -> c
     .unwrap_or(Target::Prod as c_int)
 }
 
-/// Counts request `r`'s decision in its series and keeps the series for its log phase; the
+/// Counts request `r`'s decision in its series, and its response when nginx frees it; the
 /// target for gray.lua, or the code as it is when more input is needed.
 #[inline]
 fn counted(r: *const c_void, code: c_int) -> c_int {
@@ -113,21 +113,9 @@ fn counted(r: *const c_void, code: c_int) -> c_int {
     }
     let series = code::series(code);
     metrics::count(series, metrics::counter::REQUESTS, 1);
-    pending::routed(r as usize, series);
+    // SAFETY: every caller has `r` from gray.lua, the current request.
+    unsafe { request_end::routed(r, series) };
     code & code::TARGET_MASK
-}
-
-/// FFI: counts the response to request `r`, if route() sent it: its `status` and how long it
-/// took, in seconds, in the series its decision was counted in.
-///
-/// # Safety
-/// `r` is the current request; it is only compared, never followed.
-pub(super) unsafe extern "C" fn count_response(r: *const c_void, status: c_int, seconds: f64) {
-    let _ = catch_unwind(|| {
-        if let Some(series) = pending::take(r as usize) {
-            metrics::count_response(series, status.max(0) as u32, seconds);
-        }
-    });
 }
 
 /// A string as lua-nginx-module's FFI hands it over (`ngx_http_lua_ffi_str_t`).

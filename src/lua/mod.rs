@@ -23,6 +23,5 @@ fn gray(lua: &Lua) -> LuaResult<LuaValue> {
         api::core_table(lua)?,
         LuaLightUserData(ffi::route_request as *mut c_void),
         LuaLightUserData(ffi::route_with as *mut c_void),
-        LuaLightUserData(ffi::count_response as *mut c_void),
     ))
 }

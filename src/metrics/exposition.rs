@@ -156,7 +156,7 @@ pub fn prometheus_text(guards: Vec<GuardState>) -> String {
     );
     family(
         "gray_responses_total",
-        "Responses to routed requests by status class (counted by log() in the log phase)",
+        "Responses to routed requests by status class (counted as nginx frees each request)",
         MetricType::COUNTER,
         scrape
             .series
@@ -172,7 +172,7 @@ pub fn prometheus_text(guards: Vec<GuardState>) -> String {
     );
     family(
         "gray_response_seconds",
-        "Response times of routed requests ($request_time, counted by log())",
+        "Response times of routed requests (as $request_time: from the request's start to its end)",
         MetricType::HISTOGRAM,
         scrape
             .series

@@ -1,7 +1,7 @@
 //! What gray counts, where, and how a scrape shows it. Each way a request can be decided (a rule
 //! set's rule, its default, its override, the whitelist's listed and unlisted) to each target is
 //! one series of the shared [`Region`] ([`series`]); a series holds the requests routed by it and,
-//! when `log()` runs in the log phase, their responses by status class and a latency histogram
+//! when responses are counted (`request_end`), their responses by status class and a latency histogram
 //! ([`counting`]). Each worker also publishes what it has loaded and how its Redis link is
 //! ([`workers`]), so a scrape served by any worker ([`exposition`]) shows every worker, a lagging
 //! one included.
@@ -44,9 +44,16 @@ pub fn shared() -> bool {
     REGION.get().is_some()
 }
 
-/// Whether a worker of this nginx has counted a response (`log()` is in use).
+/// Whether a worker of this nginx has counted a response, or `log()` has run.
 pub fn responses_counted() -> bool {
     REGION.get().is_some_and(Region::responses_counted)
+}
+
+/// Records for every worker of this nginx that responses are counted.
+pub fn note_responses_counted() {
+    if let Some(region) = REGION.get() {
+        region.note_responses_counted();
+    }
 }
 
 /// The shared region, where there is one.

@@ -66,7 +66,7 @@ struct Header {
     registered: AtomicU32,
     /// One past the highest worker id that has counted.
     workers: AtomicU32,
-    /// A worker of this nginx has counted a response (`log()` is in use).
+    /// A worker of this nginx has counted a response, or `log()` has run: responses are counted.
     responses_counted: AtomicU32,
     /// Where the registry looks first for a series to give a new name: the one after the last
     /// it gave, so the series freed last are given last.
