@@ -869,7 +869,8 @@ def run_row(fault, *args):
         return row
 
 
-def table(rows, reference):
+def table(rows):
+    """The rows' table, as the README quotes it."""
     lines = ["| fault | requests | non-2xx | socket errors | misrouted | recovered after | result |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
@@ -879,7 +880,12 @@ def table(rows, reference):
             figures = f"{r.requests:,} | {r.non_2xx} | {r.errors} | {r.misrouted}"
         recovered = f"{r.recovered:.2f} s" if r.recovered is not None else "-"
         lines.append(f"| {r.fault} | {figures} | {recovered} | {'ok' if r.ok else 'FAILED'} |")
-    lines += ["", f"For reference, not judged: the same {RELOADS} reloads with keep-alive connections "
+    return "\n".join(lines)
+
+
+def details(rows, reference):
+    """The keep-alive reference and the checks behind each row."""
+    lines = [f"For reference, not judged: the same {RELOADS} reloads with keep-alive connections "
               "(wrk does not retry a request on a keep-alive connection the old worker closed):", ""]
     lines += [f"- {name}: {errors} socket errors in {requests:,} requests" for name, requests, errors in reference]
     lines += ["", "Checks behind each row:", ""]
@@ -929,25 +935,31 @@ def main():
         rows.append(quit_gateway(ha, "Sentinel gateway", expected_exits=2))
         rows.append(quit_gateway(proxied, "proxied gateway", expected_exits=2))
         proxy.close()
-    text = table(rows, reference)
-    print(text)
+    print(table(rows) + "\n\n" + details(rows, reference))
     failed = [r.fault for r in rows if not r.ok]
     if opts.report:
-        write_report(opts.report, text, failed, time.time() - started)
+        write_report(opts.report, rows, reference, failed, time.time() - started)
     if failed:
         log("FAILED:", ", ".join(failed))
         sys.exit(1)
 
 
-def write_report(out, text, failed, elapsed):
+def write_report(out, rows, reference, failed, elapsed):
+    """The report, whose run line and table README.md quotes (and is given here)."""
+    run = (f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC of commit {harness.commit()}, "
+           f"{elapsed:.0f} s, {os.cpu_count()} cores shared.")
+    text = (f"# gray under faults (`make chaos`)\n\n{harness.quoted('chaos', run + chr(10) + chr(10) + table(rows))}\n\n"
+            f"Gateway: nginx, 2 workers, gray with its defaults and `count_responses` "
+            f"(refresh {REFRESH:.0f} s); load: `wrk -t2 -c{WRK_CONNECTIONS}`, members and non-members of a 1,000-entry "
+            f"list through a trusted proxy; recovered after: Redis back to the new state routed (bound "
+            f"{RECOVERY_BOUND:.1f} s; for the Sentinel row, from the sentinels naming the new master to a "
+            f"change written there routed, bound {FAILOVER_BOUND:.1f} s).\n\n{details(rows, reference)}\n\n"
+            f"{'FAILED: ' + ', '.join(failed) if failed else 'All passed.'}\n")
     with open(out, "w") as f:
-        f.write(f"# gray under faults (`make chaos`)\n\nRun {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
-                f"UTC of commit {harness.commit()}, {elapsed:.0f} s. Gateway: nginx, 2 workers, gray with its defaults "
-                f"(refresh {REFRESH:.0f} s); load: `wrk -t2 -c{WRK_CONNECTIONS}`, members and non-members of a 1,000-entry "
-                f"list through a trusted proxy; recovered after: Redis back to the new state routed (bound "
-                f"{RECOVERY_BOUND:.1f} s; for the Sentinel row, from the sentinels naming the new master to a "
-                f"change written there routed, bound {FAILOVER_BOUND:.1f} s).\n\n{text}\n\n{'FAILED: ' + ', '.join(failed) if failed else 'All passed.'}\n")
+        f.write(text)
     log(f"wrote {out}")
+    harness.quote_in_readme("chaos", text)
+    log("README.md quotes the new table")
 
 
 if __name__ == "__main__":

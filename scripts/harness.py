@@ -114,6 +114,33 @@ def commit():
     return described.stdout.strip() or "unknown"
 
 
+# --- figures the README quotes ----------------------------------------------------------------
+
+def markers(name):
+    """The lines around the figures of a `make NAME` run that README.md quotes from its report."""
+    return (f"<!-- quoted by README.md from the last `make {name}`: begin -->",
+            f"<!-- quoted by README.md from the last `make {name}`: end -->")
+
+
+def quoted(name, text):
+    """`text` between the markers of `make NAME`'s quoted figures."""
+    begin, end = markers(name)
+    return f"{begin}\n{text}\n{end}"
+
+
+def quote_in_readme(name, report):
+    """Puts the quoted figures of `report` (text holding `quoted(name, ...)`) in README.md in place
+    of the ones there: the README's figures are always the last run's (tests/readme_figures.rs)."""
+    begin, end = markers(name)
+    block = report[report.index(begin):report.index(end) + len(end)]
+    path = os.path.join(TOP, "README.md")
+    with open(path) as f:
+        readme = f.read()
+    start, stop = readme.index(begin), readme.index(end) + len(end)
+    with open(path, "w") as f:
+        f.write(readme[:start] + block + readme[stop:])
+
+
 def rss_mib(pid):
     return status_mib(pid, "VmRSS")
 
