@@ -1,9 +1,11 @@
 //! gray's Redis keyspace, one definition of each name: from the whitelist key `<key>` (default
 //! `gray`) come the default rule set `<key>:rules` (or `rules_key`), a named rule set
-//! `<rules_key>:<name>`, each rule set's guard hash `<rule set key>:guard`, grayctl's history
-//! `<key>:history` and the gateways' reports `<key>:gateways`. A rule set's name is checked here
-//! too, once for the module's `rule_sets` and grayctl's `--set`: a name that would make its key
-//! another rule set's guard hash is refused.
+//! `<rules_key>:<name>`, each rule set's guard hash `<rule set key>:guard` and rollout plan
+//! `<rule set key>:rollout` (with its driver's lease `...:rollout:lease` and the fleet's traffic
+//! `...:rollout:<plan id>:<slot>`), grayctl's history `<key>:history` and the gateways' reports
+//! `<key>:gateways`. A rule set's name is checked here too, once for the module's `rule_sets` and
+//! grayctl's `--set`: a name that would make its key another rule set's guard hash or rollout
+//! key is refused.
 
 /// The default rule set's key is the whitelist key followed by this.
 pub const RULES_SUFFIX: &str = ":rules";
@@ -13,6 +15,9 @@ pub const HISTORY_SUFFIX: &str = ":history";
 pub const GATEWAYS_SUFFIX: &str = ":gateways";
 /// A rule set's guard hash: trips recorded by the gateways, resets by grayctl.
 pub const GUARD_SUFFIX: &str = ":guard";
+
+/// A rule set's rollout plan; the keys of its lease and traffic extend it.
+pub const ROLLOUT_SUFFIX: &str = ":rollout";
 
 /// The default rule set's key for whitelist key `key`.
 pub fn default_rules(key: &str) -> String {
@@ -39,6 +44,25 @@ pub fn guard(rule_set_key: &str) -> String {
     format!("{rule_set_key}{GUARD_SUFFIX}")
 }
 
+pub fn rollout(rule_set_key: &str) -> String {
+    format!("{rule_set_key}{ROLLOUT_SUFFIX}")
+}
+
+/// The lease of the gateway driving rule set `rule_set_key`'s rollout.
+pub fn rollout_lease(rule_set_key: &str) -> String {
+    format!("{rule_set_key}{ROLLOUT_SUFFIX}:lease")
+}
+
+/// The hash the gateways add plan `plan_id`'s traffic of time slot `slot` to.
+pub fn rollout_traffic(rule_set_key: &str, plan_id: u64, slot: u64) -> String {
+    format!("{rule_set_key}{ROLLOUT_SUFFIX}:{plan_id}:{slot}")
+}
+
+/// Whether `key` is the rollout plan of rule set key `rule_set_key`.
+pub fn is_rollout_of(key: &[u8], rule_set_key: &str) -> bool {
+    key.strip_prefix(rule_set_key.as_bytes()) == Some(ROLLOUT_SUFFIX.as_bytes())
+}
+
 /// Whether `key` is the guard hash of rule set key `rule_set_key`.
 pub fn is_guard_of(key: &[u8], rule_set_key: &str) -> bool {
     key.strip_prefix(rule_set_key.as_bytes()) == Some(GUARD_SUFFIX.as_bytes())
@@ -55,7 +79,8 @@ pub fn rule_set_name<'k>(rules_key: &str, key: &'k str) -> Option<Option<&'k str
 }
 
 /// Checks a rule set's name (`rule_sets`, `--set`): not empty, no white space, and not one that
-/// makes its key another rule set's guard hash (`guard`, `x:guard`).
+/// makes its key another rule set's guard hash (`guard`, `x:guard`) or rollout key (a `rollout`
+/// segment: `rollout`, `x:rollout`, `rollout:lease`).
 pub fn check_rule_set_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.contains(char::is_whitespace) {
         return Err(format!(
@@ -66,6 +91,12 @@ pub fn check_rule_set_name(name: &str) -> Result<(), String> {
     if name == guard || name.ends_with(GUARD_SUFFIX) {
         return Err(format!(
             "\"{name}\" cannot name a rule set: its key would be another rule set's guard hash"
+        ));
+    }
+    let rollout = ROLLOUT_SUFFIX.trim_start_matches(':');
+    if name.split(':').any(|segment| segment == rollout) {
+        return Err(format!(
+            "\"{name}\" cannot name a rule set: its key would be another rule set's rollout key"
         ));
     }
     Ok(())
@@ -83,6 +114,14 @@ mod tests {
         assert_eq!(history("gray"), "gray:history");
         assert_eq!(gateways("gray"), "gray:gateways");
         assert_eq!(guard("gray:rules:shop"), "gray:rules:shop:guard");
+        assert_eq!(rollout("gray:rules"), "gray:rules:rollout");
+        assert_eq!(rollout_lease("gray:rules"), "gray:rules:rollout:lease");
+        assert_eq!(
+            rollout_traffic("gray:rules", 17, 4),
+            "gray:rules:rollout:17:4"
+        );
+        assert!(is_rollout_of(b"gray:rules:rollout", "gray:rules"));
+        assert!(!is_rollout_of(b"gray:rules:shop:rollout", "gray:rules"));
         assert!(is_guard_of(b"gray:rules:guard", "gray:rules"));
         assert!(!is_guard_of(b"gray:rules:shop:guard", "gray:rules"));
         assert!(!is_guard_of(b"gray:rules", "gray:rules"));
@@ -103,7 +142,15 @@ mod tests {
     #[test]
     fn a_rule_set_name_never_makes_a_guard_hash() {
         assert!(check_rule_set_name("shop").is_ok());
-        for bad in ["guard", "shop:guard", "", "a b"] {
+        for bad in [
+            "guard",
+            "shop:guard",
+            "",
+            "a b",
+            "rollout",
+            "shop:rollout",
+            "rollout:lease",
+        ] {
             assert!(check_rule_set_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(

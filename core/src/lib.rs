@@ -6,7 +6,9 @@
 //! [`ipset`]), the compiled rule sets ([`rules`], with [`idset`] and [`bucket`]) and the inputs
 //! each needs ([`plan`]); [`decision`] decides by it. [`value`] turns what a key holds into those
 //! (and its version), [`keys`] names every key, [`config`] holds every option's default and
-//! validation ([`endpoint`]: where Redis is, as data). Reading Redis is gray-io's.
+//! validation ([`endpoint`]: where Redis is, as data). A key's value as written ([`stored`]) and
+//! the [`history`] of writes; a rule's guard ([`guard`]) and a [`rollout`] plan judge counts.
+//! Reading and writing Redis is gray-io's.
 
 pub mod bucket;
 pub mod client_ip;
@@ -16,13 +18,16 @@ pub mod decision;
 pub mod endpoint;
 pub mod fleet;
 pub mod guard;
+pub mod history;
 pub mod idset;
 #[cfg(any(test, feature = "invariants"))]
 pub mod invariants;
 pub mod ipset;
 pub mod keys;
 pub mod plan;
+pub mod rollout;
 pub mod rules;
 pub mod snapshot;
+pub mod stored;
 pub mod value;
 pub mod whitelist;

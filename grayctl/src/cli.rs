@@ -6,7 +6,8 @@ use gray_core::config::{self, Config, ConfigError, OptionValue};
 
 use crate::failure::{self, Failure};
 
-/// Operate a gray (canary) rollout: the whitelist, rule sets, explain, history and rollback.
+/// Operate a gray (canary) rollout: the whitelist, rule sets, rollout plans, explain, history and
+/// rollback.
 ///
 /// Exit codes: 0 done, 1 refused (bad input, a value a gateway would reject, a conflicting
 /// writer), 2 usage, 3 Redis unreachable. Messages on stderr say what was wrong.
@@ -126,12 +127,16 @@ pub enum Command {
         down: bool,
         #[command(flatten)]
         set: SetName,
+        #[command(flatten)]
+        force: Force,
     },
     /// The kill switch: everyone to the default target, overrides included
     #[command(after_help = "Example:\n  grayctl off -m \"5xx on the canary\"")]
     Off {
         #[command(flatten)]
         set: SetName,
+        #[command(flatten)]
+        force: Force,
     },
     /// Undo `off`
     #[command(after_help = "Example:\n  grayctl on")]
@@ -180,7 +185,88 @@ pub enum Command {
     Rollback {
         #[arg(default_value_t = 1)]
         entry: usize,
+        #[command(flatten)]
+        force: Force,
     },
+    /// Roll a rule's percentage out in steps, each held and judged on the whole fleet's
+    /// responses: promoted on passing checks, aborted on failing ones (gateways with
+    /// `rollouts = true` drive it)
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Start a plan for one rule: its percentage goes to the first step at once
+    #[command(
+        after_help = "Example:\n  grayctl rollout start canary --steps 1,5,25,50,100 --hold 10m --interval 10s \\\n      --max-error-rate 1 --max-p99 0.5 --min-requests 500 --failure-limit 3 -m \"release 43\""
+    )]
+    Start(StartArgs),
+    /// The plan: step, percent, state, driver and the figures of the last checks
+    #[command(after_help = "Example:\n  grayctl rollout status --watch")]
+    Status {
+        /// Print it again every second until the plan ends
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Freeze the step: the hold stops counting; checks still run and still abort
+    Pause {
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Go on from a pause, the hold where it stood
+    Resume {
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Stop the plan: the rule's percentage goes to 0, its users to the default target
+    Abort {
+        #[command(flatten)]
+        set: SetName,
+    },
+    /// Jump to the last step: the plan is done
+    Promote {
+        #[command(flatten)]
+        set: SetName,
+    },
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    /// The rule to roll out: it must carry a plain "percent" and route elsewhere than the default
+    pub rule: String,
+    /// Increasing percentages (steps of 0.01; the last 1 to 100)
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub steps: Vec<f64>,
+    /// How long each step lasts at least (10s, 1.5s, 5m, 1h)
+    #[arg(long, default_value = "10m")]
+    pub hold: String,
+    /// Time between checks, and the window each judges (at least 1s)
+    #[arg(long, default_value = "10s")]
+    pub interval: String,
+    /// Percentage points the target's 5xx share may exceed the default target's by
+    #[arg(long, required = true)]
+    pub max_error_rate: f64,
+    /// Seconds the target's p99 may reach (from the latency histogram)
+    #[arg(long, value_name = "SECONDS")]
+    pub max_p99: Option<f64>,
+    /// Responses to the target a check needs to be conclusive
+    #[arg(long, default_value_t = gray_core::rollout::DEFAULT_MIN_REQUESTS)]
+    pub min_requests: u64,
+    /// Failed checks in a row that abort
+    #[arg(long, default_value_t = gray_core::rollout::DEFAULT_FAILURE_LIMIT)]
+    pub failure_limit: u32,
+    #[command(flatten)]
+    pub set: SetName,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct Force {
+    /// Change a rule set a rollout plan drives: the plan is paused first
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand)]
@@ -200,6 +286,8 @@ pub enum RulesCommand {
         file: String,
         #[command(flatten)]
         set: SetName,
+        #[command(flatten)]
+        force: Force,
     },
 }
 

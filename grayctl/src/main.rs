@@ -7,10 +7,8 @@ mod cli;
 mod commands;
 mod failure;
 mod fleet_status;
-mod history;
 mod rules_edit;
 mod store;
-mod value;
 mod whitelist_edit;
 
 use std::process::ExitCode;

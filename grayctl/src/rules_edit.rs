@@ -1,74 +1,20 @@
-//! Rule set edits (a ramp step, the kill switch) made on the JSON as the operator wrote it, so
-//! every other field, and their order, stays; and what each compiled rule does, in words.
+//! Rule set edits (a ramp step, the kill switch: gray-core's `rules::edit`) as grayctl refuses
+//! them, and what each compiled rule does, in words.
 
-use gray_core::rules::{Amount, IdMatcher, KeySource, RuleSet};
+use gray_core::rules::{edit, Amount, IdMatcher, KeySource, RuleSet};
 use serde_json::Value;
 
 use crate::failure::{refused, Failure};
 
-fn rule_mut<'a>(doc: &'a mut Value, name: &str) -> Result<&'a mut Value, Failure> {
-    let rules = doc
-        .get_mut("rules")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| refused("the rule set has no \"rules\" array"))?;
-    let names: Vec<String> = rules
-        .iter()
-        .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_string))
-        .collect();
-    rules
-        .iter_mut()
-        .find(|r| r.get("name").and_then(Value::as_str) == Some(name))
-        .ok_or_else(|| {
-            refused(format!(
-                "no rule named \"{name}\" (rules: {})",
-                names.join(", ")
-            ))
-        })
-}
-
-/// A percentage as JSON: whole numbers without a fraction (`10`, not `10.0`).
-fn percent_value(percent: f64) -> Value {
-    if percent.fract() == 0.0 {
-        Value::from(percent as u64)
-    } else {
-        Value::from(percent)
-    }
-}
-
 /// Sets rule `name`'s fixed percentage to `percent`; lowering it (which takes users back out of
 /// the canary) needs `down`. Returns the old percentage.
 pub fn set_percent(doc: &mut Value, name: &str, percent: f64, down: bool) -> Result<f64, Failure> {
-    if !(0.0..=100.0).contains(&percent) {
-        return Err(refused(format!(
-            "percent {percent} is not between 0 and 100"
-        )));
-    }
-    let rule = rule_mut(doc, name)?;
-    let old = match rule.get("percent") {
-        None => return Err(refused(format!("rule \"{name}\" has no percent"))),
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
-        Some(_) => {
-            return Err(refused(format!(
-                "rule \"{name}\" ramps over time; change its ramp with `grayctl rules set`"
-            )))
-        }
-    };
-    if percent < old && !down {
-        return Err(refused(format!(
-            "lowering rule \"{name}\" from {old}% to {percent}% takes users out of its target; pass --down to do it"
-        )));
-    }
-    rule["percent"] = percent_value(percent);
-    Ok(old)
+    edit::set_percent(doc, name, percent, down).map_err(refused)
 }
 
 /// The kill switch: `enabled: false` sends everyone to the default.
 pub fn set_enabled(doc: &mut Value, enabled: bool) -> Result<(), Failure> {
-    let object = doc
-        .as_object_mut()
-        .ok_or_else(|| refused("the rule set is not a JSON object"))?;
-    object.insert("enabled".into(), Value::Bool(enabled));
-    Ok(())
+    edit::set_enabled(doc, enabled).map_err(refused)
 }
 
 fn hundredths(h: u32) -> String {

@@ -9,17 +9,18 @@ use gray_core::config::Config;
 use gray_core::fleet::Report;
 use gray_core::keys;
 use gray_core::snapshot::Snapshot;
+use gray_core::stored::KeyValue;
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
+pub use gray_io::change::Write;
+use gray_io::change::{self, ChangeError};
 use gray_io::connection::{Connection, Reply};
 use gray_io::endpoint::Endpoint;
 use gray_io::host::hostname;
 use gray_io::load::{self, LoadError};
 use gray_io::read::{fetch, FetchError, Limit};
+use gray_io::rollout::{self, Moving};
 
 use crate::failure::{refused, Failure};
-use crate::history::{self, Record};
-use crate::value::KeyValue;
-use crate::whitelist_edit::Change;
 
 /// What grayctl reads at most from one key: far above what a gateway accepts (`max_bytes`), so
 /// a value too large for the gateways can still be seen and fixed.
@@ -29,20 +30,6 @@ const READ_MAX: usize = 1 << 30;
 /// a test can make two writers overlap.
 #[cfg(debug_assertions)]
 const PAUSE_ENV: &str = "GRAYCTL_PAUSE_BEFORE_WRITE";
-
-/// The values of a key as they are: the string once, or each SET member.
-#[derive(Default)]
-struct Raw(Vec<Vec<u8>>);
-
-impl ListBuilder for Raw {
-    type List = Vec<Vec<u8>>;
-    fn add(&mut self, value: &[u8]) {
-        self.0.push(value.to_vec());
-    }
-    fn finish(self) -> Vec<Vec<u8>> {
-        self.0
-    }
-}
 
 /// The gateways' reports by hash field, each parsed or why not.
 pub type Reports = Vec<(String, Result<Report, String>)>;
@@ -60,13 +47,6 @@ impl ListBuilder for Discard {
 pub struct Store {
     con: Connection,
     pub config: Config,
-}
-
-/// What a change writes, and how it is recorded.
-pub struct Write {
-    pub key: String,
-    pub change: Change,
-    pub record: Record,
 }
 
 impl Store {
@@ -99,14 +79,7 @@ impl Store {
     }
 
     pub fn read(&mut self, key: &str) -> Result<KeyValue, Failure> {
-        let fetched = self.fetch::<Raw>(key)?;
-        let kind = fetched.kind;
-        let mut values = fetched.into_list();
-        Ok(match kind {
-            KeyKind::Missing => KeyValue::Missing,
-            KeyKind::String => KeyValue::String(values.pop().unwrap_or_default()),
-            KeyKind::Set => KeyValue::Set(values),
-        })
+        change::read(&mut self.con, key, READ_MAX).map_err(|e| fail(key, e))
     }
 
     /// The kind and version of `key`'s value, as a gateway computes them, reading it whole.
@@ -204,23 +177,16 @@ impl Store {
         decide: impl FnOnce(&KeyValue) -> Result<Option<Write>, Failure>,
     ) -> Result<(KeyValue, bool), Failure> {
         let history_key = self.config.history_key();
-        // The history is written in the same transaction: a change anyone records meanwhile
-        // conflicts too, and a history key of another type would fail the transaction halfway.
-        self.command(redis::cmd("WATCH").arg(key).arg(&history_key))?;
-        match self.command(redis::cmd("TYPE").arg(&history_key))? {
-            Reply::Status(t) if t == "none" || t == "list" => {}
-            other => {
-                self.command(&redis::cmd("UNWATCH"))?;
-                return Err(refused(format!(
-                    "history key {history_key} is not a list ({other:?}); nothing written (rename or delete it)"
-                )));
-            }
-        }
-        let current = self.read(key)?;
+        // A rule set's plan is watched too: a plan started after the edit was allowed makes
+        // the edit conflict.
+        let plan_key = keys::rollout(key);
+        let mut watched = change::watch(&mut self.con, &history_key, &[key, &plan_key])
+            .map_err(|e| fail(key, e))?;
+        let current = watched.read(key, READ_MAX).map_err(|e| fail(key, e))?;
         let write = match decide(&current) {
             Ok(Some(write)) => write,
             other => {
-                self.command(&redis::cmd("UNWATCH"))?;
+                watched.give_up().map_err(|e| fail(key, e))?;
                 return other.map(|_| (current, false));
             }
         };
@@ -228,57 +194,19 @@ impl Store {
         if let Some(ms) = std::env::var(PAUSE_ENV).ok().and_then(|v| v.parse().ok()) {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
-        self.command(&redis::cmd("MULTI"))?;
-        let mut queued = Vec::new();
-        match &write.change {
-            Change::Replace(KeyValue::String(text)) => {
-                queued.push(redis::cmd("SET").arg(&write.key).arg(text).clone())
-            }
-            Change::Replace(value) => {
-                queued.push(redis::cmd("DEL").arg(&write.key).clone());
-                if let KeyValue::Set(members) = value {
-                    if !members.is_empty() {
-                        queued.push(redis::cmd("SADD").arg(&write.key).arg(members).clone());
-                    }
-                }
-            }
-            Change::Members { add, remove } => {
-                if !remove.is_empty() {
-                    queued.push(redis::cmd("SREM").arg(&write.key).arg(remove).clone());
-                }
-                if !add.is_empty() {
-                    queued.push(redis::cmd("SADD").arg(&write.key).arg(add).clone());
-                }
-            }
-        }
-        let entry = history::entry_json(&write.record, &current);
-        queued.push(redis::cmd("LPUSH").arg(&history_key).arg(entry).clone());
-        queued.push(
-            redis::cmd("LTRIM")
-                .arg(&history_key)
-                .arg(0)
-                .arg(history::MAX_ENTRIES - 1)
-                .clone(),
-        );
-        if let Some(channel) = &self.config.channel {
-            queued.push(redis::cmd("PUBLISH").arg(channel).arg(&write.key).clone());
-        }
-        for cmd in &queued {
-            self.command(cmd)?;
-        }
-        let executed = self.con.query(&redis::cmd("EXEC"), READ_MAX).map_err(|e| {
-            // Redis may have applied the transaction before the reply was lost or read.
-            Failure::Unreachable(format!(
-                "{e} while waiting for the write of {key}: it may or may not be written; `grayctl history` tells"
-            ))
-        })?;
-        match executed {
-            Reply::Array(Some(_)) => Ok((current, true)),
-            Reply::Array(None) => Err(refused(format!(
-                "key {key} changed under you (another writer); nothing written, run the command again"
-            ))),
-            other => Err(refused(format!("unexpected reply to EXEC: {other:?}"))),
-        }
+        watched
+            .commit(
+                Some((&write, &current)),
+                &[],
+                self.config.channel.as_deref(),
+            )
+            .map_err(|e| fail(key, e))?;
+        Ok((current, true))
+    }
+
+    /// Rule set `key` and its rollout plan, read under WATCH.
+    pub fn begin_plan(&mut self, history_key: &str, key: &str) -> Result<Moving<'_>, Failure> {
+        rollout::begin(&mut self.con, history_key, key).map_err(|e| fail(key, e))
     }
 
     /// Watches the history: a change anyone records from now on aborts this connection's next
@@ -304,6 +232,21 @@ impl Store {
                 "unexpected reply to LRANGE {key}: {other:?}"
             ))),
         }
+    }
+}
+
+/// A change's failure as grayctl reports it, for key `key`.
+pub fn fail(key: &str, e: ChangeError) -> Failure {
+    match e {
+        ChangeError::Redis(e) => Failure::from(e),
+        ChangeError::Refused(why) => refused(why),
+        ChangeError::Conflict => refused(format!(
+            "key {key} changed under you (another writer); nothing written, run the command again"
+        )),
+        // Redis may have applied the transaction before the reply was lost or read.
+        ChangeError::Unknown(e) => Failure::Unreachable(format!(
+            "{e} while waiting for the write of {key}: it may or may not be written; `grayctl history` tells"
+        )),
     }
 }
 

@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+use gray_core::stored::{Change, KeyValue};
 use gray_core::whitelist::{is_separator, parse_entry, tokens};
 use ipnet::IpNet;
 
 use crate::failure::{refused, Failure};
-use crate::value::KeyValue;
 
 /// An entry an operator gave, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,18 +60,6 @@ pub fn import_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
         .map(|line| line.split_once('#').map_or(line, |(before, _)| before))
         .filter(|line| !line.trim().is_empty())
-}
-
-/// What a whitelist command changes in Redis.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Change {
-    /// Write the whole value.
-    Replace(KeyValue),
-    /// Change a SET's members.
-    Members {
-        add: Vec<Vec<u8>>,
-        remove: Vec<Vec<u8>>,
-    },
 }
 
 /// A change and what the operator is told about it.

@@ -4,6 +4,7 @@
 //! no I/O. The evaluator is pure: the module, and any tool, decide the same way from the same
 //! inputs. [`Trace`] lets an explanation watch an evaluation without costing the request path.
 
+pub mod edit;
 pub mod schema;
 pub mod source;
 

@@ -3,18 +3,17 @@
 
 use std::time::SystemTime;
 
+use gray_core::history::{self, Subject};
 use gray_core::keys;
 use gray_core::snapshot::CompiledRuleSet;
+use gray_core::stored::{Change, KeyValue};
 use gray_core::whitelist::Whitelist;
 use serde_json::{json, Value};
 
 use super::whitelist;
 use super::Context;
 use crate::failure::{refused, Failure};
-use crate::history::{self, Subject};
 use crate::store::Write;
-use crate::value::KeyValue;
-use crate::whitelist_edit::Change;
 
 /// The latest time humantime writes (the year 9999).
 const MAX_SHOWN_TIME: std::time::Duration = std::time::Duration::from_secs(253_402_300_799);
@@ -108,11 +107,11 @@ fn validate_restore(
     Ok(())
 }
 
-pub(super) fn rollback(ctx: &Context, n: usize) -> Result<(), Failure> {
+pub(super) fn rollback(ctx: &Context, n: usize, force: bool) -> Result<(), Failure> {
     let mut store = ctx.store()?;
     // Watched before it is read: a change by anyone after this aborts the restore.
     store.watch_history()?;
-    let entry = history::nth(&store.history()?, n)?;
+    let entry = history::nth(&store.history()?, n).map_err(refused)?;
     let previous = entry.previous.clone().ok_or_else(|| {
         refused(format!(
             "history entry {n} did not keep its previous value ({} bytes, over {})",
@@ -134,6 +133,9 @@ pub(super) fn rollback(ctx: &Context, n: usize) -> Result<(), Failure> {
         )));
     }
     validate_restore(ctx, &entry, &previous)?;
+    if entry.record.subject == Subject::RuleSet {
+        super::rollout::check_manual_edit(ctx, &key, force)?;
+    }
     let record = ctx.record(
         &key,
         entry.record.subject,

@@ -6,6 +6,7 @@ mod explain;
 mod fleet;
 mod guard;
 mod history;
+mod rollout;
 mod rules;
 mod whitelist;
 
@@ -14,13 +15,13 @@ use std::time::SystemTime;
 
 use gray_core::clock;
 use gray_core::config::Config;
+use gray_core::history::{Record, Subject};
 use gray_core::keys;
 use gray_io::endpoint::Endpoint;
 use serde_json::Value;
 
-use crate::cli::{Cli, Command, GuardCommand, RulesCommand, SetName};
+use crate::cli::{Cli, Command, GuardCommand, RolloutCommand, RulesCommand, SetName};
 use crate::failure::{refused, Failure};
-use crate::history::{Record, Subject};
 use crate::store::{who, Store};
 use crate::whitelist_edit;
 
@@ -91,8 +92,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Rules(RulesCommand::Show { set }) => rules::show(&ctx, &set),
         Command::Rules(RulesCommand::Check { file }) => rules::check(&ctx, &file),
-        Command::Rules(RulesCommand::Set { file, set }) => {
+        Command::Rules(RulesCommand::Set { file, set, force }) => {
             let text = read_file(&file)?;
+            rollout::check_manual_edit(&ctx, &ctx.rule_set_key(&set)?, force.force)?;
             rules::edit(&ctx, &set, format!("rules set {file}"), |_current| {
                 Ok(text.clone().into_bytes())
             })
@@ -102,23 +104,44 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             percent,
             down,
             set,
+            force,
         } => {
             let key = ctx.rule_set_key(&set)?;
+            rollout::check_manual_edit(&ctx, &key, force.force)?;
             rules::edit(&ctx, &set, format!("percent {rule} {percent}"), |current| {
                 let mut doc = rules::stored(&key, current)?;
                 crate::rules_edit::set_percent(&mut doc, &rule, percent, down)?;
                 pretty(&doc)
             })
         }
-        Command::Off { set } => rules::kill_switch(&ctx, &set, false),
+        Command::Off { set, force } => {
+            rollout::check_manual_edit(&ctx, &ctx.rule_set_key(&set)?, force.force)?;
+            rules::kill_switch(&ctx, &set, false)
+        }
         Command::On { set } => rules::kill_switch(&ctx, &set, true),
         Command::Explain(args) => explain::explain(&ctx, &args),
         Command::History { limit } => history::show(&ctx, limit),
-        Command::Rollback { entry } => history::rollback(&ctx, entry),
+        Command::Rollback { entry, force } => history::rollback(&ctx, entry, force.force),
         Command::Status { prune } => fleet::status(&ctx, prune),
         Command::Wait { timeout } => fleet::wait(&ctx, timeout),
         Command::Guard(GuardCommand::Show { set }) => guard::show(&ctx, &set),
         Command::Guard(GuardCommand::Reset { rule, set }) => guard::reset(&ctx, &set, &rule),
+        Command::Rollout(RolloutCommand::Start(args)) => rollout::start(&ctx, &args),
+        Command::Rollout(RolloutCommand::Status { watch, set }) => {
+            rollout::status(&ctx, &set, watch)
+        }
+        Command::Rollout(RolloutCommand::Pause { set }) => {
+            rollout::act(&ctx, &set, rollout::Action::Pause)
+        }
+        Command::Rollout(RolloutCommand::Resume { set }) => {
+            rollout::act(&ctx, &set, rollout::Action::Resume)
+        }
+        Command::Rollout(RolloutCommand::Abort { set }) => {
+            rollout::act(&ctx, &set, rollout::Action::Abort)
+        }
+        Command::Rollout(RolloutCommand::Promote { set }) => {
+            rollout::act(&ctx, &set, rollout::Action::Promote)
+        }
     }
 }
 
@@ -134,7 +157,5 @@ fn read_file(file: &str) -> Result<String, Failure> {
 }
 
 fn pretty(doc: &Value) -> Result<Vec<u8>, Failure> {
-    let mut text = serde_json::to_vec_pretty(doc).expect("a JSON value serializes");
-    text.push(b'\n');
-    Ok(text)
+    Ok(gray_core::rules::edit::render(doc))
 }

@@ -2,17 +2,16 @@
 //! (a percentage, the kill switch), each compiled as the gateways compile it before it is written.
 
 use gray_core::clock::unix_now;
+use gray_core::history::Subject;
 use gray_core::rules::schema;
+use gray_core::stored::{Change, KeyValue};
 use serde_json::{json, Value};
 
 use super::{pretty, read_file, Context};
 use crate::cli::SetName;
 use crate::failure::{refused, Failure};
-use crate::history::Subject;
 use crate::rules_edit;
 use crate::store::Write;
-use crate::value::KeyValue;
-use crate::whitelist_edit::Change;
 
 /// Validates a rule set the way the gateways do: whole, against the targets they have.
 pub(super) fn compile(ctx: &Context, json: &[u8]) -> Result<gray_core::rules::RuleSet, Failure> {

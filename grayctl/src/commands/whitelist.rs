@@ -1,14 +1,14 @@
 //! The whitelist's commands: list and export it as the gateways parse it; add, remove and import
 //! entries, each parsed first, through the store's one write path.
 
+use gray_core::history::Subject;
+use gray_core::stored::KeyValue;
 use gray_core::whitelist::Whitelist;
 use serde_json::json;
 
 use super::Context;
 use crate::failure::Failure;
-use crate::history::Subject;
 use crate::store::{Store, Write};
-use crate::value::KeyValue;
 use crate::whitelist_edit::{self, Edit};
 
 /// The whitelist as the gateways parse it.

@@ -1,11 +1,10 @@
-//! The history of changes grayctl made: one JSON entry per change, newest first, in a capped
+//! The history of changes grayctl and the rollout drivers made: one JSON entry per change, newest first, in a capped
 //! Redis list (`<key>:history`), written in the same transaction as the change. Each entry keeps
 //! the value the key had before, so `rollback N` can put it back.
 
 use serde::{Deserialize, Serialize};
 
-use crate::failure::{refused, Failure};
-use crate::value::KeyValue;
+use crate::stored::KeyValue;
 
 /// The history keeps this many changes.
 pub const MAX_ENTRIES: usize = 100;
@@ -67,17 +66,17 @@ pub fn entry_json(record: &Record, previous: &KeyValue) -> String {
 }
 
 /// Entry `n` (1 = the newest) of `entries` (newest first, as stored).
-pub fn nth(entries: &[Vec<u8>], n: usize) -> Result<Entry, Failure> {
+pub fn nth(entries: &[Vec<u8>], n: usize) -> Result<Entry, String> {
     let raw = n
         .checked_sub(1)
         .and_then(|i| entries.get(i))
         .ok_or_else(|| {
-            refused(format!(
+            format!(
                 "no history entry {n}: the history holds {} (1 is the latest change)",
                 entries.len()
-            ))
+            )
         })?;
-    parse(raw).map_err(|e| refused(format!("history entry {n} is not readable: {e}")))
+    parse(raw).map_err(|e| format!("history entry {n} is not readable: {e}"))
 }
 
 pub fn parse(raw: &[u8]) -> Result<Entry, serde_json::Error> {
@@ -125,7 +124,7 @@ mod tests {
             .collect();
         assert_eq!(nth(&entries, 1).unwrap().record.command, "a");
         assert_eq!(nth(&entries, 2).unwrap().record.command, "b");
-        let err = nth(&entries, 3).unwrap_err().to_string();
+        let err = nth(&entries, 3).unwrap_err();
         assert_eq!(
             err,
             "no history entry 3: the history holds 2 (1 is the latest change)"

@@ -1,7 +1,8 @@
-//! A key's value as grayctl reads and writes it: missing, a string, or a SET's members, each kept
-//! byte for byte so that what is written back (or recorded in the history) is what was there.
+//! A key's value as grayctl and a driving gateway read and write it: missing, a string, or a
+//! SET's members, each kept byte for byte so that what is written back (or recorded in the
+//! history) is what was there; and a [`Change`] to one.
 
-use gray_core::snapshot::KeyKind;
+use crate::value::KeyKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,18 @@ impl KeyValue {
     pub fn bytes(&self) -> usize {
         self.values().iter().map(|v| v.len()).sum()
     }
+}
+
+/// What a write changes in a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Write the whole value.
+    Replace(KeyValue),
+    /// Change a SET's members.
+    Members {
+        add: Vec<Vec<u8>>,
+        remove: Vec<Vec<u8>>,
+    },
 }
 
 /// Values are text in JSON (the history's format); bytes that are not UTF-8 are written lossily,

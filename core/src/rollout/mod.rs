@@ -1,0 +1,461 @@
+//! Rollout plans: one rule's percentage taken through steps (`1, 5, 25, 50, 100`), each held for
+//! a while and judged every interval on the whole fleet's responses ([`judge`]), advancing only on
+//! passing checks that saw enough traffic, aborting on failing ones. A [`Plan`] is the plan and
+//! its state together, as JSON in Redis (`keys::rollout`); what happens to it (a check, an
+//! operator's pause, resume, abort or promotion) is a method here that says what it changed, so
+//! grayctl and the driving gateway move a plan by the same rules. Pure: the caller reads the
+//! plan and the traffic and writes what changed.
+
+pub mod judge;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::{Amount, RuleSet};
+use judge::{Check, Gates, Verdict, Window};
+
+/// The plan format this code reads and writes.
+pub const FORMAT: u32 = 1;
+/// Checks a plan keeps, the newest last.
+pub const KEPT_CHECKS: usize = 10;
+/// The shortest interval between checks, in seconds.
+pub const MIN_INTERVAL: f64 = 1.0;
+pub const DEFAULT_INTERVAL: f64 = 10.0;
+pub const DEFAULT_FAILURE_LIMIT: u32 = 3;
+pub const DEFAULT_MIN_REQUESTS: u64 = 100;
+
+/// Where a plan stands, in the words status and metrics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Checks pass (or none ran yet in this step).
+    Running,
+    /// Not enough traffic to judge: no data, no promotion.
+    Holding,
+    /// An operator froze the step; checks still run and still abort.
+    Paused,
+    Aborted,
+    Done,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Running,
+        State::Holding,
+        State::Paused,
+        State::Aborted,
+        State::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Holding => "holding",
+            State::Paused => "paused",
+            State::Aborted => "aborted",
+            State::Done => "done",
+        }
+    }
+
+    /// Whether the plan still drives its rule (and refuses manual edits of it).
+    pub fn active(self) -> bool {
+        matches!(self, State::Running | State::Holding | State::Paused)
+    }
+}
+
+/// What a plan asks for, as `grayctl rollout start` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Percentages in hundredths, increasing; the last within 1..=100% (percentages in JSON).
+    #[serde(with = "percentages")]
+    pub steps: Vec<u32>,
+    /// Seconds each step lasts at least.
+    pub hold: f64,
+    /// Seconds between checks, and the window each judges.
+    pub interval: f64,
+    #[serde(flatten)]
+    pub gates: Gates,
+    /// Failed checks in a row that abort.
+    pub failure_limit: u32,
+}
+
+/// A plan and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: u32,
+    /// Unique per plan (its start, Unix milliseconds): the fleet's traffic is kept under it.
+    pub id: u64,
+    pub rule: String,
+    #[serde(flatten)]
+    pub settings: Settings,
+    pub message: Option<String>,
+    /// Who started it (`user@host`).
+    pub by: String,
+    /// Unix seconds.
+    pub started_at: f64,
+    pub state: State,
+    /// Index into `steps`.
+    pub step: usize,
+    pub step_started_at: f64,
+    /// Seconds the step has been held before `counting_since` (pauses stop the count).
+    pub held: f64,
+    /// Since when the hold counts; `None` while paused.
+    pub counting_since: Option<f64>,
+    /// Canary responses the conclusive checks of this step saw, all passed.
+    pub step_responses: u64,
+    pub failures_in_a_row: u32,
+    pub checks: Vec<Check>,
+    pub last_check_at: Option<f64>,
+    pub ended_at: Option<f64>,
+    /// Why it was aborted or promoted, in words.
+    pub reason: Option<String>,
+    /// The gateway that drives it (`host:pid`), as it last wrote it.
+    pub driver: Option<String>,
+    /// Writes made to it: each write is of the next revision.
+    pub revision: u64,
+}
+
+/// What a change to a plan asks of the rule set: its rule's new percentage (hundredths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewPercent(pub u32);
+
+impl Settings {
+    /// Checks the settings alone.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(&last) = self.steps.last() else {
+            return Err("--steps: give at least one percentage".into());
+        };
+        if self.steps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("--steps must increase".into());
+        }
+        if !(100..=10_000).contains(&last) {
+            return Err("--steps: the last step must be between 1 and 100".into());
+        }
+        if self.interval < MIN_INTERVAL || !self.interval.is_finite() {
+            return Err(format!("--interval must be at least {MIN_INTERVAL}s"));
+        }
+        if self.hold < 0.0 || !self.hold.is_finite() {
+            return Err("--hold must be a duration".into());
+        }
+        if !(0.0..=100.0).contains(&self.gates.max_error_rate) {
+            return Err("--max-error-rate must be between 0 and 100 (percentage points)".into());
+        }
+        if self
+            .gates
+            .max_p99
+            .is_some_and(|p| p <= 0.0 || !p.is_finite())
+        {
+            return Err("--max-p99 must be a positive number of seconds".into());
+        }
+        if self.failure_limit == 0 {
+            return Err("--failure-limit must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// A new plan for rule `rule` of `rule_set` (whose default target is `default`), started at
+    /// `now`: the rule must exist, carry a plain percentage and route elsewhere than the default.
+    /// Its first step is the rule's new percentage.
+    pub fn start(
+        settings: Settings,
+        rule_set: &RuleSet,
+        rule: &str,
+        now: f64,
+        by: String,
+        message: Option<String>,
+    ) -> Result<(Plan, NewPercent), String> {
+        settings.validate()?;
+        let found = rule_set
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+            .ok_or_else(|| format!("no rule \"{rule}\" in the rule set"))?;
+        match found.percent.as_ref().map(|p| p.amount) {
+            Some(Amount::Fixed(_)) => {}
+            Some(Amount::Ramp { .. }) => {
+                return Err(format!(
+                    "rule \"{rule}\" has a time ramp: a plan steps a plain \"percent\""
+                ))
+            }
+            None => return Err(format!("rule \"{rule}\" has no \"percent\" to step")),
+        }
+        if found.to == rule_set.default {
+            return Err(format!(
+                "rule \"{rule}\" routes to the default target: there is nothing to roll out"
+            ));
+        }
+        let first = settings.steps[0];
+        let plan = Plan {
+            format: FORMAT,
+            id: (now * 1000.0) as u64,
+            rule: rule.to_string(),
+            settings,
+            message,
+            by,
+            started_at: now,
+            state: State::Running,
+            step: 0,
+            step_started_at: now,
+            held: 0.0,
+            counting_since: Some(now),
+            step_responses: 0,
+            failures_in_a_row: 0,
+            checks: Vec::new(),
+            last_check_at: None,
+            ended_at: None,
+            reason: None,
+            driver: None,
+            revision: 1,
+        };
+        Ok((plan, NewPercent(first)))
+    }
+
+    pub fn parse(json: &[u8]) -> Result<Plan, String> {
+        let plan: Plan = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        if plan.format != FORMAT {
+            return Err(format!("plan format {} is not {FORMAT}", plan.format));
+        }
+        plan.settings.validate()?;
+        if plan.step >= plan.settings.steps.len() {
+            return Err(format!(
+                "step {} of {}",
+                plan.step + 1,
+                plan.settings.steps.len()
+            ));
+        }
+        Ok(plan)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a plan is plain data")
+    }
+
+    /// The rule's percentage the plan has set (hundredths): the step's, 0 once aborted.
+    pub fn percent(&self) -> u32 {
+        match self.state {
+            State::Aborted => 0,
+            _ => self.settings.steps[self.step],
+        }
+    }
+
+    /// Seconds the current step has been held at `now`.
+    pub fn held(&self, now: f64) -> f64 {
+        self.held
+            + self
+                .counting_since
+                .map_or(0.0, |since| (now - since).max(0.0))
+    }
+
+    /// Whether a check is due at `now`.
+    pub fn check_due(&self, now: f64) -> bool {
+        self.state.active()
+            && now - self.last_check_at.unwrap_or(self.started_at) >= self.settings.interval
+    }
+
+    /// Judges `window` (the fleet's last interval) at `now`: records the check, and moves the
+    /// plan on: aborted after `failure_limit` failed checks in a row, to the next step once this
+    /// one has been held long enough with every conclusive check passing and enough responses
+    /// seen, done after the last. A failed check that does not abort starts the step's hold
+    /// over. Returns the check and the rule's new percentage if it changes.
+    pub fn judge(
+        &mut self,
+        window: &Window,
+        baseline_target: &str,
+        now: f64,
+    ) -> (Check, Option<NewPercent>) {
+        let check = judge::check(&self.settings.gates, window, baseline_target, now);
+        self.last_check_at = Some(now);
+        self.revision += 1;
+        self.checks.push(check.clone());
+        if self.checks.len() > KEPT_CHECKS {
+            self.checks.remove(0);
+        }
+        let changed = match check.verdict {
+            Verdict::Failed => {
+                self.failures_in_a_row += 1;
+                if self.failures_in_a_row >= self.settings.failure_limit {
+                    let reason = format!(
+                        "{}, {} check{} in a row",
+                        check.why,
+                        self.failures_in_a_row,
+                        if self.failures_in_a_row == 1 { "" } else { "s" }
+                    );
+                    self.end(State::Aborted, reason, now);
+                    Some(NewPercent(0))
+                } else {
+                    self.restart_step(now);
+                    None
+                }
+            }
+            Verdict::Passed => {
+                self.failures_in_a_row = 0;
+                self.step_responses += check.canary.responses;
+                self.advance_if_due(now)
+            }
+            Verdict::Inconclusive => None,
+        };
+        if self.state.active() && self.state != State::Paused {
+            self.state = if check.verdict == Verdict::Inconclusive {
+                State::Holding
+            } else {
+                State::Running
+            };
+        }
+        (check, changed)
+    }
+
+    fn advance_if_due(&mut self, now: f64) -> Option<NewPercent> {
+        if self.state == State::Paused
+            || self.held(now) < self.settings.hold
+            || self.step_responses < self.settings.gates.min_requests
+        {
+            return None;
+        }
+        if self.step + 1 == self.settings.steps.len() {
+            self.end(State::Done, "every step passed".into(), now);
+            return None;
+        }
+        self.step += 1;
+        self.restart_step(now);
+        Some(NewPercent(self.percent()))
+    }
+
+    fn restart_step(&mut self, now: f64) {
+        self.step_started_at = now;
+        self.held = 0.0;
+        self.step_responses = 0;
+        if self.counting_since.is_some() {
+            self.counting_since = Some(now);
+        }
+    }
+
+    fn end(&mut self, state: State, reason: String, now: f64) {
+        self.state = state;
+        self.reason = Some(reason);
+        self.ended_at = Some(now);
+        self.counting_since = None;
+    }
+
+    /// Freezes the step: the hold stops counting; checks still run and may still abort.
+    pub fn pause(&mut self, now: f64) -> Result<(), String> {
+        self.require_active("pause")?;
+        if self.state == State::Paused {
+            return Err("the plan is already paused".into());
+        }
+        self.held = self.held(now);
+        self.counting_since = None;
+        self.state = State::Paused;
+        self.revision += 1;
+        Ok(())
+    }
+
+    /// Goes on from a pause, the hold where it stood.
+    pub fn resume(&mut self, now: f64) -> Result<(), String> {
+        self.require_active("resume")?;
+        if self.state != State::Paused {
+            return Err("the plan is not paused".into());
+        }
+        self.counting_since = Some(now);
+        self.state = State::Running;
+        self.revision += 1;
+        Ok(())
+    }
+
+    /// Stops the plan for `why`: the rule's percentage goes to 0.
+    pub fn abort(&mut self, why: String, now: f64) -> Result<NewPercent, String> {
+        self.require_active("abort")?;
+        self.end(State::Aborted, why, now);
+        self.revision += 1;
+        Ok(NewPercent(0))
+    }
+
+    /// Jumps to the last step, and the plan is done.
+    pub fn promote(&mut self, why: String, now: f64) -> Result<NewPercent, String> {
+        self.require_active("promote")?;
+        self.step = self.settings.steps.len() - 1;
+        self.end(State::Done, why, now);
+        self.revision += 1;
+        Ok(NewPercent(self.percent()))
+    }
+
+    fn require_active(&self, what: &str) -> Result<(), String> {
+        if self.state.active() {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot {what} a plan that is {}",
+                self.state.as_str()
+            ))
+        }
+    }
+}
+
+/// Rule set `text` with rule `rule` at `percent`, everything else as it was written.
+pub fn rule_set_at(text: &[u8], rule: &str, percent: NewPercent) -> Result<Vec<u8>, String> {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| format!("the rule set is not JSON: {e}"))?;
+    crate::rules::edit::set_percent(&mut doc, rule, percent.percent(), true)?;
+    Ok(crate::rules::edit::render(&doc))
+}
+
+impl NewPercent {
+    /// As the rule set writes it: `5`, `0.25`.
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+/// A percentage in hundredths: `--steps` and the plan's JSON take steps of 0.01.
+pub fn hundredths(percent: f64) -> Result<u32, String> {
+    let scaled = percent * 100.0;
+    if !(0.0..=10_000.0).contains(&scaled) || (scaled - scaled.round()).abs() > 1e-6 {
+        return Err(format!(
+            "{percent} is not a percentage between 0 and 100 in steps of 0.01"
+        ));
+    }
+    Ok(scaled.round() as u32)
+}
+
+/// Steps as JSON writes them: percentages.
+mod percentages {
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(steps: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let percents: Vec<f64> = steps.iter().map(|&h| f64::from(h) / 100.0).collect();
+        percents.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        Vec::<f64>::deserialize(d)?
+            .into_iter()
+            .map(|p| super::hundredths(p).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+/// Parses a duration as the rollout flags take it: a number with `s`, `m` or `h` (`10s`, `1.5s`,
+/// `5m`, `1h`), in seconds.
+pub fn parse_duration(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let scale = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "\"{text}\" is not a duration: write 10s, 1.5s, 5m or 1h"
+            ))
+        }
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n >= 0.0 && n.is_finite() => Ok(n * scale),
+        _ => Err(format!(
+            "\"{text}\" is not a duration: write 10s, 1.5s, 5m or 1h"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

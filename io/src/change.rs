@@ -1,0 +1,201 @@
+//! The one way gray's data is changed, by grayctl's commands and by a gateway driving a rollout:
+//! optimistic. WATCH the keys the change depends on (and the history), read them, decide, then
+//! MULTI / the writes / the history entry / PUBLISH / EXEC. Redis applies the transaction whole
+//! (no reader sees half a list), and refuses it when anyone wrote a watched key after the WATCH:
+//! two writers at once never lose one's change silently; the second is told, and retries or says
+//! so.
+
+use std::fmt;
+
+use gray_core::history::{self, Record};
+use gray_core::stored::{Change, KeyValue};
+use gray_core::value::{KeyKind, ListBuilder};
+
+use crate::connection::{self, Connection, Reply};
+use crate::read::{fetch, FetchError, Limit};
+
+/// What a transaction writes beyond its plain SETs: a key's new value, recorded in the history.
+pub struct Write {
+    pub key: String,
+    pub change: Change,
+    pub record: Record,
+}
+
+#[derive(Debug)]
+pub enum ChangeError {
+    /// The connection failed, or Redis answered a command with an error.
+    Redis(connection::Error),
+    /// What Redis holds cannot be changed this way (a history key of another type, a value
+    /// that cannot be read); nothing written.
+    Refused(String),
+    /// A watched key changed after it was read; nothing written.
+    Conflict,
+    /// The connection failed while Redis ran the transaction: it may or may not be applied.
+    Unknown(connection::Error),
+}
+
+impl fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeError::Redis(e) => write!(f, "{e}"),
+            ChangeError::Refused(why) => f.write_str(why),
+            ChangeError::Conflict => f.write_str("a watched key changed meanwhile"),
+            ChangeError::Unknown(e) => write!(f, "{e} while waiting for the transaction"),
+        }
+    }
+}
+
+impl From<connection::Error> for ChangeError {
+    fn from(e: connection::Error) -> Self {
+        ChangeError::Redis(e)
+    }
+}
+
+/// The values of a key as they are: the string once, or each SET member.
+#[derive(Default)]
+struct Raw(Vec<Vec<u8>>);
+
+impl ListBuilder for Raw {
+    type List = Vec<Vec<u8>>;
+    fn add(&mut self, value: &[u8]) {
+        self.0.push(value.to_vec());
+    }
+    fn finish(self) -> Vec<Vec<u8>> {
+        self.0
+    }
+}
+
+/// `key`'s value as it is (a string, or a SET by SSCAN), up to `max` bytes.
+pub fn read(con: &mut Connection, key: &str, max: usize) -> Result<KeyValue, ChangeError> {
+    let fetched = fetch::<Raw>(con, key, Limit::list(max)).map_err(|e| match e {
+        FetchError::Redis(e) => ChangeError::Redis(e),
+        other => ChangeError::Refused(format!("key {key}: {other}")),
+    })?;
+    let kind = fetched.kind;
+    let mut values = fetched.into_list();
+    Ok(match kind {
+        KeyKind::Missing => KeyValue::Missing,
+        KeyKind::String => KeyValue::String(values.pop().unwrap_or_default()),
+        KeyKind::Set => KeyValue::Set(values),
+    })
+}
+
+/// Keys watched on a connection, until [`Watched::commit`] or [`Watched::give_up`].
+pub struct Watched<'c> {
+    con: &'c mut Connection,
+    history_key: String,
+}
+
+/// Watches `keys` and the history `history_key`: a write by anyone to any of them from now on
+/// makes the commit a [`ChangeError::Conflict`]. The history is watched because it is written in
+/// the same transaction: a history key of another type would fail the transaction halfway, so
+/// it is refused here.
+pub fn watch<'c>(
+    con: &'c mut Connection,
+    history_key: &str,
+    keys: &[&str],
+) -> Result<Watched<'c>, ChangeError> {
+    con.query(redis::cmd("WATCH").arg(keys).arg(history_key), 0)?;
+    let watched = Watched {
+        con,
+        history_key: history_key.to_string(),
+    };
+    match watched.con.query(redis::cmd("TYPE").arg(history_key), 0)? {
+        Reply::Status(t) if t == "none" || t == "list" => Ok(watched),
+        other => {
+            watched.give_up()?;
+            Err(ChangeError::Refused(format!(
+                "history key {history_key} is not a list ({other:?}); nothing written (rename or delete it)"
+            )))
+        }
+    }
+}
+
+impl Watched<'_> {
+    /// `key`'s value now, up to `max` bytes.
+    pub fn read(&mut self, key: &str, max: usize) -> Result<KeyValue, ChangeError> {
+        read(self.con, key, max)
+    }
+
+    /// Writes nothing.
+    pub fn give_up(self) -> Result<(), ChangeError> {
+        self.con.query(&redis::cmd("UNWATCH"), 0)?;
+        Ok(())
+    }
+
+    /// Applies `write` (recorded in the history with `previous`, the value it replaces) and
+    /// `sets` (plain SETs, unrecorded) in one transaction, and announces each key written on
+    /// `channel`.
+    pub fn commit(
+        self,
+        write: Option<(&Write, &KeyValue)>,
+        sets: &[(&str, &str)],
+        channel: Option<&str>,
+    ) -> Result<(), ChangeError> {
+        let mut queued = Vec::new();
+        let mut written = Vec::new();
+        if let Some((write, previous)) = write {
+            match &write.change {
+                Change::Replace(KeyValue::String(text)) => {
+                    queued.push(redis::cmd("SET").arg(&write.key).arg(text).clone())
+                }
+                Change::Replace(value) => {
+                    queued.push(redis::cmd("DEL").arg(&write.key).clone());
+                    if let KeyValue::Set(members) = value {
+                        if !members.is_empty() {
+                            queued.push(redis::cmd("SADD").arg(&write.key).arg(members).clone());
+                        }
+                    }
+                }
+                Change::Members { add, remove } => {
+                    if !remove.is_empty() {
+                        queued.push(redis::cmd("SREM").arg(&write.key).arg(remove).clone());
+                    }
+                    if !add.is_empty() {
+                        queued.push(redis::cmd("SADD").arg(&write.key).arg(add).clone());
+                    }
+                }
+            }
+            let entry = history::entry_json(&write.record, previous);
+            queued.push(
+                redis::cmd("LPUSH")
+                    .arg(&self.history_key)
+                    .arg(entry)
+                    .clone(),
+            );
+            queued.push(
+                redis::cmd("LTRIM")
+                    .arg(&self.history_key)
+                    .arg(0)
+                    .arg(history::MAX_ENTRIES - 1)
+                    .clone(),
+            );
+            written.push(write.key.as_str());
+        }
+        for (key, value) in sets {
+            queued.push(redis::cmd("SET").arg(key).arg(value).clone());
+            written.push(key);
+        }
+        if let Some(channel) = channel {
+            for key in written {
+                queued.push(redis::cmd("PUBLISH").arg(channel).arg(key).clone());
+            }
+        }
+        self.con.query(&redis::cmd("MULTI"), 0)?;
+        for cmd in &queued {
+            self.con.query(cmd, 0)?;
+        }
+        // Redis may have applied the transaction before the reply was lost or read.
+        match self
+            .con
+            .query(&redis::cmd("EXEC"), 0)
+            .map_err(ChangeError::Unknown)?
+        {
+            Reply::Array(Some(_)) => Ok(()),
+            Reply::Array(None) => Err(ChangeError::Conflict),
+            other => Err(ChangeError::Refused(format!(
+                "unexpected reply to EXEC: {other:?}"
+            ))),
+        }
+    }
+}
