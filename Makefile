@@ -43,7 +43,7 @@ test: deps build lint test-unit test-grayctl check-conf test-install test-deb te
 
 lint: ## rustfmt, clippy and luacheck, warnings are errors
 	@scripts/deps.sh lua-check
-	luacheck -q --std ngx_lua+luajit --no-max-line-length lua/gray.lua lua/route.lua t/lua/gray_test.lua t/lua/canary.lua
+	luacheck -q --std ngx_lua+luajit --no-max-line-length lua/gray.lua lua/route.lua t/lua/gray_test.lua t/lua/canary.lua t/lua/rollout_test.lua
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --workspace -- -D warnings
 	$(CARGO) clippy --locked --workspace --no-default-features --all-targets -- -D warnings

@@ -36,6 +36,7 @@ DECISION_PORT = 16483
 BACKEND_PROD_PORT = 16481
 BACKEND_GRAY_PORT = 16482
 CALLGRIND_PORT = 16484
+ROLLOUT_PORTS = (16485, 16486)
 # wrk with 1 ms between a response and the next request on each of 64 connections.
 PACED = os.path.join(TOP, "bench", "wrk-paced.lua")
 PACED_CONNECTIONS = 64
@@ -505,6 +506,137 @@ def fleet_report(opts, fl):
     return lines
 
 
+ROLLOUT_LOAD = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/", { ["X-Client"] = "10." .. (n % 251) .. "." .. (n % 241) .. "." .. (n % 239) })
+end
+"""
+
+
+def rollouts(redis, opts):
+    """Two gateways of 2 workers under load while a plan holds its first step (50%): the Redis
+    commands a second the plan adds (INFO commandstats, against the same load with no plan), and,
+    once the canary starts answering 500s, the time until its clients are routed to production on
+    every worker of both gateways."""
+    failing = os.path.join(RUN_DIR, "canary-failing")
+    script = os.path.join(RUN_DIR, "rollout-load.lua")
+    with open(script, "w") as f:
+        f.write(ROLLOUT_LOAD)
+    gateways = []
+    for i, port in enumerate(ROLLOUT_PORTS):
+        prefix = nginx_prefix(f"rollout{i}")
+        conf = f"""
+{load_modules()}
+worker_processes 2;
+daemon off;
+{preamble(prefix, "notice")}
+    lua_package_cpath "{LIB_DIR}/lib?.so;;";
+    init_by_lua_block {{ require "gray" }}
+    init_worker_by_lua_block {{
+        require("gray").configure{{ redis = "redis://{CLIENT}:{REDIS_PORT}/0", count_responses = true,
+                                    rollouts = true }}
+    }}
+    set_real_ip_from 127.0.0.1;
+    real_ip_header X-Client;
+    server {{
+        listen {CLIENT}:{port};
+        location / {{ content_by_lua_block {{ require("gray").route() }} }}
+        location @prod1 {{ return 200 "prod\n"; }}
+        location @prod2-grey {{
+            content_by_lua_block {{
+                local flag = io.open("{failing}")
+                if flag then flag:close() ngx.status = 500 end
+                ngx.say("gray")
+            }}
+        }}
+        location = /__ready {{ return 200; }}
+    }}
+}}
+"""
+        gateways.append(start_nginx(prefix, conf, port))
+    redis.cli("DEL", "gray:rules:rollout", "gray:rules:rollout:lease")
+    redis.cli("SET", "gray:rules", json.dumps({"format": 1, "rules": [
+        {"name": "canary", "percent": 50, "to": "@prod2-grey"}]}))
+    redis.publish()
+    time.sleep(2)
+    seconds = 5 if opts.quick else 20
+
+    def commands_per_second():
+        def total():
+            info = redis.cli("INFO", "commandstats")
+            return sum(int(n) for n in re.findall(r"calls=(\d+)", info))
+        loads = [spawn(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", script, f"http://{CLIENT}:{port}/"],
+                       stdout=subprocess.DEVNULL) for port in ROLLOUT_PORTS]
+        time.sleep(2)
+        before = total()
+        time.sleep(seconds - 4)
+        rate = (total() - before) / (seconds - 4)
+        for load in loads:
+            load.wait()
+            PROCESSES.remove(load)
+        return rate
+    without = commands_per_second()
+    grayctl = os.path.join(TOP, "target", "release", "grayctl")
+    subprocess.run([grayctl, "--redis", f"redis://{CLIENT}:{REDIS_PORT}/0", "rollout", "start", "canary",
+                    "--steps", "50,100", "--hold", "1h", "--interval", "1s", "--failure-limit", "3",
+                    "--min-requests", "20", "--max-error-rate", "1"], check=True, capture_output=True)
+    time.sleep(2)
+    with_plan = commands_per_second()
+
+    # A client the plan sends to the canary, on both gateways.
+    canary_client = next(f"10.7.{n // 250}.{n % 250}" for n in range(1, 60000)
+                         if get(ROLLOUT_PORTS[0], "/", headers={"X-Client": f"10.7.{n // 250}.{n % 250}"})[1] == "gray\n")
+    loads = [spawn(["wrk", "-t1", "-c4", "-d60s", "-s", script, f"http://{CLIENT}:{port}/"],
+                   stdout=subprocess.DEVNULL) for port in ROLLOUT_PORTS]
+    time.sleep(3)
+    started = time.time()
+    open(failing, "w").close()
+
+    def routed_to_prod(port):
+        # Ten answers in a row from production: both workers route by the abort.
+        return all(get(port, "/", headers={"X-Client": canary_client})[1] == "prod\n" for _ in range(10))
+    routed = {}
+    while len(routed) < len(ROLLOUT_PORTS) and time.time() - started < 30:
+        for port in ROLLOUT_PORTS:
+            if port not in routed and routed_to_prod(port):
+                routed[port] = time.time() - started
+        time.sleep(0.01)
+    for load in loads:
+        load.send_signal(signal.SIGINT)
+        load.wait()
+        PROCESSES.remove(load)
+    plan = json.loads(redis.cli("GET", "gray:rules:rollout"))
+    for gateway in gateways:
+        stop(gateway, signal.SIGQUIT)
+    os.remove(failing)
+    redis.cli("DEL", "gray:rules", "gray:rules:rollout", "gray:rules:rollout:lease")
+    redis.publish()
+    return {"without": without, "with": with_plan, "abort": max(routed.values()) if len(routed) == 2 else None,
+            "state": plan["state"], "reason": plan.get("reason")}
+
+
+def rollouts_report(ro):
+    added = (ro["with"] - ro["without"]) / len(ROLLOUT_PORTS)
+    limit = 3 * 1 + 1
+    abort = ro["abort"]
+    met = abort is not None and abort <= limit
+    measured = f"{abort:.2f} s" if abort is not None else "never"
+    return ["## Rollouts", "",
+            "Two gateways of 2 workers, `count_responses` and `rollouts = true`, each under `wrk -t1 -c4` from "
+            "many clients, a plan holding its first step (50%, interval 1 s, failure limit 3).", "",
+            "| what | figure |", "| --- | ---: |",
+            f"| Redis commands a second, no plan | {ro['without']:,.1f} |",
+            f"| Redis commands a second, the plan running | {ro['with']:,.1f} |",
+            f"| added per gateway | {added:,.1f} |",
+            f"| canary answering 500s to its clients routed to production on every worker of both gateways | "
+            f"{measured} |", "",
+            f"The plan ended `{ro['state']}`: {ro['reason']}.", "",
+            f"Target: the abort routed everywhere within failure limit x interval + 1 s ({limit} s): "
+            f"{verdict(met, f'rollout abort routed everywhere <= {limit} s', measured)}.", ""]
+
+
 def rebuild(redis, opts, kind, size):
     """A list of `size` entries as a SET or a string: load + swap time, worker RSS before, after
     and after a re-read, request p99 while a new snapshot is built and swapped about once a second,
@@ -743,7 +875,7 @@ def summary(opts, tp, fl, hung, run):
     return harness.quoted("bench", "\n".join(lines))
 
 
-def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, elapsed):
+def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, elapsed):
     run = (f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC of commit {harness.commit()}, "
            f"`make bench{' QUICK=1' if opts.quick else ''}`, {elapsed / 60:.0f} minutes, {os.cpu_count()} cores shared.")
     lines = [f"# gray benchmark{' (QUICK smoke run: short, not for quoting)' if opts.quick else ''}", "",
@@ -882,6 +1014,7 @@ def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, elapsed):
               f"p99 <= 20 ms after a plain SET: {verdict(pct(tracked, 99) <= 20, 'plain SET routed, p99 <= 20 ms', f'{pct(tracked, 99):.1f} ms')}.", ""]
 
     lines += fleet_report(opts, fl)
+    lines += rollouts_report(ro)
     lines += rebuild_report(opts, rb)
     lines += rules_rebuild_report(rr)
 
@@ -928,8 +1061,9 @@ def main():
                                       for kind, size in (("set", 1_000_000), ("string", 1_000_000), ("string", 10_000))}
         rr = rules_rebuild(redis, opts)
         cg = callgrind(redis, opts)
+        ro = rollouts(redis, opts)
     out = os.path.join(TOP, "bench", "RESULTS.quick.md" if opts.quick else "RESULTS.md")
-    text = report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, time.time() - started)
+    text = report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, time.time() - started)
     if MISSED:
         text += "\n## MISSED\n\n" + "".join(f"- {target}\n" for target in MISSED)
     with open(out, "w") as f:

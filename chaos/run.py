@@ -42,6 +42,7 @@ HA_GATEWAY_PORT = 16589
 # The black-holing proxy in front of the file's Redis, and the gateway that reads through it.
 PROXY_PORT = 16590
 PROXIED_GATEWAY_PORT = 16591
+DRIVER_PORTS = (16592, 16593)
 
 REFRESH = 1.0    # gray's default
 RECOVERY_BOUND = REFRESH + 0.5
@@ -81,7 +82,7 @@ def start_backends():
 class Gateway:
     """nginx with two workers routing with gray and proxying to the backends."""
 
-    def __init__(self, name, port, trusted, redis=f'redis = "redis://{HOST}:{REDIS_PORT}/0"'):
+    def __init__(self, name, port, trusted, redis=f'redis = "redis://{HOST}:{REDIS_PORT}/0"', options=""):
         self.port = port
         self.prefix = nginx_prefix(RUN_DIR, name)
         proxy = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
@@ -94,7 +95,7 @@ daemon off;
     init_by_lua_block {{ require "gray" }}
     init_worker_by_lua_block {{
         require("gray").configure{{
-            {redis}, trusted_proxies = "{trusted}", count_responses = true,
+            {redis}, trusted_proxies = "{trusted}", count_responses = true, {options}
         }}
     }}
     upstream prod1 {{ server {HOST}:{BACKEND_PROD_PORT}; keepalive 16; }}
@@ -816,6 +817,70 @@ def rule_set_churn(redis, gw):
     return row
 
 
+# --- rollout -------------------------------------------------------------------------------------
+
+GRAYCTL = os.path.join(TOP, "target", "release", "grayctl")
+
+
+def grayctl(*args):
+    return subprocess.run([GRAYCTL, "--redis", f"redis://{HOST}:{REDIS_PORT}/0", *args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def rollout_plan():
+    """The plan as `grayctl rollout status --json` shows it; no step while Redis cannot say."""
+    try:
+        return json.loads(grayctl("rollout", "status", "--json"))
+    except subprocess.CalledProcessError:
+        return {"step": 0, "state": "unknown"}
+
+
+def rollout(redis, gw, drivers):
+    """A rollout plan stepping a percentage of the non-members to gray under load while Redis is
+    killed and restarted and the worker driving the plan is SIGKILLed: it ends done, each step
+    applied once. The loaded gateway counts the responses; two others, under no load (a killed
+    worker's connections would fail wrk's requests), drive."""
+    put_good(redis, gw)
+    redis.cli("SET", "gray:rules", json.dumps({"format": 1, "default": "@prod1", "rules": [
+        {"name": "list", "ip_key": "gray", "to": "@prod2-grey"},
+        {"name": "canary", "percent": 0, "to": "@prod2-grey"}]}))
+    redis.publish()
+    steps = [5, 10, 25, 50, 100]
+    load = Load(gw.port, member_requests())
+    grayctl("rollout", "start", "canary", "--steps", ",".join(map(str, steps)), "--hold", "1s",
+            "--interval", "1s", "--max-error-rate", "1", "--min-requests", "20", "-m", "chaos")
+    wait_until(lambda: rollout_plan()["step"] >= 2, 30, 0.1)
+    redis.cli("SAVE")   # a restarted Redis comes back with the plan, as one with persistence does
+    redis.kill()
+    time.sleep(REFRESH)
+    redis.start()
+    wait_until(lambda: rollout_plan()["step"] >= 3, 30, 0.1)
+    holder = redis.cli("GET", "gray:rules:rollout:lease").strip()
+    pid = int(holder.rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    done = wait_until(lambda: rollout_plan()["state"] in ("done", "aborted"), 60, 0.1)
+    plan = rollout_plan()
+
+    def accept(expected, route, _start):
+        # Members always go to gray; non-members as the plan's percentage has them.
+        return route == "gray" if expected == "gray" else True
+    row = Row("a rollout plan under load, Redis killed and restarted, its driver SIGKILLed", *load.finish(),
+              accept=accept)
+    row.check(done and plan["state"] == "done", f"the plan ended {plan['state']}: {plan.get('reason')}")
+    row.check(any(pid in d.workers() for d in drivers), f"the lease holder {holder} was a driver's worker")
+    row.check(plan.get("driver") and not plan["driver"].endswith(f":{pid}"),
+              f"another worker finished it ({plan.get('driver')})")
+    history = json.loads(grayctl("history", "--json"))
+    moves = [e["command"] for e in history if e.get("command", "").startswith("rollout step")]
+    for n in range(2, len(steps) + 1):
+        applied = sum(1 for m in moves if f"step {n} of {len(steps)}," in m)
+        row.check(applied == 1, f"step {n} applied {applied} time(s)")
+    redis.cli("DEL", "gray:rules", "gray:rules:rollout", "gray:rules:rollout:lease")
+    redis.publish()
+    put_good(redis, gw)
+    return row
+
+
 # --- spoofing -----------------------------------------------------------------------------------
 
 def spoofed_headers():
@@ -915,6 +980,14 @@ def main():
                       binary_value, wrong_type, large_rereads, churn, rule_set_churn, forwarded, reloads):
             log(fault.__name__)
             rows.append(run_row(fault, redis, gw))
+        log("rollout")
+        drivers = [Gateway(f"driver{i}", port, trusted="127.0.0.1", options="rollouts = true,")
+                   for i, port in enumerate(DRIVER_PORTS)]
+        rows.append(run_row(rollout, redis, gw, drivers))
+        for driver in drivers:
+            driver.signal("quit")
+            driver.proc.wait(30)
+            PROCESSES.remove(driver.proc)
         log("sentinel_failover")
         group = SentinelGroup()
         group.master.put_list(GOOD, "string")

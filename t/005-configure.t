@@ -48,7 +48,7 @@ __DATA__
 opts.refresh must be a positive number of seconds (at most 86400)
 opts.refresh must be a positive number of seconds (at most 86400)
 opts.timeout must be a positive number of seconds (at most 86400)
-unknown option opts.refrsh (known: redis, key, prod, gray, refresh, channel, trusted_proxies, timeout, max_bytes, rules_key, rule_sets, targets, report, count_responses, tracking, resync, sentinels, sentinel_master, read_from, sentinel_username, sentinel_password, tls_ca, tls_cert, tls_key, real_ip_header)
+unknown option opts.refrsh (known: redis, key, prod, gray, refresh, channel, trusted_proxies, timeout, max_bytes, rules_key, rule_sets, targets, report, count_responses, rollouts, tracking, resync, sentinels, sentinel_master, read_from, sentinel_username, sentinel_password, tls_ca, tls_cert, tls_key, real_ip_header)
 opts.redis is not a valid Redis URL: Redis URL did not parse - InvalidClientConfig
 opts.key must be a non-empty string, got string
 opts.prod must be a non-empty string, got number

@@ -45,6 +45,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "targets",
     "report",
     "count_responses",
+    "rollouts",
     "tracking",
     "resync",
     "sentinels",
@@ -130,6 +131,8 @@ pub struct Config {
     pub tracking: bool,
     /// Count each routed request's response (class and time) as nginx frees the request.
     pub count_responses: bool,
+    /// Take part in driving rollout plans: judge and step them while holding their lease.
+    pub rollouts: bool,
     /// Find the Redis to read through these sentinels; `redis` then gives only the credentials
     /// and the database.
     pub sentinels: Option<Sentinels>,
@@ -180,6 +183,7 @@ impl Config {
         let mut report = None;
         let mut tracking = true;
         let mut count_responses = false;
+        let mut rollouts = false;
         let mut resync = DEFAULT_RESYNC;
         let mut sentinel_addresses = Vec::new();
         let mut sentinel_master = None;
@@ -233,6 +237,7 @@ impl Config {
                 "targets" => extra_targets = names(&name, value, |n| n.starts_with('@'))?,
                 "tracking" => tracking = boolean(&name, value)?,
                 "count_responses" => count_responses = boolean(&name, value)?,
+                "rollouts" => rollouts = boolean(&name, value)?,
                 "sentinels" => sentinel_addresses = host_ports(&name, value)?,
                 "sentinel_master" => sentinel_master = Some(non_empty_string(&name, value)?),
                 "sentinel_username" => sentinel_username = Some(non_empty_string(&name, value)?),
@@ -373,6 +378,7 @@ impl Config {
             report,
             tracking,
             count_responses,
+            rollouts,
             resync,
             sentinels,
             tls,
@@ -626,10 +632,12 @@ mod tests {
             ("report", Num(0.5)),
             ("tracking", Bool(false)),
             ("count_responses", Bool(true)),
+            ("rollouts", Bool(true)),
             ("real_ip_header", Str("x-real-ip".into())),
         ])
         .unwrap();
         assert!(c.count_responses && !Config::default().count_responses);
+        assert!(c.rollouts && !Config::default().rollouts);
         assert_eq!(c.real_ip_header, RealIpHeader::RealIp);
         assert_eq!(Config::default().real_ip_header, RealIpHeader::Either);
         assert_eq!(c.report, Some(Duration::from_millis(500)));

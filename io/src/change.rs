@@ -80,10 +80,22 @@ pub fn read(con: &mut Connection, key: &str, max: usize) -> Result<KeyValue, Cha
     })
 }
 
-/// Keys watched on a connection, until [`Watched::commit`] or [`Watched::give_up`].
+/// Keys watched on a connection, until [`Watched::commit`] or [`Watched::give_up`]; dropped
+/// otherwise (an error on the way), it unwatches them, so that the connection's next
+/// transaction is not refused for this one's keys.
 pub struct Watched<'c> {
     con: &'c mut Connection,
     history_key: String,
+    open: bool,
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A connection that failed fails this too, and is made again by its owner.
+            let _ = self.con.query(&redis::cmd("UNWATCH"), 0);
+        }
+    }
 }
 
 /// Watches `keys` and the history `history_key`: a write by anyone to any of them from now on
@@ -99,6 +111,7 @@ pub fn watch<'c>(
     let watched = Watched {
         con,
         history_key: history_key.to_string(),
+        open: true,
     };
     match watched.con.query(redis::cmd("TYPE").arg(history_key), 0)? {
         Reply::Status(t) if t == "none" || t == "list" => Ok(watched),
@@ -118,7 +131,8 @@ impl Watched<'_> {
     }
 
     /// Writes nothing.
-    pub fn give_up(self) -> Result<(), ChangeError> {
+    pub fn give_up(mut self) -> Result<(), ChangeError> {
+        self.open = false;
         self.con.query(&redis::cmd("UNWATCH"), 0)?;
         Ok(())
     }
@@ -127,7 +141,7 @@ impl Watched<'_> {
     /// `sets` (plain SETs, unrecorded) in one transaction, and announces each key written on
     /// `channel`.
     pub fn commit(
-        self,
+        mut self,
         write: Option<(&Write, &KeyValue)>,
         sets: &[(&str, &str)],
         channel: Option<&str>,
@@ -181,9 +195,19 @@ impl Watched<'_> {
                 queued.push(redis::cmd("PUBLISH").arg(channel).arg(key).clone());
             }
         }
-        self.con.query(&redis::cmd("MULTI"), 0)?;
-        for cmd in &queued {
-            self.con.query(cmd, 0)?;
+        // From MULTI on, the transaction ends the watch whatever happens: EXEC, or DISCARD when
+        // Redis refused a command as it was queued (a replica's READONLY, OOM), so the
+        // connection is not left inside it.
+        self.open = false;
+        let queued_all = self.con.query(&redis::cmd("MULTI"), 0).and_then(|_| {
+            queued
+                .iter()
+                .try_for_each(|cmd| self.con.query(cmd, 0).map(|_| ()))
+        });
+        if let Err(e) = queued_all {
+            let _ = self.con.query(&redis::cmd("DISCARD"), 0);
+            let _ = self.con.query(&redis::cmd("UNWATCH"), 0);
+            return Err(e.into());
         }
         // Redis may have applied the transaction before the reply was lost or read.
         match self

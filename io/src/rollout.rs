@@ -7,7 +7,7 @@
 use gray_core::history::Record;
 use gray_core::keys;
 use gray_core::rollout::{self, NewPercent, Plan};
-use gray_core::rules::schema;
+use gray_core::rules::{edit, schema};
 use gray_core::stored::{Change, KeyValue};
 
 use crate::change::{self, ChangeError, Watched, Write};
@@ -114,6 +114,10 @@ impl Moving<'_> {
                 percent.percent()
             ))
         };
+        // A rule renamed or removed since has no users left to take back: the plan ends alone.
+        if percent.0 == 0 && !edit::has_rule(text, &plan.rule) {
+            return Ok(None);
+        }
         let new = rollout::rule_set_at(text, &plan.rule, percent).map_err(refused)?;
         schema::compile(&new, targets).map_err(|e| refused(e.to_string()))?;
         if new == *text {

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
+use gray_core::rollout::judge::Traffic;
+
 use super::REGION;
 use crate::region::{COUNTERS_PER_SERIES, MAX_SERIES};
 
@@ -19,8 +21,8 @@ pub mod counter {
     pub const LATENCY_BUCKETS: usize = 8;
 }
 
-/// The latency histogram's upper bounds, in seconds.
-pub const LATENCY_BOUNDS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// The latency histogram's upper bounds, in seconds (core's: a rollout judges p99 by them).
+pub use gray_core::rollout::judge::LATENCY_BOUNDS;
 const _: () = assert!(counter::LATENCY_BUCKETS + LATENCY_BOUNDS.len() == COUNTERS_PER_SERIES);
 
 /// The status classes, as the `class` label shows them.
@@ -45,6 +47,37 @@ pub fn response_counters(status: u32, seconds: f64) -> (Option<usize>, Option<us
         .position(|&bound| seconds <= bound)
         .map(|i| counter::LATENCY_BUCKETS + i);
     (class, bucket)
+}
+
+/// This worker's own counters of series `series` (its share of the region's totals); `None`
+/// where nothing is counted.
+pub fn own_counters(series: u32) -> Option<[u64; COUNTERS_PER_SERIES]> {
+    let block = BLOCK.load(Ordering::Relaxed);
+    if block.is_null() || series == 0 || series as usize >= MAX_SERIES {
+        return None;
+    }
+    let mut counters = [0; COUNTERS_PER_SERIES];
+    for (i, value) in counters.iter_mut().enumerate() {
+        // SAFETY: as in `count`: this worker's block, and the index is within it.
+        *value = unsafe {
+            (*block.add(series as usize * COUNTERS_PER_SERIES + i)).load(Ordering::Relaxed)
+        };
+    }
+    Some(counters)
+}
+
+/// A series' counters as a rollout judges them: responses of any class, the 5xx among them,
+/// and the latency histogram.
+pub fn traffic(counters: &[u64; COUNTERS_PER_SERIES]) -> Traffic {
+    let mut buckets = [0; LATENCY_BOUNDS.len()];
+    buckets.copy_from_slice(&counters[counter::LATENCY_BUCKETS..]);
+    Traffic {
+        responses: counters[counter::CLASSES..counter::CLASSES + CLASS_NAMES.len()]
+            .iter()
+            .sum(),
+        errors: counters[counter::CLASSES + 4],
+        buckets,
+    }
 }
 
 /// Adds `n` to counter `counter` of series `series` (0: nothing counted).

@@ -2,6 +2,7 @@
 //! state, the guards of the answering worker's snapshot; as Prometheus's text format (version
 //! 0.0.4, the prometheus crate's encoder, no protobuf) or as JSON.
 
+use gray_core::rollout::State;
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use super::counting::{counter, CLASS_NAMES, LATENCY_BOUNDS};
 use super::series::Labels;
-use super::workers::{own_state, KeyLoaded, WorkerState};
+use super::workers::{own_state, KeyLoaded, RolloutLoaded, WorkerState};
 use super::REGION;
 use crate::region::COUNTERS_PER_SERIES;
 
@@ -219,6 +220,7 @@ pub fn prometheus_text(guards: Vec<GuardState>) -> String {
             .collect(),
     );
     worker_families(&scrape.workers, &mut family);
+    rollout_families(&scrape.workers, &mut family);
     let mut text = String::new();
     TextEncoder::new()
         .encode_utf8(&families, &mut text)
@@ -335,6 +337,62 @@ fn worker_families(workers: &[WorkerState], family: &mut Family<'_>) {
     );
 }
 
+/// The rollout plans the workers read, each once: the newest any worker has read.
+fn rollout_families(workers: &[WorkerState], family: &mut Family<'_>) {
+    let mut plans: Vec<&RolloutLoaded> = Vec::new();
+    for plan in workers.iter().flat_map(|w| &w.rollouts) {
+        match plans.iter_mut().find(|p| p.key == plan.key) {
+            Some(seen) if (seen.id, seen.revision) < (plan.id, plan.revision) => *seen = plan,
+            Some(_) => {}
+            None => plans.push(plan),
+        }
+    }
+    let labels = |p: &RolloutLoaded| vec![label("rule_set", &p.key), label("rule", &p.rule)];
+    family(
+        "gray_rollout_step",
+        "The step a rule set's rollout plan is at, from 1",
+        MetricType::GAUGE,
+        plans
+            .iter()
+            .map(|p| gauge(labels(p), p.step as f64))
+            .collect(),
+    );
+    family(
+        "gray_rollout_percent",
+        "The percentage a rule set's rollout plan has set its rule to",
+        MetricType::GAUGE,
+        plans.iter().map(|p| gauge(labels(p), p.percent)).collect(),
+    );
+    family(
+        "gray_rollout_state",
+        "A rule set's rollout plan's state: 1 for the one it is in (running, holding, paused, aborted, done)",
+        MetricType::GAUGE,
+        plans
+            .iter()
+            .flat_map(|p| {
+                State::ALL.iter().map(move |state| {
+                    let mut labels = labels(p);
+                    labels.push(label("state", state.as_str()));
+                    gauge(labels, flag(p.state == state.as_str()).unwrap_or(0.0))
+                })
+            })
+            .collect(),
+    );
+    family(
+        "gray_rollout_driver_info",
+        "The gateway (host:pid) that last moved a rule set's rollout plan",
+        MetricType::GAUGE,
+        plans
+            .iter()
+            .filter_map(|p| {
+                let mut labels = labels(p);
+                labels.push(label("driver", p.driver.as_deref()?));
+                Some(gauge(labels, 1.0))
+            })
+            .collect(),
+    );
+}
+
 /// A worker's key: by worker, key and kind (one key can be read as the whitelist and as ids).
 fn key_labels(w: &WorkerState, k: &KeyLoaded) -> Vec<LabelPair> {
     vec![
@@ -410,6 +468,61 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_plan_read_by_several_workers_is_shown_once_as_the_newest_read() {
+        let plan = |revision: u64, state: &str| RolloutLoaded {
+            key: "gray:rules".into(),
+            rule: "canary".into(),
+            step: revision as usize,
+            percent: 5.0,
+            state: state.into(),
+            driver: Some("gw1:42".into()),
+            id: 7,
+            revision,
+        };
+        let workers = [
+            WorkerState {
+                rollouts: vec![plan(2, "running")],
+                ..WorkerState::default()
+            },
+            WorkerState {
+                worker: 1,
+                rollouts: vec![plan(3, "paused")],
+                ..WorkerState::default()
+            },
+        ];
+        let mut families = Vec::new();
+        rollout_families(&workers, &mut |name, _, _, metrics| {
+            for m in metrics {
+                let labels: Vec<String> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}={}", l.name(), l.value()))
+                    .collect();
+                families.push(format!(
+                    "{name}{{{}}} {}",
+                    labels.join(","),
+                    m.get_gauge().get_value()
+                ));
+            }
+        });
+        assert!(
+            families.contains(&"gray_rollout_step{rule_set=gray:rules,rule=canary} 3".to_string()),
+            "{families:#?}"
+        );
+        assert!(families.contains(
+            &"gray_rollout_state{rule_set=gray:rules,rule=canary,state=paused} 1".to_string()
+        ));
+        assert!(families.contains(
+            &"gray_rollout_state{rule_set=gray:rules,rule=canary,state=running} 0".to_string()
+        ));
+        assert!(families.contains(
+            &"gray_rollout_driver_info{rule_set=gray:rules,rule=canary,driver=gw1:42} 1"
+                .to_string()
+        ));
+        assert_eq!(families.len(), 8);
     }
 
     #[test]

@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use once_cell::sync::OnceCell;
 
 use crate::region::Region;
-pub use counting::{count, count_response, counter};
+pub use counting::{count, count_response, counter, own_counters, traffic};
 pub use exposition::{
     json, prometheus_text, GuardState, JSON_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
 };
 pub use series::{keep_only, register, rule_set_series, whitelist_series, Labels};
-pub use workers::{publish_state, KeyLoaded, WorkerState};
+pub use workers::{publish_state, KeyLoaded, RolloutLoaded, WorkerState};
 
 /// The region this nginx's workers count into: made once, by the master, before it forks (see
 /// [`create_region`]), then only read through; unset in a process that did not make one.

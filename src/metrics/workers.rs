@@ -24,6 +24,26 @@ pub struct WorkerState {
     pub last_error: Option<String>,
     pub last_error_at: Option<f64>,
     pub keys: Vec<KeyLoaded>,
+    /// The rollout plans of the rule sets it reads, as it last read them.
+    #[serde(default)]
+    pub rollouts: Vec<RolloutLoaded>,
+}
+
+/// A rule set's rollout plan as a worker last read it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutLoaded {
+    /// The rule set's key.
+    pub key: String,
+    pub rule: String,
+    /// From 1.
+    pub step: usize,
+    pub percent: f64,
+    pub state: String,
+    /// `host:pid` of the gateway that last moved it.
+    pub driver: Option<String>,
+    /// The plan's id and revision: the newest a worker has read wins.
+    pub id: u64,
+    pub revision: u64,
 }
 
 /// One key as a worker has it loaded.
@@ -56,6 +76,9 @@ impl WorkerState {
                         cut -= 1;
                     }
                     error.truncate(cut);
+                }
+                _ if !state.rollouts.is_empty() && state.keys.is_empty() => {
+                    state.rollouts.pop();
                 }
                 _ => {
                     state.keys.pop();

@@ -13,6 +13,7 @@ use gray_core::config::Config;
 use gray_core::fleet;
 use gray_core::idset::{IdSet, MAX_ID_LEN};
 use gray_core::keys;
+use gray_core::rollout::Plan;
 use gray_core::rules::{KeyRef, KeyUse};
 use gray_core::snapshot::{
     ActiveRuleSet, CompiledRuleSet, LoadedIds, LoadedKey, LoadedList, RuleSetSeries, Snapshot,
@@ -23,7 +24,7 @@ use gray_io::read::Limit;
 
 use super::reader::Read;
 use crate::log::Level;
-use crate::metrics::{self, KeyLoaded, Labels, WorkerState};
+use crate::metrics::{self, KeyLoaded, Labels, RolloutLoaded, WorkerState};
 use crate::region::RegisterError;
 use crate::state::Shared;
 
@@ -53,6 +54,11 @@ pub(super) struct RuleSetSlot {
     seen: Option<u64>,
     /// Where the compiled rule set's decisions are counted.
     pub series: RuleSetSeries,
+    /// Its rollout plan (`<key>:rollout`), as last read; `None` when there is none or it
+    /// cannot be read.
+    pub rollout: Option<Plan>,
+    /// The plan key's version last read.
+    rollout_seen: Option<u64>,
 }
 
 pub(super) struct Loaded {
@@ -82,6 +88,8 @@ impl Loaded {
                 compiled: None,
                 seen: None,
                 series: RuleSetSeries::default(),
+                rollout: None,
+                rollout_seen: None,
             })
             .collect();
         Loaded {
@@ -136,6 +144,7 @@ impl Loaded {
         }
         for set in 0..self.rule_sets.len() {
             *replaced |= self.poll_rule_set(source, set)?;
+            self.poll_rollout(source, set)?;
         }
         *replaced |= self.poll_referenced_keys(source)?;
         Ok(())
@@ -223,6 +232,39 @@ impl Loaded {
         }
     }
 
+    /// Reads rule set `set`'s rollout plan. The snapshot does not hold it: the refresher
+    /// contributes traffic to it and, with `rollouts`, drives it.
+    fn poll_rollout(&mut self, source: &mut impl Source, set: usize) -> Result<(), String> {
+        let key = keys::rollout(&self.rule_sets[set].key);
+        let Read::Value(fetched, _) =
+            source.read::<Text>(&key, Limit::rule_set(self.config.max_bytes))?
+        else {
+            return Ok(());
+        };
+        let slot = &mut self.rule_sets[set];
+        if slot.rollout_seen == Some(fetched.version) {
+            return Ok(());
+        }
+        slot.rollout_seen = Some(fetched.version);
+        let (kind, version) = (fetched.kind, fetched.version);
+        slot.rollout = match kind {
+            KeyKind::Missing => None,
+            _ => {
+                match Plan::parse(&fetched.into_list()) {
+                    Ok(plan) => Some(plan),
+                    Err(e) => {
+                        source.log(
+                        Level::Err,
+                        format!("ignoring the rollout plan in key {key} (version {version:016x}): {e}"),
+                    );
+                        None
+                    }
+                }
+            }
+        };
+        Ok(())
+    }
+
     /// The keys the loaded rule sets reference (`ip_key`, `in_key`), each once.
     fn referenced_keys(&self) -> Vec<KeyRef> {
         let mut wanted: Vec<KeyRef> = Vec::new();
@@ -279,14 +321,22 @@ impl Loaded {
         Ok(replaced)
     }
 
+    /// Whether a loaded rule set's rollout plan is running (or holding, or paused).
+    pub fn rollout_running(&self) -> bool {
+        self.rule_sets
+            .iter()
+            .any(|s| s.rollout.as_ref().is_some_and(|p| p.state.active()))
+    }
+
     /// Whether the refresher reads `key`: the whitelist, a rule set, a rule set's guard hash,
     /// or a key a rule references.
     pub fn reads_key(&self, key: &[u8]) -> bool {
         key == self.config.key.as_bytes()
-            || self
-                .rule_sets
-                .iter()
-                .any(|s| s.key.as_bytes() == key || keys::is_guard_of(key, &s.key))
+            || self.rule_sets.iter().any(|s| {
+                s.key.as_bytes() == key
+                    || keys::is_guard_of(key, &s.key)
+                    || keys::is_rollout_of(key, &s.key)
+            })
             || self.keys.keys().any(|k| k.name.as_bytes() == key)
     }
 
@@ -431,6 +481,23 @@ impl Loaded {
             last_error: status.last_error,
             last_error_at: status.last_error_at.map(unix_seconds),
             keys: self.loaded_keys(),
+            rollouts: self
+                .rule_sets
+                .iter()
+                .filter_map(|slot| {
+                    let plan = slot.rollout.as_ref()?;
+                    Some(RolloutLoaded {
+                        key: slot.key.clone(),
+                        rule: plan.rule.clone(),
+                        step: plan.step + 1,
+                        percent: f64::from(plan.percent()) / 100.0,
+                        state: plan.state.as_str().to_string(),
+                        driver: plan.driver.clone(),
+                        id: plan.id,
+                        revision: plan.revision,
+                    })
+                })
+                .collect(),
         });
     }
 }
@@ -607,13 +674,41 @@ mod tests {
         );
         let mut loaded = loaded();
         assert!(loaded.poll(&mut fake).unwrap());
-        assert_eq!(fake.reads, ["gray", "gray:rules"]);
+        assert_eq!(fake.reads, ["gray", "gray:rules", "gray:rules:rollout"]);
         let shared = Shared::default();
         loaded.publish(&shared, &mut |_, _| {});
         assert_eq!(routes(&shared, [10, 0, 0, 1]), "@canary");
         assert_eq!(routes(&shared, [10, 0, 0, 2]), "@prod1");
         assert!(loaded.reads_key(b"gray:rules:guard"));
+        assert!(loaded.reads_key(b"gray:rules:rollout"));
+        assert!(!loaded.reads_key(b"gray:rules:rollout:lease"));
         assert!(!loaded.reads_key(b"gray:history"));
+    }
+
+    #[test]
+    fn a_rule_sets_plan_is_read_with_it_and_a_bad_one_is_ignored_by_version() {
+        let mut fake = Fake::default();
+        fake.values.insert(
+            "gray:rules".into(),
+            r#"{"format":1,"rules":[{"name":"canary","percent":0,"to":"@canary"}]}"#.into(),
+        );
+        let plan = r#"{"format":1,"id":7,"rule":"canary","steps":[1.0,5.0],"hold":1.0,"interval":1.0,"max_error_rate":1.0,"max_p99":null,"min_requests":10,"failure_limit":3,"message":null,"by":"t@h","started_at":1.0,"state":"running","step":0,"step_started_at":1.0,"held":0.0,"counting_since":1.0,"step_responses":0,"failures_in_a_row":0,"checks":[],"last_check_at":null,"ended_at":null,"reason":null,"driver":null,"revision":1}"#;
+        fake.values.insert("gray:rules:rollout".into(), plan.into());
+        let mut loaded = loaded();
+        loaded.poll(&mut fake).unwrap();
+        let read = loaded.rule_sets[0]
+            .rollout
+            .as_ref()
+            .expect("the plan is read");
+        assert_eq!((read.id, read.rule.as_str()), (7, "canary"));
+        fake.values
+            .insert("gray:rules:rollout".into(), "{not a plan".into());
+        loaded.poll(&mut fake).unwrap();
+        assert!(loaded.rule_sets[0].rollout.is_none());
+        assert!(fake
+            .logged
+            .iter()
+            .any(|l| l.contains("ignoring the rollout plan in key gray:rules:rollout")));
     }
 
     #[test]

@@ -7,13 +7,14 @@
 //! started again. Its parts, each with its own state: the link to Redis and the health they
 //! report to ([`link`], [`health`]: the ground floor), change detection ([`watch`]), reading keys
 //! ([`reader`]), the loaded state and the snapshot built from it ([`loaded`]), failover
-//! ([`failover`]) and what it writes ([`writes`]).
+//! ([`failover`]), what it writes ([`writes`]) and its part in rollout plans ([`rollouts`]).
 
 mod failover;
 mod health;
 mod link;
 mod loaded;
 mod reader;
+mod rollouts;
 mod watch;
 mod writes;
 
@@ -39,6 +40,7 @@ use health::Health;
 use link::Link;
 use loaded::{Loaded, Source};
 use reader::{Polled, Read, Reader, LARGE_READ};
+use rollouts::Rollouts;
 use watch::{Reading, Watch, Woke};
 use writes::Writes;
 
@@ -69,6 +71,7 @@ pub fn spawn(
         loaded: Loaded::new(config.clone()),
         failover: Failover::default(),
         writes: Writes::default(),
+        rollouts: Rollouts::default(),
         config,
     };
     shared.update_status(|s| s.running = true);
@@ -142,6 +145,7 @@ struct Refresher {
     loaded: Loaded,
     failover: Failover,
     writes: Writes,
+    rollouts: Rollouts,
 }
 
 impl Refresher {
@@ -195,10 +199,27 @@ impl Refresher {
                 changed,
             )?;
             self.writes.record_trips(&mut self.link, &mut self.health)?;
+            let written = self.rollouts.round(
+                &mut self.link,
+                &mut self.health,
+                &self.config,
+                &mut self.loaded,
+            )?;
+            if !written.is_empty() {
+                // Redis tells no tracked connection of its own writes: read them now.
+                due = Some(Reading::Keys(written));
+                continue;
+            }
             let loaded = &self.loaded;
+            // A running plan's contributions and lease come round every second.
+            let wait = if loaded.rollout_running() {
+                self.config.refresh.min(Duration::from_secs(1))
+            } else {
+                self.config.refresh
+            };
             let woke = self
                 .watch
-                .wait(&self.link, self.config.refresh, |key| loaded.reads_key(key))?;
+                .wait(&self.link, wait, |key| loaded.reads_key(key))?;
             if matches!(woke, Woke::Tick) {
                 self.failover.check(&self.link, &mut self.health)?;
             }

@@ -36,10 +36,10 @@ impl Traffic {
         if self.responses == 0 {
             return None;
         }
-        let rank = (self.responses * 99).div_ceil(100);
-        let mut seen = 0;
+        let rank = (u128::from(self.responses) * 99).div_ceil(100);
+        let mut seen = 0u128;
         for (count, bound) in self.buckets.iter().zip(LATENCY_BOUNDS) {
-            seen += count;
+            seen += u128::from(*count);
             if seen >= rank {
                 return Some(bound);
             }
@@ -48,10 +48,10 @@ impl Traffic {
     }
 
     pub fn add(&mut self, other: &Traffic) {
-        self.responses += other.responses;
-        self.errors += other.errors;
+        self.responses = self.responses.saturating_add(other.responses);
+        self.errors = self.errors.saturating_add(other.errors);
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
-            *mine += theirs;
+            *mine = mine.saturating_add(theirs);
         }
     }
 }
@@ -152,7 +152,15 @@ pub fn check(gates: &Gates, window: &Window, baseline_target: &str, at: f64) -> 
         baseline.error_rate(),
         thousands(baseline.responses),
     );
-    let (verdict, why) = if canary.responses < gates.min_requests {
+    let (verdict, why) = if canary.responses == 0 && baseline.responses == 0 {
+        (
+            Verdict::Inconclusive,
+            format!(
+                "holding: 0 of {} requests, and no gateway counted a response to either target (they count with init_by_lua's require \"gray\" and count_responses)",
+                thousands(gates.min_requests)
+            ),
+        )
+    } else if canary.responses < gates.min_requests {
         (
             Verdict::Inconclusive,
             format!(

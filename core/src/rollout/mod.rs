@@ -7,6 +7,7 @@
 //! plan and the traffic and writes what changed.
 
 pub mod judge;
+pub mod traffic;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,10 +16,16 @@ use judge::{Check, Gates, Verdict, Window};
 
 /// The plan format this code reads and writes.
 pub const FORMAT: u32 = 1;
+/// The latest time (Unix seconds, the year 2500) and longest duration a plan may hold.
+const MAX_TIME: f64 = 16_725_225_600.0;
 /// Checks a plan keeps, the newest last.
 pub const KEPT_CHECKS: usize = 10;
 /// The shortest interval between checks, in seconds.
 pub const MIN_INTERVAL: f64 = 1.0;
+/// The longest interval between checks, in seconds: a day.
+pub const MAX_INTERVAL: f64 = 86_400.0;
+/// The longest hold of a step, in seconds: thirty days.
+pub const MAX_HOLD: f64 = 30.0 * 86_400.0;
 pub const DEFAULT_INTERVAL: f64 = 10.0;
 pub const DEFAULT_FAILURE_LIMIT: u32 = 3;
 pub const DEFAULT_MIN_REQUESTS: u64 = 100;
@@ -105,6 +112,10 @@ pub struct Plan {
     pub failures_in_a_row: u32,
     pub checks: Vec<Check>,
     pub last_check_at: Option<f64>,
+    /// The end of the last slot judged: the next check judges from there, so no slot of the
+    /// fleet's traffic is judged twice or skipped.
+    #[serde(default)]
+    pub judged_until: Option<u64>,
     pub ended_at: Option<f64>,
     /// Why it was aborted or promoted, in words.
     pub reason: Option<String>,
@@ -130,11 +141,20 @@ impl Settings {
         if !(100..=10_000).contains(&last) {
             return Err("--steps: the last step must be between 1 and 100".into());
         }
-        if self.interval < MIN_INTERVAL || !self.interval.is_finite() {
-            return Err(format!("--interval must be at least {MIN_INTERVAL}s"));
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&self.interval) {
+            return Err(format!(
+                "--interval must be at least {MIN_INTERVAL}s and at most {}h",
+                MAX_INTERVAL / 3600.0
+            ));
         }
-        if self.hold < 0.0 || !self.hold.is_finite() {
-            return Err("--hold must be a duration".into());
+        if !(0.0..=MAX_HOLD).contains(&self.hold) {
+            return Err(format!(
+                "--hold must be a duration of at most {}h",
+                MAX_HOLD / 3600.0
+            ));
+        }
+        if self.gates.min_requests == 0 {
+            return Err("--min-requests must be at least 1: no data, no promotion".into());
         }
         if !(0.0..=100.0).contains(&self.gates.max_error_rate) {
             return Err("--max-error-rate must be between 0 and 100 (percentage points)".into());
@@ -203,6 +223,7 @@ impl Plan {
             failures_in_a_row: 0,
             checks: Vec::new(),
             last_check_at: None,
+            judged_until: None,
             ended_at: None,
             reason: None,
             driver: None,
@@ -224,6 +245,16 @@ impl Plan {
                 plan.settings.steps.len()
             ));
         }
+        let times = [plan.started_at, plan.step_started_at, plan.held]
+            .into_iter()
+            .chain(plan.counting_since)
+            .chain(plan.last_check_at)
+            .chain(plan.ended_at);
+        for time in times {
+            if !(0.0..=MAX_TIME).contains(&time) {
+                return Err(format!("{time} is not a time this plan can hold"));
+            }
+        }
         Ok(plan)
     }
 
@@ -237,6 +268,29 @@ impl Plan {
             State::Aborted => 0,
             _ => self.settings.steps[self.step],
         }
+    }
+
+    /// The history's words for a move of the plan that sets the rule to `percent`.
+    pub fn history_command(&self, what: &str, percent: NewPercent) -> String {
+        format!(
+            "rollout {what} {}: step {} of {}, {}%",
+            self.rule,
+            self.step + 1,
+            self.settings.steps.len(),
+            percent.percent()
+        )
+    }
+
+    /// The plan in a line: its rule, step, percent and state.
+    pub fn summary(&self) -> String {
+        format!(
+            "rule \"{}\", step {} of {}, {}%, {}",
+            self.rule,
+            self.step + 1,
+            self.settings.steps.len(),
+            f64::from(self.percent()) / 100.0,
+            self.state.as_str()
+        )
     }
 
     /// Seconds the current step has been held at `now`.
@@ -266,14 +320,15 @@ impl Plan {
     ) -> (Check, Option<NewPercent>) {
         let check = judge::check(&self.settings.gates, window, baseline_target, now);
         self.last_check_at = Some(now);
-        self.revision += 1;
+        self.judged_until = Some(self.window_slots(now).end);
+        self.revision = self.revision.saturating_add(1);
         self.checks.push(check.clone());
         if self.checks.len() > KEPT_CHECKS {
             self.checks.remove(0);
         }
         let changed = match check.verdict {
             Verdict::Failed => {
-                self.failures_in_a_row += 1;
+                self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
                 if self.failures_in_a_row >= self.settings.failure_limit {
                     let reason = format!(
                         "{}, {} check{} in a row",
@@ -290,7 +345,7 @@ impl Plan {
             }
             Verdict::Passed => {
                 self.failures_in_a_row = 0;
-                self.step_responses += check.canary.responses;
+                self.step_responses = self.step_responses.saturating_add(check.canary.responses);
                 self.advance_if_due(now)
             }
             Verdict::Inconclusive => None,
@@ -346,7 +401,7 @@ impl Plan {
         self.held = self.held(now);
         self.counting_since = None;
         self.state = State::Paused;
-        self.revision += 1;
+        self.revision = self.revision.saturating_add(1);
         Ok(())
     }
 
@@ -358,7 +413,7 @@ impl Plan {
         }
         self.counting_since = Some(now);
         self.state = State::Running;
-        self.revision += 1;
+        self.revision = self.revision.saturating_add(1);
         Ok(())
     }
 
@@ -366,7 +421,7 @@ impl Plan {
     pub fn abort(&mut self, why: String, now: f64) -> Result<NewPercent, String> {
         self.require_active("abort")?;
         self.end(State::Aborted, why, now);
-        self.revision += 1;
+        self.revision = self.revision.saturating_add(1);
         Ok(NewPercent(0))
     }
 
@@ -375,7 +430,7 @@ impl Plan {
         self.require_active("promote")?;
         self.step = self.settings.steps.len() - 1;
         self.end(State::Done, why, now);
-        self.revision += 1;
+        self.revision = self.revision.saturating_add(1);
         Ok(NewPercent(self.percent()))
     }
 
@@ -438,22 +493,18 @@ mod percentages {
 /// `5m`, `1h`), in seconds.
 pub fn parse_duration(text: &str) -> Result<f64, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let bad = || format!("\"{text}\" is not a duration: write 10s, 1.5s, 5m or 1h");
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let number = &text[..text.len() - unit.len_utf8()];
     let scale = match unit {
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-                "\"{text}\" is not a duration: write 10s, 1.5s, 5m or 1h"
-            ))
-        }
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        _ => return Err(bad()),
     };
     match number.parse::<f64>() {
         Ok(n) if n >= 0.0 && n.is_finite() => Ok(n * scale),
-        _ => Err(format!(
-            "\"{text}\" is not a duration: write 10s, 1.5s, 5m or 1h"
-        )),
+        _ => Err(bad()),
     }
 }
 

@@ -43,6 +43,13 @@ fn start() -> Plan {
     plan
 }
 
+/// A plan just started at 1000 with `interval`, for the other modules' tests.
+pub(crate) fn running(interval: f64) -> Plan {
+    let mut plan = start();
+    plan.settings.interval = interval;
+    plan
+}
+
 fn window(canary: u64, canary_errors: u64) -> Window {
     let traffic = |responses, errors| Traffic {
         responses,
@@ -223,4 +230,24 @@ fn durations_take_seconds_minutes_and_hours() {
     for bad in ["10", "s", "-1s", "1d", ""] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn a_hostile_plan_in_redis_is_refused_not_obeyed() {
+    let good = start().to_json();
+    assert!(Plan::parse(good.as_bytes()).is_ok());
+    for (field, value) in [
+        ("\"interval\":10.0", "\"interval\":1e300"),
+        ("\"hold\":20.0", "\"hold\":-1.0"),
+        ("\"min_requests\":100", "\"min_requests\":0"),
+        ("\"last_check_at\":null", "\"last_check_at\":1e308"),
+        ("\"step\":0", "\"step\":3"),
+        ("\"steps\":[1.0,5.0,25.0]", "\"steps\":[]"),
+    ] {
+        assert!(good.contains(field), "{field} in {good}");
+        let hostile = good.replace(field, value);
+        assert!(Plan::parse(hostile.as_bytes()).is_err(), "{value}");
+    }
+    assert!(parse_duration("10µ").is_err());
+    assert!(parse_duration("").is_err());
 }

@@ -62,6 +62,11 @@ pub fn set_enabled(doc: &mut Value, enabled: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether rule set `text` (JSON) has a rule named `name`.
+pub fn has_rule(text: &[u8], name: &str) -> bool {
+    serde_json::from_slice::<Value>(text).is_ok_and(|mut doc| rule_mut(&mut doc, name).is_ok())
+}
+
 /// A rule set document as gray writes it: pretty, with a final newline.
 pub fn render(doc: &Value) -> Vec<u8> {
     let mut text = serde_json::to_vec_pretty(doc).expect("a JSON value serializes");

@@ -8,7 +8,7 @@ use gray_core::clock;
 use gray_core::history::Subject;
 use gray_core::keys;
 use gray_core::rollout::judge::{thousands, Verdict};
-use gray_core::rollout::{self, NewPercent, Plan, Settings, State};
+use gray_core::rollout::{self, Plan, Settings, State};
 use gray_core::rules::schema;
 use gray_core::stored::KeyValue;
 use gray_io::rollout::Moving;
@@ -80,7 +80,7 @@ pub(super) fn start(ctx: &Context, args: &StartArgs) -> Result<(), Failure> {
     if let Some(running) = moving.plan.as_ref().filter(|p| p.state.active()) {
         let why = format!(
             "rule set {key} already has a plan: {}; `grayctl rollout abort` it first",
-            summary(running)
+            running.summary()
         );
         moving.give_up().map_err(|e| fail(&key, e))?;
         return Err(refused(why));
@@ -107,7 +107,7 @@ pub(super) fn start(ctx: &Context, args: &StartArgs) -> Result<(), Failure> {
             return Err(refused(why));
         }
     };
-    let record = ctx.record(&key, Subject::RuleSet, step_command(&plan, "start", first));
+    let record = ctx.record(&key, Subject::RuleSet, plan.history_command("start", first));
     moving
         .write(
             &plan,
@@ -117,17 +117,6 @@ pub(super) fn start(ctx: &Context, args: &StartArgs) -> Result<(), Failure> {
         )
         .map_err(|e| fail(&key, e))?;
     print(ctx, &key, &plan, None)
-}
-
-/// The history's words for a move that sets the rule's percentage.
-fn step_command(plan: &Plan, what: &str, percent: NewPercent) -> String {
-    format!(
-        "rollout {what} {}: step {} of {}, {}%",
-        plan.rule,
-        plan.step + 1,
-        plan.settings.steps.len(),
-        percent.percent()
-    )
 }
 
 pub(super) fn act(ctx: &Context, set: &SetName, action: Action) -> Result<(), Failure> {
@@ -158,7 +147,7 @@ pub(super) fn act(ctx: &Context, set: &SetName, action: Action) -> Result<(), Fa
         }
     };
     let percent = percent.map(|p| {
-        let command = step_command(&plan, action.verb(), p);
+        let command = plan.history_command(action.verb(), p);
         (p, ctx.record(&key, Subject::RuleSet, command))
     });
     moving
@@ -185,7 +174,7 @@ pub(super) fn check_manual_edit(ctx: &Context, key: &str, force: bool) -> Result
         moving.give_up().map_err(|e| fail(key, e))?;
         return Err(refused(format!(
             "rule set {key} is driven by a rollout plan ({}); `grayctl rollout pause` or `abort` it, or pass --force to pause it and make this change",
-            summary(&plan)
+            plan.summary()
         )));
     }
     if plan.state != State::Paused {
@@ -203,18 +192,6 @@ pub(super) fn check_manual_edit(ctx: &Context, key: &str, force: bool) -> Result
         moving.give_up().map_err(|e| fail(key, e))?;
     }
     Ok(())
-}
-
-/// A plan in a line: its rule, step, percent and state.
-fn summary(plan: &Plan) -> String {
-    format!(
-        "rule \"{}\", step {} of {}, {}%, {}",
-        plan.rule,
-        plan.step + 1,
-        plan.settings.steps.len(),
-        f64::from(plan.percent()) / 100.0,
-        plan.state.as_str()
-    )
 }
 
 pub(super) fn status(ctx: &Context, set: &SetName, watch: bool) -> Result<(), Failure> {
@@ -282,7 +259,15 @@ fn print(
             .map(|m| format!(": {m}"))
             .unwrap_or_default()
     );
-    println!("  state    {}: {}", plan.state.as_str(), why(plan, at));
+    let state = plan.state.as_str();
+    let why = why(plan, at);
+    match why
+        .strip_prefix(state)
+        .and_then(|rest| rest.strip_prefix(": "))
+    {
+        Some(rest) => println!("  state    {state}: {rest}"),
+        None => println!("  state    {state}: {why}"),
+    }
     println!(
         "  step     {} of {}: {}% (steps {}%)",
         plan.step + 1,

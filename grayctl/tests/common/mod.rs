@@ -136,6 +136,23 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(redis: &Redis, name: &str, options: &str) -> Gateway {
+        let http = format!(
+            r#"init_worker_by_lua_block {{
+        require("gray").configure{{ redis = "{url}", {options} }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200; }}
+    }}"#,
+            url = redis.url(),
+            port = free_port(),
+        );
+        Gateway::start_with(name, 1, &http)
+    }
+
+    /// A gateway of `workers` workers whose http block holds `http` besides what every test
+    /// gateway has (its files in its own directory, the module on the Lua path).
+    pub fn start_with(name: &str, workers: u32, http: &str) -> Gateway {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let module = format!("{root}/target/release/libgray.so");
         assert!(
@@ -147,7 +164,7 @@ impl Gateway {
         let conf = format!(
             r#"load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
+worker_processes {workers};
 error_log {dir}/error.log notice;
 pid {dir}/nginx.pid;
 events {{}}
@@ -159,18 +176,10 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     lua_package_cpath "{root}/target/release/lib?.so;;";
-    init_worker_by_lua_block {{
-        require("gray").configure{{ redis = "{url}", {options} }}
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200; }}
-    }}
+    {http}
 }}
 "#,
             dir = dir.display(),
-            url = redis.url(),
-            port = free_port(),
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let master = Command::new("nginx")
@@ -186,6 +195,20 @@ http {{
             .spawn()
             .expect("nginx (make deps installs it)");
         Gateway { master, dir }
+    }
+
+    /// The gateway's error log so far.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// The pids of the gateway's workers.
+    pub fn workers(&self) -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.master.id()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     /// The worker's pid, once nginx has started it.
