@@ -57,23 +57,43 @@ fn gateway(
         },
         url = r.url(),
     );
-    (Gateway::start_with(name, workers, &http), port)
+    let gateway = Gateway::start_with(name, workers, &http);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while request(port, "/metrics", "127.0.0.1").is_err() {
+        assert!(Instant::now() < deadline, "gateway {name} never answered");
+        thread::sleep(Duration::from_millis(20));
+    }
+    (gateway, port)
 }
 
-/// One request as client `client`: the status and body, `None` if it failed.
+/// One request as client `client`: the status and body, `None` if it failed (said on stderr).
 fn get(port: u16, path: &str, client: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    request(port, path, client)
+        .map_err(|e| eprintln!("request to {port}: {e}"))
+        .ok()
+}
+
+fn request(port: u16, path: &str, client: &str) -> Result<(u16, String), String> {
+    let failed = |e: std::io::Error| e.to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(failed)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(failed)?;
     write!(
         stream,
         "GET {path} HTTP/1.0\r\nHost: t\r\nX-Client: {client}\r\n\r\n"
     )
-    .ok()?;
+    .map_err(failed)?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
+    stream.read_to_string(&mut response).map_err(failed)?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string());
+    match (status, body) {
+        (Some(status), Some(body)) => Ok((status, body)),
+        _ => Err(format!("not an HTTP response: {response:?}")),
+    }
 }
 
 /// Requests to the gateways from many clients until dropped; counts what came back.
@@ -105,7 +125,12 @@ impl Load {
                             Some((500, body)) if body == "gray\n" => {
                                 answered.fetch_add(1, Ordering::Relaxed)
                             }
-                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                    eprintln!("port {port}: {other:?}");
+                                }
+                                0
+                            }
                         };
                     }
                 })
@@ -353,7 +378,7 @@ fn a_fleet_that_counts_no_responses_holds_the_first_step_and_says_why() {
     );
     let text = ok(r.grayctl(&["rollout", "status"]));
     assert!(
-        text.contains("state    holding: holding: 0 of 20 requests"),
+        text.contains("state    holding: 0 of 20 requests, and no gateway counted"),
         "{text}"
     );
 }

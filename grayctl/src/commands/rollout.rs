@@ -283,9 +283,10 @@ fn print(
         thousands(settings.gates.min_requests)
     );
     println!(
-        "  checks   every {}: 5xx at most {} points over the default target's{}, at least {} responses; {} failed in a row abort",
+        "  checks   every {}: 5xx at most {} point{} over the default target's{}, at least {} responses; {} failed in a row abort",
         seconds(settings.interval),
         settings.gates.max_error_rate,
+        if settings.gates.max_error_rate == 1.0 { "" } else { "s" },
         settings
             .gates
             .max_p99
