@@ -1,11 +1,12 @@
 //! gray's I/O, shared by the module nginx loads and grayctl: connections to Redis of its own
-//! ([`connection`]: RESP2 read under a byte bound, connects bounded whole; [`tls`]; [`sentinel`]),
-//! built from the options' plain data ([`endpoint`]); reading a key ([`read`]) and one load of
-//! what a gateway loads ([`load`]); the one write path of every change ([`change`]) and a
-//! rollout plan's moves on it ([`rollout`]); and this machine's [`host`] name. What the bytes mean is
-//! gray-core's, which does no I/O.
+//! ([`connection`]: RESP2 read under a byte bound; `connect`: a connect bounded whole; [`tls`];
+//! [`sentinel`]), built from the options' plain data ([`endpoint`]); reading a key ([`read`])
+//! and one load of what a gateway loads ([`load`]); the one write path of every change
+//! ([`change`]) and a rollout plan's moves on it ([`rollout`]); and this machine's [`host`]
+//! name. What the bytes mean is gray-core's, which does no I/O.
 
 pub mod change;
+mod connect;
 pub mod connection;
 pub mod endpoint;
 pub mod host;

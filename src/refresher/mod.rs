@@ -6,13 +6,15 @@
 //! backoff and keeps the last good snapshot meanwhile. A panic is caught and the refresher
 //! started again. Its parts, each with its own state: the link to Redis and the health they
 //! report to ([`link`], [`health`]: the ground floor), change detection ([`watch`]), reading keys
-//! ([`reader`]), the loaded state and the snapshot built from it ([`loaded`]), failover
+//! ([`reader`]), the loaded state and the snapshot built from it ([`loaded`], lists parsed by
+//! [`parse`]), failover
 //! ([`failover`]), what it writes ([`writes`]) and its part in rollout plans ([`rollouts`]).
 
 mod failover;
 mod health;
 mod link;
 mod loaded;
+mod parse;
 mod reader;
 mod rollouts;
 mod watch;

@@ -1,6 +1,6 @@
 //! A plan's life: started, checked, held, advanced, aborted, paused, promoted.
 
-use super::judge::{Traffic, Window};
+use super::judge::{Gates, Traffic, Window};
 use super::*;
 use crate::rules::schema::compile;
 
