@@ -67,11 +67,12 @@ test-nginx: deps build ## t/*.t under Test::Nginx against Debian's nginx, or NGI
 	@scripts/deps.sh $(TEST_PACKAGES)
 	scripts/prove-nginx.sh $(NGINX)
 
-test-openresty: deps build ## t/*.t against OpenResty's components built from ../shared/vendor/openresty (built once, under target/)
+test-openresty: deps build ## t/*.t and the two-gateway rollout tests against OpenResty's components built from ../shared/vendor/openresty (built once, under target/)
 	@if [ -d "$(OPENRESTY_VENDOR)" ]; then \
 	    scripts/deps.sh $(TEST_PACKAGES) && \
 	    nginx=$$(scripts/build-openresty.sh "$(OPENRESTY_VENDOR)" "$(CURDIR)/target/openresty" | tail -n 1) && \
-	    scripts/prove-nginx.sh "$$nginx"; \
+	    scripts/prove-nginx.sh "$$nginx" && \
+	    GRAY_TEST_NGINX="$$nginx" $(CARGO) test --locked -p grayctl --test rollout_fleet; \
 	else \
 	    echo "test-openresty: skipped, no OpenResty sources at $(OPENRESTY_VENDOR) (run make test-nginx NGINX=/usr/local/openresty/nginx/sbin/nginx against your own)"; \
 	fi

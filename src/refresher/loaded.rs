@@ -6,20 +6,20 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use gray_core::clock::unix_seconds;
 use gray_core::config::Config;
 use gray_core::fleet;
-use gray_core::idset::{IdSet, MAX_ID_LEN};
+use gray_core::idset::IdSet;
 use gray_core::keys;
 use gray_core::rollout::Plan;
 use gray_core::rules::{KeyRef, KeyUse};
 use gray_core::snapshot::{
-    ActiveRuleSet, CompiledRuleSet, LoadedIds, LoadedKey, LoadedList, RuleSetSeries, Snapshot,
+    ActiveRuleSet, CompiledRuleSet, LoadedKey, LoadedList, RuleSetSeries, Snapshot,
 };
-use gray_core::value::{Fetched, KeyKind, ListBuilder, Text};
-use gray_core::whitelist::{Whitelist, WhitelistBuilder};
+use gray_core::value::{KeyKind, ListBuilder, Text};
+use gray_core::whitelist::WhitelistBuilder;
 use gray_io::read::Limit;
 
 use super::parse::{parse_ids, parse_list};
@@ -506,10 +506,12 @@ impl Loaded {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::time::Duration;
 
     use super::*;
     use gray_core::config::OptionValue;
     use gray_core::decision::Extra;
+    use gray_core::value::Fetched;
 
     /// Redis as a map of string keys; what was read and forgotten, and what was said.
     #[derive(Default)]

@@ -128,7 +128,10 @@ pub fn refused(out: Output) -> String {
     stderr(&out)
 }
 
-/// A real gateway: Debian's nginx with the built module (`make build`), one worker, reporting.
+/// The nginx the gateways run, when not Debian's (`make test-openresty` gives OpenResty's).
+const NGINX_ENV: &str = "GRAY_TEST_NGINX";
+
+/// A real gateway: Debian's nginx (or `GRAY_TEST_NGINX`) with the built module (`make build`).
 pub struct Gateway {
     pub master: Child,
     dir: std::path::PathBuf,
@@ -161,9 +164,15 @@ impl Gateway {
         );
         let dir = std::env::temp_dir().join(format!("grayctl-test-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // Debian's nginx loads the Lua module; another (OpenResty's, GRAY_TEST_NGINX) has it built in.
+        let nginx = std::env::var(NGINX_ENV).ok();
+        let modules = if nginx.is_some() {
+            ""
+        } else {
+            "load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"
+        };
         let conf = format!(
-            r#"load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+            r#"{modules}
 worker_processes {workers};
 error_log {dir}/error.log notice;
 pid {dir}/nginx.pid;
@@ -182,7 +191,7 @@ http {{
             dir = dir.display(),
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let master = Command::new("nginx")
+        let master = Command::new(nginx.as_deref().unwrap_or("nginx"))
             .args([
                 "-p",
                 &dir.display().to_string(),
