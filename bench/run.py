@@ -520,7 +520,6 @@ def rollouts(redis, opts):
     commands a second the plan adds (INFO commandstats, against the same load with no plan), and,
     once the canary starts answering 500s, the time until its clients are routed to production on
     every worker of both gateways."""
-    failing = os.path.join(RUN_DIR, "canary-failing")
     script = os.path.join(RUN_DIR, "rollout-load.lua")
     with open(script, "w") as f:
         f.write(ROLLOUT_LOAD)
@@ -538,6 +537,8 @@ daemon off;
         require("gray").configure{{ redis = "redis://{CLIENT}:{REDIS_PORT}/0", count_responses = true,
                                     rollouts = true }}
     }}
+    # The canary fails from a request to /__fail on: a flag both workers see.
+    lua_shared_dict canary 64k;
     set_real_ip_from 127.0.0.1;
     real_ip_header X-Client;
     server {{
@@ -546,11 +547,11 @@ daemon off;
         location @prod1 {{ return 200 "prod\n"; }}
         location @prod2-grey {{
             content_by_lua_block {{
-                local flag = io.open("{failing}")
-                if flag then flag:close() ngx.status = 500 end
+                if ngx.shared.canary:get("failing") then ngx.status = 500 end
                 ngx.say("gray")
             }}
         }}
+        location = /__fail {{ content_by_lua_block {{ ngx.shared.canary:set("failing", true) }} }}
         location = /__ready {{ return 200; }}
     }}
 }}
@@ -592,7 +593,8 @@ daemon off;
                    stdout=subprocess.DEVNULL) for port in ROLLOUT_PORTS]
     time.sleep(3)
     started = time.time()
-    open(failing, "w").close()
+    for port in ROLLOUT_PORTS:
+        get(port, "/__fail")
 
     def routed_to_prod(port):
         # Ten answers in a row from production: both workers route by the abort.
@@ -610,7 +612,6 @@ daemon off;
     plan = json.loads(redis.cli("GET", "gray:rules:rollout"))
     for gateway in gateways:
         stop(gateway, signal.SIGQUIT)
-    os.remove(failing)
     redis.cli("DEL", "gray:rules", "gray:rules:rollout", "gray:rules:rollout:lease")
     redis.publish()
     return {"without": without, "with": with_plan, "abort": max(routed.values()) if len(routed) == 2 else None,
