@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use once_cell::sync::Lazy;
 
 use crate::log::Level;
-use crate::metrics::{self, counter, GuardState};
-use crate::region::{Region, COUNTERS_PER_SERIES};
+use crate::metrics::{self, GuardState};
+use crate::region::Region;
 use crate::state::{Shared, TripToRecord};
 use gray_core::clock;
 use gray_core::fleet;
@@ -68,11 +68,9 @@ static WATCHES: Lazy<Mutex<Watches>> = Lazy::new(|| {
 fn counts(region: &Region, series: &[u32]) -> Counts {
     let mut total = Counts::default();
     for &s in series {
-        let t: [u64; COUNTERS_PER_SERIES] = region.totals(s as usize);
-        total.responses += t[counter::CLASSES..counter::CLASSES + 5]
-            .iter()
-            .sum::<u64>();
-        total.errors += t[counter::CLASSES + 4];
+        let counted = metrics::traffic(&region.totals(s as usize)).counts();
+        total.responses += counted.responses;
+        total.errors += counted.errors;
     }
     total
 }

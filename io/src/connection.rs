@@ -49,6 +49,18 @@ pub enum Error {
     Protocol(String),
 }
 
+impl Reply {
+    /// A hash's fields and values, as HGETALL lists them; an item that is not text is left out.
+    pub fn hash_pairs(items: &[Reply]) -> impl Iterator<Item = (&[u8], &[u8])> {
+        items.chunks(2).filter_map(|pair| match pair {
+            [Reply::Bulk(Some(field)), Reply::Bulk(Some(value))] => {
+                Some((field.as_slice(), value.as_slice()))
+            }
+            _ => None,
+        })
+    }
+}
+
 impl Error {
     pub fn is_timeout(&self) -> bool {
         match self {
@@ -271,6 +283,31 @@ impl Connection {
     pub fn query(&mut self, cmd: &redis::Cmd, max_bulk: usize) -> Result<Reply, Error> {
         self.send(cmd)?;
         self.read(max_bulk)
+    }
+
+    /// Sends `commands` at once, then reads every reply: one round trip. An error reply is
+    /// returned once every reply is read, so the connection stays in step.
+    pub fn pipeline(
+        &mut self,
+        commands: &[redis::Cmd],
+        max_bulk: usize,
+    ) -> Result<Vec<Reply>, Error> {
+        for command in commands {
+            self.send(command)?;
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut refused = None;
+        for _ in commands {
+            match self.read(max_bulk) {
+                Ok(reply) => replies.push(reply),
+                Err(Error::Server(refusal)) => refused = Some(refusal),
+                Err(e) => return Err(e),
+            }
+        }
+        match refused {
+            Some(refusal) => Err(Error::Server(refusal)),
+            None => Ok(replies),
+        }
     }
 
     /// Reads one reply; a bulk string longer than `max_bulk` is refused unread.

@@ -491,7 +491,7 @@ impl Loaded {
                         key: slot.key.clone(),
                         rule: plan.rule.clone(),
                         step: plan.step + 1,
-                        percent: f64::from(plan.percent()) / 100.0,
+                        percent: plan.percent().percent(),
                         state: plan.state.as_str().to_string(),
                         driver: plan.driver.clone(),
                         id: plan.id,

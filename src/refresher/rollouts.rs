@@ -132,7 +132,7 @@ impl Rollouts {
                 .arg(plan.traffic_ttl())
                 .clone(),
         );
-        let sent = pipeline(link.command()?, &commands, 0);
+        let sent = link.command()?.pipeline(&commands, 0);
         match link.triage(sent, || format!("failed to add to {key}"))? {
             Ok(_) => self.contributed.extend(now_counted),
             Err(refusal) => health.warn_once(format!(
@@ -171,30 +171,6 @@ impl Rollouts {
             }
         }
         total
-    }
-}
-
-/// Sends `commands` at once, then reads every reply: one round trip.
-fn pipeline(
-    con: &mut gray_io::connection::Connection,
-    commands: &[redis::Cmd],
-    max_bulk: usize,
-) -> Result<Vec<Reply>, gray_io::connection::Error> {
-    for command in commands {
-        con.send(command)?;
-    }
-    let mut replies = Vec::with_capacity(commands.len());
-    let mut refused = None;
-    for _ in commands {
-        match con.read(max_bulk) {
-            Ok(reply) => replies.push(reply),
-            Err(gray_io::connection::Error::Server(refusal)) => refused = Some(refusal),
-            Err(e) => return Err(e),
-        }
-    }
-    match refused {
-        Some(refusal) => Err(gray_io::connection::Error::Server(refusal)),
-        None => Ok(replies),
     }
 }
 
@@ -306,7 +282,7 @@ fn drive(
                 "step {} of {}: {}%",
                 moved.step + 1,
                 moved.settings.steps.len(),
-                f64::from(moved.percent()) / 100.0
+                moved.percent().percent()
             ),
         ),
         // Passed and inconclusive checks are in the plan, for `grayctl rollout status`.
@@ -413,7 +389,7 @@ fn read_window(
                 .clone()
         })
         .collect();
-    let replies = pipeline(link.command()?, &commands, MAX_MESSAGE);
+    let replies = link.command()?.pipeline(&commands, MAX_MESSAGE);
     let replies = match link.triage(replies, || {
         format!("failed to read the rollout traffic of {rule_set_key}")
     })? {
@@ -425,13 +401,7 @@ fn read_window(
         let Reply::Array(Some(items)) = reply else {
             continue;
         };
-        let pairs = items.chunks(2).filter_map(|pair| match pair {
-            [Reply::Bulk(Some(field)), Reply::Bulk(Some(value))] => {
-                Some((field.as_slice(), value.as_slice()))
-            }
-            _ => None,
-        });
-        traffic::add_fields(&mut window, pairs);
+        traffic::add_fields(&mut window, Reply::hash_pairs(items));
     }
     Ok(Ok(window))
 }

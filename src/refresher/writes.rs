@@ -170,11 +170,5 @@ impl Writes {
 
 /// The resets a guard hash holds, from its fields as HGETALL lists them.
 fn guard_resets(fields: &[Reply]) -> BTreeMap<String, u64> {
-    let pairs = fields.chunks(2).filter_map(|pair| match pair {
-        [Reply::Bulk(Some(field)), Reply::Bulk(Some(value))] => {
-            Some((field.as_slice(), value.as_slice()))
-        }
-        _ => None,
-    });
-    GuardHash::parse(pairs).resets
+    GuardHash::parse(Reply::hash_pairs(fields)).resets
 }

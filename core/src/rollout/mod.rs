@@ -106,7 +106,7 @@ pub struct Plan {
     pub revision: u64,
 }
 
-/// What a change to a plan asks of the rule set: its rule's new percentage (hundredths).
+/// A percentage a plan sets its rule to (hundredths): what a move asks of the rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewPercent(pub u32);
 
@@ -199,12 +199,12 @@ impl Plan {
         serde_json::to_string(self).expect("a plan is plain data")
     }
 
-    /// The rule's percentage the plan has set (hundredths): the step's, 0 once aborted.
-    pub fn percent(&self) -> u32 {
-        match self.state {
+    /// The rule's percentage the plan has set: the step's, 0 once aborted.
+    pub fn percent(&self) -> NewPercent {
+        NewPercent(match self.state {
             State::Aborted => 0,
             _ => self.settings.steps[self.step],
-        }
+        })
     }
 
     /// The history's words for a move of the plan that sets the rule to `percent`.
@@ -225,7 +225,7 @@ impl Plan {
             self.rule,
             self.step + 1,
             self.settings.steps.len(),
-            f64::from(self.percent()) / 100.0,
+            self.percent().percent(),
             self.state.as_str()
         )
     }
@@ -310,7 +310,7 @@ impl Plan {
         }
         self.step += 1;
         self.restart_step(now);
-        Some(NewPercent(self.percent()))
+        Some(self.percent())
     }
 
     fn restart_step(&mut self, now: f64) {
@@ -368,7 +368,7 @@ impl Plan {
         self.step = self.settings.steps.len() - 1;
         self.end(State::Done, why, now);
         self.revision = self.revision.saturating_add(1);
-        Ok(NewPercent(self.percent()))
+        Ok(self.percent())
     }
 
     fn require_active(&self, what: &str) -> Result<(), String> {

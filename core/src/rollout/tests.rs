@@ -108,7 +108,10 @@ fn a_step_advances_after_its_hold_on_passing_checks_and_the_last_one_ends_the_pl
     );
     plan.judge(&window(150, 0), "@prod1", 1050.0);
     assert_eq!(plan.judge(&window(150, 0), "@prod1", 1060.0).1, None);
-    assert_eq!((plan.state, plan.percent()), (State::Done, 2500));
+    assert_eq!(
+        (plan.state, plan.percent()),
+        (State::Done, NewPercent(2500))
+    );
     assert_eq!(plan.ended_at, Some(1060.0));
     assert!(!plan.check_due(2000.0));
 }
@@ -156,7 +159,10 @@ fn failure_limit_failed_checks_in_a_row_abort_with_the_figures_and_one_failure_r
         plan.judge(&window(412, 128), "@prod1", 1080.0).1,
         Some(NewPercent(0))
     );
-    assert_eq!((plan.state, plan.percent()), (State::Aborted, 0));
+    assert_eq!(
+        (plan.state, plan.percent()),
+        (State::Aborted, NewPercent(0))
+    );
     assert_eq!(
         plan.reason.as_deref(),
         Some("5xx 31.1% of 412 responses vs 0.0% of 1,000 on @prod1, over the 1 point allowed, 3 checks in a row")

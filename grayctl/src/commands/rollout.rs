@@ -233,7 +233,7 @@ fn print(
         object.insert("key".into(), json!(key));
         object.insert("state".into(), json!(plan.state.as_str()));
         object.insert("step".into(), json!(plan.step + 1));
-        object.insert("percent".into(), json!(f64::from(plan.percent()) / 100.0));
+        object.insert("percent".into(), json!(plan.percent().percent()));
         object.insert("held".into(), json!(plan.held(at)));
         if let Some(lease) = lease {
             object.insert("lease".into(), json!(lease));
@@ -272,7 +272,7 @@ fn print(
         "  step     {} of {}: {}% (steps {}%)",
         plan.step + 1,
         settings.steps.len(),
-        f64::from(plan.percent()) / 100.0,
+        plan.percent().percent(),
         steps.join(", ")
     );
     println!(
