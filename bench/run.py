@@ -64,6 +64,27 @@ RULES_REFERENCE = "v6-cookie"
 UNCOUNTED_VARIANT = "v7-uncounted"
 RESPONSES_VARIANT = "v9"
 RESPONSES_VARIANT_NAME = "gray with `count_responses = true`"
+# Measured by callgrind only: what a decision sends on, each against the same decision without it.
+# c0: a 50% rule by cookie (the request has it); c1: the same with a lane (X-Gray-Lane stamped);
+# c2: a 0% rule by an anonymous cookie the request lacks (an id minted, Set-Cookie added), against
+# c2-ref: the same rule set without `anonymous` (no key: the same target); c3: c0 with
+# `set $gray_target ""; set $gray_rule "";` declared, which route() then fills.
+CARRY_RULE_SETS = {
+    "plain": {"format": 1, "rules": [{"name": "ramp", "percent": 50, "by": ["cookie:uid"], "to": "@prod2-grey"}]},
+    "lane": {"format": 1, "lane": {"header": "X-Gray-Lane"},
+             "rules": [{"name": "ramp", "percent": 50, "by": ["cookie:uid"], "to": "@prod2-grey"}]},
+    "anon": {"format": 1, "anonymous": {"cookie": "gray_uid"},
+             "rules": [{"name": "ramp", "percent": 0, "by": ["cookie:gray_uid"], "to": "@prod2-grey"}]},
+    "anonref": {"format": 1, "rules": [{"name": "ramp", "percent": 0, "by": ["cookie:gray_uid"], "to": "@prod2-grey"}]},
+}
+# variant: (rule set, request headers, variables declared)
+CARRY_VARIANTS = {
+    "c0": ("plain", RULES_HEADERS, False),
+    "c1": ("lane", RULES_HEADERS, False),
+    "c2": ("anon", None, False),
+    "c2-ref": ("anonref", None, False),
+    "c3": ("plain", RULES_HEADERS, True),
+}
 
 
 def example_rules():
@@ -125,12 +146,13 @@ def start_backends():
 
 
 def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_cache=True, tracking=True,
-                 counted=True, count_responses=False, workers=1):
+                 counted=True, count_responses=False, workers=1, variables=False):
     """One server that proxies (named locations proxy_pass) and one that answers decisions
     directly (named locations return 200), each with a location per variant. The single-process
     form (for callgrind) proxies only and has no geo table to load under valgrind; it loads the Lua
     cache only when asked (v3). gray counts requests (its metrics region, made in init_by_lua)
-    unless `counted` is false, and responses with `count_responses`."""
+    unless `counted` is false, and responses with `count_responses`; with `variables` the server
+    declares $gray_target and $gray_rule."""
     geo = os.path.join(prefix, "geo.conf")
     with open(geo, "w") as f:
         f.writelines(f"{e} 1;\n" for e in ([] if single_process else entries))
@@ -145,11 +167,14 @@ def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_
         location = /address {{ content_by_lua_block {{ return require("address").route() }} }}
         location = /__ready {{ return 200; }}
 """
+    locations += "".join(f"""        location = /{name} {{ content_by_lua_block {{ return require("gray").route("{name}") }} }}
+""" for name in CARRY_RULE_SETS)
     if single_process:
         head = "master_process off;\ndaemon off;"
         servers = f"""
     server {{
         listen {CLIENT}:{port}; keepalive_requests 1000000;
+        {'set $gray_target ""; set $gray_rule "";' if variables else ""}
 {locations}
         location = /v5 {{ proxy_pass http://prod1; {proxy} }}
         location @prod1 {{ proxy_pass http://prod1; {proxy} }}
@@ -189,7 +214,7 @@ def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_
     init_worker_by_lua_block {{
         require("gray").configure{{
             redis = "redis://{CLIENT}:{REDIS_PORT}/0", refresh = {refresh}, channel = {channel},
-            timeout = 5, targets = {{ "@canary-b" }}, rule_sets = {{ "bench" }},
+            timeout = 5, targets = {{ "@canary-b" }}, rule_sets = {{ "bench", {", ".join(f'"{n}"' for n in CARRY_RULE_SETS)} }},
             tracking = {"true" if tracking else "false"},
             count_responses = {"true" if count_responses else "false"},
         }}
@@ -282,13 +307,15 @@ def callgrind(redis, opts):
     sizes = [1] if opts.quick else [1, 1_000_000]
     counts = {}
     redis.cli("SET", "gray:rules:bench", example_rules())
+    for name, rules in CARRY_RULE_SETS.items():
+        redis.cli("SET", f"gray:rules:{name}", json.dumps(rules))
     redis.put_list(["10.99.0.1"], "string", key="gray:bench-list")
     for size in sizes:
         entries = make_list(size, True)
         redis.put_list(entries, "set")
         # Only gray reads the list, so the other counts do not depend on its size.
         variants = (("v5", "v6", "address", "v3", "v7", UNCOUNTED_VARIANT, RESPONSES_VARIANT, RULES_REFERENCE,
-                     RULES_VARIANT) if size == 1 else ("v7",))
+                     RULES_VARIANT, *CARRY_VARIANTS) if size == 1 else ("v7",))
         for rep in range(opts.repeats):
             for v in variants:
                 totals = []
@@ -307,7 +334,8 @@ def callgrind_total(entries, variant, requests):
     with open(path, "w") as f:
         f.write(gateway_conf(prefix, entries, refresh=3600, single_process=True, port=CALLGRIND_PORT,
                              lua_cache=variant == "v3", counted=variant != UNCOUNTED_VARIANT,
-                             count_responses=variant == RESPONSES_VARIANT))
+                             count_responses=variant == RESPONSES_VARIANT,
+                             variables=variant in CARRY_VARIANTS and CARRY_VARIANTS[variant][2]))
     out = os.path.join(prefix, "callgrind.out")
     # Per-thread profiles: the request path runs on nginx's main thread; the refresher thread (a
     # 1M-entry load, a retry) must not be counted against it.
@@ -317,14 +345,25 @@ def callgrind_total(entries, variant, requests):
     error_log = os.path.join(prefix, "logs", "error.log")
     # Wait for the list without sending requests: they would count.
     ready = (["loaded whitelist"] + (["luacache: loaded"] if variant == "v3" else [])
-             + (["loaded rule set from key gray:rules:bench"] if variant == RULES_VARIANT else []))
+             + (["loaded rule set from key gray:rules:bench"] if variant == RULES_VARIANT else [])
+             + ([f"loaded rule set from key gray:rules:{CARRY_VARIANTS[variant][0]}"] if variant in CARRY_VARIANTS
+                else []))
     loaded = wait_until(lambda: os.path.exists(error_log) and all(r in open(error_log).read() for r in ready), 900, 0.5)
     assert loaded, "gray did not load under valgrind"
     wait_port(CALLGRIND_PORT, timeout=120)
     conn = http.client.HTTPConnection(CLIENT, CALLGRIND_PORT, timeout=60)
     headers = RULES_HEADERS if variant in (RULES_VARIANT, RULES_REFERENCE) else None
     path = {RULES_REFERENCE: "/v6", UNCOUNTED_VARIANT: "/v7", RESPONSES_VARIANT: "/v7"}.get(variant, f"/{variant}")
+    if variant in CARRY_VARIANTS:
+        rule_set, headers, _ = CARRY_VARIANTS[variant]
+        path = f"/{rule_set}"
     for i in range(requests):
+        if i == 0 and variant == "c2":
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            assert response.getheader("Set-Cookie", "").startswith("gray_uid="), "c2 minted no id"
+            continue
         status, body = get(CALLGRIND_PORT, path, conn, headers)
         assert status == 200
         if i == 0 and variant == RULES_VARIANT:
@@ -970,6 +1009,28 @@ def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, elapsed):
                   "allocated from the request's pool as it is routed, run as nginx frees the request "
                   "(the status and start time read through lua-nginx-module's FFI functions), no "
                   "log-phase Lua handler."]
+    if (1, "c0", "no alloc") in cg:
+        med = {v: statistics.median(cg[(1, v, "no alloc")]) for v in CARRY_VARIANTS}
+        spread = {v: f"{min(cg[(1, v, 'no alloc')]):,.0f}-{max(cg[(1, v, 'no alloc')]):,.0f}" for v in med}
+        lane, minted, variables = med["c1"] - med["c0"], med["c2"] - med["c2-ref"], med["c3"] - med["c0"]
+        lines += ["", "What a decision sends on (1 entry, allocator-free as above), each against the same "
+                  "decision without it: a 50% rule by cookie (c0) "
+                  f"{med['c0']:,.0f} ({spread['c0']}); with a lane, the X-Gray-Lane header set on the request "
+                  f"(c1) {med['c1']:,.0f} ({spread['c1']}): {lane:,.0f} more (target <= 1,500: "
+                  f"{verdict(lane <= 1500, 'lane stamping <= 1,500 instructions', f'{lane:,.0f}')}). A request "
+                  f"without the anonymous cookie (c2: an id minted and its Set-Cookie added) {med['c2']:,.0f} "
+                  f"({spread['c2']}) against the same rule set without `anonymous` (c2-ref) "
+                  f"{med['c2-ref']:,.0f} ({spread['c2-ref']}): {minted:,.0f} more (target <= 2,500: "
+                  f"{verdict(minted <= 2500, 'a minted id with its Set-Cookie <= 2,500 instructions', f'{minted:,.0f}')}). "
+                  f"c0 with `set $gray_target \"\"; set $gray_rule \"\";` in the server (c3) {med['c3']:,.0f} "
+                  f"({spread['c3']}): {variables:,.0f} more, the two `set`s included (target <= 800: "
+                  f"{verdict(variables <= 800, 'the variables, when declared, <= 800 instructions', f'{variables:,.0f}')})."]
+        before = PREVIOUS.get("rules")
+        if before is not None and (1, RULES_VARIANT, "no alloc") in cg:
+            now = statistics.median(cg[(1, RULES_VARIANT, "no alloc")])
+            lines += ["", f"A rule set with neither (v8, the example): {now:,.0f} here, {before:,.0f} in the "
+                      f"previous bench/RESULTS.md ({PREVIOUS['run']}): {now - before:+,.0f} (target: unchanged, "
+                      f"within 150: {verdict(abs(now - before) <= 150, 'a rule set without lane or anonymous unchanged', f'{now - before:+,.0f}')})."]
     bound = {size: statistics.median(cg[(1, "v6", "no alloc")]) / statistics.median(cg[(size, "v7", "no alloc")])
              for size in sorted({k[0] for k in cg})}
     lines += ["", "Throughput these counts allow gray against the bare Lua path, if the gateway's instructions "
@@ -1035,6 +1096,24 @@ def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, elapsed):
     return "\n".join(lines)
 
 
+# The committed report's figures this run is held against: the example rule set's count and the
+# run that measured it.
+PREVIOUS = {}
+
+
+def previous_report():
+    try:
+        with open(os.path.join(TOP, "bench", "RESULTS.md")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}
+    rules = re.search(r"client matching the last rule \(v8, [^)]*\): ([\d,]+) \(", text)
+    run = re.search(r"^Run (.*? of commit \S+),", text, re.M)
+    if not rules or not run:
+        return {}
+    return {"rules": float(rules.group(1).replace(",", "")), "run": run.group(1)}
+
+
 def main():
     global RUN_DIR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1049,6 +1128,7 @@ def main():
     opts.big_changes = 2 if opts.quick else 5
 
     started = time.time()
+    PREVIOUS.update(previous_report())
     with harness.run_dir("gray-bench-") as RUN_DIR:
         redis = Redis(REDIS_PORT, RUN_DIR)
         start_backends()

@@ -11,6 +11,7 @@ trusts only 127.0.0.2 receives the spoofed headers.
 
 import argparse
 import datetime
+import http.client
 import json
 import os
 import random
@@ -73,9 +74,9 @@ def log(*args):
 # --- gateways ---------------------------------------------------------------------------------
 
 def start_backends():
-    """nginx answering "<route> <expected>"; returns how to reload it."""
-    _, prefix = start_responders(RUN_DIR, {BACKEND_PROD_PORT: "prod $http_x_expect",
-                                           BACKEND_GRAY_PORT: "gray $http_x_expect"})
+    """nginx answering "<route> <expected> <the X-Gray-Lane it got>"; returns how to reload it."""
+    _, prefix = start_responders(RUN_DIR, {BACKEND_PROD_PORT: "prod $http_x_expect $http_x_gray_lane",
+                                           BACKEND_GRAY_PORT: "gray $http_x_expect $http_x_gray_lane"})
     return lambda: signal_nginx(prefix, "reload")
 
 
@@ -787,30 +788,48 @@ def churn(redis, gw):
 
 
 def rule_set_churn(redis, gw):
-    """A rule set replaced every 10 ms under load: a percentage raised and lowered, the rules
-    reordered. Every variant keeps the whitelist rule and gives its percentage only to a network
-    the load does not use, so every live rule set routes each member to gray and each non-member to
-    prod: a response routed otherwise came from no rule set that was live."""
+    """A rule set replaced every 10 ms under load, with a lane and anonymous ids on: a percentage
+    raised and lowered, the rules after the whitelist rule reordered. Every variant gives its ramp
+    only to a network the load does not use and mints ids for a rule that sends to the default, so
+    every live rule set routes each member to gray and each non-member to prod (minting an id for
+    each): a response routed otherwise came from no rule set that was live."""
     put_good(redis, gw)
+    lane = {"header": "X-Gray-Lane", "labels": {"@prod1": "stable", "@prod2-grey": "gray"}}
+    anonymous = {"cookie": "gray_uid", "max_age": 3600}
+
+    def rule_set(rules):
+        return json.dumps({"format": 1, "default": "@prod1", "lane": lane, "anonymous": anonymous,
+                           "rules": [{"name": "list", "ip_key": "gray", "to": "@prod2-grey"}, *rules]})
 
     def change(con, rng):
-        rules = [{"name": "list", "ip_key": "gray", "to": "@prod2-grey"},
-                 {"name": "ramp", "ip": ["10.250.0.0/16"], "percent": rng.choice([0, 1, 5, 10, 50, 100]),
-                  "to": "@prod2-grey"}]
+        rules = [{"name": "ramp", "ip": ["10.250.0.0/16"], "percent": rng.choice([0, 1, 5, 10, 50, 100]),
+                  "to": "@prod2-grey"},
+                 {"name": "anonymous", "percent": rng.choice([0, 10, 100]), "by": ["cookie:gray_uid"],
+                  "to": "@prod1"}]
         rng.shuffle(rules)
-        con.call("SET", "gray:rules", json.dumps({"format": 1, "default": "@prod1", "rules": rules}))
-    final_rules = json.dumps({"format": 1, "default": "@prod1", "rules": [
-        {"name": "list", "ip_key": "gray", "to": "@prod2-grey"},
-        {"name": "probe", "ip": [PROBE], "to": "@prod2-grey"}]})
+        con.call("SET", "gray:rules", rule_set(rules))
+    final_rules = rule_set([{"name": "probe", "ip": [PROBE], "to": "@prod2-grey"},
+                            {"name": "anonymous", "percent": 10, "by": ["cookie:gray_uid"], "to": "@prod1"}])
 
     def write_final():
         redis.pipe(["SET", "gray:rules", final_rules])
     final = learn_final(redis, gw, "gray:rules", write_final)
     run, changes = changing_every_10ms(redis, change)
-    row = abuse(gw, "rule sets changing every 10 ms (percent up and down, rules reordered)", run,
-                r"loaded rule set from key gray:rules: 2 rules", "rule set reloads logged")
+    row = abuse(gw, "rule sets changing every 10 ms (percent up and down, rules reordered; lanes, minted ids)",
+                run, r"loaded rule set from key gray:rules: 3 rules", "rule set reloads logged")
     row.check(changes[0] >= 100, f"{changes[0]} published rule sets")
     last_change_served(row, redis, gw, "gray:rules", write_final, final)
+    for client, route, label, minted in ((MEMBERS[0], "gray", "gray", False), (NON_MEMBERS[0], "prod", "stable", True)):
+        conn = http.client.HTTPConnection(HOST, gw.port, timeout=5)
+        conn.request("GET", "/", headers={"X-Forwarded-For": client, "X-Expect": "-", "X-Gray-Lane": "forged"})
+        response = conn.getresponse()
+        body = response.read().decode().split()
+        cookie = response.getheader("Set-Cookie") or ""
+        conn.close()
+        row.check(body[:1] == [route] and body[2:] == [label],
+                  f"{client} went to {route} carrying X-Gray-Lane: {label} (answer: {' '.join(body)})")
+        row.check(cookie.startswith("gray_uid=") == minted,
+                  f"{client} {'got an id' if minted else 'got no id'} (Set-Cookie: {cookie or 'none'})")
     redis.cli("DEL", "gray:rules")
     redis.publish()
     put_good(redis, gw)

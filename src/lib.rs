@@ -31,6 +31,7 @@
 mod guard;
 mod log;
 mod metrics;
+mod minting;
 mod nginx_request;
 mod os;
 mod refresher;

@@ -15,7 +15,9 @@ use crate::client_ip::{binary_addr, client_ip, parse_addr, Source};
 use crate::clock::unix_now;
 use crate::ipset::MatchedRange;
 use crate::plan::Fetched;
-use crate::rules::{self, Matched, Outcome, OverrideSeen, Trace};
+use crate::rules::{
+    self, Anonymous, Lane, LaneSeen, Matched, MintedId, Outcome, OverrideSeen, Trace,
+};
 use crate::snapshot::{ActiveRuleSet, KeyKind, Snapshot};
 
 /// Where the whitelist sends a request, as an index into the target table (whose first two
@@ -73,6 +75,21 @@ pub struct Extra<'a> {
     pub forwarded: Option<ForwardingHeaders<'a>>,
     /// The plan's inputs, once fetched.
     pub inputs: Option<Gathered<'a>>,
+    /// Mints an anonymous id where the rule set needs one the request lacks.
+    pub mint: Option<&'a dyn Fn() -> MintedId>,
+}
+
+/// What a decision sends on besides its target, borrowed from the snapshot: the binding copies it
+/// out before it lets the snapshot go. Empty for a rule set with no lane and no anonymous ids.
+#[derive(Default)]
+pub struct Carry<'s> {
+    /// The lane and the decision's label, to set on the request; `None` without a lane, or for
+    /// an upstream gray's lane, which goes on as it came.
+    pub lane: Option<(&'s Lane, &'s str)>,
+    /// The anonymous id minted to decide, and the cookie that hands it to the client.
+    pub minted: Option<(&'s Anonymous, MintedId)>,
+    /// The deciding rule's name.
+    pub rule: Option<&'s str>,
 }
 
 /// What the request path fetched, and for which plan.
@@ -85,12 +102,19 @@ pub struct Gathered<'a> {
 impl Snapshot {
     /// The request path, for rule set `set` and the peer `$binary_remote_addr`: a decision
     /// (`code::routed`), or a `code::NEED_*` saying what to fetch and ask again with.
+    /// What the decision sends on besides its target goes to `carry`.
     #[inline]
-    pub fn route(&self, set: usize, peer: &[u8], extra: &Extra<'_>) -> i32 {
+    pub fn route<'s>(
+        &'s self,
+        set: usize,
+        peer: &[u8],
+        extra: &Extra<'_>,
+        carry: &mut Carry<'s>,
+    ) -> i32 {
         let active = self.active(set);
         let Some(peer) = binary_addr(peer) else {
             return match active {
-                Some(active) => self.evaluate(active, None, extra),
+                Some(active) => self.evaluate(active, None, extra, carry),
                 None => self.whitelist_decision(Target::Prod),
             };
         };
@@ -103,7 +127,7 @@ impl Snapshot {
             peer
         };
         match active {
-            Some(active) => self.evaluate(active, Some(client), extra),
+            Some(active) => self.evaluate(active, Some(client), extra, carry),
             None => {
                 let listed = self.listed(client).is_some();
                 self.whitelist_decision(if listed { Target::Gray } else { Target::Prod })
@@ -139,7 +163,13 @@ impl Snapshot {
         code::routed(target as usize, self.whitelist_series[target as usize])
     }
 
-    fn evaluate(&self, active: &ActiveRuleSet, client: Option<IpAddr>, extra: &Extra<'_>) -> i32 {
+    fn evaluate<'s>(
+        &'s self,
+        active: &'s ActiveRuleSet,
+        client: Option<IpAddr>,
+        extra: &Extra<'_>,
+        carry: &mut Carry<'s>,
+    ) -> i32 {
         let compiled = &active.compiled;
         let wanted = compiled.rules.inputs.len();
         // Few rule sets read more than a handful of inputs; those pay for an allocation.
@@ -167,13 +197,16 @@ impl Snapshot {
             } else {
                 0.0
             },
+            mint: extra.mint,
         };
         let decision = compiled.rules.evaluate(&request, active, &mut ());
+        carry_out(&compiled.rules, &decision, carry);
         code::routed(decision.target, active.series.of(&decision))
     }
 
     /// The same decision as the request path, with its reason; `peer` is `$remote_addr` (text),
-    /// `inputs` the values of the rule set's variables (all fetched).
+    /// `inputs` the values of the rule set's variables (all fetched); `mint` mints an anonymous id
+    /// as the request path would.
     pub fn decide(
         &self,
         set: usize,
@@ -181,6 +214,7 @@ impl Snapshot {
         forwarded: ForwardingHeaders<'_>,
         inputs: &[Option<&[u8]>],
         now: f64,
+        mint: &dyn Fn() -> MintedId,
     ) -> (usize, Reason) {
         let Some(peer_addr) = parse_addr(peer) else {
             return (
@@ -196,8 +230,14 @@ impl Snapshot {
                 client: Some(client),
                 inputs: &inputs[..inputs.len().min(compiled.rules.inputs.len())],
                 now,
+                mint: Some(mint),
             };
             let decision = compiled.rules.evaluate(&request, active, &mut explanation);
+            let mut carry = Carry::default();
+            carry_out(&compiled.rules, &decision, &mut carry);
+            explanation.carried(&compiled.rules, &decision, &carry, now, |t| {
+                self.target_name(t)
+            });
             let rule = match decision.outcome {
                 Outcome::Rule(i) => Some(compiled.rules.rules[i].name.clone()),
                 _ => None,
@@ -210,7 +250,7 @@ impl Snapshot {
                     source,
                     outcome: decision.outcome,
                     rule,
-                    explanation,
+                    explanation: Box::new(explanation),
                 },
             );
         }
@@ -244,6 +284,25 @@ impl Snapshot {
     }
 }
 
+/// What `decision` by `rules` sends on besides its target.
+#[inline]
+fn carry_out<'s>(rules: &'s rules::RuleSet, decision: &rules::Decision, carry: &mut Carry<'s>) {
+    if let Some(lane) = &rules.lane {
+        if decision.outcome != Outcome::Lane {
+            carry.lane = lane
+                .labels
+                .get(decision.target)
+                .map(|label| (lane, label.as_str()));
+        }
+    }
+    if let (Some(anonymous), Some(id)) = (&rules.anonymous, decision.minted) {
+        carry.minted = Some((anonymous, id));
+    }
+    if let Outcome::Rule(i) = decision.outcome {
+        carry.rule = Some(&rules.rules[i].name);
+    }
+}
+
 /// Why a request went where it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -266,7 +325,7 @@ pub enum Reason {
         source: Source,
         outcome: Outcome,
         rule: Option<String>,
-        explanation: Explanation,
+        explanation: Box<Explanation>,
     },
 }
 
@@ -332,7 +391,7 @@ impl fmt::Display for Reason {
                 )?;
                 match outcome {
                     Outcome::Disabled => f.write_str("disabled (enabled: false), the default")?,
-                    Outcome::Override => {}
+                    Outcome::Override | Outcome::Lane => {}
                     Outcome::Rule(i) => write!(
                         f,
                         "rule {} \"{}\": {}",
@@ -346,11 +405,20 @@ impl fmt::Display for Reason {
                     )?,
                     Outcome::Default => f.write_str("no rule matched, the default")?,
                 }
-                if let Some(over) = &explanation.override_ {
-                    if *outcome != Outcome::Override {
+                let mut first = matches!(outcome, Outcome::Override | Outcome::Lane);
+                for note in [
+                    &explanation.override_,
+                    &explanation.lane_seen,
+                    &explanation.anonymous,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if !first {
                         f.write_str("; ")?;
                     }
-                    f.write_str(over)?;
+                    first = false;
+                    f.write_str(note)?;
                 }
                 Ok(())
             }
@@ -391,6 +459,12 @@ pub struct Details {
     /// The override header and what came of it.
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     pub override_: Option<String>,
+    /// The lane header as the request carries it on (`X-Gray-Lane: gray`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    /// The anonymous id the decision minted, and what new ids get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<String>,
     /// The last percentage bucket computed, and its threshold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket: Option<u32>,
@@ -411,6 +485,8 @@ impl Details {
             client: None,
             matched: None,
             override_: None,
+            lane: None,
+            anonymous: None,
             bucket: None,
             threshold: None,
             reason: reason.to_string(),
@@ -433,6 +509,8 @@ impl Details {
             details.client = Some(client.to_string());
             details.matched = Some(explanation.matched.clone());
             details.override_ = explanation.override_.clone();
+            details.lane = explanation.lane.clone();
+            details.anonymous = explanation.anonymous.clone();
             if let Some((bucket, threshold, _)) = explanation.bucket {
                 details.bucket = Some(bucket);
                 details.threshold = Some(threshold);
@@ -451,7 +529,48 @@ pub struct Explanation {
     /// The last percentage bucket computed, its threshold and the share in hundredths.
     pub bucket: Option<(u32, u64, Option<u32>)>,
     pub override_: Option<String>,
+    /// An inbound lane header and what came of it.
+    pub lane_seen: Option<String>,
+    /// The lane header as the request carries it on.
+    pub lane: Option<String>,
+    /// The anonymous id minted, and the share of new ids the minting rule takes.
+    pub anonymous: Option<String>,
     current_rule: Option<usize>,
+    minted_by: Option<usize>,
+}
+
+impl Explanation {
+    /// Notes what the decision sends on: the lane header, and a minted id's odds.
+    fn carried<'s>(
+        &mut self,
+        rules: &rules::RuleSet,
+        decision: &rules::Decision,
+        carry: &Carry<'_>,
+        now: f64,
+        target_name: impl Fn(usize) -> &'s str,
+    ) {
+        if let Some(lane) = &rules.lane {
+            self.lane = Some(match carry.lane {
+                Some((_, label)) => format!("{}: {label}", lane.header),
+                None => format!("{}: as it came", lane.header),
+            });
+        }
+        if let (Some(index), Some(_)) = (self.minted_by, decision.minted) {
+            let rule = &rules.rules[index];
+            self.anonymous = Some(match &rule.percent {
+                Some(percent) => format!(
+                    "a new id would be minted; {}% of new ids go to {}",
+                    f64::from(percent.amount.at(now)) / 100.0,
+                    target_name(rule.to)
+                ),
+                None => format!(
+                    "a new id would be minted for rule {} \"{}\"",
+                    index + 1,
+                    rule.name
+                ),
+            });
+        }
+    }
 }
 
 impl Trace for Explanation {
@@ -498,6 +617,24 @@ impl Trace for Explanation {
         self.missed(rule, "out of the percentage");
     }
 
+    fn lane_seen(&mut self, seen: LaneSeen<'_>) {
+        self.lane_seen = Some(format!(
+            "lane {}: {} {} ({})",
+            seen.header,
+            seen.value.escape_ascii(),
+            if seen.target.is_some() {
+                "honoured"
+            } else {
+                "ignored"
+            },
+            seen.why
+        ));
+    }
+
+    fn minted(&mut self, rule: usize) {
+        self.minted_by = Some(rule);
+    }
+
     fn override_seen(&mut self, seen: OverrideSeen<'_>) {
         self.override_ = Some(format!(
             "override {}: {} {} ({})",
@@ -520,7 +657,11 @@ mod tests {
     use crate::whitelist::{parse_entry, Whitelist};
 
     fn route(s: &Snapshot, peer: &[u8]) -> i32 {
-        s.route(0, peer, &Extra::default())
+        s.route(0, peer, &Extra::default(), &mut Carry::default())
+    }
+
+    fn test_mint() -> MintedId {
+        MintedId::from_bits(1)
     }
 
     fn snapshot(list: &str, trusted: &[&str]) -> Snapshot {
@@ -565,14 +706,14 @@ mod tests {
         let s = snapshot("127.0.0.10", &[]);
         assert_eq!(route(&s, &[127, 0, 0, 10]), Target::Gray as i32);
         assert_eq!(route(&s, &[127, 0, 0, 1]), Target::Prod as i32);
-        let (target, reason) = s.decide(0, b"127.0.0.10", (None, None), &[], 0.0);
+        let (target, reason) = s.decide(0, b"127.0.0.10", (None, None), &[], 0.0, &test_mint);
         assert_eq!(target, Target::Gray as usize);
         assert_eq!(
             reason.to_string(),
             "client 127.0.0.10 matched whitelist entry 127.0.0.10"
         );
         assert_eq!(
-            s.decide(0, b"127.0.0.1", (None, None), &[], 0.0)
+            s.decide(0, b"127.0.0.1", (None, None), &[], 0.0, &test_mint)
                 .1
                 .to_string(),
             "client 127.0.0.1 is not in the whitelist (1 entries)"
@@ -584,7 +725,7 @@ mod tests {
         let s = Snapshot::default();
         assert_eq!(route(&s, b"127.0.0.1"), Target::Prod as i32);
         assert_eq!(
-            s.decide(0, b"127.0.0.1", (None, None), &[], 0.0),
+            s.decide(0, b"127.0.0.1", (None, None), &[], 0.0, &test_mint),
             (Target::Prod as usize, Reason::NoListLoaded)
         );
     }
@@ -594,7 +735,7 @@ mod tests {
         let s = snapshot("0.0.0.0/0", &[]);
         assert_eq!(route(&s, b""), Target::Prod as i32);
         assert_eq!(
-            s.decide(0, b"unix:", (None, None), &[], 0.0).0,
+            s.decide(0, b"unix:", (None, None), &[], 0.0, &test_mint).0,
             Target::Prod as usize
         );
     }
@@ -607,16 +748,30 @@ mod tests {
         let gray = Target::Gray as i32;
         let forwarded = |xff: Option<&'static [u8]>| Extra {
             forwarded: Some((xff, None)),
-            inputs: None,
+            ..Extra::default()
         };
-        assert_eq!(s.route(0, &trusted, &forwarded(Some(b"2.2.2.2"))), gray);
-        assert_eq!(s.route(0, &trusted, &forwarded(None)), Target::Prod as i32);
+        let mut carry = Carry::default();
+        assert_eq!(
+            s.route(0, &trusted, &forwarded(Some(b"2.2.2.2")), &mut carry),
+            gray
+        );
+        assert_eq!(
+            s.route(0, &trusted, &forwarded(None), &mut carry),
+            Target::Prod as i32
+        );
         // An untrusted peer claiming a whitelisted address is decided by its own address.
         assert_eq!(route(&s, &untrusted), Target::Prod as i32);
         assert_eq!(
-            s.decide(0, b"127.0.0.1", (Some(b"2.2.2.2"), None), &[], 0.0)
-                .1
-                .to_string(),
+            s.decide(
+                0,
+                b"127.0.0.1",
+                (Some(b"2.2.2.2"), None),
+                &[],
+                0.0,
+                &test_mint
+            )
+            .1
+            .to_string(),
             "client 2.2.2.2 (from X-Forwarded-For) matched whitelist entry 2.2.2.2"
         );
     }
@@ -630,7 +785,9 @@ mod tests {
                 real_ip_header: header,
                 ..snapshot("3.3.3.3", &["127.0.0.1"])
             };
-            s.decide(0, b"127.0.0.1", both, &[], 0.0).1.to_string()
+            s.decide(0, b"127.0.0.1", both, &[], 0.0, &test_mint)
+                .1
+                .to_string()
         };
         assert_eq!(
             decided(RealIpHeader::Either),
@@ -649,9 +806,16 @@ mod tests {
             ..snapshot("3.3.3.3", &["127.0.0.1"])
         };
         assert_eq!(
-            s.decide(0, b"127.0.0.1", (None, Some(b"3.3.3.3")), &[], 0.0)
-                .1
-                .to_string(),
+            s.decide(
+                0,
+                b"127.0.0.1",
+                (None, Some(b"3.3.3.3")),
+                &[],
+                0.0,
+                &test_mint
+            )
+            .1
+            .to_string(),
             "client 127.0.0.1 is not in the whitelist (1 entries)"
         );
     }
@@ -659,7 +823,7 @@ mod tests {
     #[test]
     fn details_name_the_target_and_how_it_was_decided() {
         let s = snapshot("2.2.2.2", &[]);
-        let (target, reason) = s.decide(0, b"2.2.2.2", (None, None), &[], 0.0);
+        let (target, reason) = s.decide(0, b"2.2.2.2", (None, None), &[], 0.0, &test_mint);
         let details = s.explain(target, &reason);
         assert_eq!(
             serde_json::to_value(&details).unwrap(),

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use crate::client_ip::{client_ip as derive, parse_addr, parse_hop, Source};
 use crate::ipset::{canonical_net, IpSet};
-use crate::rules::{schema, KeyData, Request};
+use crate::rules::{lane, schema, KeyData, MintedId, Request};
 use crate::whitelist::{parse_entry, tokens, Whitelist};
 
 /// Any bytes as a whitelist value: every token is either an entry or a rejection; every accepted
@@ -103,15 +103,32 @@ pub fn rule_set(data: &[u8]) {
         Some(IpAddr::V4(Ipv4Addr::new(10, 20, 1, 1))),
         Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
     ];
+    let mint = || MintedId::from_bits(7);
     for client in clients {
         for now in [0.0, 1.8e9, f64::MAX] {
             let request = Request {
                 client,
                 inputs: &inputs,
                 now,
+                mint: Some(&mint),
             };
             let decision = rules.evaluate(&request, &keys[..], &mut ());
             assert!(decision.target < targets.len());
+            assert!(
+                decision.minted.is_none()
+                    || rules.anonymous.as_ref().is_some_and(|a| a.input.is_some())
+            );
+        }
+    }
+    // The baggage sent on, whatever came in: within the W3C size, ending with the lane's member.
+    if let Some(lane) = &rules.lane {
+        if let Some(member) = &lane.baggage {
+            let mut out = vec![0u8; lane::MAX_BAGGAGE];
+            for label in &lane.labels {
+                let len = lane::baggage([data, &data[data.len() / 2..]], member, label, &mut out);
+                assert!(len <= lane::MAX_BAGGAGE);
+                assert!(out[..len].ends_with(format!("{member}={label}").as_bytes()));
+            }
         }
     }
 }

@@ -147,6 +147,8 @@ pub struct RuleSetSeries {
     pub disabled: u32,
     /// An override's, by target index.
     pub override_: Vec<u32>,
+    /// An upstream lane's, by target index.
+    pub lane: Vec<u32>,
 }
 
 impl RuleSetSeries {
@@ -157,12 +159,14 @@ impl RuleSetSeries {
             Outcome::Default => Some(&self.default),
             Outcome::Disabled => Some(&self.disabled),
             Outcome::Override => self.override_.get(decision.target),
+            Outcome::Lane => self.lane.get(decision.target),
         };
         series.copied().unwrap_or(0)
     }
 
     /// Every series a request to the rule set's default target is counted in: its default, its
-    /// kill switch, the rules that send there and an override that does. A guard's baseline.
+    /// kill switch, the rules that send there and an override or upstream lane that does. A
+    /// guard's baseline.
     pub fn to_default(&self, rules: &RuleSet) -> Vec<u32> {
         let mut baseline = vec![self.default, self.disabled];
         for (rule, s) in rules.rules.iter().zip(&self.rules) {
@@ -171,6 +175,7 @@ impl RuleSetSeries {
             }
         }
         baseline.extend(self.override_.get(rules.default));
+        baseline.extend(self.lane.get(rules.default));
         baseline.retain(|&s| s != 0);
         baseline.sort_unstable();
         baseline.dedup();

@@ -46,6 +46,40 @@ pub fn describe(rules: &RuleSet, targets: &[String], now: f64) -> Vec<String> {
             None => String::new(),
         }
     )];
+    if let Some(lane) = &rules.lane {
+        let labels: Vec<String> = lane
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(t, label)| format!("{} {label}", target(t)))
+            .collect();
+        lines.push(format!(
+            "lane header {}: {}; {}{}",
+            lane.header,
+            labels.join(", "),
+            if lane.from.is_empty() {
+                "no upstream lane honoured (from is empty)".to_string()
+            } else {
+                "an upstream lane honoured from the addresses in from".to_string()
+            },
+            match &lane.baggage {
+                Some(member) => format!("; also baggage member {member}"),
+                None => String::new(),
+            }
+        ));
+    }
+    if let Some(anonymous) = &rules.anonymous {
+        lines.push(match anonymous.input {
+            Some(_) => format!(
+                "anonymous: {} minted where a rule reads it and the request has none (Max-Age {})",
+                anonymous.source, anonymous.max_age
+            ),
+            None => format!(
+                "anonymous: no rule reads {}, so no id is minted",
+                anonymous.source
+            ),
+        });
+    }
     for (i, rule) in rules.rules.iter().enumerate() {
         let mut conditions = Vec::new();
         if rule.ip.is_some() {

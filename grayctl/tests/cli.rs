@@ -149,6 +149,82 @@ fn rule_sets_are_validated_against_the_targets_and_percent_steps_up_only() {
     assert_eq!(explained["rule"], "beta");
 }
 
+const LANES: &str = r#"{
+  "format": 1,
+  "default": "@prod1",
+  "lane": { "header": "X-Gray-Lane", "from": ["10.0.0.0/8"],
+            "labels": { "@prod1": "stable", "@prod2-grey": "gray" } },
+  "anonymous": { "cookie": "gray_uid", "max_age": 2592000 },
+  "rules": [
+    { "name": "ramp", "percent": 10, "by": ["cookie:uid", "cookie:gray_uid"], "to": "@prod2-grey" }
+  ]
+}
+"#;
+
+#[test]
+fn lanes_and_anonymous_ids_are_checked_shown_and_explained() {
+    let r = Redis::start();
+    let checked = ok(r.grayctl_with(&["rules", "check", "-"], &[], Some(LANES)));
+    for line in [
+        "lane header X-Gray-Lane: @prod1 stable, @prod2-grey gray; an upstream lane honoured from the addresses in from",
+        "anonymous: cookie:gray_uid minted where a rule reads it and the request has none (Max-Age 2592000)",
+    ] {
+        assert!(checked.contains(line), "{checked}");
+    }
+    let clash = LANES.replace("\"gray\" }", "\"stable\" }");
+    let err = refused(r.grayctl_with(&["rules", "check", "-"], &[], Some(&clash)));
+    assert!(
+        err.contains("lane.labels: @prod1 and @prod2-grey both have the label \"stable\""),
+        "{err}"
+    );
+    ok(r.grayctl_with(&["rules", "set", "-"], &[], Some(LANES)));
+    let explain = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["explain", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&ok(r.grayctl(&all))).unwrap()
+    };
+    let upstream = explain(&["--ip", "10.1.2.3", "--header", "X-Gray-Lane:gray"]);
+    assert_eq!(
+        (upstream["target"].as_str(), upstream["outcome"].as_str()),
+        (Some("@prod2-grey"), Some("lane"))
+    );
+    assert_eq!(upstream["lane"], "X-Gray-Lane: as it came");
+    let forged = explain(&[
+        "--ip",
+        "1.2.3.4",
+        "--header",
+        "X-Gray-Lane:gray",
+        "--cookie",
+        "uid=u1",
+    ]);
+    assert_ne!(forged["outcome"], "lane");
+    assert!(
+        forged["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lane X-Gray-Lane: gray ignored"),
+        "{forged}"
+    );
+    let label = if forged["target"] == "@prod1" {
+        "stable"
+    } else {
+        "gray"
+    };
+    assert_eq!(forged["lane"], format!("X-Gray-Lane: {label}"));
+    let cookieless = explain(&["--ip", "1.2.3.4"]);
+    assert_eq!(
+        cookieless["anonymous"],
+        "a new id would be minted; 10% of new ids go to @prod2-grey"
+    );
+    assert!(cookieless.get("anonymous").is_some());
+    let text = ok(r.grayctl(&["explain", "--ip", "1.2.3.4"]));
+    assert!(
+        text.contains("a new id would be minted; 10% of new ids go to @prod2-grey"),
+        "{text}"
+    );
+    assert!(text.contains("lane:   X-Gray-Lane: "), "{text}");
+}
+
 #[test]
 fn history_records_each_change_and_rollback_restores_it() {
     let r = Redis::start();

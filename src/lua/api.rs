@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use mlua::prelude::*;
 
-use super::ffi::{ADDRESS, CDEF, MAX_HEADERS};
+use super::ffi::{carry, cdef, ADDRESS, MAX_HEADERS};
 use crate::log::Level;
 use crate::metrics;
+use crate::minting;
 use crate::refresher;
 use crate::request_end;
 use crate::state::SHARED;
@@ -356,6 +357,7 @@ fn explain(
         (forwarded_for.as_deref(), real_ip.as_deref()),
         &inputs,
         unix_now(),
+        &minting::mint,
     );
     let details = lua.create_table()?;
     let explained = serde_json::to_value(snapshot.explain(target, &reason))
@@ -433,7 +435,11 @@ fn rule_sets(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable>
 /// `gray_core::decision` and [`super::ffi`].
 pub(super) fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
-    t.set("cdef", CDEF)?;
+    t.set("cdef", cdef())?;
+    t.set("carry_lane", carry::LANE)?;
+    t.set("carry_baggage", carry::BAGGAGE)?;
+    t.set("carry_cookie", carry::COOKIE)?;
+    t.set("carry_rule", carry::RULE)?;
     t.set("prod", Target::Prod as i32)?;
     t.set("need_forwarded", code::NEED_FORWARDED)?;
     t.set("need_address", code::NEED_ADDRESS)?;

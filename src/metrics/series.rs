@@ -14,6 +14,7 @@ pub mod outcome {
     pub const DEFAULT: &str = "default";
     pub const DISABLED: &str = "disabled";
     pub const OVERRIDE: &str = "override";
+    pub const LANE: &str = "lane";
     pub const LISTED: &str = "listed";
     pub const UNLISTED: &str = "unlisted";
 }
@@ -103,6 +104,12 @@ pub fn rule_set_series(
         override_: match &rules.override_ {
             Some(_) => (0..targets.len())
                 .map(|t| series(&Labels::new(key, outcome::OVERRIDE, "", target(t))))
+                .collect(),
+            None => Vec::new(),
+        },
+        lane: match &rules.lane {
+            Some(_) => (0..targets.len())
+                .map(|t| series(&Labels::new(key, outcome::LANE, "", target(t))))
                 .collect(),
             None => Vec::new(),
         },

@@ -396,7 +396,13 @@ impl Loaded {
     fn series_in_use(&self) -> Vec<u32> {
         let mut in_use: Vec<u32> = self.whitelist_series.iter().flatten().copied().collect();
         for series in self.rule_sets.iter().map(|slot| &slot.series) {
-            in_use.extend(series.rules.iter().chain(&series.override_));
+            in_use.extend(
+                series
+                    .rules
+                    .iter()
+                    .chain(&series.override_)
+                    .chain(&series.lane),
+            );
             in_use.extend([series.default, series.disabled]);
         }
         in_use
@@ -510,7 +516,7 @@ mod tests {
 
     use super::*;
     use gray_core::config::OptionValue;
-    use gray_core::decision::Extra;
+    use gray_core::decision::{Carry, Extra};
     use gray_core::value::Fetched;
 
     /// Redis as a map of string keys; what was read and forgotten, and what was said.
@@ -561,7 +567,7 @@ mod tests {
     /// Where the published snapshot sends a client (peer address bytes), by target name.
     fn routes(shared: &Shared, client: [u8; 4]) -> String {
         let snapshot = shared.current();
-        let code = snapshot.route(0, &client, &Extra::default());
+        let code = snapshot.route(0, &client, &Extra::default(), &mut Carry::default());
         snapshot.target_name((code & 0xff) as usize).to_string()
     }
 

@@ -4,7 +4,9 @@
 //! no I/O. The evaluator is pure: the module, and any tool, decide the same way from the same
 //! inputs. [`Trace`] lets an explanation watch an evaluation without costing the request path.
 
+pub mod anonymous;
 pub mod edit;
+pub mod lane;
 pub mod schema;
 pub mod source;
 
@@ -16,6 +18,8 @@ use crate::idset::IdSet;
 use crate::ipset::{IpSet, MatchedRange};
 use crate::whitelist::Whitelist;
 
+pub use anonymous::{Anonymous, MintedId};
+pub use lane::Lane;
 pub use source::Source;
 
 /// At most this many rules in a rule set.
@@ -34,6 +38,10 @@ pub struct RuleSet {
     /// Index into the target table.
     pub default: usize,
     pub override_: Option<Override>,
+    /// The decision carried on to the services behind, and honoured from an upstream gray.
+    pub lane: Option<Lane>,
+    /// The cookie minted for anonymous users.
+    pub anonymous: Option<Anonymous>,
     pub rules: Vec<Rule>,
     /// What the rules read, each once: `Request::inputs` holds their values in this order.
     pub inputs: Vec<Source>,
@@ -161,6 +169,8 @@ pub struct Request<'a> {
     pub inputs: &'a [Option<&'a [u8]>],
     /// Unix seconds, for ramps.
     pub now: f64,
+    /// Mints an anonymous id where a rule needs one the request lacks; `None`: none is minted.
+    pub mint: Option<&'a dyn Fn() -> MintedId>,
 }
 
 /// The loaded data of `RuleSet::keys`, in order; `None` while a key is not loaded (or missing).
@@ -192,6 +202,8 @@ pub enum Outcome {
     Disabled,
     /// The override header decided.
     Override,
+    /// An upstream gray's lane, from an address in `lane.from`, decided.
+    Lane,
     /// This rule matched.
     Rule(usize),
     /// No rule matched.
@@ -204,6 +216,7 @@ impl Outcome {
         match self {
             Outcome::Disabled => "disabled",
             Outcome::Override => "override",
+            Outcome::Lane => "lane",
             Outcome::Rule(_) => "rule",
             Outcome::Default => "default",
         }
@@ -214,6 +227,8 @@ impl Outcome {
 pub struct Decision {
     pub target: usize,
     pub outcome: Outcome,
+    /// The anonymous id minted to decide, which the response hands to the client.
+    pub minted: Option<MintedId>,
 }
 
 /// Why a condition held, for explanations.
@@ -247,11 +262,24 @@ pub struct OverrideSeen<'a> {
     pub why: &'static str,
 }
 
+/// What an inbound lane header asked for and what came of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneSeen<'a> {
+    pub header: &'a str,
+    pub value: &'a [u8],
+    /// The target it sends to; `None` when ignored.
+    pub target: Option<usize>,
+    pub why: &'static str,
+}
+
 /// Watches an evaluation; the request path uses `()`, which watches nothing.
 pub trait Trace {
     fn matched(&mut self, _rule: usize, _why: Matched<'_>) {}
     fn missed(&mut self, _rule: usize, _why: &'static str) {}
     fn override_seen(&mut self, _seen: OverrideSeen<'_>) {}
+    fn lane_seen(&mut self, _seen: LaneSeen<'_>) {}
+    /// Rule `rule` needed the anonymous id the request lacked: one was minted.
+    fn minted(&mut self, _rule: usize) {}
     /// A percentage rule that did not take this key in.
     fn bucket_out(&mut self, _rule: usize, _bucket: u32, _threshold: u64) {}
 }
@@ -266,34 +294,97 @@ impl RuleSet {
         keys: &K,
         trace: &mut T,
     ) -> Decision {
+        let decided = |target, outcome| Decision {
+            target,
+            outcome,
+            minted: None,
+        };
         if !self.enabled {
-            return Decision {
-                target: self.default,
-                outcome: Outcome::Disabled,
-            };
+            return decided(self.default, Outcome::Disabled);
         }
         if let Some(target) = self.override_target(request, trace) {
-            return Decision {
-                target,
-                outcome: Outcome::Override,
-            };
+            return decided(target, Outcome::Override);
         }
+        if let Some(target) = self.inbound_lane(request, trace) {
+            return decided(target, Outcome::Lane);
+        }
+        let mut minted = None;
         for (index, rule) in self.rules.iter().enumerate() {
             if rule.guard.is_some() && keys.tripped(index) {
                 trace.missed(index, "its guard has tripped");
                 continue;
             }
-            if self.rule_holds(index, rule, request, keys, trace) {
+            if self.rule_holds(index, rule, request, keys, trace, &mut minted) {
                 return Decision {
-                    target: rule.to,
-                    outcome: Outcome::Rule(index),
+                    minted,
+                    ..decided(rule.to, Outcome::Rule(index))
                 };
             }
         }
         Decision {
-            target: self.default,
-            outcome: Outcome::Default,
+            minted,
+            ..decided(self.default, Outcome::Default)
         }
+    }
+
+    /// Input `index` of `request`; the anonymous id, minted into `minted` once per request, where
+    /// the request has none and a rule reads it.
+    #[inline]
+    fn input<'v, T: Trace>(
+        &self,
+        request: &'v Request<'_>,
+        index: usize,
+        rule: usize,
+        minted: &'v mut Option<MintedId>,
+        trace: &mut T,
+    ) -> Option<&'v [u8]> {
+        if let Some(value) = request.inputs.get(index).copied().flatten() {
+            if !value.is_empty() {
+                return Some(value);
+            }
+        }
+        let anonymous = self.anonymous.as_ref()?;
+        if anonymous.input != Some(index) {
+            return None;
+        }
+        if minted.is_none() {
+            *minted = Some(request.mint?());
+            trace.minted(rule);
+        }
+        minted.as_ref().map(MintedId::as_bytes)
+    }
+
+    /// The target of an upstream gray's lane, when the client may send one.
+    fn inbound_lane<T: Trace>(&self, request: &Request<'_>, trace: &mut T) -> Option<usize> {
+        let lane = self.lane.as_ref()?;
+        let value = request.inputs.get(lane.input).copied().flatten()?;
+        if value.is_empty() {
+            return None;
+        }
+        let seen = |target, why| LaneSeen {
+            header: &lane.header,
+            value,
+            target,
+            why,
+        };
+        if !request.client.is_some_and(|c| lane.from.contains(c)) {
+            trace.lane_seen(seen(None, "the client is not in lane.from: replaced"));
+            return None;
+        }
+        let target = match lane.target_of(value) {
+            Some(target) => {
+                trace.lane_seen(seen(Some(target), "from an address in lane.from"));
+                target
+            }
+            None => {
+                trace.lane_seen(seen(
+                    Some(self.default),
+                    "a label this nginx does not have: the default, the header kept",
+                ));
+                self.default
+            }
+        };
+        Some(target)
     }
 
     /// The target `always` sends to: the first rule's target that is not the default.
@@ -346,6 +437,47 @@ impl RuleSet {
         }
     }
 
+    /// The first key source of `percent` present in `request` (the anonymous id counts as
+    /// present: it is minted), with its bytes.
+    fn percent_key<'v, T: Trace>(
+        &'v self,
+        percent: &Percent,
+        request: &'v Request<'_>,
+        rule: usize,
+        minted: &'v mut Option<MintedId>,
+        ip_text: &'v mut [u8; 64],
+        trace: &mut T,
+    ) -> Option<(Option<&'v Source>, &'v [u8])> {
+        for by in &percent.by {
+            match *by {
+                KeySource::Input(i) => {
+                    let present = request
+                        .inputs
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|v| !v.is_empty());
+                    let mintable = self.anonymous.as_ref().is_some_and(|a| a.input == Some(i))
+                        && (minted.is_some() || request.mint.is_some());
+                    if present || mintable {
+                        let value = self.input(request, i, rule, minted, trace)?;
+                        return Some((Some(&self.inputs[i]), value));
+                    }
+                }
+                KeySource::Ip => {
+                    if let Some(client) = request.client {
+                        use std::io::Write;
+                        let mut cursor = std::io::Cursor::new(&mut ip_text[..]);
+                        let _ = write!(cursor, "{client}");
+                        let len = cursor.position() as usize;
+                        return Some((None, &ip_text[..len]));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     fn rule_holds<K: Keys + ?Sized, T: Trace>(
         &self,
         index: usize,
@@ -353,6 +485,7 @@ impl RuleSet {
         request: &Request<'_>,
         keys: &K,
         trace: &mut T,
+        minted: &mut Option<MintedId>,
     ) -> bool {
         if let Some(ip) = &rule.ip {
             match request
@@ -398,13 +531,7 @@ impl RuleSet {
             }
         }
         if let Some(id) = &rule.id {
-            let Some(value) = request
-                .inputs
-                .get(id.input)
-                .copied()
-                .flatten()
-                .filter(|v| !v.is_empty())
-            else {
+            let Some(value) = self.input(request, id.input, index, minted, trace) else {
                 trace.missed(index, "no id");
                 return false;
             };
@@ -450,7 +577,8 @@ impl RuleSet {
             let hundredths = percent.amount.at(request.now);
             let threshold = bucket::threshold(hundredths);
             let mut ip_text = [0u8; 64];
-            let Some((source, key)) = percent_key(percent, request, &self.inputs, &mut ip_text)
+            let Some((source, key)) =
+                self.percent_key(percent, request, index, minted, &mut ip_text, trace)
             else {
                 trace.missed(index, "no key for the percentage");
                 return false;
@@ -473,36 +601,6 @@ impl RuleSet {
         }
         true
     }
-}
-
-/// The first key source of `percent` present in `request`, with its bytes.
-fn percent_key<'a>(
-    percent: &Percent,
-    request: &Request<'a>,
-    inputs: &'a [Source],
-    ip_text: &'a mut [u8; 64],
-) -> Option<(Option<&'a Source>, &'a [u8])> {
-    for by in &percent.by {
-        match *by {
-            KeySource::Input(i) => {
-                if let Some(value) = request.inputs.get(i).copied().flatten() {
-                    if !value.is_empty() {
-                        return Some((Some(&inputs[i]), value));
-                    }
-                }
-            }
-            KeySource::Ip => {
-                if let Some(client) = request.client {
-                    use std::io::Write;
-                    let mut cursor = std::io::Cursor::new(&mut ip_text[..]);
-                    let _ = write!(cursor, "{client}");
-                    let len = cursor.position() as usize;
-                    return Some((None, &ip_text[..len]));
-                }
-            }
-        }
-    }
-    None
 }
 
 fn parse_integer(value: &[u8]) -> Option<i64> {

@@ -11,6 +11,8 @@ use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::anonymous::{self, AnonymousSpec};
+use super::lane::{self, LaneSpec};
 use super::{
     Amount, IdCondition, IdMatcher, KeyRef, KeySource, KeyUse, Override, Percent, Rule, RuleSet,
     Source, MAX_BYTES, MAX_INPUTS, MAX_RULES,
@@ -53,6 +55,10 @@ struct RuleSetSpec {
     default: Option<String>,
     #[serde(default, rename = "override")]
     override_: Option<OverrideSpec>,
+    #[serde(default)]
+    lane: Option<LaneSpec>,
+    #[serde(default)]
+    anonymous: Option<AnonymousSpec>,
     #[serde(deserialize_with = "at_most_max_rules")]
     rules: Vec<Value>,
 }
@@ -156,6 +162,11 @@ pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError>
     };
     compiler.default = default;
     let override_ = spec.override_.map(|o| compiler.override_(o)).transpose()?;
+    let lane = spec
+        .lane
+        .map(|l| lane::compile(l, targets, |s| compiler.input(s), networks))
+        .transpose()?;
+    let mut anonymous = spec.anonymous.map(anonymous::compile).transpose()?;
     let mut names = HashSet::new();
     let mut rules = Vec::with_capacity(spec.rules.len());
     for (i, value) in spec.rules.into_iter().enumerate() {
@@ -177,6 +188,9 @@ pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError>
             compiler.inputs.len()
         )));
     }
+    if let Some(anonymous) = &mut anonymous {
+        anonymous.input = compiler.inputs.iter().position(|s| *s == anonymous.source);
+    }
     let has_ramps = rules.iter().any(|r: &Rule| {
         r.percent
             .as_ref()
@@ -187,6 +201,8 @@ pub fn compile(json: &[u8], targets: &[String]) -> Result<RuleSet, RuleSetError>
         enabled: spec.enabled.unwrap_or(true),
         default,
         override_,
+        lane,
+        anonymous,
         rules,
         inputs: compiler.inputs,
         keys: compiler.keys,

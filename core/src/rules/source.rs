@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+/// A source's name is at most this long.
+pub const MAX_NAME: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
     Header(String),
@@ -30,7 +33,7 @@ impl Source {
                 ))
             }
         };
-        if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+        if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(allowed) {
             return Err(format!("\"{text}\": \"{name}\" is not a valid {kind} name"));
         }
         let name = name.to_string();

@@ -64,15 +64,18 @@ fn decide(rs: &RuleSet, r: Req<'_>, keys: &[Option<KeyData<'_>>]) -> (String, St
         client: r.client.parse::<IpAddr>().ok(),
         inputs: &inputs,
         now: r.now,
+        mint: None,
     };
     let d = rs.evaluate(&request, keys, &mut ());
-    let how = match d.outcome {
+    (targets()[d.target].clone(), how(rs, &d))
+}
+
+/// The deciding rule's name, or how it was decided.
+fn how(rs: &RuleSet, d: &Decision) -> String {
+    match d.outcome {
         Outcome::Rule(i) => rs.rules[i].name.clone(),
-        Outcome::Default => "default".into(),
-        Outcome::Override => "override".into(),
-        Outcome::Disabled => "disabled".into(),
-    };
-    (targets()[d.target].clone(), how)
+        other => other.as_str().into(),
+    }
 }
 
 /// The README's example, kept in one file.
@@ -398,6 +401,7 @@ fn a_guard_has_defaults_and_a_tripped_rule_matches_no_one() {
         client: "1.1.1.1".parse().ok(),
         inputs: &[],
         now: 0.0,
+        mint: None,
     };
     assert_eq!(
         rs.evaluate(&request, &[][..], &mut ()).outcome,
@@ -453,4 +457,252 @@ fn a_rule_set_costs_a_bounded_amount_to_refuse() {
     );
     // Ordinary ones compile.
     assert!(compile(regex("^vip-[0-9]+$", 50).as_bytes(), &targets()).is_ok());
+}
+
+/// The issue's example: a lane for the services behind and anonymous ids for a 10% ramp.
+const LANES: &str = r#"{
+  "format": 1,
+  "default": "@prod1",
+  "override": { "header": "X-Gray", "from": ["127.0.0.1"] },
+  "lane": { "header": "X-Gray-Lane", "from": ["10.0.0.0/8"],
+            "labels": { "@prod1": "stable", "@prod2-grey": "gray" } },
+  "anonymous": { "cookie": "gray_uid", "max_age": 2592000 },
+  "rules": [
+    { "name": "staff", "ip": ["192.168.0.0/16"], "to": "@canary-b" },
+    { "name": "ramp", "percent": 10, "by": ["cookie:uid", "cookie:gray_uid"], "to": "@prod2-grey" }
+  ]
+}"#;
+
+/// Decides `r` by `rs`, minting ids from a counter: the decision and how many were minted.
+fn decide_minting(
+    rs: &RuleSet,
+    r: Req<'_>,
+    next: &std::cell::Cell<u128>,
+) -> (String, String, Option<MintedId>) {
+    let inputs: Vec<Option<&[u8]>> = rs
+        .inputs
+        .iter()
+        .map(|source| {
+            r.values
+                .iter()
+                .find(|(s, _)| *s == source.to_string())
+                .map(|(_, v)| v.as_bytes())
+        })
+        .collect();
+    let mint = || {
+        next.set(next.get() + 1);
+        MintedId::from_bits(
+            next.get()
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+        )
+    };
+    let request = Request {
+        client: r.client.parse::<IpAddr>().ok(),
+        inputs: &inputs,
+        now: r.now,
+        mint: Some(&mint),
+    };
+    let d = rs.evaluate(&request, &[][..], &mut ());
+    (targets()[d.target].clone(), how(rs, &d), d.minted)
+}
+
+#[test]
+fn labels_default_to_the_target_name_and_validate() {
+    let rs = rule_set(LANES);
+    let lane = rs.lane.as_ref().unwrap();
+    assert_eq!(lane.labels, ["stable", "gray", "canary-b"]);
+    assert_eq!(
+        rs.inputs[lane.input],
+        Source::parse("header:X-Gray-Lane").unwrap()
+    );
+    let with_lane = |lane: &str| error(&format!(r#"{{"format":1,"lane":{lane},"rules":[]}}"#));
+    let cases = [
+        (
+            r#"{"header":"X-Gray-Lane","labels":{"@nope":"x"}}"#,
+            "lane.labels: unknown target \"@nope\"",
+        ),
+        (
+            r#"{"header":"X-Gray-Lane","labels":{"@prod1":"canary-b"}}"#,
+            "lane.labels: @prod1 and @canary-b both have the label \"canary-b\"",
+        ),
+        (
+            r#"{"header":"X-Gray-Lane","labels":{"@prod1":"a b"}}"#,
+            "lane.labels.@prod1: \"a b\" is not a label",
+        ),
+        (
+            r#"{"header":"X-Gray-Lane","labels":{"@prod1":""}}"#,
+            "lane.labels.@prod1: \"\" is not a label",
+        ),
+        (
+            r#"{"header":"X-Gray-Lane","from":["10.0.0.0/33"]}"#,
+            "lane.from[1]: \"10.0.0.0/33\"",
+        ),
+        (
+            r#"{"header":"X Lane"}"#,
+            "lane.\"header:X Lane\": \"X Lane\" is not a valid header name",
+        ),
+        (
+            r#"{"header":"Cookie"}"#,
+            "lane.header: \"Cookie\" has a meaning of its own",
+        ),
+        (
+            r#"{"header":"X-Gray-Lane","baggage":"a,b"}"#,
+            "lane.baggage: \"a,b\" is not a baggage member name",
+        ),
+        (
+            r#"{"header":"X-Gray-Lane","colour":"red"}"#,
+            "unknown field `colour`",
+        ),
+        (r#"{"from":[]}"#, "missing field `header`"),
+    ];
+    for (lane, expected) in cases {
+        let got = with_lane(lane);
+        assert!(got.contains(expected), "{lane}: {got}");
+    }
+    let anonymous = |a: &str| error(&format!(r#"{{"format":1,"anonymous":{a},"rules":[]}}"#));
+    assert!(anonymous(r#"{"cookie":"gray uid"}"#).starts_with("anonymous.cookie: "));
+    assert!(anonymous(r#"{"cookie":"gray_uid","max_age":315360001}"#)
+        .starts_with("anonymous.max_age: 315360001 "));
+    assert!(anonymous(r#"{"cookie":"gray_uid","path":"/x"}"#).contains("unknown field `path`"));
+}
+
+#[test]
+fn an_upstream_lane_is_honoured_only_from_lane_from() {
+    let rs = rule_set(LANES);
+    let next = std::cell::Cell::new(0);
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // From a trusted gray: its decision, before any rule.
+        ("10.1.2.3", "gray", "@prod2-grey", "lane"),
+        ("10.1.2.3", "stable", "@prod1", "lane"),
+        ("10.1.2.3", "canary-b", "@canary-b", "lane"),
+        ("192.168.1.1", "stable", "@canary-b", "staff"),
+        // A label this nginx does not have: the baseline.
+        ("10.1.2.3", "blue", "@prod1", "lane"),
+        // Labels are exact.
+        ("10.1.2.3", "GRAY", "@prod1", "lane"),
+    ];
+    for (client, value, target, how) in cases {
+        let (t, h, minted) = decide_minting(
+            &rs,
+            req(client)
+                .with("header:X-Gray-Lane", value)
+                .with("cookie:uid", "u1"),
+            &next,
+        );
+        let from_elsewhere = !client.starts_with("10.");
+        assert_eq!(
+            (t.as_str(), h.as_str()),
+            if from_elsewhere {
+                ("@canary-b", "staff")
+            } else {
+                (*target, *how)
+            },
+            "{client} {value}"
+        );
+        assert_eq!(minted, None);
+    }
+    // From anyone else the header decides nothing: the rules do.
+    let (_, how, _) = decide_minting(
+        &rs,
+        req("1.1.1.1")
+            .with("header:X-Gray-Lane", "gray")
+            .with("cookie:uid", "u1"),
+        &next,
+    );
+    assert!(how == "ramp" || how == "default");
+    // The override comes first; the kill switch before both.
+    let (t, h, _) = decide_minting(
+        &rs,
+        req("127.0.0.1")
+            .with("header:X-Gray-Lane", "gray")
+            .with("header:X-Gray", "never"),
+        &next,
+    );
+    assert_eq!((t.as_str(), h.as_str()), ("@prod1", "override"));
+    let off = rule_set(&LANES.replace("\"format\": 1,", "\"format\": 1, \"enabled\": false,"));
+    let (t, h, _) = decide_minting(
+        &off,
+        req("10.1.2.3").with("header:X-Gray-Lane", "gray"),
+        &next,
+    );
+    assert_eq!((t.as_str(), h.as_str()), ("@prod1", "disabled"));
+    // from empty: no one.
+    let closed = rule_set(&LANES.replace(r#""from": ["10.0.0.0/8"],"#, ""));
+    let (_, h, _) = decide_minting(
+        &closed,
+        req("10.1.2.3")
+            .with("header:X-Gray-Lane", "gray")
+            .with("cookie:uid", "u1"),
+        &next,
+    );
+    assert_ne!(h, "lane");
+}
+
+#[test]
+fn an_id_is_minted_only_where_a_rule_reads_it_and_the_request_has_none() {
+    let rs = rule_set(LANES);
+    let next = std::cell::Cell::new(0);
+    // No uid, no gray_uid: the ramp reads gray_uid, so one is minted.
+    let (_, _, minted) = decide_minting(&rs, req("1.1.1.1"), &next);
+    assert!(minted.is_some());
+    assert_eq!(next.get(), 1);
+    // The cookie sent back: none minted, the same decision.
+    for (request, why) in [
+        (
+            req("1.1.1.1").with("cookie:gray_uid", "abc"),
+            "has the cookie",
+        ),
+        (
+            req("1.1.1.1").with("cookie:uid", "u7"),
+            "an earlier key source",
+        ),
+        (req("192.168.3.3"), "an earlier rule matched"),
+        (
+            req("127.0.0.1").with("header:X-Gray", "never"),
+            "the override",
+        ),
+        (
+            req("10.1.1.1").with("header:X-Gray-Lane", "gray"),
+            "an upstream lane",
+        ),
+    ] {
+        let (_, _, minted) = decide_minting(&rs, request, &next);
+        assert_eq!(minted, None, "{why}");
+    }
+    let off = rule_set(&LANES.replace("\"format\": 1,", "\"format\": 1, \"enabled\": false,"));
+    assert_eq!(
+        decide_minting(&off, req("1.1.1.1"), &next).2,
+        None,
+        "the kill switch"
+    );
+    assert_eq!(next.get(), 1);
+    // Nothing reads the cookie: nothing is minted.
+    let unread = rule_set(&LANES.replace(r#", "cookie:gray_uid""#, ""));
+    assert_eq!(unread.anonymous.as_ref().unwrap().input, None);
+    assert_eq!(decide_minting(&unread, req("1.1.1.1"), &next).2, None);
+}
+
+#[test]
+fn a_minted_id_decides_as_the_cookie_would_and_keeps_its_place_as_the_share_grows() {
+    let rs = rule_set(LANES);
+    let raised = rule_set(&LANES.replace("\"percent\": 10,", "\"percent\": 50,"));
+    let next = std::cell::Cell::new(0);
+    let mut canary = 0;
+    for _ in 0..1000 {
+        let (target, _, minted) = decide_minting(&rs, req("1.1.1.1"), &next);
+        let id = std::str::from_utf8(minted.unwrap().as_bytes())
+            .unwrap()
+            .to_string();
+        let back = decide(&rs, req("1.1.1.1").with("cookie:gray_uid", &id), &[]).0;
+        assert_eq!(back, target, "the id sent back lands where it was minted");
+        let later = decide(&raised, req("1.1.1.1").with("cookie:gray_uid", &id), &[]).0;
+        if target == "@prod2-grey" {
+            canary += 1;
+            assert_eq!(later, target, "raising the share keeps everyone who was in");
+        }
+    }
+    assert!(
+        (60..=140).contains(&canary),
+        "{canary} of 1000 in a 10% ramp"
+    );
 }

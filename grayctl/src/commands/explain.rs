@@ -4,6 +4,7 @@
 use gray_core::clock::unix_now;
 use gray_core::decision::Reason;
 use gray_core::plan::{Header, Plan, Slices};
+use gray_core::rules::MintedId;
 
 use super::Context;
 use crate::cli::ExplainArgs;
@@ -75,6 +76,14 @@ impl Request {
     }
 }
 
+/// An anonymous id, as a gateway would mint one for a request without it.
+fn new_id() -> MintedId {
+    let mut bits = [0u8; 16];
+    // Without the OS's randomness the explanation still holds: only this id's bucket is fixed.
+    let _ = getrandom::getrandom(&mut bits);
+    MintedId::from_bits(u128::from_le_bytes(bits))
+}
+
 pub(super) fn explain(ctx: &Context, args: &ExplainArgs) -> Result<(), Failure> {
     ctx.rule_set_key(&args.set)?;
     let snapshot = ctx.store()?.snapshot(args.set.name.as_deref())?;
@@ -93,8 +102,14 @@ pub(super) fn explain(ctx: &Context, args: &ExplainArgs) -> Result<(), Failure> 
         };
         active.compiled.plan.gather(&fetched, &mut values);
     }
-    let (target, reason) =
-        snapshot.decide(0, args.ip.as_bytes(), (None, None), &values, unix_now());
+    let (target, reason) = snapshot.decide(
+        0,
+        args.ip.as_bytes(),
+        (None, None),
+        &values,
+        unix_now(),
+        &new_id,
+    );
     if let Reason::BadPeerAddress(_) = reason {
         return Err(refused(format!("--ip {}: {reason}", args.ip)));
     }
@@ -111,6 +126,9 @@ pub(super) fn explain(ctx: &Context, args: &ExplainArgs) -> Result<(), Failure> 
         println!("rule:   {rule}");
     }
     println!("why:    {}", details.reason);
+    if let Some(lane) = &details.lane {
+        println!("lane:   {lane}");
+    }
     if let (Some(bucket), Some(threshold)) = (details.bucket, details.threshold) {
         println!(
             "bucket: {bucket} ({} threshold {threshold})",
