@@ -66,16 +66,18 @@ RESPONSES_VARIANT = "v9"
 RESPONSES_VARIANT_NAME = "gray with `count_responses = true`"
 # Measured by callgrind only: what a decision sends on, each against the same decision without it.
 # c0: a 50% rule by cookie (the request has it); c1: the same with a lane (X-Gray-Lane stamped);
-# c2: a 0% rule by an anonymous cookie the request lacks (an id minted, Set-Cookie added), against
-# c2-ref: the same rule set without `anonymous` (no key: the same target); c3: c0 with
-# `set $gray_target ""; set $gray_rule "";` declared, which route() then fills.
+# c2: a 0% rule by an anonymous cookie, then the address; the request has no cookie, so an id is
+# minted, hashed and handed out by Set-Cookie; against c2-ref: the same rule set without
+# `anonymous`, which hashes the address instead (the same target, one key hashed either way);
+# c3: c0 with `set $gray_target ""; set $gray_rule "";` declared, which route() then fills.
 CARRY_RULE_SETS = {
     "plain": {"format": 1, "rules": [{"name": "ramp", "percent": 50, "by": ["cookie:uid"], "to": "@prod2-grey"}]},
     "lane": {"format": 1, "lane": {"header": "X-Gray-Lane"},
              "rules": [{"name": "ramp", "percent": 50, "by": ["cookie:uid"], "to": "@prod2-grey"}]},
     "anon": {"format": 1, "anonymous": {"cookie": "gray_uid"},
-             "rules": [{"name": "ramp", "percent": 0, "by": ["cookie:gray_uid"], "to": "@prod2-grey"}]},
-    "anonref": {"format": 1, "rules": [{"name": "ramp", "percent": 0, "by": ["cookie:gray_uid"], "to": "@prod2-grey"}]},
+             "rules": [{"name": "ramp", "percent": 0, "by": ["cookie:gray_uid", "ip"], "to": "@prod2-grey"}]},
+    "anonref": {"format": 1,
+                "rules": [{"name": "ramp", "percent": 0, "by": ["cookie:gray_uid", "ip"], "to": "@prod2-grey"}]},
 }
 # variant: (rule set, request headers, variables declared)
 CARRY_VARIANTS = {
@@ -146,13 +148,14 @@ def start_backends():
 
 
 def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_cache=True, tracking=True,
-                 counted=True, count_responses=False, workers=1, variables=False):
+                 counted=True, count_responses=False, workers=1, variables=False, carry=False):
     """One server that proxies (named locations proxy_pass) and one that answers decisions
     directly (named locations return 200), each with a location per variant. The single-process
     form (for callgrind) proxies only and has no geo table to load under valgrind; it loads the Lua
     cache only when asked (v3). gray counts requests (its metrics region, made in init_by_lua)
-    unless `counted` is false, and responses with `count_responses`; with `variables` the server
-    declares $gray_target and $gray_rule."""
+    unless `counted` is false, and responses with `count_responses`; with `carry` it has the
+    locations of the CARRY_RULE_SETS (only then: each location reshapes nginx's location tree, which
+    every request searches), and with `variables` it declares $gray_target and $gray_rule."""
     geo = os.path.join(prefix, "geo.conf")
     with open(geo, "w") as f:
         f.writelines(f"{e} 1;\n" for e in ([] if single_process else entries))
@@ -167,7 +170,8 @@ def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_
         location = /address {{ content_by_lua_block {{ return require("address").route() }} }}
         location = /__ready {{ return 200; }}
 """
-    locations += "".join(f"""        location = /{name} {{ content_by_lua_block {{ return require("gray").route("{name}") }} }}
+    if carry:
+        locations += "".join(f"""        location = /{name} {{ content_by_lua_block {{ return require("gray").route("{name}") }} }}
 """ for name in CARRY_RULE_SETS)
     if single_process:
         head = "master_process off;\ndaemon off;"
@@ -335,6 +339,7 @@ def callgrind_total(entries, variant, requests):
         f.write(gateway_conf(prefix, entries, refresh=3600, single_process=True, port=CALLGRIND_PORT,
                              lua_cache=variant == "v3", counted=variant != UNCOUNTED_VARIANT,
                              count_responses=variant == RESPONSES_VARIANT,
+                             carry=variant in CARRY_VARIANTS,
                              variables=variant in CARRY_VARIANTS and CARRY_VARIANTS[variant][2]))
     out = os.path.join(prefix, "callgrind.out")
     # Per-thread profiles: the request path runs on nginx's main thread; the refresher thread (a
@@ -1020,17 +1025,21 @@ def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, elapsed):
                   f"{verdict(lane <= 1500, 'lane stamping <= 1,500 instructions', f'{lane:,.0f}')}). A request "
                   f"without the anonymous cookie (c2: an id minted and its Set-Cookie added) {med['c2']:,.0f} "
                   f"({spread['c2']}) against the same rule set without `anonymous` (c2-ref) "
-                  f"{med['c2-ref']:,.0f} ({spread['c2-ref']}): {minted:,.0f} more (target <= 2,500: "
+                  f"{med['c2-ref']:,.0f} ({spread['c2-ref']}), which hashes the address instead: "
+                  f"{minted:,.0f} more (target <= 2,500: "
                   f"{verdict(minted <= 2500, 'a minted id with its Set-Cookie <= 2,500 instructions', f'{minted:,.0f}')}). "
                   f"c0 with `set $gray_target \"\"; set $gray_rule \"\";` in the server (c3) {med['c3']:,.0f} "
                   f"({spread['c3']}): {variables:,.0f} more, the two `set`s included (target <= 800: "
                   f"{verdict(variables <= 800, 'the variables, when declared, <= 800 instructions', f'{variables:,.0f}')})."]
-        before = PREVIOUS.get("rules")
-        if before is not None and (1, RULES_VARIANT, "no alloc") in cg:
-            now = statistics.median(cg[(1, RULES_VARIANT, "no alloc")])
-            lines += ["", f"A rule set with neither (v8, the example): {now:,.0f} here, {before:,.0f} in the "
-                      f"previous bench/RESULTS.md ({PREVIOUS['run']}): {now - before:+,.0f} (target: unchanged, "
-                      f"within 150: {verdict(abs(now - before) <= 150, 'a rule set without lane or anonymous unchanged', f'{now - before:+,.0f}')})."]
+        if PREVIOUS and (1, RULES_VARIANT, "no alloc") in cg:
+            rules = (statistics.median(cg[(1, RULES_VARIANT, "no alloc")])
+                     - statistics.median(cg[(1, RULES_REFERENCE, "no alloc")]))
+            plain = statistics.median(cg[(1, "v7", "no alloc")]) - statistics.median(cg[(1, "v6", "no alloc")])
+            moved = max(abs(rules - PREVIOUS["rules"]), abs(plain - PREVIOUS["plain"]))
+            lines += ["", f"Without either (over bare Lua, as above): the example rule set (v8) {rules:,.0f}, the "
+                      f"whitelist (v7) {plain:,.0f}; the previous bench/RESULTS.md ({PREVIOUS['run']}) had "
+                      f"{PREVIOUS['rules']:,.0f} and {PREVIOUS['plain']:,.0f} (target: unchanged, within 150: "
+                      f"{verdict(moved <= 150, 'decisions without lane or anonymous unchanged', f'{moved:,.0f} moved')})."]
     bound = {size: statistics.median(cg[(1, "v6", "no alloc")]) / statistics.median(cg[(size, "v7", "no alloc")])
              for size in sorted({k[0] for k in cg})}
     lines += ["", "Throughput these counts allow gray against the bare Lua path, if the gateway's instructions "
@@ -1107,11 +1116,13 @@ def previous_report():
             text = f.read()
     except FileNotFoundError:
         return {}
-    rules = re.search(r"client matching the last rule \(v8, [^)]*\): ([\d,]+) \(", text)
+    rules = re.search(r"client matching the last rule \(v8, .*?; ([\d,]+) over it", text)
+    plain = re.search(r"^\| gray - bare Lua <= 1,000 instructions at 1 entries \| ([\d,]+) \|", text, re.M)
     run = re.search(r"^Run (.*? of commit \S+),", text, re.M)
-    if not rules or not run:
+    if not rules or not plain or not run:
         return {}
-    return {"rules": float(rules.group(1).replace(",", "")), "run": run.group(1)}
+    return {"rules": float(rules.group(1).replace(",", "")), "plain": float(plain.group(1).replace(",", "")),
+            "run": run.group(1)}
 
 
 def main():

@@ -21,22 +21,14 @@ local error = error
 local type = type
 local pairs = pairs
 
-local band = require("bit").band
-local base = require "resty.core.base"
-local get_request = base.get_request
--- Declare ngx_http_lua_ffi_var_get and _set, through which ngx.var reads and writes variables,
--- the functions behind ngx.req.get_headers (with ngx_http_lua_ffi_table_elt_t) and
--- ngx.req.set_header, and the one behind ngx.header.
+local get_request = require("resty.core.base").get_request
+-- Declare ngx_http_lua_ffi_var_get, through which ngx.var reads variables, and the two functions
+-- behind ngx.req.get_headers (with ngx_http_lua_ffi_table_elt_t).
 require "resty.core.var"
 require "resty.core.request"
-require "resty.core.response"
 local var_get = ffi.C.ngx_http_lua_ffi_var_get
-local var_set = ffi.C.ngx_http_lua_ffi_var_set
 local get_headers_count = ffi.C.ngx_http_lua_ffi_req_get_headers_count
 local get_headers = ffi.C.ngx_http_lua_ffi_req_get_headers
-local req_set_header = ffi.C.ngx_http_lua_ffi_req_set_header
-local set_resp_header = ffi.C.ngx_http_lua_ffi_set_resp_header
-local errmsg = base.get_errmsg_ptr()
 
 -- The request inputs struct and the two functions' types, declared once per Lua VM (Rust
 -- defines them: core.codes.cdef).
@@ -50,10 +42,6 @@ local PROD = core.codes.prod
 local NEED_FORWARDED = core.codes.need_forwarded
 local NEED_ADDRESS = core.codes.need_address
 local INPUTS_BASE = core.codes.inputs_base
-local CARRY_LANE = core.codes.carry_lane
-local CARRY_BAGGAGE = core.codes.carry_baggage
-local CARRY_COOKIE = core.codes.carry_cookie
-local CARRY_RULE = core.codes.carry_rule
 local NGX_OK = 0
 
 -- The peer address as ngx.var.binary_remote_addr, read through the same FFI function but without
@@ -120,7 +108,6 @@ end
 -- of the rule set's plan, whose number the code carries); each is fetched at most once.
 local function decision(r, set)
     local xff, xri
-    inputs.carry = 0
     inputs.peer, inputs.peer_len, inputs.forwarded = nil, 0, 0
     inputs.forwarded_for, inputs.forwarded_for_len, inputs.real_ip, inputs.real_ip_len = nil, 0, nil, 0
     inputs.plan, inputs.n, inputs.n_headers = 0, 0, 0
@@ -132,7 +119,7 @@ local function decision(r, set)
         inputs.plan, inputs.n, inputs.n_headers = fetch_inputs(r, set, known.id)
         code = route_with(r, set, inputs)
     else
-        code = route_request(r, set, inputs)
+        code = route_request(r, set)
     end
     for _ = 1, 4 do
         if code >= 0 then
@@ -161,47 +148,6 @@ local function decision(r, set)
         code = route_with(r, set, inputs)
     end
     return PROD
-end
-
--- What the decision sends on besides its target, as Rust copied it into the struct: the lane to
--- the services behind (request headers, which proxy_pass forwards), a minted id to the client.
-local function send_on(r, carry)
-    if band(carry, CARRY_LANE) ~= 0 then
-        if req_set_header(r, inputs.lane_header, inputs.lane_header_len, inputs.lane,
-                          inputs.lane_len, nil, 0, 1, errmsg) ~= NGX_OK then
-            ngx_log(ngx_ERR, "gray: could not set the lane header: ", ffi.string(errmsg[0]))
-        end
-        if band(carry, CARRY_BAGGAGE) ~= 0
-           and req_set_header(r, "baggage", 7, inputs.baggage, inputs.baggage_len, nil, 0, 1,
-                              errmsg) ~= NGX_OK then
-            ngx_log(ngx_ERR, "gray: could not set the baggage header: ", ffi.string(errmsg[0]))
-        end
-    end
-    if band(carry, CARRY_COOKIE) ~= 0
-       and set_resp_header(r, "Set-Cookie", 10, 0, inputs.set_cookie, inputs.set_cookie_len,
-                           nil, 0, 0, errmsg) ~= NGX_OK then
-        ngx_log(ngx_ERR, "gray: could not add the anonymous id's Set-Cookie: ", ffi.string(errmsg[0]))
-    end
-end
-
--- $gray_target and $gray_rule, filled where the configuration declares them (`set $gray_target
--- "";`): nil until this worker's first routed request has tried, then whether each exists.
-local TARGET_VAR, RULE_VAR = "gray_target", "gray_rule"
-local var_lowcase = ffi.new("unsigned char[?]", math.max(#TARGET_VAR, #RULE_VAR))
-local VAR_ERR_SIZE = 256
-local var_errbuf = ffi.new("unsigned char[?]", VAR_ERR_SIZE)
-local var_errlen = ffi.new("size_t[1]")
-local has_target_var, has_rule_var
-
-local function set_var(r, name, value, len)
-    var_errlen[0] = VAR_ERR_SIZE
-    return var_set(r, name, #name, var_lowcase, value, len, var_errbuf, var_errlen) == NGX_OK
-end
-
-local function find_variables(r)
-    has_target_var = set_var(r, TARGET_VAR, "", 0)
-    has_rule_var = set_var(r, RULE_VAR, "", 0)
-    inputs.want_rule = has_rule_var and 1 or 0
 end
 
 -- How often the worker copies the refresher's queued log lines into the error log.
@@ -361,27 +307,10 @@ function _M.route(name)
     end
     local set = rule_set(name, "route")
     local r = get_request()
-    if r == nil then
+    if r == nil or set == nil then
         return ngx_exec(targets[PROD])
     end
-    if has_target_var == nil then
-        find_variables(r)
-    end
-    local target = targets[PROD]
-    if set ~= nil then
-        target = targets[decision(r, set)] or target
-        local carry = inputs.carry
-        if carry ~= 0 then
-            send_on(r, carry)
-            if band(carry, CARRY_RULE) ~= 0 then
-                set_var(r, RULE_VAR, inputs.rule, inputs.rule_len)
-            end
-        end
-    end
-    if has_target_var then
-        set_var(r, TARGET_VAR, target, #target)
-    end
-    return ngx_exec(target)
+    return ngx_exec(targets[decision(r, set)] or targets[PROD])
 end
 
 -- In log_by_lua*, as configurations written before the option count_responses have it: turns

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use mlua::prelude::*;
 
-use super::ffi::{carry, cdef, ADDRESS, MAX_HEADERS};
+use super::ffi::{ADDRESS, CDEF, MAX_HEADERS};
 use crate::log::Level;
 use crate::metrics;
 use crate::minting;
@@ -435,11 +435,7 @@ fn rule_sets(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable>
 /// `gray_core::decision` and [`super::ffi`].
 pub(super) fn codes(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
-    t.set("cdef", cdef())?;
-    t.set("carry_lane", carry::LANE)?;
-    t.set("carry_baggage", carry::BAGGAGE)?;
-    t.set("carry_cookie", carry::COOKIE)?;
-    t.set("carry_rule", carry::RULE)?;
+    t.set("cdef", CDEF)?;
     t.set("prod", Target::Prod as i32)?;
     t.set("need_forwarded", code::NEED_FORWARDED)?;
     t.set("need_address", code::NEED_ADDRESS)?;

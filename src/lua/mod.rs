@@ -8,6 +8,7 @@
 
 mod api;
 mod ffi;
+mod send_on;
 
 use std::ffi::c_void;
 
@@ -15,6 +16,7 @@ use mlua::prelude::*;
 
 #[mlua::lua_module]
 fn gray(lua: &Lua) -> LuaResult<LuaValue> {
+    send_on::resolve();
     let glue = lua
         .load(include_str!("../../lua/gray.lua"))
         .set_name("=gray")
