@@ -186,18 +186,22 @@ fn once_per_process(flag: &AtomicU8, line: impl FnOnce() -> String) {
     }
 }
 
-/// `errmsg` as lua-nginx-module set it.
+/// Logs, once per process through `flag`, a call of lua-nginx-module's that did not return
+/// `NGX_OK`: `what` it could not do, and why.
 ///
 /// # Safety
-/// `errmsg` is null or a NUL-terminated string of lua-nginx-module's.
-unsafe fn message(errmsg: *const c_char) -> String {
-    if errmsg.is_null() {
-        return "no message".into();
+/// `errmsg` is what the call left in its out argument: null or a NUL-terminated message.
+unsafe fn check(rc: c_int, errmsg: *const c_char, flag: &AtomicU8, what: impl FnOnce() -> String) {
+    if rc == NGX_OK {
+        return;
     }
-    // SAFETY: per this function's contract.
-    unsafe { CStr::from_ptr(errmsg) }
-        .to_string_lossy()
-        .into_owned()
+    let why = if errmsg.is_null() {
+        "no message".into()
+    } else {
+        // SAFETY: per this function's contract.
+        unsafe { CStr::from_ptr(errmsg) }.to_string_lossy()
+    };
+    once_per_process(flag, || format!("could not {} ({why}, code {rc})", what()));
 }
 
 impl Nginx {
@@ -218,16 +222,12 @@ impl Nginx {
                 &mut errmsg,
             )
         };
-        if rc != NGX_OK {
-            // SAFETY: set by lua-nginx-module, or still null.
-            let why = unsafe { message(errmsg) };
-            once_per_process(&HEADER_FAILED, || {
-                format!(
-                    "could not set the request header {} ({why}, code {rc})",
-                    String::from_utf8_lossy(name)
-                )
-            });
-        }
+        // SAFETY: set by lua-nginx-module, or still null.
+        unsafe {
+            check(rc, errmsg, &HEADER_FAILED, || {
+                format!("set the request header {}", String::from_utf8_lossy(name))
+            })
+        };
     }
 
     /// Adds `Set-Cookie: value` to the response, beside any other.
@@ -249,13 +249,12 @@ impl Nginx {
                 &mut errmsg,
             )
         };
-        if rc != NGX_OK {
-            // SAFETY: set by lua-nginx-module, or still null.
-            let why = unsafe { message(errmsg) };
-            once_per_process(&COOKIE_FAILED, || {
-                format!("could not add the anonymous id's Set-Cookie ({why}, code {rc})")
-            });
-        }
+        // SAFETY: set by lua-nginx-module, or still null.
+        unsafe {
+            check(rc, errmsg, &COOKIE_FAILED, || {
+                "add the anonymous id's Set-Cookie".into()
+            })
+        };
     }
 
     /// Sets variable `name`; false when the configuration does not declare it.
