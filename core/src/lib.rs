@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod endpoint;
+pub mod explanation;
 pub mod fleet;
 pub mod guard;
 pub mod history;

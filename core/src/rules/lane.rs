@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use super::schema::RuleSetError;
-use super::Source;
+use super::{LaneSeen, Request, Source, Trace};
 use crate::ipset::IpSet;
 
 /// A label is at most this long.
@@ -58,6 +58,44 @@ impl Lane {
     /// The target whose label is `label`.
     pub fn target_of(&self, label: &[u8]) -> Option<usize> {
         self.labels.iter().position(|l| l.as_bytes() == label)
+    }
+
+    /// The target of an upstream gray's lane in `request`, when its client may send one; a
+    /// label this nginx does not have goes to `default`.
+    pub(super) fn inbound<T: Trace>(
+        &self,
+        request: &Request<'_>,
+        default: usize,
+        trace: &mut T,
+    ) -> Option<usize> {
+        let value = request.inputs.get(self.input).copied().flatten()?;
+        if value.is_empty() {
+            return None;
+        }
+        let seen = |target, why| LaneSeen {
+            header: &self.header,
+            value,
+            target,
+            why,
+        };
+        if !request.client.is_some_and(|c| self.from.contains(c)) {
+            trace.lane_seen(seen(None, "the client is not in lane.from: replaced"));
+            return None;
+        }
+        let target = match self.target_of(value) {
+            Some(target) => {
+                trace.lane_seen(seen(Some(target), "from an address in lane.from"));
+                target
+            }
+            None => {
+                trace.lane_seen(seen(
+                    Some(default),
+                    "a label this nginx does not have: the default, the header kept",
+                ));
+                default
+            }
+        };
+        Some(target)
     }
 }
 

@@ -305,7 +305,11 @@ impl RuleSet {
         if let Some(target) = self.override_target(request, trace) {
             return decided(target, Outcome::Override);
         }
-        if let Some(target) = self.inbound_lane(request, trace) {
+        if let Some(target) = self
+            .lane
+            .as_ref()
+            .and_then(|lane| lane.inbound(request, self.default, trace))
+        {
             return decided(target, Outcome::Lane);
         }
         let mut minted = None;
@@ -352,39 +356,6 @@ impl RuleSet {
             trace.minted(rule);
         }
         minted.as_ref().map(MintedId::as_bytes)
-    }
-
-    /// The target of an upstream gray's lane, when the client may send one.
-    fn inbound_lane<T: Trace>(&self, request: &Request<'_>, trace: &mut T) -> Option<usize> {
-        let lane = self.lane.as_ref()?;
-        let value = request.inputs.get(lane.input).copied().flatten()?;
-        if value.is_empty() {
-            return None;
-        }
-        let seen = |target, why| LaneSeen {
-            header: &lane.header,
-            value,
-            target,
-            why,
-        };
-        if !request.client.is_some_and(|c| lane.from.contains(c)) {
-            trace.lane_seen(seen(None, "the client is not in lane.from: replaced"));
-            return None;
-        }
-        let target = match lane.target_of(value) {
-            Some(target) => {
-                trace.lane_seen(seen(Some(target), "from an address in lane.from"));
-                target
-            }
-            None => {
-                trace.lane_seen(seen(
-                    Some(self.default),
-                    "a label this nginx does not have: the default, the header kept",
-                ));
-                self.default
-            }
-        };
-        Some(target)
     }
 
     /// The target `always` sends to: the first rule's target that is not the default.
