@@ -1,6 +1,8 @@
 //! A set of IPv4 and IPv6 addresses built from hosts and CIDRs, with lookups that stay fast at
-//! millions of entries: overlapping networks are merged into disjoint ranges kept sorted, and a
-//! bucket index on the top 16 bits of the address narrows each binary search to a few entries.
+//! millions of entries: overlapping networks are merged into disjoint ranges kept sorted, each
+//! range's first and last address side by side, and a bucket index spread over the span the
+//! ranges' starts cover narrows each search to a range or two: a lookup reads one bucket and one
+//! cache line of ranges, whatever the family and however the list clusters.
 //!
 //! Immutable once built; building is done off the request path.
 
@@ -9,86 +11,112 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-/// Below this many ranges a plain binary search beats the bucket index (and saves its 256 KiB).
+/// Below this many ranges a plain binary search beats the bucket index (and saves its memory).
 const BUCKET_INDEX_MIN_RANGES: usize = 1024;
-const BUCKETS: usize = 1 << 16;
+/// Ranges per bucket, on average, when the starts spread evenly.
+const RANGES_PER_BUCKET: usize = 2;
 
-/// An address key of one family: an unsigned integer whose top 16 bits pick a bucket.
-trait Key: Copy + Ord {
-    fn bucket(self) -> usize;
+/// An address key of one family: an unsigned integer.
+trait Key: Copy + Ord + Default {
+    /// `self - base`, shifted right by `shift`, as a bucket number (saturated).
+    fn bucket(self, base: Self, shift: u32) -> usize;
+    /// The bits `self - base` needs.
+    fn span_bits(self, base: Self) -> u32;
 }
 
 impl Key for u32 {
-    fn bucket(self) -> usize {
-        (self >> 16) as usize
+    #[inline]
+    fn bucket(self, base: u32, shift: u32) -> usize {
+        ((self - base) >> shift) as usize
+    }
+    fn span_bits(self, base: u32) -> u32 {
+        32 - (self - base).leading_zeros()
     }
 }
 
 impl Key for u128 {
-    fn bucket(self) -> usize {
-        (self >> 112) as usize
+    #[inline]
+    fn bucket(self, base: u128, shift: u32) -> usize {
+        usize::try_from((self - base) >> shift).unwrap_or(usize::MAX)
+    }
+    fn span_bits(self, base: u128) -> u32 {
+        128 - (self - base).leading_zeros()
     }
 }
 
-/// Disjoint inclusive ranges `starts[i]..=ends[i]`, sorted by start.
+/// Disjoint inclusive ranges `ranges[i][0]..=ranges[i][1]`, sorted by start.
 #[derive(Debug, Clone, Default)]
 struct RangeTable<T> {
-    starts: Vec<T>,
-    ends: Vec<T>,
-    /// `buckets[b]` is the index of the first range whose start lies in bucket `b` or later;
-    /// empty when the table is small.
+    ranges: Vec<[T; 2]>,
+    /// `buckets[b]` is the index of the first range whose start lies in bucket `b` or later
+    /// (bucket: `(start - base) >> shift`), one more entry than there are buckets; empty when the
+    /// table is small.
     buckets: Vec<u32>,
+    /// The first range's start.
+    base: T,
+    shift: u32,
 }
 
 impl<T: Key> RangeTable<T> {
     fn build(mut ranges: Vec<(T, T)>) -> Self {
         ranges.sort_unstable();
-        let mut starts: Vec<T> = Vec::with_capacity(ranges.len());
-        let mut ends: Vec<T> = Vec::with_capacity(ranges.len());
+        let mut merged: Vec<[T; 2]> = Vec::with_capacity(ranges.len());
         for (start, end) in ranges {
-            match ends.last_mut() {
+            match merged.last_mut() {
                 // Only overlapping ranges merge, so an entry that overlaps nothing stays itself and
                 // `decide()` can name it.
-                Some(last_end) if start <= *last_end => {
+                Some([_, last_end]) if start <= *last_end => {
                     if end > *last_end {
                         *last_end = end;
                     }
                 }
-                _ => {
-                    starts.push(start);
-                    ends.push(end);
-                }
+                _ => merged.push([start, end]),
             }
         }
-        starts.shrink_to_fit();
-        ends.shrink_to_fit();
-        let buckets = if starts.len() >= BUCKET_INDEX_MIN_RANGES {
-            let mut buckets = Vec::with_capacity(BUCKETS + 1);
-            let mut i = 0usize;
-            for bucket in 0..=BUCKETS {
-                while i < starts.len() && starts[i].bucket() < bucket {
-                    i += 1;
-                }
-                buckets.push(i as u32);
-            }
-            buckets
-        } else {
-            Vec::new()
+        merged.shrink_to_fit();
+        let mut table = RangeTable {
+            base: merged.first().map_or_else(T::default, |r| r[0]),
+            ranges: merged,
+            buckets: Vec::new(),
+            shift: 0,
         };
-        RangeTable {
-            starts,
-            ends,
-            buckets,
+        if table.ranges.len() >= BUCKET_INDEX_MIN_RANGES {
+            table.index();
         }
+        table
+    }
+
+    /// Builds the bucket index: a power of two of buckets, spread over the span from the first
+    /// start to the last, so that every start's bucket is below their count.
+    fn index(&mut self) {
+        let count = (self.ranges.len() / RANGES_PER_BUCKET).next_power_of_two();
+        let last_start = self.ranges[self.ranges.len() - 1][0];
+        self.shift = last_start
+            .span_bits(self.base)
+            .saturating_sub(count.trailing_zeros());
+        let mut buckets = Vec::with_capacity(count + 1);
+        let mut i = 0usize;
+        for bucket in 0..=count {
+            while i < self.ranges.len() && self.ranges[i][0].bucket(self.base, self.shift) < bucket
+            {
+                i += 1;
+            }
+            buckets.push(i as u32);
+        }
+        self.buckets = buckets;
     }
 
     /// The range holding `key`, as its index.
     #[inline]
     fn find(&self, key: T) -> Option<usize> {
+        if key < self.base {
+            return None;
+        }
         let (lo, hi) = if self.buckets.is_empty() {
-            (0, self.starts.len())
+            (0, self.ranges.len())
         } else {
-            let bucket = key.bucket();
+            // A key past the last bucket is past every start: the last bucket holds its candidate.
+            let bucket = key.bucket(self.base, self.shift).min(self.buckets.len() - 2);
             (
                 self.buckets[bucket] as usize,
                 self.buckets[bucket + 1] as usize,
@@ -96,17 +124,17 @@ impl<T: Key> RangeTable<T> {
         };
         // Ranges left of `lo` all start in earlier buckets, so when no range of this bucket starts
         // at or before `key`, the candidate is the last range of an earlier bucket.
-        let after = lo + self.starts[lo..hi].partition_point(|&start| start <= key);
+        let after = lo + self.ranges[lo..hi].partition_point(|r| r[0] <= key);
         let candidate = after.checked_sub(1)?;
-        (self.ends[candidate] >= key).then_some(candidate)
+        (self.ranges[candidate][1] >= key).then_some(candidate)
     }
 
     fn len(&self) -> usize {
-        self.starts.len()
+        self.ranges.len()
     }
 
     fn heap_bytes(&self) -> usize {
-        (self.starts.capacity() + self.ends.capacity()) * std::mem::size_of::<T>()
+        self.ranges.capacity() * std::mem::size_of::<[T; 2]>()
             + self.buckets.capacity() * std::mem::size_of::<u32>()
     }
 }
@@ -176,12 +204,12 @@ impl IpSet {
     pub fn matching_range(&self, addr: IpAddr) -> Option<MatchedRange> {
         match canonical_addr(addr) {
             IpAddr::V4(a) => self.v4.find(u32::from(a)).map(|i| MatchedRange {
-                first: Ipv4Addr::from(self.v4.starts[i]).into(),
-                last: Ipv4Addr::from(self.v4.ends[i]).into(),
+                first: Ipv4Addr::from(self.v4.ranges[i][0]).into(),
+                last: Ipv4Addr::from(self.v4.ranges[i][1]).into(),
             }),
             IpAddr::V6(a) => self.v6.find(u128::from(a)).map(|i| MatchedRange {
-                first: Ipv6Addr::from(self.v6.starts[i]).into(),
-                last: Ipv6Addr::from(self.v6.ends[i]).into(),
+                first: Ipv6Addr::from(self.v6.ranges[i][0]).into(),
+                last: Ipv6Addr::from(self.v6.ranges[i][1]).into(),
             }),
         }
     }
@@ -367,6 +395,43 @@ mod tests {
         }
         for n in &nets {
             assert!(s.contains(n.network()) && s.contains(n.broadcast()), "{n}");
+        }
+    }
+
+    /// IPv6 lists cluster in a few prefixes (2000::/3 here, one /32 below): the index spreads
+    /// over the span the starts cover, so it still narrows the search, and keys below the first
+    /// start or past the last are answered right.
+    #[test]
+    fn the_index_spreads_over_the_span_of_a_clustered_ipv6_list() {
+        for top in [0x2000u128 << 112, 0x2001_0db8u128 << 96] {
+            let mut nets = Vec::new();
+            let mut x: u128 = 7;
+            for i in 0..3000u32 {
+                x = x.wrapping_mul(0x2d99_787926d4_6932a4c1).wrapping_add(1);
+                let addr = top | (x >> if top >> 96 == 0x2001_0db8 { 32 } else { 3 });
+                let prefix = [128, 128, 64, 48][(i % 4) as usize];
+                nets.push(IpNet::V6(
+                    ipnet::Ipv6Net::new(Ipv6Addr::from(addr), prefix)
+                        .unwrap()
+                        .trunc(),
+                ));
+            }
+            let s = IpSet::new(nets.clone());
+            assert!(!s.v6.buckets.is_empty());
+            assert!(s.v6.shift > 0);
+            let mut probe: u128 = 99;
+            for _ in 0..4000 {
+                probe = probe.wrapping_mul(0x5851_f42d_4c95_7f2d).wrapping_add(3);
+                for addr in [top | (probe >> 3), top | (probe >> 32), probe] {
+                    let addr = IpAddr::V6(Ipv6Addr::from(addr));
+                    let expected = nets.iter().any(|n| n.contains(&addr));
+                    assert_eq!(s.contains(addr), expected, "{addr}");
+                }
+            }
+            for n in &nets {
+                assert!(s.contains(n.network()) && s.contains(n.broadcast()), "{n}");
+            }
+            assert!(!s.contains(ip("::")) && !s.contains(ip("ffff::")));
         }
     }
 }
