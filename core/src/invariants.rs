@@ -7,7 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use std::sync::Arc;
+
 use crate::client_ip::{client_ip as derive, parse_addr, parse_hop, Source};
+use crate::flat::{Aligned, FlatReader, FlatWriter};
 use crate::ipset::{canonical_net, IpSet};
 use crate::rules::{lane, schema, KeyData, MintedId, Request};
 use crate::whitelist::{parse_entry, tokens, Whitelist};
@@ -29,6 +32,58 @@ pub fn whitelist(value: &[u8]) {
             }
         }
     }
+}
+
+/// Any bytes as a flat set, as a worker finds them in shared memory: refused, or read as a set
+/// whose every answer names a range that holds the address asked; and the same bytes as a
+/// whitelist, laid out flat and read back, answer exactly as the built set.
+pub fn flat_ipset(data: &[u8]) {
+    let mut reader = FlatReader::new(Arc::new(Aligned::copy(data)));
+    if let Ok(set) = IpSet::read_flat(&mut reader) {
+        for addr in probes(data) {
+            if let Some(range) = set.matching_range(addr) {
+                assert!(
+                    range.first <= addr && addr <= range.last,
+                    "{addr} in {range}"
+                );
+            }
+        }
+    }
+    let built = Whitelist::parse([data]).set;
+    let mut writer = FlatWriter::default();
+    built.write_flat(&mut writer);
+    let mut reader = FlatReader::new(Arc::new(Aligned::copy(&writer.into_bytes())));
+    let read = IpSet::read_flat(&mut reader).expect("a laid out set reads back");
+    assert!(reader.done());
+    for token in tokens(data) {
+        if let Ok((net, _)) = parse_entry(token) {
+            for addr in [net.network(), net.broadcast()] {
+                assert_eq!(
+                    read.matching_range(addr),
+                    built.matching_range(addr),
+                    "{addr}"
+                );
+            }
+        }
+    }
+    for addr in probes(data) {
+        assert_eq!(
+            read.matching_range(addr),
+            built.matching_range(addr),
+            "{addr}"
+        );
+    }
+}
+
+/// Addresses of both families taken from `data`'s bytes.
+fn probes(data: &[u8]) -> impl Iterator<Item = IpAddr> + '_ {
+    data.chunks(16).flat_map(|chunk| {
+        let mut wide = [0u8; 16];
+        wide[..chunk.len()].copy_from_slice(chunk);
+        let v6 = Ipv6Addr::from(wide);
+        let v4 = Ipv4Addr::new(wide[0], wide[1], wide[2], wide[3]);
+        [IpAddr::V6(v6), IpAddr::V4(v4)]
+    })
 }
 
 fn is_mapped_in_ipv6_net(net: IpNet, addr: IpAddr) -> bool {
@@ -145,8 +200,10 @@ mod tests {
     #[test]
     fn the_committed_fuzz_corpora_hold() {
         let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let targets: [(&str, Check); 4] = [
+        let targets: [(&str, Check); 6] = [
             ("fuzz/corpus/whitelist", super::whitelist),
+            ("fuzz/corpus/whitelist", super::flat_ipset),
+            ("fuzz/corpus/flat_ipset", super::flat_ipset),
             ("fuzz/corpus/client_ip", super::client_ip),
             ("fuzz/corpus/rule_set", super::rule_set),
             ("nginx-conf/rules", super::rule_set),

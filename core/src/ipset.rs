@@ -10,6 +10,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::flat::{FlatError, FlatReader, FlatWriter, Slab};
 
 /// Below this many ranges a plain binary search beats the bucket index (and saves its memory).
 const BUCKET_INDEX_MIN_RANGES: usize = 1024;
@@ -17,14 +20,18 @@ const BUCKET_INDEX_MIN_RANGES: usize = 1024;
 const RANGES_PER_BUCKET: usize = 2;
 
 /// An address key of one family: an unsigned integer.
-trait Key: Copy + Ord + Default {
+trait Key: Copy + Ord + Default + FromBytes + IntoBytes + Immutable + KnownLayout + 'static {
+    const BITS: u32;
     /// `self - base`, shifted right by `shift`, as a bucket number (saturated).
     fn bucket(self, base: Self, shift: u32) -> usize;
     /// The bits `self - base` needs.
     fn span_bits(self, base: Self) -> u32;
+    fn widen(self) -> u128;
+    fn narrow(wide: u128) -> Option<Self>;
 }
 
 impl Key for u32 {
+    const BITS: u32 = 32;
     #[inline]
     fn bucket(self, base: u32, shift: u32) -> usize {
         ((self - base) >> shift) as usize
@@ -32,9 +39,16 @@ impl Key for u32 {
     fn span_bits(self, base: u32) -> u32 {
         32 - (self - base).leading_zeros()
     }
+    fn widen(self) -> u128 {
+        self.into()
+    }
+    fn narrow(wide: u128) -> Option<u32> {
+        wide.try_into().ok()
+    }
 }
 
 impl Key for u128 {
+    const BITS: u32 = 128;
     #[inline]
     fn bucket(self, base: u128, shift: u32) -> usize {
         usize::try_from((self - base) >> shift).unwrap_or(usize::MAX)
@@ -42,16 +56,28 @@ impl Key for u128 {
     fn span_bits(self, base: u128) -> u32 {
         128 - (self - base).leading_zeros()
     }
+    fn widen(self) -> u128 {
+        self
+    }
+    fn narrow(wide: u128) -> Option<u128> {
+        Some(wide)
+    }
 }
+
+/// Tags of a range table's records in the flat layout, per family: `+ 0x10` for IPv6.
+const TAG_BASE: u64 = 0x4950_0001;
+const TAG_SHIFT: u64 = 0x4950_0002;
+const TAG_RANGES: u64 = 0x4950_0003;
+const TAG_BUCKETS: u64 = 0x4950_0004;
 
 /// Disjoint inclusive ranges `ranges[i][0]..=ranges[i][1]`, sorted by start.
 #[derive(Debug, Clone, Default)]
-struct RangeTable<T> {
-    ranges: Vec<[T; 2]>,
+struct RangeTable<T: 'static> {
+    ranges: Slab<[T; 2]>,
     /// `buckets[b]` is the index of the first range whose start lies in bucket `b` or later
     /// (bucket: `(start - base) >> shift`), one more entry than there are buckets; empty when the
     /// table is small.
-    buckets: Vec<u32>,
+    buckets: Slab<u32>,
     /// The first range's start.
     base: T,
     shift: u32,
@@ -73,37 +99,24 @@ impl<T: Key> RangeTable<T> {
                 _ => merged.push([start, end]),
             }
         }
-        merged.shrink_to_fit();
-        let mut table = RangeTable {
-            base: merged.first().map_or_else(T::default, |r| r[0]),
-            ranges: merged,
-            buckets: Vec::new(),
-            shift: 0,
+        let base = merged.first().map_or_else(T::default, |r| r[0]);
+        let (buckets, shift) = if merged.len() >= BUCKET_INDEX_MIN_RANGES {
+            // A power of two of buckets, spread over the span from the first start to the last,
+            // so that every start's bucket is below their count.
+            let count = (merged.len() / RANGES_PER_BUCKET).next_power_of_two();
+            let shift = merged[merged.len() - 1][0]
+                .span_bits(base)
+                .saturating_sub(count.trailing_zeros());
+            (index(&merged, base, shift, count), shift)
+        } else {
+            (Vec::new(), 0)
         };
-        if table.ranges.len() >= BUCKET_INDEX_MIN_RANGES {
-            table.index();
+        RangeTable {
+            ranges: Slab::owned(merged),
+            buckets: Slab::owned(buckets),
+            base,
+            shift,
         }
-        table
-    }
-
-    /// Builds the bucket index: a power of two of buckets, spread over the span from the first
-    /// start to the last, so that every start's bucket is below their count.
-    fn index(&mut self) {
-        let count = (self.ranges.len() / RANGES_PER_BUCKET).next_power_of_two();
-        let last_start = self.ranges[self.ranges.len() - 1][0];
-        self.shift = last_start
-            .span_bits(self.base)
-            .saturating_sub(count.trailing_zeros());
-        let mut buckets = Vec::with_capacity(count + 1);
-        let mut i = 0usize;
-        for bucket in 0..=count {
-            while i < self.ranges.len() && self.ranges[i][0].bucket(self.base, self.shift) < bucket
-            {
-                i += 1;
-            }
-            buckets.push(i as u32);
-        }
-        self.buckets = buckets;
     }
 
     /// The range holding `key`, as its index.
@@ -116,7 +129,9 @@ impl<T: Key> RangeTable<T> {
             (0, self.ranges.len())
         } else {
             // A key past the last bucket is past every start: the last bucket holds its candidate.
-            let bucket = key.bucket(self.base, self.shift).min(self.buckets.len() - 2);
+            let bucket = key
+                .bucket(self.base, self.shift)
+                .min(self.buckets.len() - 2);
             (
                 self.buckets[bucket] as usize,
                 self.buckets[bucket + 1] as usize,
@@ -134,9 +149,70 @@ impl<T: Key> RangeTable<T> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.ranges.capacity() * std::mem::size_of::<[T; 2]>()
-            + self.buckets.capacity() * std::mem::size_of::<u32>()
+        self.ranges.bytes() + self.buckets.bytes()
     }
+
+    fn write_flat(&self, writer: &mut FlatWriter, family: u64) {
+        writer.u128(TAG_BASE + family, self.base.widen());
+        writer.u128(TAG_SHIFT + family, self.shift.into());
+        writer.slice(TAG_RANGES + family, &self.ranges);
+        writer.slice(TAG_BUCKETS + family, &self.buckets);
+    }
+
+    /// A table as [`RangeTable::write_flat`] laid it out, its invariants checked: ranges sorted,
+    /// disjoint and each in order; the base the first start; the index exactly the one these
+    /// ranges give.
+    fn read_flat(reader: &mut FlatReader, family: u64) -> Result<Self, FlatError> {
+        let invalid = |what| FlatError::Invalid { what };
+        let base = T::narrow(reader.u128(TAG_BASE + family)?)
+            .ok_or(invalid("a base wider than its family"))?;
+        let shift = u32::try_from(reader.u128(TAG_SHIFT + family)?)
+            .ok()
+            .filter(|&shift| shift < T::BITS)
+            .ok_or(invalid("a shift as wide as the family"))?;
+        let ranges = reader.slab::<[T; 2]>(TAG_RANGES + family)?;
+        let buckets = reader.slab::<u32>(TAG_BUCKETS + family)?;
+        if ranges.iter().any(|r| r[0] > r[1]) {
+            return Err(invalid("a range that ends before it starts"));
+        }
+        if ranges.windows(2).any(|w| w[0][1] >= w[1][0]) {
+            return Err(invalid("ranges out of order or overlapping"));
+        }
+        if ranges.first().is_some_and(|r| r[0] != base)
+            || (ranges.is_empty() && base != T::default())
+        {
+            return Err(invalid("a base that is not the first range's start"));
+        }
+        if ranges.len() > u32::MAX as usize {
+            return Err(invalid("more ranges than the index addresses"));
+        }
+        if !buckets.is_empty() {
+            let count = buckets.len() - 1;
+            if !count.is_power_of_two() || *buckets != *index(&ranges, base, shift, count) {
+                return Err(invalid("a bucket index that does not match the ranges"));
+            }
+        }
+        Ok(RangeTable {
+            ranges,
+            buckets,
+            base,
+            shift,
+        })
+    }
+}
+
+/// The bucket index of `ranges` with `count` buckets: `count + 1` entries, entry `b` the first
+/// range whose start's bucket is `b` or later.
+fn index<T: Key>(ranges: &[[T; 2]], base: T, shift: u32, count: usize) -> Vec<u32> {
+    let mut buckets = Vec::with_capacity(count + 1);
+    let mut i = 0usize;
+    for bucket in 0..=count {
+        while i < ranges.len() && ranges[i][0].bucket(base, shift) < bucket {
+            i += 1;
+        }
+        buckets.push(i as u32);
+    }
+    buckets
 }
 
 /// An inclusive range of addresses that matched, for explaining a decision.
@@ -218,6 +294,21 @@ impl IpSet {
     pub fn heap_bytes(&self) -> usize {
         self.v4.heap_bytes() + self.v6.heap_bytes()
     }
+
+    /// Lays the set out as flat records (see [`crate::flat`]).
+    pub fn write_flat(&self, writer: &mut FlatWriter) {
+        self.v4.write_flat(writer, 0);
+        self.v6.write_flat(writer, 0x10);
+    }
+
+    /// The set [`IpSet::write_flat`] laid out, read in place; an error for bytes that are not
+    /// one, whatever they hold.
+    pub fn read_flat(reader: &mut FlatReader) -> Result<IpSet, FlatError> {
+        Ok(IpSet {
+            v4: RangeTable::read_flat(reader, 0)?,
+            v6: RangeTable::read_flat(reader, 0x10)?,
+        })
+    }
 }
 
 /// An [`IpSet`] being filled: each network kept as the range of its family, nothing else.
@@ -279,7 +370,10 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::flat::Aligned;
 
     fn set(entries: &[&str]) -> IpSet {
         IpSet::new(entries.iter().map(|e| {
@@ -395,6 +489,113 @@ mod tests {
         }
         for n in &nets {
             assert!(s.contains(n.network()) && s.contains(n.broadcast()), "{n}");
+        }
+    }
+
+    fn random_nets(count: u32) -> Vec<IpNet> {
+        let mut x: u128 = 5;
+        (0..count)
+            .map(|i| {
+                x = x.wrapping_mul(0x2d99_787926d4_6932a4c1).wrapping_add(1);
+                if i % 2 == 0 {
+                    let prefix = [32, 32, 24, 16][(i % 4) as usize];
+                    IpNet::V4(
+                        ipnet::Ipv4Net::new(Ipv4Addr::from((x >> 96) as u32), prefix)
+                            .unwrap()
+                            .trunc(),
+                    )
+                } else {
+                    let prefix = [128, 128, 64, 48][(i % 4) as usize];
+                    IpNet::V6(
+                        ipnet::Ipv6Net::new(Ipv6Addr::from(x), prefix)
+                            .unwrap()
+                            .trunc(),
+                    )
+                }
+            })
+            .collect()
+    }
+
+    fn flat(set: &IpSet) -> Vec<u8> {
+        let mut writer = FlatWriter::default();
+        set.write_flat(&mut writer);
+        writer.into_bytes()
+    }
+
+    fn read(bytes: &[u8]) -> Result<IpSet, FlatError> {
+        let mut reader = FlatReader::new(Arc::new(Aligned::copy(bytes)));
+        let set = IpSet::read_flat(&mut reader)?;
+        assert!(reader.done());
+        Ok(set)
+    }
+
+    #[test]
+    fn a_flat_set_read_in_place_answers_as_the_built_one() {
+        for count in [0, 3, 5000] {
+            let nets = random_nets(count);
+            let built = IpSet::new(nets.clone());
+            let shared = read(&flat(&built)).unwrap();
+            assert_eq!(shared.heap_bytes(), built.heap_bytes());
+            let mut probe: u128 = 17;
+            for _ in 0..2000 {
+                probe = probe.wrapping_mul(0x5851_f42d_4c95_7f2d).wrapping_add(3);
+                for addr in [
+                    IpAddr::V6(Ipv6Addr::from(probe)),
+                    IpAddr::V4(Ipv4Addr::from((probe >> 64) as u32)),
+                ] {
+                    assert_eq!(
+                        shared.matching_range(addr),
+                        built.matching_range(addr),
+                        "{addr}"
+                    );
+                }
+            }
+            for n in &nets {
+                assert!(
+                    shared.contains(n.network()) && shared.contains(n.broadcast()),
+                    "{n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flat_set_that_breaks_an_invariant_is_refused() {
+        let bytes = flat(&IpSet::new(random_nets(5000)));
+        let v4 = IpSet::new(random_nets(5000)).v4;
+        let ranges_at = 16 * 4 + 16;
+        let word = |bytes: &mut Vec<u8>, at: usize, value: u32| {
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes())
+        };
+        let invalid = |what| Err(FlatError::Invalid { what });
+        let mut swapped = bytes.clone();
+        word(&mut swapped, ranges_at + 8, v4.ranges[0][0]);
+        word(&mut swapped, ranges_at + 12, v4.ranges[0][1]);
+        assert_eq!(
+            read(&swapped).map(|_| ()),
+            invalid("ranges out of order or overlapping")
+        );
+        let mut reversed = bytes.clone();
+        word(&mut reversed, ranges_at + 12, v4.ranges[1][0] - 1);
+        assert_eq!(
+            read(&reversed).map(|_| ()),
+            invalid("a range that ends before it starts")
+        );
+        let buckets_at = ranges_at + v4.ranges.bytes() + 16;
+        let mut index = bytes.clone();
+        word(&mut index, buckets_at + 4 * 7, v4.buckets[7] + 1);
+        assert_eq!(
+            read(&index).map(|_| ()),
+            invalid("a bucket index that does not match the ranges")
+        );
+        let mut shift = bytes.clone();
+        word(&mut shift, 16 * 3, 32);
+        assert_eq!(
+            read(&shift).map(|_| ()),
+            invalid("a shift as wide as the family")
+        );
+        for cut in [0, 17, bytes.len() / 2, bytes.len() - 16] {
+            assert!(read(&bytes[..cut]).is_err(), "{cut}");
         }
     }
 

@@ -17,6 +17,7 @@ pub mod config;
 pub mod decision;
 pub mod endpoint;
 pub mod explanation;
+pub mod flat;
 pub mod fleet;
 pub mod guard;
 pub mod history;

@@ -1,0 +1,317 @@
+//! Flat, pointer-free tables: what a lookup reads (the whitelist's ranges and index, a set of
+//! ids) laid out as plain arrays in one buffer, so that one process can build them into memory
+//! every worker of the host maps, and every worker reads them in place.
+//!
+//! A table's arrays are [`Slab`]s: a slice that either owns its memory or borrows it from a
+//! [`Backing`] (the shared mapping's generation) that it keeps alive. A lookup reads a slab as a
+//! plain slice either way. [`FlatWriter`] lays tables out; [`FlatReader`] takes them back from
+//! bytes nobody vouches for: every length, offset and alignment is checked, and the tables check
+//! their own invariants, so a torn or corrupted buffer is an error, never a crash or an
+//! out-of-bounds read.
+//!
+//! The layout is a sequence of records, each 16-byte aligned: a length in bytes and a tag (both
+//! u64, little-endian), then that many bytes, padded to 16.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("the flat layout is little-endian, as the hosts gray runs on are");
+
+/// Records start on this boundary: enough for u128.
+const ALIGN: usize = 16;
+
+/// Memory that flat tables borrow from, kept alive as long as a slab reads it.
+pub trait Backing: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+/// The bytes of a buffer that is 16-byte aligned wherever the allocator puts it: how a flat
+/// buffer is held in private memory (tests, and a worker with no shared mapping).
+pub struct Aligned(Vec<u128>, usize);
+
+impl Aligned {
+    pub fn copy(bytes: &[u8]) -> Aligned {
+        let mut words = vec![0u128; bytes.len().div_ceil(ALIGN)];
+        words.as_mut_bytes()[..bytes.len()].copy_from_slice(bytes);
+        Aligned(words, bytes.len())
+    }
+}
+
+impl Backing for Aligned {
+    fn bytes(&self) -> &[u8] {
+        &self.0.as_bytes()[..self.1]
+    }
+}
+
+/// Why flat bytes were not taken as a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlatError {
+    /// The buffer ends inside a record.
+    Truncated { at: usize },
+    /// A record does not start on a 16-byte boundary of memory, or is not a whole number of
+    /// its elements.
+    Misaligned { at: usize },
+    /// A record carries another tag than the one expected there.
+    Tag {
+        at: usize,
+        found: u64,
+        expected: u64,
+    },
+    /// The table's own invariant does not hold: `what` says which.
+    Invalid { what: &'static str },
+}
+
+impl fmt::Display for FlatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlatError::Truncated { at } => write!(f, "the table ends inside a record at byte {at}"),
+            FlatError::Misaligned { at } => write!(f, "a misaligned record at byte {at}"),
+            FlatError::Tag {
+                at,
+                found,
+                expected,
+            } => write!(
+                f,
+                "record at byte {at} is tagged {found:#x}, expected {expected:#x}"
+            ),
+            FlatError::Invalid { what } => write!(f, "an inconsistent table: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for FlatError {}
+
+/// An array of `T`, owned or borrowed from a [`Backing`] it keeps alive.
+pub struct Slab<T: 'static> {
+    ptr: *const T,
+    len: usize,
+    _owner: Owner<T>,
+}
+
+enum Owner<T: 'static> {
+    Owned(Box<[T]>),
+    Borrowed(Arc<dyn Backing>),
+}
+
+// SAFETY: a slab is an immutable slice of `T` and what keeps it alive, both shareable.
+unsafe impl<T: Send + Sync> Send for Slab<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for Slab<T> {}
+
+impl<T> Slab<T> {
+    pub fn owned(items: Vec<T>) -> Slab<T> {
+        let items = items.into_boxed_slice();
+        Slab {
+            ptr: items.as_ptr(),
+            len: items.len(),
+            _owner: Owner::Owned(items),
+        }
+    }
+
+    /// Bytes held, owned or borrowed.
+    pub fn bytes(&self) -> usize {
+        self.len * std::mem::size_of::<T>()
+    }
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab::owned(Vec::new())
+    }
+}
+
+impl<T> Deref for Slab<T> {
+    type Target = [T];
+
+    #[inline]
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` and `len` describe memory `_owner` holds and never changes: a boxed slice
+        // (whose heap memory does not move with the box), or a range of a backing checked to
+        // hold `len` aligned `T`s when the slab was read.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Slab<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: Clone> Clone for Slab<T> {
+    fn clone(&self) -> Self {
+        match &self._owner {
+            Owner::Owned(items) => Slab::owned(items.to_vec()),
+            Owner::Borrowed(backing) => Slab {
+                ptr: self.ptr,
+                len: self.len,
+                _owner: Owner::Borrowed(backing.clone()),
+            },
+        }
+    }
+}
+
+/// Lays out tables as records.
+#[derive(Default)]
+pub struct FlatWriter {
+    buf: Vec<u8>,
+}
+
+impl FlatWriter {
+    pub fn slice<T: IntoBytes + Immutable>(&mut self, tag: u64, items: &[T]) {
+        let bytes = items.as_bytes();
+        self.buf
+            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.buf.extend_from_slice(&tag.to_le_bytes());
+        self.buf.extend_from_slice(bytes);
+        self.buf.resize(self.buf.len().next_multiple_of(ALIGN), 0);
+    }
+
+    pub fn u128(&mut self, tag: u64, value: u128) {
+        self.slice(tag, &[value]);
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Reads records back from a backing, in the order they were written.
+pub struct FlatReader {
+    backing: Arc<dyn Backing>,
+    at: usize,
+}
+
+impl FlatReader {
+    pub fn new(backing: Arc<dyn Backing>) -> FlatReader {
+        FlatReader { backing, at: 0 }
+    }
+
+    /// Whether every record has been read.
+    pub fn done(&self) -> bool {
+        self.at >= self.backing.bytes().len()
+    }
+
+    /// The next record's bytes, its tag checked.
+    fn record(&mut self, tag: u64) -> Result<(usize, usize), FlatError> {
+        let bytes = self.backing.bytes();
+        let at = self.at;
+        let header = bytes
+            .get(at..at + ALIGN)
+            .ok_or(FlatError::Truncated { at })?;
+        if !(bytes.as_ptr() as usize + at).is_multiple_of(ALIGN) {
+            return Err(FlatError::Misaligned { at });
+        }
+        let len = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let found = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+        if found != tag {
+            return Err(FlatError::Tag {
+                at,
+                found,
+                expected: tag,
+            });
+        }
+        let start = at + ALIGN;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= bytes.len() - start)
+            .ok_or(FlatError::Truncated { at })?;
+        self.at = (start + len).next_multiple_of(ALIGN);
+        Ok((start, len))
+    }
+
+    /// The next record as a slab of `T`, borrowed from the backing.
+    pub fn slab<T: FromBytes + Immutable + KnownLayout>(
+        &mut self,
+        tag: u64,
+    ) -> Result<Slab<T>, FlatError> {
+        let (start, len) = self.record(tag)?;
+        let items = <[T]>::ref_from_bytes(&self.backing.bytes()[start..start + len])
+            .map_err(|_| FlatError::Misaligned { at: start })?;
+        Ok(Slab {
+            ptr: items.as_ptr(),
+            len: items.len(),
+            _owner: Owner::Borrowed(self.backing.clone()),
+        })
+    }
+
+    pub fn u128(&mut self, tag: u64) -> Result<u128, FlatError> {
+        match *self.slab::<u128>(tag)? {
+            [value] => Ok(value),
+            _ => Err(FlatError::Invalid {
+                what: "a scalar record of another size",
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_in_place_and_keep_their_backing_alive() {
+        let mut writer = FlatWriter::default();
+        writer.slice(1, &[1u32, 2, 3]);
+        writer.u128(2, u128::MAX - 5);
+        writer.slice::<u64>(3, &[]);
+        let bytes = writer.into_bytes();
+        assert_eq!(bytes.len() % ALIGN, 0);
+        let backing: Arc<dyn Backing> = Arc::new(Aligned::copy(&bytes));
+        let mut reader = FlatReader::new(backing.clone());
+        let slab = reader.slab::<u32>(1).unwrap();
+        assert_eq!(reader.u128(2).unwrap(), u128::MAX - 5);
+        assert!(reader.slab::<u64>(3).unwrap().is_empty());
+        assert!(reader.done());
+        drop(reader);
+        drop(backing);
+        assert_eq!(&*slab, &[1, 2, 3]);
+        assert_eq!(&*slab.clone(), &[1, 2, 3]);
+    }
+
+    #[test]
+    fn a_wrong_tag_a_short_buffer_and_a_ragged_record_are_errors() {
+        let mut writer = FlatWriter::default();
+        writer.slice(7, &[1u8, 2, 3]);
+        let bytes = writer.into_bytes();
+        let read = |bytes: &[u8]| {
+            FlatReader::new(Arc::new(Aligned::copy(bytes)))
+                .slab::<u16>(7)
+                .map(|s| s.to_vec())
+        };
+        assert_eq!(read(&bytes), Err(FlatError::Misaligned { at: 16 }));
+        assert_eq!(read(&bytes[..18]), Err(FlatError::Truncated { at: 0 }));
+        assert_eq!(read(&bytes[..8]), Err(FlatError::Truncated { at: 0 }));
+        let mut reader = FlatReader::new(Arc::new(Aligned::copy(&bytes)));
+        assert!(matches!(
+            reader.slab::<u8>(8),
+            Err(FlatError::Tag { found: 7, .. })
+        ));
+        let mut huge = bytes.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(read(&huge), Err(FlatError::Truncated { at: 0 }));
+    }
+
+    #[test]
+    fn a_backing_that_is_not_aligned_is_refused() {
+        let mut writer = FlatWriter::default();
+        writer.slice(1, &[1u32]);
+        let mut bytes = vec![0u8];
+        bytes.extend(writer.into_bytes());
+        struct Offset(Aligned);
+        impl Backing for Offset {
+            fn bytes(&self) -> &[u8] {
+                &self.0.bytes()[1..]
+            }
+        }
+        let mut reader = FlatReader::new(Arc::new(Offset(Aligned::copy(&bytes))));
+        assert_eq!(
+            reader.slab::<u32>(1).map(|s| s.len()),
+            Err(FlatError::Misaligned { at: 0 })
+        );
+    }
+}
