@@ -47,6 +47,11 @@ impl IdSet {
         self.spans.len()
     }
 
+    /// Every id, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|s| span(&self.bytes, *s))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
@@ -112,6 +117,14 @@ mod tests {
         assert!(!set.contains(b"u100"));
         assert!(!set.contains(b"u1004"));
         assert!(set.contains(b"U1004"));
+    }
+
+    #[test]
+    fn every_id_comes_back_once() {
+        let set = IdSet::parse([&b"b a c a"[..]]);
+        let mut ids: Vec<&[u8]> = set.ids().collect();
+        ids.sort();
+        assert_eq!(ids, [&b"a"[..], b"b", b"c"]);
     }
 
     #[test]

@@ -17,6 +17,13 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// The kind [`KeyKind::as_str`] names.
+    pub fn from_name(name: &str) -> Option<KeyKind> {
+        [KeyKind::Missing, KeyKind::String, KeyKind::Set]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             KeyKind::Missing => "missing",
@@ -32,6 +39,14 @@ pub trait ListBuilder: Default {
     type List;
     fn add(&mut self, value: &[u8]);
     fn finish(self) -> Self::List;
+    /// Whether [`ListBuilder::built`] gives a builder.
+    const TAKES_BUILT: bool = false;
+    /// A builder whose list is `list`, built already (the host's shared copy of a whitelist):
+    /// `None` for a builder of anything else.
+    fn built(list: Whitelist) -> Option<Self> {
+        drop(list);
+        None
+    }
 }
 
 impl ListBuilder for WhitelistBuilder {
@@ -41,6 +56,10 @@ impl ListBuilder for WhitelistBuilder {
     }
     fn finish(self) -> Whitelist {
         WhitelistBuilder::finish(self)
+    }
+    const TAKES_BUILT: bool = true;
+    fn built(list: Whitelist) -> Option<Self> {
+        Some(WhitelistBuilder::built(list))
     }
 }
 
@@ -101,6 +120,17 @@ impl<B: ListBuilder> Fetched<B> {
             bytes: value.len(),
             version: version.finish(),
             entries: Entries::Text(value),
+        }
+    }
+
+    /// A value read before, by another process, as it described it: its kind, version and size,
+    /// and the builder that holds it.
+    pub fn stored(kind: KeyKind, version: u64, bytes: usize, builder: B) -> Self {
+        Fetched {
+            kind,
+            bytes,
+            version,
+            entries: Entries::Parsed(Box::new(builder)),
         }
     }
 

@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
+use crate::flat::{FlatError, FlatReader, FlatWriter};
 use crate::ipset::{IpSet, IpSetBuilder};
 
 /// How many rejected entries are kept verbatim for the log and `status()`; the rest are counted.
@@ -14,8 +16,11 @@ pub const REJECTED_SAMPLES: usize = 10;
 /// Rejected entries are quoted up to this many bytes.
 const QUOTE_MAX: usize = 64;
 
+/// The record of a whitelist's figures in the flat layout (see [`Whitelist::write_flat`]).
+const TAG_FIGURES: u64 = 0x574c_0001;
+
 /// Why an entry was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryError {
     NotAnAddress,
     BadPrefixLength,
@@ -33,7 +38,7 @@ impl fmt::Display for EntryError {
 }
 
 /// A rejected entry, quoted safely for a log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     pub entry: String,
     pub error: EntryError,
@@ -47,15 +52,17 @@ impl fmt::Display for Rejected {
 
 /// A CIDR written with host bits set (`10.1.2.3/8`): accepted as its network, like nginx's
 /// `allow`, and reported so the operator can fix the list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truncated {
     pub entry: String,
     pub network: IpNet,
 }
 
 /// A parsed whitelist and what parsing it found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Whitelist {
+    /// Laid out on its own in the flat layout, after the figures.
+    #[serde(skip)]
     pub set: IpSet,
     pub entries_v4: usize,
     pub entries_v6: usize,
@@ -79,6 +86,26 @@ impl Whitelist {
     pub fn entries(&self) -> usize {
         self.entries_v4 + self.entries_v6
     }
+
+    /// Lays the list out as flat records: its figures (counts, the rejected and truncated
+    /// entries kept), then its set.
+    pub fn write_flat(&self, writer: &mut FlatWriter) {
+        let figures = serde_json::to_vec(self).expect("a whitelist's figures are plain data");
+        writer.slice(TAG_FIGURES, &figures);
+        self.set.write_flat(writer);
+    }
+
+    /// The list [`Whitelist::write_flat`] laid out, its set read in place.
+    pub fn read_flat(reader: &mut FlatReader) -> Result<Whitelist, FlatError> {
+        let figures = reader.slab::<u8>(TAG_FIGURES)?;
+        let list: Whitelist = serde_json::from_slice(&figures).map_err(|_| FlatError::Invalid {
+            what: "a whitelist's figures that are not its JSON",
+        })?;
+        Ok(Whitelist {
+            set: IpSet::read_flat(reader)?,
+            ..list
+        })
+    }
 }
 
 /// A whitelist parsed a value at a time (a SET arrives in batches), indexed once at the end.
@@ -86,9 +113,20 @@ impl Whitelist {
 pub struct WhitelistBuilder {
     list: Whitelist,
     set: IpSetBuilder,
+    /// The list came built: `finish` hands it back as it is.
+    built: bool,
 }
 
 impl WhitelistBuilder {
+    /// A builder that hands back `list`, built already.
+    pub fn built(list: Whitelist) -> WhitelistBuilder {
+        WhitelistBuilder {
+            list,
+            set: IpSetBuilder::default(),
+            built: true,
+        }
+    }
+
     /// Parses one value: the key's string, or a member of a SET.
     pub fn add(&mut self, value: &[u8]) {
         let list = &mut self.list;
@@ -125,6 +163,9 @@ impl WhitelistBuilder {
 
     /// Builds the lookup tables from everything added.
     pub fn finish(self) -> Whitelist {
+        if self.built {
+            return self.list;
+        }
         Whitelist {
             set: self.set.build(),
             ..self.list
@@ -179,7 +220,29 @@ fn quote(token: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::flat::Aligned;
+
+    #[test]
+    fn a_flat_list_keeps_its_figures_and_answers_as_parsed() {
+        let parsed = parse("10.0.0.1 nope 10.1.2.3/8 2001:db8::/32");
+        let mut writer = FlatWriter::default();
+        parsed.write_flat(&mut writer);
+        let mut reader = FlatReader::new(Arc::new(Aligned::copy(&writer.into_bytes())));
+        let read = Whitelist::read_flat(&mut reader).unwrap();
+        assert!(reader.done());
+        assert_eq!((read.entries_v4, read.entries_v6), (2, 1));
+        assert_eq!(
+            (read.rejected, read.truncated),
+            (parsed.rejected, parsed.truncated)
+        );
+        for addr in ["10.9.9.9", "2001:db8::7", "11.0.0.0"] {
+            let addr = addr.parse().unwrap();
+            assert_eq!(read.set.contains(addr), parsed.set.contains(addr));
+        }
+    }
 
     fn parse(s: &str) -> Whitelist {
         Whitelist::parse([s.as_bytes()])
