@@ -38,6 +38,7 @@ mod refresher;
 mod region;
 mod request_end;
 mod state;
+mod store;
 
 #[cfg(feature = "lua")]
 mod lua;

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
+use serde::{Deserialize, Serialize};
 
 use crate::log::{Level, LogQueue};
 use gray_core::guard::TripRecord;
@@ -32,7 +33,7 @@ pub struct RefreshStatus {
 }
 
 /// A guard's trip this worker made, for the refresher to write to the rule set's guard hash.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TripToRecord {
     pub key: String,
     pub field: String,

@@ -20,8 +20,9 @@ use warnings;
 use Cwd qw(cwd);
 use File::Path qw(remove_tree);
 use File::Temp qw(tempdir);
+use IO::Select;
 use IO::Socket::INET;
-use Time::HiRes qw(sleep);
+use Time::HiRes qw(sleep time);
 
 use Exporter 'import';
 our @EXPORT = qw(gray_block);
@@ -109,6 +110,69 @@ sub replica_synced {
 END {
     local $?;
     system("redis-cli -p $_ shutdown nosave >/dev/null 2>&1") for $$ == $Owner ? @ShutDown : ();
+}
+
+# What a worker answers on /who of loopback `port` (t/017-host.t): its pid, its part in the
+# session, the session's holder, its decision; empty when none answers within `timeout` seconds.
+sub who {
+    my ($port, $timeout) = @_;
+    my $sock = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => $timeout) or return;
+    print $sock "GET /who HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    my $response = '';
+    my $deadline = time + $timeout;
+    my $select = IO::Select->new($sock);
+    while ((my $left = $deadline - time) > 0) {
+        last unless $select->can_read($left);
+        sysread($sock, my $chunk, 4096) or last;
+        $response .= $chunk;
+    }
+    return $response =~ /\r\n\r\n(\d+) (\S+) (\S+) (\S+)/;
+}
+
+# Sends `signal` to the worker that holds the Redis session of the nginx answering /who on `port`,
+# from here rather than from a worker, which may be the holder itself; writes its pid to
+# logs/holder.pid.
+sub signal_session_holder {
+    my ($port, $signal) = @_;
+    my $holder;
+    for (1 .. 100) {
+        (undef, undef, $holder) = who($port, 1);
+        last if $holder && $holder =~ /^\d+$/;
+        sleep 0.05;
+    }
+    die "no worker named the session's holder" unless $holder;
+    kill $signal, $holder or die "cannot signal $holder: $!";
+    open my $fh, '>', "$Test::Nginx::Util::ServRoot/logs/holder.pid" or die "holder.pid: $!";
+    print $fh $holder;
+    close $fh;
+    return $holder;
+}
+
+# Stops the session's holder (SIGSTOP) and, from here (a request could land on the stopped
+# worker and wait), times how long until another worker holds the session, changes the whitelist
+# key, times how long until a worker routes by it, then resumes the holder: logs/stopped.txt says
+# what it saw.
+sub stop_session_holder {
+    my ($port, $redis_sock) = @_;
+    my $stopped = signal_session_holder($port, 'STOP');
+    my $started = time;
+    my ($taken, $seen);
+    while (!defined $taken && time - $started < 5) {
+        my ($pid, $session, $holder) = who($port, 0.3);
+        $taken = time - $started if $holder && $holder ne $stopped && $holder =~ /^\d+$/;
+    }
+    system('redis-cli', '-s', $redis_sock, 'set', 'gray', '127.0.0.9') == 0 or die "redis-cli: $?";
+    my $changed = time;
+    while (!defined $seen && time - $changed < 5) {
+        my (undef, undef, undef, $decision) = who($port, 0.3);
+        $seen = time - $changed if $decision && $decision eq '@prod1';
+    }
+    kill 'CONT', $stopped;
+    open my $fh, '>', "$Test::Nginx::Util::ServRoot/logs/stopped.txt" or die "stopped.txt: $!";
+    printf $fh "taken over within a second: %s\nthe change seen: %s\n",
+        defined $taken && $taken < 1 ? 'true' : 'false (' . ($taken // 'never') . ')',
+        defined $seen ? 'true' : 'false';
+    close $fh;
 }
 
 # redis-server daemonizes, so PID 1 reaps it, perhaps late: a zombie has exited.

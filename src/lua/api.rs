@@ -185,17 +185,25 @@ fn start(
 /// Why nothing is counted without a shared region.
 const NOT_SHARED: &str = "metrics are off: require(\"gray\") in init_by_lua* (the nginx master) so that all workers count into one region; required first in a worker, each worker would count alone";
 
-/// core.create_region() -> true | nil, err: the shared metrics region, made once, before nginx
-/// forks its workers.
+/// core.create_region() -> true | nil, err: the shared metrics region and the host's store (one
+/// Redis session and one copy of the lists for every worker), made once, before nginx forks its
+/// workers.
 fn create_region(_: &Lua, _: ()) -> LuaResult<(Option<bool>, Option<String>)> {
-    match metrics::create_region() {
-        Ok(()) => Ok((Some(true), None)),
-        Err(e) => Ok((
-            None,
-            Some(format!(
-                "failed to map the metrics region: {e}; nothing is counted"
-            )),
-        )),
+    let errors: Vec<String> = [
+        metrics::create_region()
+            .err()
+            .map(|e| format!("failed to map the metrics region: {e}; nothing is counted")),
+        crate::store::create().err().map(|e| {
+            format!("failed to map the host's shared copy: {e}; each worker holds its own Redis session")
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if errors.is_empty() {
+        Ok((Some(true), None))
+    } else {
+        Ok((None, Some(errors.join("; "))))
     }
 }
 
@@ -241,6 +249,16 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
     t.set("failures", refresh.failures)?;
     t.set("address_read", ADDRESS.mode().as_str())?;
     t.set("metrics", if metrics::shared() { "shared" } else { "off" })?;
+    match crate::store::get() {
+        Some(store) => {
+            let holder = store.holder();
+            let holding = holder == Some(std::process::id());
+            t.set("session", if holding { "holder" } else { "follower" })?;
+            t.set("session_holder", holder)?;
+            t.set("shared_bytes", store.bytes_held())?;
+        }
+        None => t.set("session", "own")?,
+    }
     t.set("worker", metrics::worker())?;
     t.set("loaded", snapshot.loaded.is_some())?;
     if let Some(loaded) = &snapshot.loaded {

@@ -66,6 +66,15 @@ pub fn own_counters(series: u32) -> Option<[u64; COUNTERS_PER_SERIES]> {
     Some(counters)
 }
 
+/// What every worker of this nginx counted in `series`, summed.
+pub fn host_counters(series: u32) -> Option<[u64; COUNTERS_PER_SERIES]> {
+    (series != 0).then(|| {
+        super::REGION
+            .get()
+            .map(|region| region.totals(series as usize))
+    })?
+}
+
 /// A series' counters as a rollout judges them: responses of any class, the 5xx among them,
 /// and the latency histogram.
 pub fn traffic(counters: &[u64; COUNTERS_PER_SERIES]) -> Traffic {

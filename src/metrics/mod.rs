@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use once_cell::sync::OnceCell;
 
 use crate::region::Region;
-pub use counting::{count, count_response, counter, own_counters, traffic};
+pub use counting::{count, count_response, counter, host_counters, own_counters, traffic};
 pub use exposition::{
     json, prometheus_text, GuardState, JSON_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
 };

@@ -22,6 +22,7 @@ use gray_core::value::{KeyKind, ListBuilder, Text};
 use gray_core::whitelist::WhitelistBuilder;
 use gray_io::read::Limit;
 
+use super::host::StoredText;
 use super::parse::{parse_ids, parse_list};
 use super::reader::Read;
 use crate::log::Level;
@@ -60,15 +61,18 @@ pub(super) struct RuleSetSlot {
     pub rollout: Option<Plan>,
     /// The plan key's version last read.
     rollout_seen: Option<u64>,
+    /// The rule set's and the plan's values as last read, for the host's other workers.
+    pub text: Option<StoredText>,
+    pub rollout_text: Option<StoredText>,
 }
 
 pub(super) struct Loaded {
-    config: Arc<Config>,
+    pub config: Arc<Config>,
     /// The default rule set, then the named ones.
     pub rule_sets: Vec<RuleSetSlot>,
-    whitelist: Option<Arc<LoadedList>>,
+    pub whitelist: Option<Arc<LoadedList>>,
     /// The keys rule sets reference, other than the whitelist key.
-    keys: HashMap<KeyRef, LoadedKey>,
+    pub keys: HashMap<KeyRef, LoadedKey>,
     /// Where the whitelist's decisions are counted, once registered.
     whitelist_series: Option<[u32; 2]>,
     /// The series registry stayed locked during this poll: register nothing more until the next.
@@ -91,6 +95,8 @@ impl Loaded {
                 series: RuleSetSeries::default(),
                 rollout: None,
                 rollout_seen: None,
+                text: None,
+                rollout_text: None,
             })
             .collect();
         Loaded {
@@ -168,6 +174,11 @@ impl Loaded {
         let (kind, version) = (fetched.kind, fetched.version);
         let plan = NEXT_PLAN.fetch_add(1, Ordering::Relaxed);
         let text = fetched.into_list();
+        slot.text = Some(StoredText {
+            kind,
+            version,
+            value: text.as_slice().into(),
+        });
         match CompiledRuleSet::compile(&key, kind, &text, version, &self.config.targets, plan) {
             Ok(None) => {
                 if slot.compiled.take().is_some() {
@@ -248,10 +259,16 @@ impl Loaded {
         }
         slot.rollout_seen = Some(fetched.version);
         let (kind, version) = (fetched.kind, fetched.version);
+        let text = fetched.into_list();
+        slot.rollout_text = Some(StoredText {
+            kind,
+            version,
+            value: text.as_slice().into(),
+        });
         slot.rollout = match kind {
             KeyKind::Missing => None,
             _ => {
-                match Plan::parse(&fetched.into_list()) {
+                match Plan::parse(&text) {
                     Ok(plan) => Some(plan),
                     Err(e) => {
                         source.log(

@@ -12,6 +12,7 @@
 
 mod failover;
 mod health;
+mod host;
 mod link;
 mod loaded;
 mod parse;
@@ -37,8 +38,10 @@ use gray_io::read::Limit;
 use crate::log::Level;
 use crate::os;
 use crate::state::Shared;
+use crate::store::StoreError;
 use failover::Failover;
 use health::Health;
+use host::{Adopting, Host, FOLLOW_TICK};
 use link::Link;
 use loaded::{Loaded, Source};
 use reader::{Polled, Read, Reader, LARGE_READ};
@@ -49,6 +52,11 @@ use writes::Writes;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait before a refresher that panicked is started again.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why nothing is shared between workers without the host's store.
+const NOT_HOSTED: &str = "each worker holds its own Redis session and its own copy of the lists: require(\"gray\") in init_by_lua* (the nginx master) so that the workers of this nginx share one session and one copy";
+/// A holder waits for Redis at most this long before it looks at its lease again.
+const HOLDER_TICK: Duration = Duration::from_secs(1);
 
 /// Fault injection for tests, set in the worker's environment (nginx's `env` directive):
 /// `refresher-panic` makes the first session of each process panic (the supervisor's tests),
@@ -65,6 +73,10 @@ pub fn spawn(
 ) -> std::io::Result<mpsc::Receiver<()>> {
     os::map_large_allocations();
     let (first_load_done, first_load) = mpsc::channel();
+    let host = Host::new();
+    if host.is_none() {
+        shared.log(Level::Notice, NOT_HOSTED.into());
+    }
     let mut refresher = Refresher {
         link: Link::new(endpoint, shared),
         health: Health::new(shared, first_load_done),
@@ -73,7 +85,8 @@ pub fn spawn(
         loaded: Loaded::new(config.clone()),
         failover: Failover::default(),
         writes: Writes::default(),
-        rollouts: Rollouts::default(),
+        rollouts: Rollouts::new(host.is_some()),
+        host,
         config,
     };
     shared.update_status(|s| s.running = true);
@@ -148,13 +161,39 @@ struct Refresher {
     failover: Failover,
     writes: Writes,
     rollouts: Rollouts,
+    /// This worker's part in the host's session; `None` without the host's store.
+    host: Option<Host>,
+}
+
+/// Why a session ended.
+enum Ended {
+    Failed(String),
+    /// Another worker holds the host's session now.
+    SteppedDown,
+}
+
+impl From<String> for Ended {
+    fn from(error: String) -> Self {
+        Ended::Failed(error)
+    }
 }
 
 impl Refresher {
     fn run(&mut self) -> Infallible {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let Err(error) = self.session();
+            if self
+                .host
+                .as_mut()
+                .is_some_and(|host| !host.keep_holding() && !host.try_take())
+            {
+                self.follow();
+                continue;
+            }
+            let error = match self.session() {
+                Err(Ended::SteppedDown) => continue,
+                Err(Ended::Failed(error)) => error,
+            };
             if self.health.failures_in_a_row() == 0 {
                 backoff = FIRST_BACKOFF;
             }
@@ -165,9 +204,62 @@ impl Refresher {
         }
     }
 
+    /// A follower's life: adopt each generation the holder publishes, show the holder's status,
+    /// hand it this worker's guard trips, until the lease is this worker's.
+    fn follow(&mut self) {
+        let shared = self.health.shared;
+        // A holder that stepped down lets its connections go.
+        self.link.drop_command();
+        self.watch = Watch::default();
+        self.health.log(
+            Level::Notice,
+            "following the host's session: another worker reads Redis".into(),
+        );
+        let mut state_published = Instant::now();
+        loop {
+            let Some(host) = self.host.as_mut() else {
+                return;
+            };
+            host.store.wait(host.seen() as u32, FOLLOW_TICK);
+            if host.try_take() {
+                return;
+            }
+            host.post_trips(shared);
+            let mirrored = host.mirror_status(shared);
+            let adopted = match host.adopt() {
+                Ok(adopted) => adopted,
+                Err(e) => {
+                    self.health
+                        .log_once(Level::Err, format!("{e}; keeping the last good snapshot"));
+                    None
+                }
+            };
+            let fresh = adopted.is_some();
+            if let Some(adopted) = adopted {
+                let read = self
+                    .loaded
+                    .poll(&mut Adopting::new(adopted, &mut self.health));
+                if let Err(e) = read {
+                    self.health.log_once(Level::Err, e);
+                }
+                if self.loaded.unpublished(&shared.current()) {
+                    let health = &mut self.health;
+                    self.loaded.publish(shared, &mut |level, message| {
+                        health.log_once(level, message)
+                    });
+                }
+                self.health.first_load_over();
+            }
+            if fresh || mirrored || state_published.elapsed() >= Duration::from_secs(1) {
+                self.loaded.publish_state(shared);
+                state_published = Instant::now();
+            }
+        }
+    }
+
     /// One connection's life: subscribe, load, then wait for a message or the next poll, until
-    /// something fails.
-    fn session(&mut self) -> Result<Infallible, String> {
+    /// something fails or another worker holds the host's session.
+    fn session(&mut self) -> Result<Infallible, Ended> {
         if std::env::var(FAULT_ENV).is_ok_and(|f| f == "refresher-panic")
             && !FAULT_INJECTED.swap(true, Ordering::SeqCst)
         {
@@ -200,6 +292,9 @@ impl Refresher {
                 &self.loaded,
                 changed,
             )?;
+            if let Some(host) = &self.host {
+                host.collect_trips(self.health.shared);
+            }
             self.writes.record_trips(&mut self.link, &mut self.health)?;
             let written = self.rollouts.round(
                 &mut self.link,
@@ -214,14 +309,21 @@ impl Refresher {
             }
             let loaded = &self.loaded;
             // A running plan's contributions and lease come round every second.
-            let wait = if loaded.rollout_running() {
-                self.config.refresh.min(Duration::from_secs(1))
+            let wait = if loaded.rollout_running() || self.host.is_some() {
+                self.config.refresh.min(HOLDER_TICK)
             } else {
                 self.config.refresh
             };
             let woke = self
                 .watch
                 .wait(&self.link, wait, |key| loaded.reads_key(key))?;
+            if let Some(host) = self.host.as_mut() {
+                if !host.keep_holding() {
+                    return Err(Ended::SteppedDown);
+                }
+                // The generation before the last is freed once every worker adopted the last.
+                host.store.reclaim();
+            }
             if matches!(woke, Woke::Tick) {
                 self.failover.check(&self.link, &mut self.health)?;
             }
@@ -250,14 +352,15 @@ impl Refresher {
         }
     }
 
-    fn subscribe(&mut self) -> Result<(), String> {
-        self.watch
-            .subscribe(&mut self.link, &mut self.health, &self.config)
+    fn subscribe(&mut self) -> Result<(), Ended> {
+        Ok(self
+            .watch
+            .subscribe(&mut self.link, &mut self.health, &self.config)?)
     }
 
     /// Reads the keys `reading` names (the whitelist, each rule set and the keys its rules
     /// reference, the guards' resets) and swaps in a new snapshot if anything changed.
-    fn poll(&mut self, reading: Reading) -> Result<Polled, String> {
+    fn poll(&mut self, reading: Reading) -> Result<Polled, Ended> {
         self.reader.begin(reading);
         let mut polled = Polled::default();
         let mut read = self.loaded.poll(&mut Session {
@@ -286,7 +389,22 @@ impl Refresher {
         // which may find nothing new to read.
         polled.replaced = read?;
         let shared = self.health.shared;
+        if !refused {
+            // Before the other workers adopt what this read: they show this status with it.
+            self.health.succeeded();
+        }
         if self.loaded.unpublished(&shared.current()) {
+            if let Some(host) = self.host.as_mut() {
+                host.share_status(shared);
+                match host.publish(&mut self.loaded) {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost) => return Err(Ended::SteppedDown),
+                    Err(e) => self.health.log_once(
+                        Level::Err,
+                        format!("the other workers keep what they have: {e}"),
+                    ),
+                }
+            }
             let health = &mut self.health;
             self.loaded.publish(shared, &mut |level, message| {
                 health.log_once(level, message)
@@ -296,20 +414,28 @@ impl Refresher {
         if refused {
             self.health.first_load_over();
         } else {
-            self.record_success();
+            self.share_state();
         }
         Ok(polled)
     }
 
     fn record_success(&mut self) {
         self.health.succeeded();
-        self.loaded.publish_state(self.health.shared);
-        self.health.first_load_over();
+        self.share_state();
     }
 
     fn record_failure(&mut self, error: &str, still_connected: bool) {
         self.health.failed(error, still_connected);
+        self.share_state();
+    }
+
+    /// Publishes this worker's state for scrapes and, holding the host's session, its status for
+    /// the other workers; the first load attempt is over.
+    fn share_state(&mut self) {
         self.loaded.publish_state(self.health.shared);
+        if let Some(host) = &self.host {
+            host.share_status(self.health.shared);
+        }
         self.health.first_load_over();
     }
 }

@@ -32,14 +32,24 @@ use crate::region::COUNTERS_PER_SERIES;
 /// The least time between two rounds of contributions (and of driving).
 const EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub(super) struct Rollouts {
+    /// Contributes the counts of every worker of this nginx (the host's session holder), not
+    /// this worker's own.
+    host_wide: bool,
     last_round: Option<Instant>,
     /// This worker's counters as last contributed, by plan id and series.
     contributed: HashMap<(u64, u32), [u64; COUNTERS_PER_SERIES]>,
 }
 
 impl Rollouts {
+    pub fn new(host_wide: bool) -> Rollouts {
+        Rollouts {
+            host_wide,
+            last_round: None,
+            contributed: HashMap::new(),
+        }
+    }
+
     /// Contributes to and (with `rollouts`) drives the plans of the loaded rule sets. Returns
     /// the keys this worker wrote, which it must read again: Redis does not tell a tracked
     /// connection of its own writes.
@@ -154,7 +164,12 @@ impl Rollouts {
     ) -> Traffic {
         let mut total = Traffic::default();
         for &s in series {
-            let Some(now) = metrics::own_counters(s) else {
+            let counted = if self.host_wide {
+                metrics::host_counters(s)
+            } else {
+                metrics::own_counters(s)
+            };
+            let Some(now) = counted else {
                 continue;
             };
             now_counted.push(((id, s), now));

@@ -204,7 +204,7 @@ impl Drop for Region {
 /// other processes can tell a torn copy: the number is odd while writing. It is set, not
 /// incremented, so a writer killed mid-write (an odd number left behind) does not turn the next
 /// writer's parity around.
-fn write_sequenced(words: &[AtomicU64], bytes: &[u8]) {
+pub(crate) fn write_sequenced(words: &[AtomicU64], bytes: &[u8]) {
     let bytes = &bytes[..bytes.len().min((words.len() - 2) * 8)];
     let writing = (words[0].load(Ordering::Relaxed) | 1).wrapping_add(2);
     words[0].store(writing, Ordering::Relaxed);
@@ -220,7 +220,7 @@ fn write_sequenced(words: &[AtomicU64], bytes: &[u8]) {
 
 /// What [`write_sequenced`] wrote in `words`; `None` if nothing was, or if a writer kept writing
 /// while this read.
-fn read_sequenced(words: &[AtomicU64]) -> Option<Vec<u8>> {
+pub(crate) fn read_sequenced(words: &[AtomicU64]) -> Option<Vec<u8>> {
     let capacity = (words.len() - 2) * 8;
     for _ in 0..100 {
         let before = words[0].load(Ordering::Acquire);

@@ -29,6 +29,18 @@ function _M.redis(cmd, ...)
     return res
 end
 
+-- How many clients the test's Redis has over TCP: gray's connections (the helpers here use its
+-- unix socket).
+function _M.tcp_clients()
+    local n = 0
+    for line in _M.redis("client", "list"):gmatch("[^\n]+") do
+        if line:find(" laddr=127.0.0.1:", 1, true) then
+            n = n + 1
+        end
+    end
+    return n
+end
+
 -- How many times the test's Redis has run `command` (lowercase), from INFO commandstats.
 function _M.calls(command)
     local info = _M.redis("info", "commandstats")
@@ -99,10 +111,10 @@ function _M.redis_resume()
 end
 
 -- GET `path` from this nginx on `port` over a new connection, with `headers` (a table, or
--- nil): status, body, the response's header block.
-function _M.http_get(port, path, headers)
+-- nil), waiting up to `timeout` seconds (2): status, body, the response's header block.
+function _M.http_get(port, path, headers, timeout)
     local sock = ngx.socket.tcp()
-    sock:settimeout(2000)
+    sock:settimeout((timeout or 2) * 1000)
     local ok, err = sock:connect("127.0.0.1", port)
     if not ok then
         return nil, err
@@ -173,6 +185,38 @@ end
 
 function _M.master_pid()
     return tonumber(read_file(ngx.config.prefix() .. "logs/nginx.pid"))
+end
+
+-- Sends signal `sig` (a number) to process `pid`.
+function _M.signal(pid, sig)
+    assert(ffi.C.kill(pid, sig) == 0, "cannot signal " .. pid)
+end
+
+-- The memory process `pid` holds in kB, shared pages counted in shares (its PSS).
+function _M.pss_kb(pid)
+    local rollup = read_file("/proc/" .. pid .. "/smaps_rollup") or ""
+    return tonumber(rollup:match("\nPss:%s+(%d+) kB"))
+end
+
+-- What each worker of this nginx answers on `path` of `port` (reuseport: new connections spread
+-- over the workers), by pid, once every worker answered within `timeout` seconds; false if some
+-- worker did not. `parse` turns a body into the answer, its first word the worker's pid.
+function _M.every_worker(port, path, timeout, parse)
+    local answers = {}
+    local all = _M.wait_for(function()
+        local _, body = _M.http_get(port, path)
+        local pid = tonumber((body or ""):match("^(%d+)"))
+        if pid then
+            answers[pid] = parse(body)
+        end
+        for _, w in ipairs(_M.workers()) do
+            if not answers[w.pid] then
+                return false
+            end
+        end
+        return true
+    end, timeout)
+    return all and answers
 end
 
 function _M.reload()

@@ -1,0 +1,392 @@
+//! One Redis session per host. Where the master made the host's store (`require "gray"` in
+//! init_by_lua), one worker at a time holds the session (the store's lease): it reads Redis as
+//! every worker did before, publishes what it loaded as a generation of the store, and swaps its
+//! own lists for the store's copy; every other worker follows: it waits on the store, adopts each
+//! new generation into its loaded state (rule sets compiled per worker from the shared text, lists
+//! read in place) and shows the holder's status as its own. A follower takes the lease when the
+//! holder is gone, stopped or retired; a holder of an older configuration cycle hands it over once
+//! a worker of the new cycle runs. A heartbeat thread keeps the lease while the process runs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use gray_core::flat::{FlatReader, FlatWriter};
+use gray_core::keys;
+use gray_core::snapshot::{LoadedKey, LoadedList};
+use gray_core::value::{Fetched, KeyKind, ListBuilder};
+use gray_core::whitelist::Whitelist;
+use gray_io::read::Limit;
+use once_cell::sync::OnceCell;
+use serde::{Deserialize, Serialize};
+
+use super::health::Health;
+use super::loaded::{Loaded, Source};
+use super::reader::Read;
+use crate::log::Level;
+use crate::state::{RefreshStatus, Shared};
+use crate::store::{self, Adopted, Item, ItemForm, NewItem, Pin, Store, StoreError, Token};
+
+/// A holder silent this long is taken over (it is stopped or hung).
+const STALE: Duration = Duration::from_millis(500);
+/// How often the holder's process proves it alive.
+const BEAT: Duration = Duration::from_millis(100);
+/// How long a follower waits for a generation before it looks at the lease again.
+pub(super) const FOLLOW_TICK: Duration = Duration::from_millis(100);
+
+/// The lease this process holds, for the heartbeat thread.
+static HELD: Mutex<Option<Token>> = Mutex::new(None);
+static HEARTBEAT: OnceCell<()> = OnceCell::new();
+
+pub(super) struct Host {
+    pub store: &'static Store,
+    /// The configuration cycle this worker was started under.
+    cycle: u64,
+    token: Option<Token>,
+    /// The generation last adopted (0: none).
+    seen: u64,
+    /// Blocks whose checksum this process has checked.
+    checked: HashSet<(u64, u64)>,
+}
+
+impl Host {
+    /// This worker's part in the host's session; `None` without a store (each worker then holds
+    /// its own session, as the log says once).
+    pub fn new() -> Option<Host> {
+        let store = store::get()?;
+        HEARTBEAT.get_or_init(|| {
+            let _ = thread::Builder::new()
+                .name("gray-heartbeat".into())
+                .spawn(move || loop {
+                    thread::sleep(BEAT);
+                    let held = *HELD.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(token) = held {
+                        store.beat(token);
+                    }
+                });
+        });
+        Some(Host {
+            store,
+            cycle: store.cycle(),
+            token: None,
+            seen: 0,
+            checked: HashSet::new(),
+        })
+    }
+
+    /// The generation this worker adopted last.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    pub fn holding(&self) -> bool {
+        self.token.is_some_and(|t| self.store.holds(t))
+    }
+
+    /// Takes the lease if it is free, its holder gone or silent; says whether this worker holds
+    /// it now.
+    pub fn try_take(&mut self) -> bool {
+        if self.holding() {
+            return true;
+        }
+        // After a reload the workers of the new configuration hold it.
+        if self.store.cycle() > self.cycle && self.store.reader_of_cycle(self.cycle + 1) {
+            return false;
+        }
+        self.token = self.store.try_take(std::process::id(), self.cycle, STALE);
+        *HELD.lock().unwrap_or_else(|e| e.into_inner()) = self.token;
+        self.token.is_some()
+    }
+
+    /// Whether this worker goes on holding the session: not once another took the lease, nor,
+    /// after a reload, once a worker of the new configuration runs (the lease is released for
+    /// it then).
+    pub fn keep_holding(&mut self) -> bool {
+        let Some(token) = self.token else {
+            return false;
+        };
+        if self.store.holds(token)
+            && !(self.store.cycle() > self.cycle && self.store.reader_of_cycle(self.cycle + 1))
+        {
+            return true;
+        }
+        self.store.release(token);
+        self.token = None;
+        *HELD.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        false
+    }
+
+    /// Publishes what `loaded` holds as the next generation and swaps its lists for the
+    /// store's copy.
+    pub fn publish(&mut self, loaded: &mut Loaded) -> Result<(), StoreError> {
+        let token = self.token.ok_or(StoreError::LeaseLost)?;
+        self.store.publish(token, items(loaded))?;
+        if let Some(adopted) = self.adopt()? {
+            share(loaded, &adopted);
+        }
+        Ok(())
+    }
+
+    /// The generation in force, if this worker has not adopted it yet.
+    pub fn adopt(&mut self) -> Result<Option<Adopted>, StoreError> {
+        let adopted = self.store.adopt(self.cycle, self.seen, &mut self.checked)?;
+        if let Some(adopted) = &adopted {
+            self.seen = adopted.generation;
+            self.checked.retain(|checked| {
+                adopted
+                    .items
+                    .iter()
+                    .any(|(item, _)| item.checked() == *checked)
+            });
+        }
+        Ok(adopted)
+    }
+
+    /// Writes the holder's status for the other workers.
+    pub fn share_status(&self, shared: &Shared) {
+        let status = HolderStatus::from(&shared.status());
+        if let Ok(json) = serde_json::to_vec(&status) {
+            self.store.write_status(&json);
+        }
+    }
+
+    /// Shows the holder's status as this worker's; says whether it changed.
+    pub fn mirror_status(&self, shared: &Shared) -> bool {
+        let Some(status) = self
+            .store
+            .read_status()
+            .and_then(|json| serde_json::from_slice::<HolderStatus>(&json).ok())
+        else {
+            return false;
+        };
+        let before = HolderStatus::from(&shared.status());
+        if before == status {
+            return false;
+        }
+        shared.update_status(|s| {
+            s.connected = status.connected;
+            s.node = status.node;
+            s.subscribed = status.subscribed;
+            s.tracking = status.tracking;
+            s.last_ok_at = status.last_ok_at;
+            s.last_error = status.last_error;
+            s.last_error_at = status.last_error_at;
+            s.failures = status.failures;
+        });
+        true
+    }
+
+    /// Hands the guard trips this worker made to the holder, which writes them to Redis.
+    pub fn post_trips(&self, shared: &Shared) {
+        for trip in shared.take_trips() {
+            let posted = serde_json::to_vec(&trip)
+                .map(|json| self.store.post(&json))
+                .unwrap_or(false);
+            if !posted {
+                shared.log(
+                    Level::Warn,
+                    format!(
+                        "no room to hand the guard trip in {} to the session's holder: grayctl guard show will not list it",
+                        trip.key
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The guard trips other workers handed over.
+    pub fn collect_trips(&self, shared: &Shared) {
+        for record in self.store.collect() {
+            if let Ok(trip) = serde_json::from_slice(&record) {
+                shared.queue_trip(trip);
+            }
+        }
+    }
+}
+
+/// What followers show of the holder's link to Redis.
+#[derive(PartialEq, Serialize, Deserialize)]
+struct HolderStatus {
+    connected: bool,
+    node: Option<String>,
+    subscribed: bool,
+    tracking: bool,
+    last_ok_at: Option<SystemTime>,
+    last_error: Option<String>,
+    last_error_at: Option<SystemTime>,
+    failures: u64,
+}
+
+impl From<&RefreshStatus> for HolderStatus {
+    fn from(s: &RefreshStatus) -> Self {
+        HolderStatus {
+            connected: s.connected,
+            node: s.node.clone(),
+            subscribed: s.subscribed,
+            tracking: s.tracking,
+            last_ok_at: s.last_ok_at,
+            // A long error is cut: the slot has room for a few kilobytes.
+            last_error: s
+                .last_error
+                .as_ref()
+                .map(|e| e.chars().take(1024).collect()),
+            last_error_at: s.last_error_at,
+            failures: s.failures,
+        }
+    }
+}
+
+/// Every value `loaded` holds, as items of a generation: the whitelist and the lists rule sets
+/// reference laid out flat, rule sets, plans and id sets as text.
+fn items(loaded: &Loaded) -> Vec<NewItem<'_>> {
+    let mut items = Vec::new();
+    let list_item = |key: &str, list: &Arc<LoadedList>| NewItem {
+        key: key.to_string(),
+        kind: list.kind.as_str().into(),
+        version: list.version,
+        bytes: 0,
+        form: ItemForm::Whitelist,
+        lay_out: Box::new({
+            let list = list.clone();
+            move || {
+                let mut writer = FlatWriter::default();
+                list.list.write_flat(&mut writer);
+                writer.into_bytes()
+            }
+        }),
+    };
+    if let Some(list) = &loaded.whitelist {
+        items.push(list_item(&loaded.config.key, list));
+    }
+    for slot in &loaded.rule_sets {
+        for (key, text) in [
+            (slot.key.clone(), &slot.text),
+            (keys::rollout(&slot.key), &slot.rollout_text),
+        ] {
+            if let Some(text) = text {
+                items.push(text_item(key, text.kind, text.version, text.value.clone()));
+            }
+        }
+    }
+    for (key, value) in &loaded.keys {
+        items.push(match value {
+            LoadedKey::Whitelist(list) => list_item(&key.name, list),
+            LoadedKey::Ids(ids) => {
+                let text = ids.ids.ids().collect::<Vec<_>>().join(&b'\n');
+                text_item(key.name.clone(), ids.kind, ids.version, text.into())
+            }
+        });
+    }
+    items
+}
+
+fn text_item(key: String, kind: KeyKind, version: u64, value: Arc<[u8]>) -> NewItem<'static> {
+    NewItem {
+        key,
+        kind: kind.as_str().into(),
+        version,
+        bytes: value.len(),
+        form: ItemForm::Text,
+        lay_out: Box::new(move || value.to_vec()),
+    }
+}
+
+/// A text value as last read, kept to be published to the other workers.
+pub(super) struct StoredText {
+    pub kind: KeyKind,
+    pub version: u64,
+    pub value: Arc<[u8]>,
+}
+
+/// Swaps the lists `loaded` holds for the store's copy of the same versions (the holder, once it
+/// published them).
+fn share(loaded: &mut Loaded, adopted: &Adopted) {
+    let shared = |key: &str, list: &Arc<LoadedList>| -> Option<Arc<LoadedList>> {
+        let (_, pin) = adopted.items.iter().find(|(item, _)| {
+            item.key == key && item.form == ItemForm::Whitelist && item.version == list.version
+        })?;
+        let read = Whitelist::read_flat(&mut FlatReader::new(pin.clone())).ok()?;
+        Some(Arc::new(LoadedList {
+            list: read,
+            kind: list.kind,
+            version: list.version,
+            loaded_at: list.loaded_at,
+        }))
+    };
+    if let Some(list) = &loaded.whitelist {
+        if let Some(read) = shared(&loaded.config.key, list) {
+            loaded.whitelist = Some(read);
+        }
+    }
+    for (key, value) in loaded.keys.iter_mut() {
+        if let LoadedKey::Whitelist(list) = value {
+            if let Some(read) = shared(&key.name, list) {
+                *list = read;
+            }
+        }
+    }
+}
+
+/// The loaded state's [`Source`] in a follower: the keys of an adopted generation, what it says
+/// reported to the health.
+pub(super) struct Adopting<'a> {
+    items: HashMap<(String, ItemForm), (Item, Arc<Pin>)>,
+    health: &'a mut Health,
+}
+
+impl<'a> Adopting<'a> {
+    pub fn new(adopted: Adopted, health: &'a mut Health) -> Adopting<'a> {
+        let items = adopted
+            .items
+            .into_iter()
+            .map(|(item, pin)| ((item.key.clone(), item.form), (item, pin)))
+            .collect();
+        Adopting { items, health }
+    }
+}
+
+impl Source for Adopting<'_> {
+    fn read<B: ListBuilder>(&mut self, key: &str, _: Limit) -> Result<Read<B>, String> {
+        let form = if B::TAKES_BUILT {
+            ItemForm::Whitelist
+        } else {
+            ItemForm::Text
+        };
+        // A key the holder does not read (a worker of another configuration): nothing new.
+        let Some((item, pin)) = self.items.get(&(key.to_string(), form)) else {
+            return Ok(Read::Unchanged);
+        };
+        let kind = KeyKind::from_name(&item.kind).unwrap_or(KeyKind::Missing);
+        let builder = match form {
+            ItemForm::Text => {
+                let mut builder = B::default();
+                builder.add(gray_core::flat::Backing::bytes(&**pin));
+                builder
+            }
+            ItemForm::Whitelist => {
+                let list = Whitelist::read_flat(&mut FlatReader::new(pin.clone()))
+                    .map_err(|e| format!("the host's copy of key {key}: {e}"))?;
+                B::built(list).expect("a builder that takes built lists")
+            }
+        };
+        Ok(Read::Value(
+            Fetched::stored(kind, item.version, item.bytes, builder),
+            Duration::ZERO,
+        ))
+    }
+
+    fn forget(&mut self, _: &str) {}
+
+    fn log(&mut self, level: Level, message: String) {
+        self.health.log(level, message);
+    }
+
+    fn log_once(&mut self, level: Level, message: String) {
+        self.health.log_once(level, message);
+    }
+
+    fn rejected(&mut self, error: String) {
+        self.health.rejected(error);
+    }
+}

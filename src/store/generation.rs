@@ -1,0 +1,334 @@
+//! Generations: what the holder loaded, published for every worker of the host. Each item (a
+//! key's value: a text, or a whitelist laid out flat) lies in a block of its own, with a checksum;
+//! a manifest lists the items, and the header's directory word names the manifest in force. An
+//! item whose key and version are unchanged keeps its block, so a change costs the blocks of what
+//! changed. The holder writes the next manifest into the slot not in force and swaps the
+//! directory word by compare-and-swap under its fencing token, then wakes the readers.
+//!
+//! A reader announces the generation it adopts (see `readers`), reads the manifest and checks
+//! every block it has not checked before against its checksum: a torn or corrupted manifest or
+//! block is an error that names what broke, and the reader keeps what it had.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use gray_core::flat::Backing;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::blocks::Block;
+use super::readers::{NONE, READERS};
+use super::{Store, Token, MANIFESTS_AT, MANIFEST_SLOT};
+
+/// How an item's bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemForm {
+    /// The value as read (a SET's members joined by newlines).
+    Text,
+    /// A whitelist: its figures, then its address set, as flat records.
+    Whitelist,
+}
+
+/// An item as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub key: String,
+    /// "missing", "string" or "set".
+    pub kind: String,
+    pub version: u64,
+    /// The value's size as read.
+    pub bytes: usize,
+    pub form: ItemForm,
+    first: usize,
+    chunks: usize,
+    block: u64,
+    len: usize,
+    checksum: u64,
+}
+
+impl Item {
+    /// What a reader remembers of a block it checked: its id and checksum.
+    pub fn checked(&self) -> (u64, u64) {
+        (self.block, self.checksum)
+    }
+
+    pub(super) fn block(&self) -> Block {
+        Block {
+            first: self.first,
+            chunks: self.chunks,
+            id: self.block,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    generation: u64,
+    items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another worker took the lease: this one publishes nothing more.
+    LeaseLost,
+    /// The data area has no run of free chunks this long.
+    Full { bytes: usize },
+    /// The manifest's text does not fit its slot.
+    ManifestTooLarge { bytes: usize },
+    /// The manifest in force cannot be trusted.
+    Manifest(String),
+    /// An item's block cannot be trusted.
+    Item { key: String, why: String },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::LeaseLost => write!(f, "another worker holds the session now"),
+            StoreError::Full { bytes } => {
+                write!(f, "no room for {bytes} bytes in the host's shared memory")
+            }
+            StoreError::ManifestTooLarge { bytes } => write!(
+                f,
+                "a manifest of {bytes} bytes, over the {MANIFEST_SLOT} it has room for"
+            ),
+            StoreError::Manifest(why) => write!(f, "the host's manifest: {why}"),
+            StoreError::Item { key, why } => write!(f, "the host's copy of key {key}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A generation as a reader adopted it: each item and its bytes.
+pub struct Adopted {
+    pub generation: u64,
+    pub items: Vec<(Item, Arc<Pin>)>,
+}
+
+/// An item's bytes in the store, read by this process while the pin lives.
+pub struct Pin {
+    store: &'static Store,
+    slot: usize,
+    generation: u64,
+    bytes: &'static [u8],
+}
+
+impl Backing for Pin {
+    fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.unpin(&mut readers, self.slot, self.generation);
+    }
+}
+
+fn generation_of(dir: u64) -> u64 {
+    (dir & u64::from(u32::MAX)) >> 1
+}
+
+impl Store {
+    pub(super) fn manifest_words(&self, slot: u64) -> &[std::sync::atomic::AtomicU64] {
+        self.words(
+            MANIFESTS_AT + slot as usize * MANIFEST_SLOT,
+            MANIFEST_SLOT / 8,
+        )
+    }
+
+    /// The manifest in force, as `(directory word, manifest)`; `None` before the first publish.
+    fn manifest(&self) -> Result<Option<(u64, Manifest)>, StoreError> {
+        let dir = self.header().dir.load(Ordering::SeqCst);
+        let generation = generation_of(dir);
+        if generation == 0 {
+            return Ok(None);
+        }
+        let bytes = crate::region::read_sequenced(self.manifest_words(dir & 1))
+            .ok_or_else(|| StoreError::Manifest("it was being written".into()))?;
+        let (sum, json) = bytes
+            .split_at_checked(8)
+            .ok_or_else(|| StoreError::Manifest("shorter than its checksum".into()))?;
+        if u64::from_le_bytes(sum.try_into().expect("8 bytes")) != xxh3_64(json) {
+            return Err(StoreError::Manifest("its checksum does not match".into()));
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(json).map_err(|e| StoreError::Manifest(e.to_string()))?;
+        if manifest.generation != generation {
+            return Err(StoreError::Manifest(format!(
+                "generation {} where {generation} is in force",
+                manifest.generation
+            )));
+        }
+        Ok(Some((dir, manifest)))
+    }
+
+    /// Publishes the next generation, `items` in order; an item whose key, kind, form and
+    /// version the generation in force has keeps its block, and only the others are laid out.
+    /// Returns the generation's number.
+    pub fn publish(&self, token: Token, items: Vec<NewItem<'_>>) -> Result<u64, StoreError> {
+        let current = self.manifest().ok().flatten();
+        let dir = current
+            .as_ref()
+            .map_or_else(|| self.header().dir.load(Ordering::SeqCst), |(d, _)| *d);
+        if !self.holds(token) || !self.fenced_by(dir, token) {
+            return Err(StoreError::LeaseLost);
+        }
+        let generation = generation_of(dir) + 1;
+        let mut listed = Vec::with_capacity(items.len());
+        for new in items {
+            let kept = current.as_ref().and_then(|(_, m)| {
+                m.items.iter().find(|i| {
+                    i.key == new.key
+                        && i.version == new.version
+                        && i.form == new.form
+                        && i.kind == new.kind
+                        && self.owns(i.block())
+                })
+            });
+            if let Some(kept) = kept {
+                listed.push(kept.clone());
+                continue;
+            }
+            // What is laid out and not published (no room, a lost lease) is retired by the next
+            // publish, which retires every block it does not list.
+            let bytes = (new.lay_out)();
+            let block = self
+                .allocate(bytes.len())
+                .ok_or(StoreError::Full { bytes: bytes.len() })?;
+            self.write_block(block, &bytes);
+            listed.push(Item {
+                key: new.key,
+                kind: new.kind,
+                version: new.version,
+                bytes: new.bytes,
+                form: new.form,
+                first: block.first,
+                chunks: block.chunks,
+                block: block.id,
+                len: bytes.len(),
+                checksum: xxh3_64(&bytes),
+            });
+        }
+        let blocks: Vec<Block> = listed.iter().map(Item::block).collect();
+        let json = serde_json::to_vec(&Manifest {
+            generation,
+            items: listed,
+        })
+        .expect("a manifest is plain data");
+        let mut text = xxh3_64(&json).to_le_bytes().to_vec();
+        text.extend_from_slice(&json);
+        if text.len() > MANIFEST_SLOT - 16 {
+            return Err(StoreError::ManifestTooLarge { bytes: text.len() });
+        }
+        let slot = (dir & 1) ^ 1;
+        crate::region::write_sequenced(self.manifest_words(slot), &text);
+        let next = (dir & !u64::from(u32::MAX)) | (generation << 1) | slot;
+        if self
+            .header()
+            .dir
+            .compare_exchange(dir, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+            || !self.holds(token)
+        {
+            return Err(StoreError::LeaseLost);
+        }
+        self.header()
+            .published
+            .store(generation as u32, Ordering::Release);
+        self.wake_readers();
+        self.retire_others(&blocks, generation);
+        self.reclaim();
+        Ok(generation)
+    }
+
+    /// Adopts the generation in force, unless it is `seen`: every item, its block checked
+    /// against its checksum unless `checked` holds it already (and then added to it).
+    pub fn adopt(
+        &'static self,
+        cycle: u64,
+        seen: u64,
+        checked: &mut HashSet<(u64, u64)>,
+    ) -> Result<Option<Adopted>, StoreError> {
+        let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = self
+            .reader_slot(&mut readers, cycle)
+            .ok_or_else(|| StoreError::Manifest("every reader slot is a live process's".into()))?;
+        let adopted = loop {
+            let dir = self.header().dir.load(Ordering::SeqCst);
+            if generation_of(dir) == seen {
+                return Ok(None);
+            }
+            self.announce(slot, generation_of(dir));
+            if self.header().dir.load(Ordering::SeqCst) != dir {
+                continue;
+            }
+            break self.read_items(&mut readers, slot, checked);
+        };
+        self.announce(slot, NONE);
+        adopted
+    }
+
+    /// The manifest's items, every block checked before any is pinned.
+    fn read_items(
+        &'static self,
+        readers: &mut super::readers::Readers,
+        slot: usize,
+        checked: &mut HashSet<(u64, u64)>,
+    ) -> Result<Option<Adopted>, StoreError> {
+        let Some((_, manifest)) = self.manifest()? else {
+            return Ok(None);
+        };
+        let mut found = Vec::with_capacity(manifest.items.len());
+        for item in manifest.items {
+            let broken = |why: &str| StoreError::Item {
+                key: item.key.clone(),
+                why: why.into(),
+            };
+            if item.len > item.chunks * super::CHUNK || !self.owns(item.block()) {
+                return Err(broken("its block is not where the manifest says"));
+            }
+            let bytes = self
+                .block_bytes(item.first, item.len)
+                .ok_or_else(|| broken("its block lies outside the store"))?;
+            if !checked.contains(&item.checked()) {
+                if xxh3_64(bytes) != item.checksum {
+                    return Err(broken("its checksum does not match"));
+                }
+                checked.insert(item.checked());
+            }
+            found.push((item, bytes));
+        }
+        let generation = manifest.generation;
+        let items = found
+            .into_iter()
+            .map(|(item, bytes)| {
+                self.pin(readers, slot, generation);
+                let pin = Pin {
+                    store: self,
+                    slot,
+                    generation,
+                    bytes,
+                };
+                (item, Arc::new(pin))
+            })
+            .collect();
+        Ok(Some(Adopted { generation, items }))
+    }
+}
+
+/// An item for the next generation.
+pub struct NewItem<'a> {
+    pub key: String,
+    pub kind: String,
+    pub version: u64,
+    pub bytes: usize,
+    pub form: ItemForm,
+    /// Lays the item out, if the generation in force does not have it.
+    pub lay_out: Box<dyn FnOnce() -> Vec<u8> + 'a>,
+}

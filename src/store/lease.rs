@@ -1,0 +1,97 @@
+//! Who holds the Redis session: a lease in the store's header, the holder's pid beside a fencing
+//! token that every takeover raises, and a heartbeat the holder's process renews. Any worker
+//! takes the lease when it is free (released by a holder that stepped down or retired), when its
+//! holder's process is gone (SIGKILL, a crash), or when the heartbeat is older than `stale` (a
+//! holder stopped or hung). A takeover also stamps its token on the generation in force, so a
+//! holder that was stopped and comes back cannot publish over its successor: its publish
+//! compares the token and fails (see `generation`).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{alive, monotonic_ms, Store};
+
+/// A holder's proof of its lease: the token and pid it took it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token(u64);
+
+impl Token {
+    fn fence(self) -> u64 {
+        self.0 >> 32
+    }
+}
+
+impl Store {
+    /// Takes the lease for process `pid` (of configuration cycle `cycle`) if it is free, its
+    /// holder is gone, or its heartbeat is older than `stale`.
+    pub fn try_take(&self, pid: u32, cycle: u64, stale: Duration) -> Option<Token> {
+        let header = self.header();
+        let current = header.lease.load(Ordering::Acquire);
+        let holder = current as u32;
+        if holder == pid {
+            return Some(Token(current));
+        }
+        let silent_ms = monotonic_ms().saturating_sub(header.heartbeat_ms.load(Ordering::Acquire));
+        let takeable = holder == 0 || !alive(holder) || silent_ms > stale.as_millis() as u64;
+        if !takeable {
+            return None;
+        }
+        let token = Token((((current >> 32) + 1) << 32) | u64::from(pid));
+        header
+            .lease
+            .compare_exchange(current, token.0, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        header.heartbeat_ms.store(monotonic_ms(), Ordering::Release);
+        header.holder_cycle.store(cycle, Ordering::Release);
+        self.fence_generation(token);
+        Some(token)
+    }
+
+    /// Renews the heartbeat; false once the lease is no longer `token`'s.
+    pub fn beat(&self, token: Token) -> bool {
+        let header = self.header();
+        if !self.holds(token) {
+            return false;
+        }
+        header.heartbeat_ms.store(monotonic_ms(), Ordering::Release);
+        true
+    }
+
+    /// Whether `token` still holds the lease.
+    pub fn holds(&self, token: Token) -> bool {
+        self.header().lease.load(Ordering::Acquire) == token.0
+    }
+
+    /// Gives the lease up: the next worker to look takes it at once.
+    pub fn release(&self, token: Token) {
+        let _ = self.header().lease.compare_exchange(
+            token.0,
+            token.0 & !u64::from(u32::MAX),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The holder's pid, if any.
+    pub fn holder(&self) -> Option<u32> {
+        Some(self.header().lease.load(Ordering::Acquire) as u32).filter(|&pid| pid != 0)
+    }
+
+    /// Stamps `token` on the generation in force, so that only its holder publishes the next.
+    fn fence_generation(&self, token: Token) {
+        let dir = &self.header().dir;
+        let mut current = dir.load(Ordering::Acquire);
+        loop {
+            let fenced = (token.fence() << 32) | (current & u64::from(u32::MAX));
+            match dir.compare_exchange(current, fenced, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Whether the generation in force was last stamped by `token`.
+    pub(super) fn fenced_by(&self, dir: u64, token: Token) -> bool {
+        dir >> 32 == token.fence()
+    }
+}

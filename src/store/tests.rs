@@ -1,0 +1,275 @@
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// The tests fork: one at a time, so that no other test thread holds a lock the child needs.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn store() -> &'static Store {
+    Box::leak(Box::new(Store::create().unwrap()))
+}
+
+fn me() -> u32 {
+    std::process::id()
+}
+
+fn text(key: &str, value: &[u8]) -> NewItem<'static> {
+    let value = value.to_vec();
+    NewItem {
+        key: key.into(),
+        kind: "string".into(),
+        version: xxhash_rust::xxh3::xxh3_64(&value),
+        bytes: value.len(),
+        form: ItemForm::Text,
+        lay_out: Box::new(move || value),
+    }
+}
+
+fn read(adopted: &Adopted, key: &str) -> Vec<u8> {
+    let (_, pin) = adopted
+        .items
+        .iter()
+        .find(|(item, _)| item.key == key)
+        .expect("the key is in the generation");
+    gray_core::flat::Backing::bytes(&**pin).to_vec()
+}
+
+/// Runs `child` in a forked process and returns its exit status.
+fn in_child(child: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only touches the store and exits at once.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = child();
+        // SAFETY: ends the child without running the test harness's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    libc::WEXITSTATUS(status)
+}
+
+#[test]
+fn a_generation_reads_back_and_an_unchanged_item_keeps_its_block() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, Duration::from_millis(500)).unwrap();
+    let mut checked = HashSet::new();
+    assert!(store.adopt(1, 0, &mut checked).unwrap().is_none());
+    let first = store
+        .publish(
+            token,
+            vec![text("gray", b"10.0.0.1"), text("gray:rules", b"{}")],
+        )
+        .unwrap();
+    let adopted = store.adopt(1, 0, &mut checked).unwrap().unwrap();
+    assert_eq!(adopted.generation, first);
+    assert_eq!(read(&adopted, "gray"), b"10.0.0.1");
+    assert!(store.adopt(1, first, &mut checked).unwrap().is_none());
+    let second = store
+        .publish(
+            token,
+            vec![text("gray", b"10.0.0.1"), text("gray:rules", b"[]")],
+        )
+        .unwrap();
+    let next = store.adopt(1, first, &mut checked).unwrap().unwrap();
+    assert_eq!(next.generation, second);
+    let block = |a: &Adopted, key: &str| {
+        let item = &a.items.iter().find(|(i, _)| i.key == key).unwrap().0;
+        (item.block(), item.version)
+    };
+    assert_eq!(block(&adopted, "gray"), block(&next, "gray"));
+    assert_ne!(block(&adopted, "gray:rules"), block(&next, "gray:rules"));
+    assert_eq!(read(&next, "gray:rules"), b"[]");
+}
+
+#[test]
+fn a_thousand_changes_leave_memory_where_one_leaves_it() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, Duration::from_millis(500)).unwrap();
+    let mut checked = HashSet::new();
+    let mut held = None;
+    let mut most = 0;
+    for change in 0..1000u32 {
+        let mut value = vec![b'x'; 200 << 10];
+        value[..4].copy_from_slice(&change.to_le_bytes());
+        store
+            .publish(token, vec![text("gray", &value), text("gray:rules", b"{}")])
+            .unwrap();
+        let seen = held.as_ref().map_or(0, |a: &Adopted| a.generation);
+        held = store.adopt(1, seen, &mut checked).unwrap();
+        most = most.max(store.chunks_held());
+    }
+    // The list's 4 chunks and the rule set's one, twice: the generation read and the one before
+    // it, freed at the next publish.
+    assert!(most <= 10, "{most} chunks held at most");
+    drop(held);
+    store.publish(token, vec![]).unwrap();
+    assert_eq!(store.chunks_held(), 0);
+}
+
+#[test]
+fn a_generation_another_process_reads_is_kept_until_it_exits() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, Duration::from_millis(500)).unwrap();
+    store.publish(token, vec![text("gray", b"old")]).unwrap();
+    let (mut ready, mut done) = ([0; 2], [0; 2]);
+    // SAFETY: two pipes: the child says it read, the parent says it may exit.
+    assert_eq!(
+        unsafe { libc::pipe(ready.as_mut_ptr()) + libc::pipe(done.as_mut_ptr()) },
+        0
+    );
+    // SAFETY: the child only touches the store and the pipes, and exits.
+    let reader = unsafe { libc::fork() };
+    if reader == 0 {
+        let read_old = match store.adopt(1, 0, &mut HashSet::new()) {
+            Ok(Some(adopted)) => read(&adopted, "gray") == b"old",
+            _ => false,
+        };
+        let held = store.adopt(1, 0, &mut HashSet::new());
+        let mut byte = 0u8;
+        // SAFETY: writes one byte, then blocks until the parent writes or closes its end.
+        unsafe {
+            libc::write(ready[1], [u8::from(read_old)].as_ptr().cast(), 1);
+            libc::read(done[0], (&mut byte as *mut u8).cast(), 1);
+        }
+        drop(held);
+        // SAFETY: ends the child without running the test harness's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut read_old = 0u8;
+    // SAFETY: reads the child's one byte (0 if it died first: the parent's write end closed).
+    unsafe {
+        libc::close(ready[1]);
+        libc::read(ready[0], (&mut read_old as *mut u8).cast(), 1);
+    }
+    assert_eq!(read_old, 1, "the child read the generation");
+    let held = store.chunks_held();
+    store.publish(token, vec![text("gray", b"new")]).unwrap();
+    assert_eq!(
+        store.chunks_held(),
+        held + 1,
+        "the child still reads the old one"
+    );
+    // SAFETY: tells the child to exit and waits for it.
+    unsafe {
+        libc::write(done[1], [0u8].as_ptr().cast(), 1);
+        libc::waitpid(reader, std::ptr::null_mut(), 0);
+        for fd in [ready[0], done[0], done[1]] {
+            libc::close(fd);
+        }
+    }
+    store.publish(token, vec![text("gray", b"new")]).unwrap();
+    assert_eq!(store.chunks_held(), held);
+}
+
+#[test]
+fn the_lease_passes_on_a_stale_heartbeat_and_a_dead_holder_and_fences_the_old_one() {
+    let _serial = serial();
+    let store = store();
+    let stale = Duration::from_millis(200);
+    // A holder that dies: the next taker does not wait for its heartbeat to age.
+    assert_eq!(
+        in_child(|| i32::from(store.try_take(me(), 1, stale).is_none())),
+        0
+    );
+    let started = Instant::now();
+    let token = store.try_take(me(), 1, stale).unwrap();
+    assert!(started.elapsed() < stale);
+    assert_eq!(store.holder(), Some(me()));
+    store.publish(token, vec![text("gray", b"a")]).unwrap();
+    // A live, beating holder keeps it; one that stops beating loses it to the next.
+    let child_took = in_child(|| {
+        let took = store.try_take(me(), 2, stale).is_some();
+        i32::from(took)
+    });
+    assert_eq!(child_took, 0);
+    std::thread::sleep(stale * 2);
+    assert_eq!(
+        in_child(|| {
+            let Some(token) = store.try_take(me(), 2, stale) else {
+                return 1;
+            };
+            match store.publish(token, vec![text("gray", b"b")]) {
+                Ok(_) => 0,
+                Err(_) => 2,
+            }
+        }),
+        0
+    );
+    assert!(!store.beat(token));
+    assert_eq!(
+        store.publish(token, vec![text("gray", b"c")]),
+        Err(StoreError::LeaseLost)
+    );
+    let adopted = store.adopt(1, 0, &mut HashSet::new()).unwrap().unwrap();
+    assert_eq!(read(&adopted, "gray"), b"b");
+    // Released, it is taken at once.
+    let again = store.try_take(me(), 1, stale).unwrap();
+    store.release(again);
+    assert_eq!(store.holder(), None);
+    assert!(store.try_take(me(), 1, Duration::from_secs(3600)).is_some());
+}
+
+#[test]
+fn a_corrupted_block_or_manifest_is_refused_by_name() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, Duration::from_millis(500)).unwrap();
+    store
+        .publish(token, vec![text("gray", b"10.0.0.1"), text("office", b"x")])
+        .unwrap();
+    let adopted = store.adopt(1, 0, &mut HashSet::new()).unwrap().unwrap();
+    let (item, pin) = &adopted.items[1];
+    let at = gray_core::flat::Backing::bytes(&**pin).as_ptr() as *mut u8;
+    // SAFETY: flips a byte of the block, inside the mapping, as a stray write would.
+    unsafe { *at ^= 1 };
+    assert_eq!(item.key, "office");
+    drop(adopted);
+    assert_eq!(
+        store.adopt(1, 0, &mut HashSet::new()).err(),
+        Some(StoreError::Item {
+            key: "office".into(),
+            why: "its checksum does not match".into()
+        })
+    );
+    let dir = store.header().dir.load(Ordering::SeqCst);
+    let words = store.manifest_words(dir & 1);
+    words[5].fetch_xor(1 << 9, Ordering::SeqCst);
+    assert!(matches!(
+        store.adopt(1, 0, &mut HashSet::new()),
+        Err(StoreError::Manifest(_))
+    ));
+}
+
+#[test]
+fn a_reader_waiting_in_another_process_is_woken_by_a_publish() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, Duration::from_millis(500)).unwrap();
+    let seen = store.header().published.load(Ordering::Acquire);
+    // SAFETY: the child waits on the store and exits.
+    let waiter = unsafe { libc::fork() };
+    if waiter == 0 {
+        let started = Instant::now();
+        store.wait(seen, Duration::from_secs(5));
+        let woken = store.header().published.load(Ordering::Acquire) != seen
+            && started.elapsed() < Duration::from_secs(4);
+        // SAFETY: ends the child without running the test harness's exit handlers.
+        unsafe { libc::_exit(i32::from(!woken)) };
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    store.publish(token, vec![text("gray", b"1")]).unwrap();
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(waiter, &mut status, 0) };
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+}
