@@ -673,8 +673,9 @@ def wrong_type(redis, gw):
 
 
 def large_rereads(redis, gw):
-    """A 20 MB list (the good entries and 1.4M others) read again on 5 new connections: each worker
-    keeps one copy of the list, not one per read."""
+    """A 20 MB list (the good entries and 1.4M others) read again on 5 new connections by the
+    worker holding the session (the others read nothing from Redis): the nginx keeps one copy of
+    the list, not one per read."""
     filler = [f"100.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(1_400_000)]
     value = ",".join(GOOD + filler)
     state = {}
@@ -691,8 +692,8 @@ def large_rereads(redis, gw):
             # only when that goes, so no fresh connection is killed in between.
             redis.cli("CLIENT", "KILL", "TYPE", "normal")
             redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
-            # A worker logs "redis is back" once its first read on the new connection is done.
-            if wait_until(lambda: len(set(re.findall(r"(\d+)#\d+: .*redis is back", gw.log_text(cycle)))) >= 2, 10):
+            # The holder logs "redis is back" once its first read on the new connection is done.
+            if wait_until(lambda: "redis is back" in gw.log_text(cycle), 10):
                 state["rereads"] += 1
             time.sleep(0.5)
     since = gw.log_size()
@@ -700,7 +701,7 @@ def large_rereads(redis, gw):
                 r"loaded whitelist from string key gray: 1401000 entries", "1,401,000 entries loaded",
                 max_growth_mib=64)
     row.check(state["loaded"], "both workers loaded it")
-    row.check(state["rereads"] == 5, f"both workers read it again {state['rereads']} of 5 times")
+    row.check(state["rereads"] == 5, f"the session's holder read it again {state['rereads']} of 5 times")
     growth = rss_growth(state["rss"], rss_floor(gw))
     row.check(growth <= 4, f"worker RSS moved {growth:+.1f} MiB over the 5 re-reads (bound 4)")
     put_good(redis, gw)

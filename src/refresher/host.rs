@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use gray_core::flat::{FlatReader, FlatWriter};
 use gray_core::keys;
@@ -37,13 +37,26 @@ pub(super) const FOLLOW_TICK: Duration = Duration::from_millis(100);
 
 /// The lease this process holds, for the heartbeat thread.
 static HELD: Mutex<Option<Token>> = Mutex::new(None);
+
+/// Gives up the lease this process holds: its refresher panicked, and restarts only after a
+/// backoff, so another worker holds the session meanwhile.
+pub(super) fn release_held() {
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let (Some(token), Some(store)) = (held, store::get()) {
+        store.release(token);
+    }
+}
 static HEARTBEAT: OnceCell<()> = OnceCell::new();
 
 pub(super) struct Host {
     pub store: &'static Store,
-    /// The configuration cycle this worker was started under.
+    /// The configuration cycle this worker was forked under.
     cycle: u64,
     token: Option<Token>,
+    /// The lease and heartbeat last seen, and since when they have not moved.
+    watched: Option<((u64, u64), Instant)>,
+    /// The last generation published could not be: publish again.
+    pub unpublished: bool,
     /// The generation last adopted (0: none).
     seen: u64,
     /// Blocks whose checksum this process has checked.
@@ -68,8 +81,10 @@ impl Host {
         });
         Some(Host {
             store,
-            cycle: store.cycle(),
+            cycle: store::own_cycle(),
             token: None,
+            watched: None,
+            unpublished: false,
             seen: 0,
             checked: HashSet::new(),
         })
@@ -94,8 +109,19 @@ impl Host {
         if self.store.cycle() > self.cycle && self.store.reader_of_cycle(self.cycle + 1) {
             return false;
         }
-        self.token = self.store.try_take(std::process::id(), self.cycle, STALE);
+        let now = self.store.lease();
+        let silent = match self.watched {
+            Some((seen, since)) if seen == now => (since.elapsed() >= STALE).then_some(now.0),
+            _ => {
+                self.watched = Some((now, Instant::now()));
+                None
+            }
+        };
+        self.token = self.store.try_take(std::process::id(), self.cycle, silent);
         *HELD.lock().unwrap_or_else(|e| e.into_inner()) = self.token;
+        if self.token.is_some() {
+            self.watched = None;
+        }
         self.token.is_some()
     }
 
@@ -118,14 +144,22 @@ impl Host {
     }
 
     /// Publishes what `loaded` holds as the next generation and swaps its lists for the
-    /// store's copy.
+    /// store's copy; what could not be published is published again at the next call.
     pub fn publish(&mut self, loaded: &mut Loaded) -> Result<(), StoreError> {
         let token = self.token.ok_or(StoreError::LeaseLost)?;
+        self.unpublished = true;
         self.store.publish(token, items(loaded))?;
+        self.unpublished = false;
         if let Some(adopted) = self.adopt()? {
             share(loaded, &adopted);
         }
         Ok(())
+    }
+
+    /// Whether the holder's generation is of this worker's configuration (or a newer one):
+    /// until then a worker of a new configuration may miss keys only it reads.
+    pub fn current(&self) -> bool {
+        self.store.holder_cycle() >= self.cycle
     }
 
     /// The generation in force, if this worker has not adopted it yet.
@@ -226,11 +260,14 @@ impl From<&RefreshStatus> for HolderStatus {
             subscribed: s.subscribed,
             tracking: s.tracking,
             last_ok_at: s.last_ok_at,
-            // A long error is cut: the slot has room for a few kilobytes.
-            last_error: s
-                .last_error
-                .as_ref()
-                .map(|e| e.chars().take(1024).collect()),
+            // A long error is cut: the slot has room for a few kilobytes, escapes included.
+            last_error: s.last_error.as_ref().map(|e| {
+                let mut cut = e.len().min(512);
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e[..cut].to_string()
+            }),
             last_error_at: s.last_error_at,
             failures: s.failures,
         }

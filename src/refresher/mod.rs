@@ -97,6 +97,7 @@ pub fn spawn(
             supervise(
                 || match refresher.run() {},
                 |message, backoff| {
+                    host::release_held();
                     shared.update_status(|s| {
                         s.running = false;
                         s.restarts += 1;
@@ -216,11 +217,16 @@ impl Refresher {
             "following the host's session: another worker reads Redis".into(),
         );
         let mut state_published = Instant::now();
+        let mut published = None;
         loop {
             let Some(host) = self.host.as_mut() else {
                 return;
             };
-            host.store.wait(host.seen() as u32, FOLLOW_TICK);
+            // Woken by a publish, or every tick to look at the lease: never in a loop on a
+            // generation it cannot adopt.
+            let seen = published.unwrap_or(host.seen() as u32);
+            host.store.wait(seen, FOLLOW_TICK);
+            published = Some(host.store.published());
             if host.try_take() {
                 return;
             }
@@ -248,6 +254,8 @@ impl Refresher {
                         health.log_once(level, message)
                     });
                 }
+            }
+            if fresh && self.host.as_ref().is_some_and(Host::current) {
                 self.health.first_load_over();
             }
             if fresh || mirrored || state_published.elapsed() >= Duration::from_secs(1) {
@@ -349,6 +357,11 @@ impl Refresher {
                     None => Some(Reading::Poll),
                 },
             };
+            if self.host.as_ref().is_some_and(|host| host.unpublished) {
+                // The other workers wait for what the last publish could not give them.
+                self.loaded.mark_unpublished();
+                due = due.or(Some(Reading::Keys(HashSet::new())));
+            }
         }
     }
 

@@ -67,11 +67,12 @@ impl Store {
         Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(self.data_at + at), len) })
     }
 
-    pub(super) fn write_block(&self, block: Block, bytes: &[u8]) {
-        assert!(
-            bytes.len() <= block.chunks * CHUNK,
-            "a block holds what it was made for"
-        );
+    /// Writes `bytes` into `block`; false if the block is no longer this holder's (it was
+    /// stopped, and its successor freed it) or too small.
+    pub(super) fn write_block(&self, block: Block, bytes: &[u8]) -> bool {
+        if bytes.len() > block.chunks * CHUNK || !self.owns(block) {
+            return false;
+        }
         // SAFETY: the block's chunks are this holder's, inside the data area, and no manifest
         // names them yet: nobody else reads or writes them.
         unsafe {
@@ -81,13 +82,42 @@ impl Store {
                 bytes.len(),
             );
         }
+        true
     }
 
     /// Whether `block` is still allocated as it was when named.
     pub(super) fn owns(&self, block: Block) -> bool {
-        block.first + block.chunks <= self.chunks
-            && (block.first..block.first + block.chunks)
-                .all(|c| self.owners()[c].load(Ordering::Acquire) == block.id)
+        block.chunks > 0
+            && block
+                .first
+                .checked_add(block.chunks)
+                .is_some_and(|end| end <= self.chunks)
+            && self.owners()[block.first..block.first + block.chunks]
+                .iter()
+                .all(|o| o.load(Ordering::Acquire) == block.id)
+    }
+
+    /// Frees `block` at once: no manifest names it.
+    pub(super) fn free(&self, block: Block) {
+        if self.owns(block) {
+            self.give_back(block.first, block.chunks);
+        }
+    }
+
+    /// Gives chunks back to the system, for every process at once, and marks them free.
+    fn give_back(&self, first: usize, chunks: usize) {
+        // SAFETY: the chunks' own pages, inside the mapping; nobody reads them.
+        unsafe {
+            libc::madvise(
+                self.base.as_ptr().add(self.data_at + first * CHUNK).cast(),
+                chunks * CHUNK,
+                libc::MADV_REMOVE,
+            );
+        }
+        self.retired()[first].store(0, Ordering::Release);
+        for owner in &self.owners()[first..first + chunks] {
+            owner.store(0, Ordering::Release);
+        }
     }
 
     /// Retires, at generation `generation`, every block in use that `keep` does not name.
@@ -105,7 +135,8 @@ impl Store {
             {
                 retired[chunk].store(generation, Ordering::Release);
             }
-            chunk += self.run(chunk, id);
+            // An owner that changed meanwhile ends the run at once: move on all the same.
+            chunk += self.run(chunk, id).max(1);
         }
     }
 

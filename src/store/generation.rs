@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::blocks::Block;
-use super::readers::{NONE, READERS};
+use super::readers::NONE;
 use super::{Store, Token, MANIFESTS_AT, MANIFEST_SLOT};
 
 /// How an item's bytes are read.
@@ -113,7 +113,7 @@ pub struct Adopted {
 pub struct Pin {
     store: &'static Store,
     slot: usize,
-    generation: u64,
+    block: u64,
     bytes: &'static [u8],
 }
 
@@ -125,8 +125,7 @@ impl Backing for Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
-        self.store.unpin(&mut readers, self.slot, self.generation);
+        self.store.unpin(self.slot, self.block);
     }
 }
 
@@ -179,6 +178,25 @@ impl Store {
         if !self.holds(token) || !self.fenced_by(dir, token) {
             return Err(StoreError::LeaseLost);
         }
+        let mut laid_out = Vec::new();
+        let published = self.publish_items(token, dir, current, items, &mut laid_out);
+        if published.is_err() {
+            // No manifest names them: nobody reads them.
+            for block in laid_out {
+                self.free(block);
+            }
+        }
+        published
+    }
+
+    fn publish_items(
+        &self,
+        token: Token,
+        dir: u64,
+        current: Option<(u64, Manifest)>,
+        items: Vec<NewItem<'_>>,
+        laid_out: &mut Vec<Block>,
+    ) -> Result<u64, StoreError> {
         let generation = generation_of(dir) + 1;
         let mut listed = Vec::with_capacity(items.len());
         for new in items {
@@ -195,13 +213,15 @@ impl Store {
                 listed.push(kept.clone());
                 continue;
             }
-            // What is laid out and not published (no room, a lost lease) is retired by the next
-            // publish, which retires every block it does not list.
             let bytes = (new.lay_out)();
             let block = self
                 .allocate(bytes.len())
                 .ok_or(StoreError::Full { bytes: bytes.len() })?;
-            self.write_block(block, &bytes);
+            laid_out.push(block);
+            // A holder stopped since it checked its lease writes nothing more.
+            if !self.holds(token) || !self.write_block(block, &bytes) {
+                return Err(StoreError::LeaseLost);
+            }
             listed.push(Item {
                 key: new.key,
                 kind: new.kind,
@@ -226,16 +246,18 @@ impl Store {
         if text.len() > MANIFEST_SLOT - 16 {
             return Err(StoreError::ManifestTooLarge { bytes: text.len() });
         }
+        if !self.holds(token) {
+            return Err(StoreError::LeaseLost);
+        }
         let slot = (dir & 1) ^ 1;
         crate::region::write_sequenced(self.manifest_words(slot), &text);
         let next = (dir & !u64::from(u32::MAX)) | (generation << 1) | slot;
-        if self
+        let swapped = self
             .header()
             .dir
             .compare_exchange(dir, next, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-            || !self.holds(token)
-        {
+            .is_ok();
+        if !swapped {
             return Err(StoreError::LeaseLost);
         }
         self.header()
@@ -255,9 +277,8 @@ impl Store {
         seen: u64,
         checked: &mut HashSet<(u64, u64)>,
     ) -> Result<Option<Adopted>, StoreError> {
-        let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
         let slot = self
-            .reader_slot(&mut readers, cycle)
+            .reader_slot(cycle)
             .ok_or_else(|| StoreError::Manifest("every reader slot is a live process's".into()))?;
         let adopted = loop {
             let dir = self.header().dir.load(Ordering::SeqCst);
@@ -268,7 +289,7 @@ impl Store {
             if self.header().dir.load(Ordering::SeqCst) != dir {
                 continue;
             }
-            break self.read_items(&mut readers, slot, checked);
+            break self.read_items(slot, checked);
         };
         self.announce(slot, NONE);
         adopted
@@ -277,7 +298,6 @@ impl Store {
     /// The manifest's items, every block checked before any is pinned.
     fn read_items(
         &'static self,
-        readers: &mut super::readers::Readers,
         slot: usize,
         checked: &mut HashSet<(u64, u64)>,
     ) -> Result<Option<Adopted>, StoreError> {
@@ -290,7 +310,11 @@ impl Store {
                 key: item.key.clone(),
                 why: why.into(),
             };
-            if item.len > item.chunks * super::CHUNK || !self.owns(item.block()) {
+            let fits = item
+                .chunks
+                .checked_mul(super::CHUNK)
+                .is_some_and(|room| item.len <= room);
+            if !fits || !self.owns(item.block()) {
                 return Err(broken("its block is not where the manifest says"));
             }
             let bytes = self
@@ -305,14 +329,15 @@ impl Store {
             found.push((item, bytes));
         }
         let generation = manifest.generation;
+        let blocks: Vec<u64> = found.iter().map(|(item, _)| item.block).collect();
+        self.pin(slot, generation, &blocks, &blocks);
         let items = found
             .into_iter()
             .map(|(item, bytes)| {
-                self.pin(readers, slot, generation);
                 let pin = Pin {
                     store: self,
                     slot,
-                    generation,
+                    block: item.block,
                     bytes,
                 };
                 (item, Arc::new(pin))

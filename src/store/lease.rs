@@ -1,13 +1,14 @@
 //! Who holds the Redis session: a lease in the store's header, the holder's pid beside a fencing
 //! token that every takeover raises, and a heartbeat the holder's process renews. Any worker
 //! takes the lease when it is free (released by a holder that stepped down or retired), when its
-//! holder's process is gone (SIGKILL, a crash), or when the heartbeat is older than `stale` (a
-//! holder stopped or hung). A takeover also stamps its token on the generation in force, so a
+//! holder's process is gone (SIGKILL, a crash), or when it saw the same lease and heartbeat for
+//! longer than a holder may be silent (a holder stopped or hung): judged by what the taker saw
+//! change, not by comparing clocks, so a taker preempted between taking the lease and its first
+//! heartbeat is not taken over at once. A takeover also stamps its token on the generation in force, so a
 //! holder that was stopped and comes back cannot publish over its successor: its publish
 //! compares the token and fails (see `generation`).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use super::{alive, monotonic_ms, Store};
 
@@ -22,17 +23,26 @@ impl Token {
 }
 
 impl Store {
-    /// Takes the lease for process `pid` (of configuration cycle `cycle`) if it is free, its
-    /// holder is gone, or its heartbeat is older than `stale`.
-    pub fn try_take(&self, pid: u32, cycle: u64, stale: Duration) -> Option<Token> {
+    /// The lease and its heartbeat as they are now: what a taker watches for a change.
+    pub fn lease(&self) -> (u64, u64) {
+        let header = self.header();
+        (
+            header.lease.load(Ordering::Acquire),
+            header.heartbeat_ms.load(Ordering::Acquire),
+        )
+    }
+
+    /// Takes the lease for process `pid` (of configuration cycle `cycle`) if it is free, if its
+    /// holder is gone, or if it is still `silent`: a lease its taker saw unchanged, heartbeat and
+    /// all, for too long.
+    pub fn try_take(&self, pid: u32, cycle: u64, silent: Option<u64>) -> Option<Token> {
         let header = self.header();
         let current = header.lease.load(Ordering::Acquire);
         let holder = current as u32;
         if holder == pid {
             return Some(Token(current));
         }
-        let silent_ms = monotonic_ms().saturating_sub(header.heartbeat_ms.load(Ordering::Acquire));
-        let takeable = holder == 0 || !alive(holder) || silent_ms > stale.as_millis() as u64;
+        let takeable = holder == 0 || !alive(holder) || silent == Some(current);
         if !takeable {
             return None;
         }
@@ -44,7 +54,8 @@ impl Store {
         header.heartbeat_ms.store(monotonic_ms(), Ordering::Release);
         header.holder_cycle.store(cycle, Ordering::Release);
         self.fence_generation(token);
-        Some(token)
+        // Taken over already, while it fenced: the newer fence stands.
+        self.holds(token).then_some(token)
     }
 
     /// Renews the heartbeat; false once the lease is no longer `token`'s.
@@ -77,17 +88,26 @@ impl Store {
         Some(self.header().lease.load(Ordering::Acquire) as u32).filter(|&pid| pid != 0)
     }
 
-    /// Stamps `token` on the generation in force, so that only its holder publishes the next.
-    fn fence_generation(&self, token: Token) {
+    /// Stamps `token` on the generation in force, so that only its holder publishes the next;
+    /// a newer fence is never lowered.
+    pub(super) fn fence_generation(&self, token: Token) {
         let dir = &self.header().dir;
         let mut current = dir.load(Ordering::Acquire);
         loop {
+            if current >> 32 >= token.fence() {
+                return;
+            }
             let fenced = (token.fence() << 32) | (current & u64::from(u32::MAX));
             match dir.compare_exchange(current, fenced, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(now) => current = now,
             }
         }
+    }
+
+    /// The configuration cycle the holder runs under.
+    pub fn holder_cycle(&self) -> u64 {
+        self.header().holder_cycle.load(Ordering::Acquire)
     }
 
     /// Whether the generation in force was last stamped by `token`.

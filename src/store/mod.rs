@@ -79,11 +79,21 @@ struct Header {
 /// a process that did not make one, where each worker holds its own session.
 static STORE: OnceCell<Store> = OnceCell::new();
 
+/// The configuration cycle the master last counted, before it forked this process: a worker's
+/// own cycle, whatever the master counts after.
+static CYCLE: AtomicU64 = AtomicU64::new(0);
+
 /// Makes the store, once per process, where nginx has not forked yet (the master's
 /// init_by_lua), and counts a configuration cycle.
 pub fn create() -> io::Result<()> {
-    STORE.get_or_try_init(Store::create)?.next_cycle();
+    let cycle = STORE.get_or_try_init(Store::create)?.next_cycle();
+    CYCLE.store(cycle, Ordering::Release);
     Ok(())
+}
+
+/// The configuration cycle this worker was forked under.
+pub fn own_cycle() -> u64 {
+    CYCLE.load(Ordering::Acquire)
 }
 
 /// The store of this nginx, where there is one.
@@ -216,6 +226,11 @@ impl Store {
     /// The newest configuration cycle.
     pub fn cycle(&self) -> u64 {
         self.header().cycle.load(Ordering::Acquire)
+    }
+
+    /// The generation last published, low 32 bits: what [`Store::wait`] compares.
+    pub fn published(&self) -> u32 {
+        self.header().published.load(Ordering::Acquire)
     }
 
     /// Waits until a generation other than `seen` is published, or `timeout` passes.

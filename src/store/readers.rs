@@ -1,13 +1,18 @@
 //! Who reads which generation. Each process that adopts generations has a slot: its pid, its
-//! configuration cycle, the oldest generation whose blocks it still reads (a snapshot it has not
-//! dropped may hold a list from several generations back), and the generation it is adopting,
-//! announced before it reads the manifest. A block retired at generation `g` is freed only once
-//! every live process's oldest and adopting generations are `g` or later; a dead process's slot
-//! counts for nothing and is given to the next.
+//! configuration cycle, the oldest generation it still reads, and the generation it is adopting,
+//! announced before it reads the manifest. A process reads a block as long as one of its pins
+//! of it lives (a snapshot it has not dropped may hold a list adopted many generations back); what
+//! it reads "from" is the last generation that listed the block: a block still in force holds
+//! nothing back, and a retired one holds back the generation before its retirement. A block
+//! retired at generation `g` is freed only once every live process's oldest and adopting
+//! generations are `g` or later; a dead process's slot counts for nothing and is given to the
+//! next.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use once_cell::sync::Lazy;
 
 use super::{alive, Store, MAX_READERS, READERS_AT, READER_SLOT};
 
@@ -18,16 +23,25 @@ const CYCLE: usize = 1;
 const OLDEST: usize = 2;
 const ADOPTING: usize = 3;
 
-/// This process's slot and how many of its pins each generation has.
+/// This process's slot and its pins: by block id, how many, and the last generation it adopted
+/// that listed the block.
 pub(super) struct Readers {
     slot: Option<usize>,
-    pins: BTreeMap<u64, usize>,
+    pins: HashMap<u64, (usize, u64)>,
 }
 
-pub(super) static READERS: Mutex<Readers> = Mutex::new(Readers {
-    slot: None,
-    pins: BTreeMap::new(),
+/// Held only for a handful of map operations: a request thread dropping the last snapshot that
+/// pins a block takes it.
+pub(super) static READERS: Lazy<Mutex<Readers>> = Lazy::new(|| {
+    Mutex::new(Readers {
+        slot: None,
+        pins: HashMap::new(),
+    })
 });
+
+pub(super) fn readers() -> std::sync::MutexGuard<'static, Readers> {
+    READERS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Store {
     pub(super) fn reader_words(&self, slot: usize) -> &[AtomicU64] {
@@ -36,7 +50,8 @@ impl Store {
 
     /// This process's slot, taking a free one (or a dead process's) the first time; `None` when
     /// every slot is a live process's.
-    pub(super) fn reader_slot(&self, readers: &mut Readers, cycle: u64) -> Option<usize> {
+    pub(super) fn reader_slot(&self, cycle: u64) -> Option<usize> {
+        let mut readers = readers();
         let pid = u64::from(std::process::id());
         if let Some(slot) = readers.slot {
             // A slot taken before a fork is the parent's.
@@ -47,7 +62,9 @@ impl Store {
         for slot in 0..MAX_READERS {
             let words = self.reader_words(slot);
             let holder = words[PID].load(Ordering::Acquire);
-            if holder != 0 && alive(holder as u32) {
+            // A slot under this process's own pid that this process did not take was a dead
+            // process's, whose pid this one was given.
+            if holder != 0 && holder != pid && alive(holder as u32) {
                 continue;
             }
             if words[PID]
@@ -71,24 +88,39 @@ impl Store {
         self.reader_words(slot)[ADOPTING].store(generation, Ordering::SeqCst);
     }
 
-    /// Counts a pin of `generation`, read by this process until the pin is dropped.
-    pub(super) fn pin(&self, readers: &mut Readers, slot: usize, generation: u64) {
-        *readers.pins.entry(generation).or_default() += 1;
-        self.note_oldest(readers, slot);
-    }
-
-    pub(super) fn unpin(&self, readers: &mut Readers, slot: usize, generation: u64) {
-        if let Some(count) = readers.pins.get_mut(&generation) {
-            *count -= 1;
-            if *count == 0 {
-                readers.pins.remove(&generation);
+    /// Counts one new pin of each of `pinned`, and moves every pin of a block `listed` names to
+    /// `generation`: they are read from there on.
+    pub(super) fn pin(&self, slot: usize, generation: u64, listed: &[u64], pinned: &[u64]) {
+        let mut readers = readers();
+        for block in listed {
+            if let Some((_, read_from)) = readers.pins.get_mut(block) {
+                *read_from = generation;
             }
         }
-        self.note_oldest(readers, slot);
+        for &block in pinned {
+            readers.pins.entry(block).or_insert((0, generation)).0 += 1;
+        }
+        self.note_oldest(&readers, slot);
+    }
+
+    pub(super) fn unpin(&self, slot: usize, block: u64) {
+        let mut readers = readers();
+        if let Some((count, _)) = readers.pins.get_mut(&block) {
+            *count -= 1;
+            if *count == 0 {
+                readers.pins.remove(&block);
+            }
+        }
+        self.note_oldest(&readers, slot);
     }
 
     fn note_oldest(&self, readers: &Readers, slot: usize) {
-        let oldest = readers.pins.keys().next().copied().unwrap_or(NONE);
+        let oldest = readers
+            .pins
+            .values()
+            .map(|&(_, from)| from)
+            .min()
+            .unwrap_or(NONE);
         let words = self.reader_words(slot);
         if words[PID].load(Ordering::Relaxed) == u64::from(std::process::id()) {
             words[OLDEST].store(oldest, Ordering::SeqCst);
