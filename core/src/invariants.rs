@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::client_ip::{client_ip as derive, parse_addr, parse_hop, Source};
 use crate::flat::{Aligned, FlatReader, FlatWriter};
-use crate::ipset::{canonical_net, IpSet};
+use crate::ipset::{canonical_addr, canonical_net, IpSet};
 use crate::rules::{lane, schema, KeyData, MintedId, Request};
 use crate::whitelist::{parse_entry, tokens, Whitelist};
 
@@ -42,8 +42,10 @@ pub fn flat_ipset(data: &[u8]) {
     if let Ok(set) = IpSet::read_flat(&mut reader) {
         for addr in probes(data) {
             if let Some(range) = set.matching_range(addr) {
+                // A mapped IPv6 client is the IPv4 client it maps.
+                let client = canonical_addr(addr);
                 assert!(
-                    range.first <= addr && addr <= range.last,
+                    range.first <= client && client <= range.last,
                     "{addr} in {range}"
                 );
             }
