@@ -301,5 +301,6 @@ SET canary_status 500
 --- response_body
 generations loaded: 6
 tripped: true
+--- wait: 0.5
 --- error_log
 guard tripped: rule set gray:rules rule "canary"
