@@ -120,58 +120,53 @@ impl Store {
         }
     }
 
+    /// Every block allocated, as `(first chunk, chunks, id)`, first to last.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
+        let owners = self.owners();
+        let mut chunk = 0;
+        std::iter::from_fn(move || {
+            while chunk < self.chunks {
+                let first = chunk;
+                let id = owners[first].load(Ordering::Acquire);
+                // An owner that changed meanwhile ends the run at once: move on all the same.
+                let run = if id == 0 { 0 } else { self.run(first, id) };
+                chunk += run.max(1);
+                if run > 0 {
+                    return Some((first, run, id));
+                }
+            }
+            None
+        })
+    }
+
     /// Retires, at generation `generation`, every block in use that `keep` does not name.
     pub(super) fn retire_others(&self, keep: &[Block], generation: u64) {
-        let (owners, retired) = (self.owners(), self.retired());
-        let mut chunk = 0;
-        while chunk < self.chunks {
-            let id = owners[chunk].load(Ordering::Acquire);
-            if id == 0 {
-                chunk += 1;
-                continue;
-            }
-            if !keep.iter().any(|b| b.first == chunk && b.id == id)
-                && retired[chunk].load(Ordering::Acquire) == 0
+        let retired = self.retired();
+        for (first, _, id) in self.blocks() {
+            if !keep.iter().any(|b| b.first == first && b.id == id)
+                && retired[first].load(Ordering::Acquire) == 0
             {
-                retired[chunk].store(generation, Ordering::Release);
+                retired[first].store(generation, Ordering::Release);
             }
-            // An owner that changed meanwhile ends the run at once: move on all the same.
-            chunk += self.run(chunk, id).max(1);
         }
     }
 
     /// Frees the retired blocks no live process reads; returns how many chunks it freed.
     pub fn reclaim(&self) -> usize {
         let oldest = self.oldest_read();
-        let (owners, retired) = (self.owners(), self.retired());
-        let mut freed = 0;
-        let mut chunk = 0;
-        while chunk < self.chunks {
-            let id = owners[chunk].load(Ordering::Acquire);
-            if id == 0 {
-                chunk += 1;
-                continue;
-            }
-            let run = self.run(chunk, id);
-            let at = retired[chunk].load(Ordering::Acquire);
-            if at != 0 && at <= oldest {
-                // SAFETY: the block's own pages, inside the mapping; nobody reads them.
-                unsafe {
-                    libc::madvise(
-                        self.base.as_ptr().add(self.data_at + chunk * CHUNK).cast(),
-                        run * CHUNK,
-                        libc::MADV_REMOVE,
-                    );
-                }
-                retired[chunk].store(0, Ordering::Release);
-                for owner in &owners[chunk..chunk + run] {
-                    owner.store(0, Ordering::Release);
-                }
-                freed += run;
-            }
-            chunk += run;
+        let retired = self.retired();
+        let freeable: Vec<(usize, usize)> = self
+            .blocks()
+            .filter(|&(first, _, _)| {
+                let at = retired[first].load(Ordering::Acquire);
+                at != 0 && at <= oldest
+            })
+            .map(|(first, run, _)| (first, run))
+            .collect();
+        for &(first, run) in &freeable {
+            self.give_back(first, run);
         }
-        freed
+        freeable.iter().map(|&(_, run)| run).sum()
     }
 
     /// The chunks from `first` on that belong to block `id`.
