@@ -26,6 +26,7 @@ add_block_preprocessor(sub {
         }
         location @prod2-grey {
             content_by_lua_block {
+                ngx.header["X-Worker"] = ngx.worker.pid()
                 ngx.status = tonumber(require("gray_test").redis("get", "canary_status")) or 200
                 ngx.say("gray")
             }
@@ -292,7 +293,11 @@ SET canary_status 500
             end
             ngx.say("generations loaded: ", loaded)
             T.redis("set", "gray:rules", rule_set(7, '{"name": "canary", "to": "@prod2-grey", "ip": ["127.0.0.2"], "guard": {"max_error_rate": 5, "min_requests": 20}}'))
-            T.wait_for(function() return C.send($TEST_NGINX_EXTRA_PORT, 1) == "gray\n" end, 5)
+            -- Every worker, so that all the requests below reach the canary; answering 200s until
+            -- then, so that the guard does not trip while this waits.
+            T.redis("set", "canary_status", 200)
+            ngx.say("loaded by every worker: ", C.answered_by_every_worker($TEST_NGINX_EXTRA_PORT, "gray\n"))
+            T.redis("set", "canary_status", 500)
             C.send($TEST_NGINX_EXTRA_PORT, 25)
             ngx.say("tripped: ", C.answered($TEST_NGINX_EXTRA_PORT, "prod\n"))
         }
@@ -300,6 +305,7 @@ SET canary_status 500
 --- timeout: 60
 --- response_body
 generations loaded: 6
+loaded by every worker: true
 tripped: true
 --- wait: 0.5
 --- error_log

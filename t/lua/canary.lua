@@ -20,4 +20,23 @@ function _M.answered(port, body)
     return (T.wait_for(function() return _M.send(port, 1) == body end, 5))
 end
 
+-- Whether every worker answers the canary client `body` within 5 s (the backends name the worker
+-- that proxied in X-Worker).
+function _M.answered_by_every_worker(port, body)
+    local answering = {}
+    return (T.wait_for(function()
+        local _, got, head = T.http_get(port, "/", HEADERS)
+        local pid = tonumber((head or ""):match("X%-Worker: (%d+)"))
+        if pid and got == body then
+            answering[pid] = true
+        end
+        for _, worker in ipairs(T.workers()) do
+            if not answering[worker.pid] then
+                return false
+            end
+        end
+        return true
+    end, 5))
+end
+
 return _M
