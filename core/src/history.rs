@@ -49,20 +49,59 @@ pub struct Record {
 pub struct Entry {
     #[serde(flatten)]
     pub record: Record,
-    /// The value before the change; `None` when it was over [`MAX_VALUE_BYTES`].
+    /// The value before the change; `None` when it was over [`MAX_VALUE_BYTES`] or not read.
     pub previous: Option<KeyValue>,
-    /// The size of the previous value's text.
+    /// The size of the previous value's text (0 when it was not read).
     pub previous_bytes: usize,
+    /// A SET too large to be kept, changed by its members without reading it: its number of
+    /// members before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_members: Option<u64>,
 }
 
-pub fn entry_json(record: &Record, previous: &KeyValue) -> String {
-    let bytes = previous.bytes();
-    let entry = Entry {
-        record: record.clone(),
-        previous: (bytes <= MAX_VALUE_BYTES).then(|| previous.clone()),
-        previous_bytes: bytes,
+/// What a change replaced, as its entry keeps it.
+#[derive(Debug, Clone, Copy)]
+pub enum Previous<'a> {
+    /// The value, read.
+    Read(&'a KeyValue),
+    /// A SET of this many members (over what would be kept), changed without reading it.
+    UnreadSet(u64),
+}
+
+pub fn entry_json(record: &Record, previous: Previous) -> String {
+    let entry = match previous {
+        Previous::Read(value) => {
+            let bytes = value.bytes();
+            Entry {
+                record: record.clone(),
+                previous: (bytes <= MAX_VALUE_BYTES).then(|| value.clone()),
+                previous_bytes: bytes,
+                previous_members: None,
+            }
+        }
+        Previous::UnreadSet(members) => Entry {
+            record: record.clone(),
+            previous: None,
+            previous_bytes: 0,
+            previous_members: Some(members),
+        },
     };
     serde_json::to_string(&entry).expect("an entry is plain data")
+}
+
+impl Entry {
+    /// Why its previous value cannot be restored, when it cannot.
+    pub fn not_kept(&self) -> Option<String> {
+        if self.previous.is_some() {
+            return None;
+        }
+        Some(match self.previous_members {
+            Some(members) => {
+                format!("a SET of {members} members, changed by its members without reading it")
+            }
+            None => format!("{} bytes, over {MAX_VALUE_BYTES}", self.previous_bytes),
+        })
+    }
 }
 
 /// Entry `n` (1 = the newest) of `entries` (newest first, as stored).
@@ -101,11 +140,11 @@ mod tests {
     #[test]
     fn an_entry_keeps_the_previous_value_unless_it_is_too_large() {
         let previous = KeyValue::String(b"1.1.1.1".to_vec());
-        let entry = parse(entry_json(&record(), &previous).as_bytes()).unwrap();
+        let entry = parse(entry_json(&record(), Previous::Read(&previous)).as_bytes()).unwrap();
         assert_eq!(entry.record, record());
         assert_eq!(entry.previous, Some(previous));
         let big = KeyValue::String(vec![b'1'; MAX_VALUE_BYTES + 1]);
-        let entry = parse(entry_json(&record(), &big).as_bytes()).unwrap();
+        let entry = parse(entry_json(&record(), Previous::Read(&big)).as_bytes()).unwrap();
         assert_eq!(
             (entry.previous, entry.previous_bytes),
             (None, MAX_VALUE_BYTES + 1)
@@ -119,7 +158,7 @@ mod tests {
             .map(|cmd| {
                 let mut r = record();
                 r.command = cmd.to_string();
-                entry_json(&r, &KeyValue::Missing).into_bytes()
+                entry_json(&r, Previous::Read(&KeyValue::Missing)).into_bytes()
             })
             .collect();
         assert_eq!(nth(&entries, 1).unwrap().record.command, "a");

@@ -85,7 +85,9 @@ struct RangeTable<T: 'static> {
 
 impl<T: Key> RangeTable<T> {
     fn build(mut ranges: Vec<(T, T)>) -> Self {
-        ranges.sort_unstable();
+        if !ranges.is_sorted() {
+            ranges.sort_unstable();
+        }
         let mut merged: Vec<[T; 2]> = Vec::with_capacity(ranges.len());
         for (start, end) in ranges {
             match merged.last_mut() {
@@ -312,7 +314,7 @@ impl IpSet {
 }
 
 /// An [`IpSet`] being filled: each network kept as the range of its family, nothing else.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct IpSetBuilder {
     v4: Vec<(u32, u32)>,
     v6: Vec<(u128, u128)>,
@@ -339,6 +341,50 @@ impl IpSetBuilder {
             v6: RangeTable::build(self.v6),
         }
     }
+
+    /// Sorts the ranges: kept sorted, ranges added since sort as a run of their own, in linear
+    /// time, and the table built from them does not sort again.
+    pub fn sort(&mut self) {
+        self.v4.sort();
+        self.v6.sort();
+    }
+
+    /// Takes one instance of each of `nets` out, in one pass over the ranges (which it leaves
+    /// sorted); false, and nothing taken, when one is not there.
+    pub fn remove(&mut self, nets: &[IpNet]) -> bool {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for net in nets {
+            match canonical_net(*net) {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+            }
+        }
+        let (Some(kept_v4), Some(kept_v6)) = (without(&mut self.v4, v4), without(&mut self.v6, v6))
+        else {
+            return false;
+        };
+        (self.v4, self.v6) = (kept_v4, kept_v6);
+        true
+    }
+}
+
+/// `ranges` (sorted here) without one instance of each of `gone`; `None` when one is missing.
+fn without<T: Ord + Copy>(ranges: &mut Vec<(T, T)>, mut gone: Vec<(T, T)>) -> Option<Vec<(T, T)>> {
+    if gone.is_empty() {
+        return Some(std::mem::take(ranges));
+    }
+    ranges.sort_unstable();
+    gone.sort_unstable();
+    let mut kept = Vec::with_capacity(ranges.len());
+    let mut gone = gone.into_iter().peekable();
+    for &range in ranges.iter() {
+        if gone.peek() == Some(&range) {
+            gone.next();
+        } else {
+            kept.push(range);
+        }
+    }
+    gone.peek().is_none().then_some(kept)
 }
 
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.

@@ -2,8 +2,9 @@
 //! `gray`) come the default rule set `<key>:rules` (or `rules_key`), a named rule set
 //! `<rules_key>:<name>`, each rule set's guard hash `<rule set key>:guard` and rollout plan
 //! `<rule set key>:rollout` (with its driver's lease `...:rollout:lease` and the fleet's traffic
-//! `...:rollout:<plan id>:<slot>`), grayctl's history `<key>:history` and the gateways' reports
-//! `<key>:gateways`. A rule set's name is checked here too, once for the module's `rule_sets` and
+//! `...:rollout:<plan id>:<slot>`), grayctl's history `<key>:history`, the gateways' reports
+//! `<key>:gateways`, and beside any key grayctl writes, the record of its changes
+//! `<key>:changes` ([`crate::delta`]). A rule set's name is checked here too, once for the module's `rule_sets` and
 //! grayctl's `--set`: a name that would make its key another rule set's guard hash or rollout
 //! key is refused.
 
@@ -15,6 +16,9 @@ pub const HISTORY_SUFFIX: &str = ":history";
 pub const GATEWAYS_SUFFIX: &str = ":gateways";
 /// A rule set's guard hash: trips recorded by the gateways, resets by grayctl.
 pub const GUARD_SUFFIX: &str = ":guard";
+
+/// The hash beside a key that records grayctl's changes of it: a version and the deltas.
+pub const CHANGES_SUFFIX: &str = ":changes";
 
 /// A rule set's rollout plan; the keys of its lease and traffic extend it.
 pub const ROLLOUT_SUFFIX: &str = ":rollout";
@@ -38,6 +42,11 @@ pub fn history(key: &str) -> String {
 
 pub fn gateways(key: &str) -> String {
     format!("{key}{GATEWAYS_SUFFIX}")
+}
+
+/// The record of the changes made to `key` ([`crate::delta`]).
+pub fn changes(key: &str) -> String {
+    format!("{key}{CHANGES_SUFFIX}")
 }
 
 pub fn guard(rule_set_key: &str) -> String {
@@ -79,8 +88,9 @@ pub fn rule_set_name<'k>(rules_key: &str, key: &'k str) -> Option<Option<&'k str
 }
 
 /// Checks a rule set's name (`rule_sets`, `--set`): not empty, no white space, and not one that
-/// makes its key another rule set's guard hash (`guard`, `x:guard`) or rollout key (a `rollout`
-/// segment: `rollout`, `x:rollout`, `rollout:lease`).
+/// makes its key another rule set's guard hash (`guard`, `x:guard`), record of changes
+/// (`changes`, `x:changes`) or rollout key (a `rollout` segment: `rollout`, `x:rollout`,
+/// `rollout:lease`).
 pub fn check_rule_set_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.contains(char::is_whitespace) {
         return Err(format!(
@@ -91,6 +101,12 @@ pub fn check_rule_set_name(name: &str) -> Result<(), String> {
     if name == guard || name.ends_with(GUARD_SUFFIX) {
         return Err(format!(
             "\"{name}\" cannot name a rule set: its key would be another rule set's guard hash"
+        ));
+    }
+    let changes = CHANGES_SUFFIX.trim_start_matches(':');
+    if name == changes || name.ends_with(CHANGES_SUFFIX) {
+        return Err(format!(
+            "\"{name}\" cannot name a rule set: its key would be another key's record of changes"
         ));
     }
     let rollout = ROLLOUT_SUFFIX.trim_start_matches(':');
@@ -114,6 +130,7 @@ mod tests {
         assert_eq!(history("gray"), "gray:history");
         assert_eq!(gateways("gray"), "gray:gateways");
         assert_eq!(guard("gray:rules:shop"), "gray:rules:shop:guard");
+        assert_eq!(changes("gray"), "gray:changes");
         assert_eq!(rollout("gray:rules"), "gray:rules:rollout");
         assert_eq!(rollout_lease("gray:rules"), "gray:rules:rollout:lease");
         assert_eq!(
@@ -150,6 +167,8 @@ mod tests {
             "rollout",
             "shop:rollout",
             "rollout:lease",
+            "changes",
+            "shop:changes",
         ] {
             assert!(check_rule_set_name(bad).is_err(), "{bad:?}");
         }

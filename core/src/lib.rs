@@ -15,6 +15,7 @@ pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod delta;
 pub mod endpoint;
 pub mod explanation;
 pub mod flat;

@@ -5,6 +5,8 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use xxhash_rust::xxh3::xxh3_64;
+
 use crate::idset::IdSet;
 use crate::whitelist::{Whitelist, WhitelistBuilder};
 
@@ -47,6 +49,10 @@ pub trait ListBuilder: Default {
         drop(list);
         None
     }
+    /// The whitelist being built, for a builder of one: kept, deltas move it forward.
+    fn as_whitelist(&self) -> Option<&WhitelistBuilder> {
+        None
+    }
 }
 
 impl ListBuilder for WhitelistBuilder {
@@ -60,6 +66,9 @@ impl ListBuilder for WhitelistBuilder {
     const TAKES_BUILT: bool = true;
     fn built(list: Whitelist) -> Option<Self> {
         Some(WhitelistBuilder::built(list))
+    }
+    fn as_whitelist(&self) -> Option<&WhitelistBuilder> {
+        Some(self)
     }
 }
 
@@ -99,6 +108,8 @@ pub struct Fetched<B: ListBuilder = WhitelistBuilder> {
     /// A hash of the kind and the value: equal values give equal versions, so an unchanged list
     /// is not parsed again.
     pub version: u64,
+    /// A SET's number of members (SCARD); 0 otherwise.
+    pub members: u64,
     entries: Entries<B>,
 }
 
@@ -119,18 +130,28 @@ impl<B: ListBuilder> Fetched<B> {
             kind,
             bytes: value.len(),
             version: version.finish(),
+            members: 0,
             entries: Entries::Text(value),
         }
     }
 
-    /// A value read before, by another process, as it described it: its kind, version and size,
-    /// and the builder that holds it.
-    pub fn stored(kind: KeyKind, version: u64, bytes: usize, builder: B) -> Self {
+    /// A value read before, by another process or as a delta moved it: its kind, version,
+    /// size and members, and the builder that holds it.
+    pub fn stored(kind: KeyKind, version: u64, bytes: usize, members: u64, builder: B) -> Self {
         Fetched {
             kind,
             bytes,
             version,
+            members,
             entries: Entries::Parsed(Box::new(builder)),
+        }
+    }
+
+    /// The builder of a SET's members as read, before it is indexed.
+    pub fn builder(&self) -> Option<&B> {
+        match &self.entries {
+            Entries::Parsed(builder) => Some(builder),
+            Entries::Text(_) => None,
         }
     }
 
@@ -153,17 +174,19 @@ impl<B: ListBuilder> Fetched<B> {
 /// A SET's members as they arrive, each hashed into the version and parsed at once, so they
 /// are never all held as text.
 pub struct Members<B> {
-    version: Version,
+    version: SetVersion,
     builder: B,
     bytes: usize,
+    count: u64,
 }
 
 impl<B: ListBuilder> Default for Members<B> {
     fn default() -> Self {
         Members {
-            version: Version::new(KeyKind::Set),
+            version: SetVersion::default(),
             builder: B::default(),
             bytes: 0,
+            count: 0,
         }
     }
 }
@@ -171,6 +194,7 @@ impl<B: ListBuilder> Default for Members<B> {
 impl<B: ListBuilder> Members<B> {
     pub fn add(&mut self, member: &[u8]) {
         self.bytes += member.len();
+        self.count += 1;
         self.version.add(member);
         self.builder.add(member);
     }
@@ -179,13 +203,14 @@ impl<B: ListBuilder> Members<B> {
         Fetched {
             kind: KeyKind::Set,
             bytes: self.bytes,
-            version: self.version.finish(),
+            version: self.version.get(),
+            members: self.count,
             entries: Entries::Parsed(Box::new(self.builder)),
         }
     }
 }
 
-/// The version of a value being read.
+/// The version of a string being read.
 struct Version(DefaultHasher);
 
 impl Version {
@@ -201,6 +226,37 @@ impl Version {
 
     fn finish(&self) -> u64 {
         self.0.finish()
+    }
+}
+
+/// A SET's version: the sum of its members' hashes (xxh3, stable across builds), so it does not
+/// depend on the order SSCAN returns them in, and a delta moves it by what it adds and removes:
+/// a gateway that applies one serves the version a whole read would give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetVersion(u64);
+
+impl Default for SetVersion {
+    fn default() -> Self {
+        SetVersion(xxh3_64(KeyKind::Set.as_str().as_bytes()))
+    }
+}
+
+impl SetVersion {
+    /// The version a set of version `version` has.
+    pub fn from(version: u64) -> SetVersion {
+        SetVersion(version)
+    }
+
+    pub fn add(&mut self, member: &[u8]) {
+        self.0 = self.0.wrapping_add(xxh3_64(member));
+    }
+
+    pub fn remove(&mut self, member: &[u8]) {
+        self.0 = self.0.wrapping_sub(xxh3_64(member));
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
     }
 }
 
@@ -234,12 +290,27 @@ mod tests {
             set(&[&["1.1.1.1", "::1"], &["2.2.2.0/24"]]).version,
             set(&[&["1.1.1.1"], &["::1", "2.2.2.0/24"]]).version
         );
+        // In any order: SSCAN's changes with the table's.
+        assert_eq!(
+            set(&[&["::1", "1.1.1.1"]]).version,
+            set(&[&["1.1.1.1", "::1"]]).version
+        );
+        assert_ne!(set(&[&[]]).version, set(&[&[""]]).version);
+    }
+
+    #[test]
+    fn a_set_version_moves_by_what_is_added_and_removed() {
+        let mut version = SetVersion::from(set(&[&["1.1.1.1", "2.2.2.2"]]).version);
+        version.remove(b"1.1.1.1");
+        version.add(b"3.3.3.3");
+        assert_eq!(version.get(), set(&[&["3.3.3.3", "2.2.2.2"]]).version);
     }
 
     #[test]
     fn set_batches_add_up_to_one_list() {
         let fetched = set(&[&["1.1.1.1", "bad"], &[], &["2001:db8::/32 10.0.0.0/8"]]);
         assert_eq!(fetched.bytes, 7 + 3 + 24);
+        assert_eq!(fetched.members, 3);
         let list = fetched.into_list();
         assert_eq!((list.entries_v4, list.entries_v6), (2, 1));
         assert_eq!(list.rejected_count, 1);

@@ -59,7 +59,7 @@ pub struct Truncated {
 }
 
 /// A parsed whitelist and what parsing it found.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Whitelist {
     /// Laid out on its own in the flat layout, after the figures.
     #[serde(skip)]
@@ -109,7 +109,9 @@ impl Whitelist {
 }
 
 /// A whitelist parsed a value at a time (a SET arrives in batches), indexed once at the end.
-#[derive(Debug, Default)]
+/// Kept instead (a SET's, by the gateway that reads it), it also takes values out again and
+/// builds the list as it stands ([`crate::delta`]).
+#[derive(Debug, Clone, Default)]
 pub struct WhitelistBuilder {
     list: Whitelist,
     set: IpSetBuilder,
@@ -158,6 +160,65 @@ impl WhitelistBuilder {
                     }
                 }
             }
+        }
+    }
+
+    /// Takes out what [`WhitelistBuilder::add`] of each of `values` put in: their entries, and
+    /// their rejected and truncated ones from the figures. An error, and the builder unusable
+    /// (read the list again), when one was not in.
+    pub fn remove(&mut self, values: &[&[u8]]) -> Result<(), String> {
+        let list = &mut self.list;
+        let mut nets = Vec::new();
+        let not_in = |token: &[u8]| format!("\"{}\" is not in the list", quote(token));
+        for token in values.iter().flat_map(|value| tokens(value)) {
+            match parse_entry(token) {
+                Ok((net, had_host_bits)) => {
+                    let count = match crate::ipset::canonical_net(net) {
+                        IpNet::V4(_) => &mut list.entries_v4,
+                        IpNet::V6(_) => &mut list.entries_v6,
+                    };
+                    *count = count.checked_sub(1).ok_or_else(|| not_in(token))?;
+                    nets.push(net);
+                    if had_host_bits {
+                        list.truncated_count = list
+                            .truncated_count
+                            .checked_sub(1)
+                            .ok_or_else(|| not_in(token))?;
+                        let entry = quote(token);
+                        if let Some(i) = list.truncated.iter().position(|t| t.entry == entry) {
+                            list.truncated.remove(i);
+                        }
+                    }
+                }
+                Err(_) => {
+                    list.rejected_count = list
+                        .rejected_count
+                        .checked_sub(1)
+                        .ok_or_else(|| not_in(token))?;
+                    let entry = quote(token);
+                    if let Some(i) = list.rejected.iter().position(|r| r.entry == entry) {
+                        list.rejected.remove(i);
+                    }
+                }
+            }
+        }
+        if !self.set.remove(&nets) {
+            return Err("an entry removed is not in the list".into());
+        }
+        Ok(())
+    }
+
+    /// Sorts the entries added so far: a kept builder sorts after each change, in linear time
+    /// (see [`IpSetBuilder::sort`]), so that building its list does not sort a million entries.
+    pub fn sort(&mut self) {
+        self.set.sort();
+    }
+
+    /// The list as it stands, the builder kept for more changes.
+    pub fn list(&self) -> Whitelist {
+        Whitelist {
+            set: self.set.clone().build(),
+            ..self.list.clone()
         }
     }
 

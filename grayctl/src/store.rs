@@ -7,6 +7,7 @@
 
 use gray_core::config::Config;
 use gray_core::fleet::Report;
+use gray_core::history::{self, Previous};
 use gray_core::keys;
 use gray_core::snapshot::Snapshot;
 use gray_core::stored::KeyValue;
@@ -30,6 +31,19 @@ const READ_MAX: usize = 1 << 30;
 /// a test can make two writers overlap.
 #[cfg(debug_assertions)]
 const PAUSE_ENV: &str = "GRAYCTL_PAUSE_BEFORE_WRITE";
+
+/// A SET with more members than this is changed by its members without being read: each of them
+/// at least as long as the shortest IPv4 address (`1.1.1.1`), its value is over what the
+/// history keeps, so nothing is lost by not reading it.
+const LARGE_SET_MEMBERS: u64 = (history::MAX_VALUE_BYTES / 7) as u64;
+
+/// What a change saw of the key before it.
+pub enum Seen {
+    /// Its value.
+    Whole(KeyValue),
+    /// A large SET: its number of members, and those of the candidates it holds.
+    LargeSet { members: u64, found: KeyValue },
+}
 
 /// The gateways' reports by hash field, each parsed or why not.
 pub type Reports = Vec<(String, Result<Report, String>)>;
@@ -176,18 +190,54 @@ impl Store {
         key: &str,
         decide: impl FnOnce(&KeyValue) -> Result<Option<Write>, Failure>,
     ) -> Result<(KeyValue, bool), Failure> {
+        match self.update_among(key, None, decide)? {
+            (Seen::Whole(value), written) => Ok((value, written)),
+            (Seen::LargeSet { found, .. }, written) => Ok((found, written)),
+        }
+    }
+
+    /// [`Store::update`] for a change that depends only on which of `candidates` the key holds:
+    /// a large SET is not read, `decide` sees those of them it holds.
+    pub fn update_among(
+        &mut self,
+        key: &str,
+        candidates: Option<&[Vec<u8>]>,
+        decide: impl FnOnce(&KeyValue) -> Result<Option<Write>, Failure>,
+    ) -> Result<(Seen, bool), Failure> {
         let history_key = self.config.history_key();
         // A rule set's plan is watched too: a plan started after the edit was allowed makes
         // the edit conflict.
         let plan_key = keys::rollout(key);
         let mut watched = change::watch(&mut self.con, &history_key, &[key, &plan_key])
             .map_err(|e| fail(key, e))?;
-        let current = watched.read(key, READ_MAX).map_err(|e| fail(key, e))?;
-        let write = match decide(&current) {
+        let large = match candidates {
+            Some(candidates) => match watched.probe(key).map_err(|e| fail(key, e))? {
+                (KeyKind::Set, members) if members > LARGE_SET_MEMBERS => Some((
+                    members,
+                    watched
+                        .members_among(key, candidates)
+                        .map_err(|e| fail(key, e))?,
+                )),
+                _ => None,
+            },
+            None => None,
+        };
+        let seen = match large {
+            Some((members, found)) => Seen::LargeSet {
+                members,
+                found: KeyValue::Set(found),
+            },
+            None => Seen::Whole(watched.read(key, READ_MAX).map_err(|e| fail(key, e))?),
+        };
+        let (current, previous) = match &seen {
+            Seen::Whole(value) => (value, Previous::Read(value)),
+            Seen::LargeSet { members, found } => (found, Previous::UnreadSet(*members)),
+        };
+        let write = match decide(current) {
             Ok(Some(write)) => write,
             other => {
                 watched.give_up().map_err(|e| fail(key, e))?;
-                return other.map(|_| (current, false));
+                return other.map(|_| (seen, false));
             }
         };
         #[cfg(debug_assertions)]
@@ -196,12 +246,22 @@ impl Store {
         }
         watched
             .commit(
-                Some((&write, &current)),
+                Some((&write, previous)),
                 &[],
                 self.config.channel.as_deref(),
             )
             .map_err(|e| fail(key, e))?;
-        Ok((current, true))
+        Ok((seen, true))
+    }
+
+    /// A SET's number of members.
+    pub fn members(&mut self, key: &str) -> Result<u64, Failure> {
+        match self.command(redis::cmd("SCARD").arg(key))? {
+            Reply::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+            other => Err(refused(format!(
+                "unexpected reply to SCARD {key}: {other:?}"
+            ))),
+        }
     }
 
     /// Rule set `key` and its rollout plan, read under WATCH.

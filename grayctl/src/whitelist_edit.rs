@@ -55,6 +55,26 @@ pub fn parse_entries<'a>(
     Ok(entries)
 }
 
+/// The members that may spell `entries` in a SET, each once: the entry as given, its network,
+/// and a host's bare address (`10.0.0.1` for `10.0.0.1/32`).
+pub fn spellings(entries: &[Entry]) -> Vec<Vec<u8>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for entry in entries {
+        let host = (entry.net.prefix_len() == entry.net.max_prefix_len())
+            .then(|| entry.net.addr().to_string());
+        for spelling in [Some(entry.text.clone()), Some(entry.net.to_string()), host]
+            .into_iter()
+            .flatten()
+        {
+            if seen.insert(spelling.clone()) {
+                out.push(spelling.into_bytes());
+            }
+        }
+    }
+    out
+}
+
 /// The entries of an import file: one or more a line; blank lines and `#` comments skipped.
 pub fn import_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
@@ -199,12 +219,33 @@ pub fn replace(current: &KeyValue, entries: &[Entry]) -> Edit {
         }
     }
     let new = match current {
-        KeyValue::Set(_) => KeyValue::Set(texts),
+        KeyValue::Set(members) => return members_to(members, &texts),
         KeyValue::Missing => KeyValue::String(texts.join(&b","[..])),
         KeyValue::String(value) => KeyValue::String(render(value, &texts)),
     };
     Edit {
         change: (!new.same_as(current)).then_some(Change::Replace(new)),
+        notes: Vec::new(),
+    }
+}
+
+/// The change of a SET's `members` into `wanted`: the members that differ, a small delta for the
+/// gateways rather than a new SET.
+fn members_to(members: &[Vec<u8>], wanted: &[Vec<u8>]) -> Edit {
+    let had: HashSet<&[u8]> = members.iter().map(Vec::as_slice).collect();
+    let kept: HashSet<&[u8]> = wanted.iter().map(Vec::as_slice).collect();
+    let add: Vec<Vec<u8>> = wanted
+        .iter()
+        .filter(|t| !had.contains(t.as_slice()))
+        .cloned()
+        .collect();
+    let remove: Vec<Vec<u8>> = members
+        .iter()
+        .filter(|m| !kept.contains(m.as_slice()))
+        .cloned()
+        .collect();
+    Edit {
+        change: (!add.is_empty() || !remove.is_empty()).then_some(Change::Members { add, remove }),
         notes: Vec::new(),
     }
 }
@@ -287,6 +328,18 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_looked_for_under_each_of_its_spellings() {
+        let spelled: Vec<String> = spellings(&entries(&["10.0.0.1", "10.0.0.0/8", "::1/128"]))
+            .into_iter()
+            .map(|s| String::from_utf8(s).unwrap())
+            .collect();
+        assert_eq!(
+            spelled,
+            ["10.0.0.1", "10.0.0.1/32", "10.0.0.0/8", "::1/128", "::1"]
+        );
+    }
+
+    #[test]
     fn a_set_changes_by_members_and_a_bad_member_stays() {
         let set = KeyValue::Set(vec![
             b"1.1.1.1".to_vec(),
@@ -318,11 +371,15 @@ mod tests {
             "1.1.1.1\n2.2.2.2\n"
         );
         assert_eq!(
-            replace(&KeyValue::Set(vec![]), &e).change,
-            Some(Change::Replace(KeyValue::Set(vec![
-                b"1.1.1.1".to_vec(),
-                b"2.2.2.2".to_vec()
-            ])))
+            replace(
+                &KeyValue::Set(vec![b"3.3.3.3".to_vec(), b"1.1.1.1".to_vec()]),
+                &e
+            )
+            .change,
+            Some(Change::Members {
+                add: vec![b"2.2.2.2".to_vec()],
+                remove: vec![b"3.3.3.3".to_vec()]
+            })
         );
         assert_eq!(replace(&string("1.1.1.1,2.2.2.2"), &e).change, None);
         let same_set = KeyValue::Set(vec![b"2.2.2.2".to_vec(), b"1.1.1.1".to_vec()]);

@@ -3,11 +3,14 @@
 //! MULTI / the writes / the history entry / PUBLISH / EXEC. Redis applies the transaction whole
 //! (no reader sees half a list), and refuses it when anyone wrote a watched key after the WATCH:
 //! two writers at once never lose one's change silently; the second is told, and retries or says
-//! so.
+//! so. The key's record of changes ([`gray_core::delta`]) is written in the same transaction:
+//! its next change number, and for a SET the delta.
 
 use std::fmt;
 
-use gray_core::history::{self, Record};
+use gray_core::delta::{self, Delta};
+use gray_core::history::{self, Previous, Record};
+use gray_core::keys;
 use gray_core::stored::{Change, KeyValue};
 use gray_core::value::{KeyKind, ListBuilder};
 
@@ -125,9 +128,87 @@ pub fn watch<'c>(
 }
 
 impl Watched<'_> {
+    /// The commands that record `write` beside its key: the next change number, and for a SET
+    /// changed by its members the delta (the members are known to be new and present, so the
+    /// SET's size after is its size now, read under the watch, moved by them), and the delta
+    /// that falls out of the kept ones.
+    fn record_change(&mut self, write: &Write) -> Result<Vec<redis::Cmd>, ChangeError> {
+        let changes = keys::changes(&write.key);
+        let latest = match self.con.query(
+            redis::cmd("HGET").arg(&changes).arg(delta::VERSION_FIELD),
+            64,
+        )? {
+            Reply::Bulk(Some(text)) => std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok()),
+            _ => None,
+        };
+        let next = latest.unwrap_or(0) + 1;
+        let mut record = redis::cmd("HSET");
+        record.arg(&changes).arg(delta::VERSION_FIELD).arg(next);
+        if let Change::Members { add, remove } = &write.change {
+            let size = match self.con.query(redis::cmd("SCARD").arg(&write.key), 0)? {
+                Reply::Int(n) => u64::try_from(n).unwrap_or(0),
+                other => {
+                    return Err(ChangeError::Refused(format!(
+                        "unexpected reply to SCARD {}: {other:?}",
+                        write.key
+                    )))
+                }
+            };
+            let card = (size + add.len() as u64).saturating_sub(remove.len() as u64);
+            if let Some(json) = Delta::record(add, remove, card) {
+                record.arg(delta::field(next)).arg(json);
+            }
+        }
+        let mut commands = vec![record];
+        if next > delta::KEPT {
+            commands.push(
+                redis::cmd("HDEL")
+                    .arg(&changes)
+                    .arg(delta::field(next - delta::KEPT))
+                    .clone(),
+            );
+        }
+        Ok(commands)
+    }
+
     /// `key`'s value now, up to `max` bytes.
     pub fn read(&mut self, key: &str, max: usize) -> Result<KeyValue, ChangeError> {
         read(self.con, key, max)
+    }
+
+    /// `key`'s kind and size ([`crate::read::probe`]).
+    pub fn probe(&mut self, key: &str) -> Result<(KeyKind, u64), ChangeError> {
+        crate::read::probe(self.con, key).map_err(|e| match e {
+            FetchError::Redis(e) => ChangeError::Redis(e),
+            other => ChangeError::Refused(format!("key {key}: {other}")),
+        })
+    }
+
+    /// Which of `candidates` are members of SET `key` (SMISMEMBER), without reading the rest.
+    pub fn members_among(
+        &mut self,
+        key: &str,
+        candidates: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, ChangeError> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self
+            .con
+            .query(redis::cmd("SMISMEMBER").arg(key).arg(candidates), 0)?
+        {
+            Reply::Array(Some(flags)) if flags.len() == candidates.len() => Ok(candidates
+                .iter()
+                .zip(flags)
+                .filter(|(_, flag)| *flag == Reply::Int(1))
+                .map(|(candidate, _)| candidate.clone())
+                .collect()),
+            other => Err(ChangeError::Refused(format!(
+                "unexpected reply to SMISMEMBER {key}: {other:?}"
+            ))),
+        }
     }
 
     /// Writes nothing.
@@ -142,7 +223,7 @@ impl Watched<'_> {
     /// `channel`.
     pub fn commit(
         mut self,
-        write: Option<(&Write, &KeyValue)>,
+        write: Option<(&Write, Previous)>,
         sets: &[(&str, &str)],
         channel: Option<&str>,
     ) -> Result<(), ChangeError> {
@@ -170,6 +251,7 @@ impl Watched<'_> {
                     }
                 }
             }
+            queued.extend(self.record_change(write)?);
             let entry = history::entry_json(&write.record, previous);
             queued.push(
                 redis::cmd("LPUSH")

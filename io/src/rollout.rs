@@ -4,7 +4,7 @@
 //! compiled first, recorded in the history and announced. A step is never applied twice nor
 //! skipped: a writer that read an older plan finds its transaction refused.
 
-use gray_core::history::Record;
+use gray_core::history::{Previous, Record};
 use gray_core::keys;
 use gray_core::rollout::{self, NewPercent, Plan};
 use gray_core::rules::{edit, schema};
@@ -88,8 +88,11 @@ impl Moving<'_> {
         };
         let json = plan.to_json();
         let sets = [(self.plan_key.as_str(), json.as_str())];
-        self.watched
-            .commit(write.as_ref().map(|w| (w, &self.rule_set)), &sets, channel)
+        self.watched.commit(
+            write.as_ref().map(|w| (w, Previous::Read(&self.rule_set))),
+            &sets,
+            channel,
+        )
     }
 
     /// The rule set with the plan's rule at `percent`, unless it is already there.

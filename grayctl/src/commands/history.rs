@@ -114,9 +114,8 @@ pub(super) fn rollback(ctx: &Context, n: usize, force: bool) -> Result<(), Failu
     let entry = history::nth(&store.history()?, n).map_err(refused)?;
     let previous = entry.previous.clone().ok_or_else(|| {
         refused(format!(
-            "history entry {n} did not keep its previous value ({} bytes, over {})",
-            entry.previous_bytes,
-            history::MAX_VALUE_BYTES
+            "history entry {n} did not keep its previous value ({})",
+            entry.not_kept().unwrap_or_default()
         ))
     })?;
     let key = entry.record.key.clone();

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::failure::Failure;
-use crate::store::{Store, Write};
+use crate::store::{Seen, Store, Write};
 use crate::whitelist_edit::{self, Edit};
 
 /// The whitelist as the gateways parse it.
@@ -84,14 +84,18 @@ pub(super) fn edit(
     let mut notes = Vec::new();
     let entries = whitelist_edit::parse_entries(inputs.iter().map(String::as_str), &mut notes)?;
     let key = ctx.config.key.clone();
-    let command = if verb == "add" || verb == "remove" {
+    let by_entry = verb == "add" || verb == "remove";
+    let command = if by_entry {
         format!("{verb} {}", inputs.join(" "))
     } else {
         verb.to_string()
     };
+    // Adding or removing entries depends only on the members that spell them: a large SET is
+    // asked about those, not read.
+    let candidates = by_entry.then(|| whitelist_edit::spellings(&entries));
     let record = ctx.record(&key, Subject::Whitelist, command);
     let mut store = ctx.store()?;
-    let (before, written) = store.update(&key, |current| {
+    let (seen, written) = store.update_among(&key, candidates.as_deref(), |current| {
         let Edit {
             change,
             notes: more,
@@ -106,7 +110,10 @@ pub(super) fn edit(
     for note in &notes {
         eprintln!("grayctl: {note}");
     }
-    report(ctx, &mut store, &key, &before, written)
+    match seen {
+        Seen::Whole(before) => report(ctx, &mut store, &key, &before, written),
+        Seen::LargeSet { members, .. } => report_members(ctx, &mut store, &key, members, written),
+    }
 }
 
 pub(super) fn report(
@@ -132,6 +139,28 @@ pub(super) fn report(
         println!("{key}: {was} -> {now} entries ({})", after.kind());
     } else {
         println!("{key}: nothing to change ({now} entries)");
+    }
+    Ok(())
+}
+
+/// A large SET's change, told by its number of members: counting its entries would read it.
+fn report_members(
+    ctx: &Context,
+    store: &mut Store,
+    key: &str,
+    before: u64,
+    written: bool,
+) -> Result<(), Failure> {
+    let now = if written { store.members(key)? } else { before };
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"key": key, "type": "set", "changed": written, "members_before": before, "members": now})
+        );
+    } else if written {
+        println!("{key}: {before} -> {now} members (set)");
+    } else {
+        println!("{key}: nothing to change ({now} members)");
     }
     Ok(())
 }
