@@ -408,7 +408,7 @@ impl Source for Adopting<'_> {
             }
         };
         Ok(Read::Value(
-            Fetched::stored(kind, item.version, item.bytes, builder),
+            Fetched::stored(kind, item.version, item.bytes, 0, builder),
             Duration::ZERO,
         ))
     }

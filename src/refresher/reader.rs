@@ -9,13 +9,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use gray_core::delta::SetAtChange;
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
-use gray_io::connection;
 use gray_io::read::{fetch, probe, FetchError, Limit};
+use gray_io::{changes, connection};
 
 use super::health::Health;
 use super::link::Link;
 use super::watch::Reading;
+use crate::log::Level;
 
 /// A key whose value is at least this large is read whole at most once a `refresh` for messages
 /// that name no key, and, polling without tracking, is probed (its type and size) before it is
@@ -62,6 +64,9 @@ pub(super) struct Reader {
     refused: HashSet<String>,
     /// Large keys whose read waits for their `refresh` to pass, and when it does.
     deferred: HashMap<String, Instant>,
+    /// The SETs grayctl records changes of, as of their last change read: the next changes are
+    /// applied to them instead of reading them again.
+    at_change: HashMap<String, SetAtChange>,
     /// The command connection the keys were read on: a new one tracks none of them yet.
     generation: u64,
     /// This session's `resync` (jittered), set as it starts.
@@ -84,6 +89,7 @@ impl Reader {
         self.last_reads.clear();
         self.refused.clear();
         self.deferred.clear();
+        self.at_change.clear();
     }
 
     /// Whether a deferred key is due: the session polls for it though nothing was announced.
@@ -100,6 +106,7 @@ impl Reader {
     /// Forgets key `key`'s last read: referenced again later, it is read again, whatever a write
     /// names.
     pub fn forget(&mut self, key: &str) {
+        self.at_change.remove(key);
         self.last_reads.remove(key);
         self.refused.remove(key);
         self.deferred.remove(key);
@@ -158,10 +165,13 @@ impl Reader {
                 return Ok(Read::Unchanged);
             }
         }
-        self.deferred.remove(key);
         // Without tracking, a large value (or one not read yet) is probed before every read, so
         // that the next poll can tell it unchanged.
         let probing = !tracking && last.is_none_or(|l| l.bytes >= LARGE);
+        self.deferred.remove(key);
+        if let Some(read) = self.read_changes::<B>(link, health, key, polled)? {
+            return Ok(read);
+        }
         let started = Instant::now();
         let probed = if probing {
             match probe(link.command()?, key) {
@@ -188,9 +198,38 @@ impl Reader {
                 return Ok(Read::Unchanged);
             }
         }
+        // A whitelist SET's change number before it is read: its deltas from there on apply.
+        let change = if B::TAKES_BUILT {
+            match changes::latest(link.command()?, key) {
+                Ok((change, _)) => change,
+                // Not a SET, or an ACL without HGET: read whole every time.
+                Err(connection::Error::Server(_)) => None,
+                Err(e) => return Err(format!("failed to read key {key}: {}", link.describe(&e))),
+            }
+        } else {
+            None
+        };
         let command = link.command()?;
         match fetch::<B>(command, key, limit) {
             Ok(fetched) => {
+                if let (Some(change), KeyKind::Set, Some(builder)) = (
+                    change,
+                    fetched.kind,
+                    fetched.builder().and_then(ListBuilder::as_whitelist),
+                ) {
+                    self.at_change.insert(
+                        key.to_string(),
+                        SetAtChange::new(
+                            change,
+                            builder.clone(),
+                            fetched.version,
+                            fetched.members,
+                            fetched.bytes,
+                        ),
+                    );
+                } else {
+                    self.at_change.remove(key);
+                }
                 polled.bytes += fetched.bytes;
                 self.refused.remove(key);
                 self.last_reads.insert(
@@ -214,6 +253,96 @@ impl Reader {
             }
             Err(e) => Err(read_failed(link, key, e)),
         }
+    }
+}
+
+impl Reader {
+    /// A whitelist SET grayctl records changes of, read by its deltas: `None` when it must be
+    /// read whole (no change recorded since it was, by a write no delta describes; a delta
+    /// missing or that does not add up). Unannounced (a resync, a message naming no key, a
+    /// poll), an unchanged change number and size leave it unread.
+    fn read_changes<B: ListBuilder>(
+        &mut self,
+        link: &mut Link,
+        health: &mut Health,
+        key: &str,
+        polled: &mut Polled,
+    ) -> Result<Option<Read<B>>, String> {
+        let Some(mut at) = self.at_change.remove(key) else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let failed = |link: &Link, e: connection::Error| {
+            format!(
+                "failed to read the changes of key {key}: {}",
+                link.describe(&e)
+            )
+        };
+        let (latest, members) = match changes::latest(link.command()?, key) {
+            Ok(latest) => latest,
+            Err(connection::Error::Server(_)) => return Ok(None),
+            Err(e) => return Err(failed(link, e)),
+        };
+        let Some(latest) = latest else {
+            return Ok(None);
+        };
+        if latest == at.change {
+            let announced = matches!(&self.reading, Some(Reading::Keys(_)));
+            if announced || members != at.members() {
+                return Ok(None);
+            }
+            if let Some(last) = self.last_reads.get_mut(key) {
+                last.at = Instant::now();
+            }
+            self.at_change.insert(key.to_string(), at);
+            return Ok(Some(Read::Unchanged));
+        }
+        let deltas = match changes::since(link.command()?, key, at.change, latest) {
+            Ok(Some(deltas)) => deltas,
+            Ok(None) => {
+                if !link.command()?.in_step() {
+                    link.drop_command();
+                }
+                return Ok(None);
+            }
+            Err(connection::Error::Server(_)) => return Ok(None),
+            Err(e) => return Err(failed(link, e)),
+        };
+        for delta in &deltas {
+            if let Err(why) = at.apply(delta) {
+                health.log(
+                    Level::Notice,
+                    format!(
+                        "the recorded changes of key {key} do not add up ({why}): reading it whole"
+                    ),
+                );
+                return Ok(None);
+            }
+        }
+        if at.members() != members {
+            return Ok(None);
+        }
+        let Some(builder) = B::built(at.list()) else {
+            return Ok(None);
+        };
+        polled.bytes += deltas
+            .iter()
+            .flat_map(|d| d.add.iter().chain(&d.remove))
+            .map(String::len)
+            .sum::<usize>();
+        let fetched = Fetched::stored(
+            KeyKind::Set,
+            at.version(),
+            at.bytes(),
+            at.members(),
+            builder,
+        );
+        if let Some(last) = self.last_reads.get_mut(key) {
+            last.bytes = at.bytes();
+            last.at = Instant::now();
+        }
+        self.at_change.insert(key.to_string(), at);
+        Ok(Some(Read::Value(fetched, started.elapsed())))
     }
 }
 

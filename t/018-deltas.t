@@ -1,0 +1,123 @@
+# Changes that cost what changed: grayctl records each change of a SET beside it (<key>:changes,
+# a change number and the delta); the worker holding the session applies the deltas instead of
+# reading the SET again (Redis counts no SSCAN for them), and reads it whole for a write no
+# delta describes (a raw SADD) and for a gap in the change numbers.
+use lib '.';
+use t::Gray;
+use Test::Nginx::Socket::Lua 'no_plan';
+
+workers(4);
+master_on();
+add_block_preprocessor(\&gray_block);
+
+our $Host = <<'_EOC_';
+    init_by_lua_block {
+        require("gray").configure{ redis = "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0" }
+    }
+    init_worker_by_lua_block { require("gray").init_worker() }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_EXTRA_PORT reuseport;
+        location = /who {
+            content_by_lua_block {
+                local s = require("gray").status()
+                ngx.say(ngx.worker.pid(), " ", (require("gray").decide()), " ", s.version)
+            }
+        }
+    }
+_EOC_
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: grayctl add and remove reach every worker as deltas (no SSCAN); a raw SADD and a gap in the change numbers are read whole; a whole read and the deltas give one version
+--- redis
+SADD gray 10.0.0.1 10.0.0.2 bad
+--- main_config
+env EXTRA=$TEST_NGINX_EXTRA_PORT;
+--- http_config eval
+$::Host
+--- config
+location = /t {
+    content_by_lua_block {
+        local T = require "gray_test"
+        local port = tonumber(os.getenv("EXTRA"))
+        local function grayctl(args)
+            local p = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl --redis "
+                               .. "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0 " .. args .. " 2>&1")
+            local out = p:read("*a")
+            p:close()
+            return out
+        end
+        -- SSCANs sent by the gateway (its TCP connections; grayctl reads a small SET whole
+        -- too, on connections of its own), as Redis's slow log records every command.
+        T.redis("config", "set", "slowlog-log-slower-than", 0)
+        T.redis("config", "set", "slowlog-max-len", 100000)
+        local function scans()
+            local gateway = {}
+            for addr in T.redis("client", "list"):gmatch("addr=(127%.0%.0%.1:%d+)") do
+                gateway[addr] = true
+            end
+            local n = 0
+            for _, entry in ipairs(T.redis("slowlog", "get", -1)) do
+                if gateway[entry[5]] and tostring(entry[4][1]):upper() == "SSCAN" then
+                    n = n + 1
+                end
+            end
+            return n
+        end
+        -- Every worker decides the test's client (127.0.0.1) `decision`; the versions they serve.
+        local function everywhere(decision)
+            local versions
+            local ok = T.wait_for(function()
+                local answers = T.every_worker(port, "/who", 1, function(body)
+                    local d, v = body:match("^%d+ (%S+) (%S+)")
+                    return { decision = d, version = v }
+                end)
+                if not answers then return false end
+                versions = {}
+                for _, a in pairs(answers) do
+                    if a.decision ~= decision then return false end
+                    versions[a.version] = true
+                end
+                return true
+            end, 5)
+            local n, version = 0, nil
+            for v in pairs(versions or {}) do n, version = n + 1, v end
+            return ok and n == 1, version
+        end
+        -- The first change starts the record; the gateway read the SET before it, so reads it whole.
+        grayctl("add 127.0.0.1")
+        ngx.say("first add: ", everywhere("@prod2-grey"), ", change ", T.redis("hget", "gray:changes", "ver"))
+        local before = scans()
+        -- Connections grayctl opens are gone when it is done: only the gateway's stay listed.
+        grayctl("remove 127.0.0.1")
+        local removed = everywhere("@prod1")
+        grayctl("add 127.0.0.0/24 192.0.2.1")
+        local added, version = everywhere("@prod2-grey")
+        ngx.say("deltas: ", removed, " ", added, ", SSCANs ", scans() - before,
+                ", change ", T.redis("hget", "gray:changes", "ver"))
+        ngx.say("delta 3: ", T.redis("hget", "gray:changes", "d:3"))
+        -- A raw write no delta describes: tracking says the key changed, the change number did not.
+        before = scans()
+        T.redis("srem", "gray", "127.0.0.0/24")
+        ngx.say("raw srem: ", (everywhere("@prod1")), ", read whole: ", scans() > before)
+        -- A gap: change numbers moved by two, no delta recorded.
+        before = scans()
+        T.redis_atomic({ "sadd", "gray", "127.0.0.1" }, { "hincrby", "gray:changes", "ver", 2 })
+        ngx.say("gap: ", (everywhere("@prod2-grey")), ", read whole: ", scans() > before)
+        -- Back to the SET the deltas made, by a raw write: the version a whole read gives is theirs.
+        T.redis_atomic({ "srem", "gray", "127.0.0.1" }, { "sadd", "gray", "127.0.0.0/24" })
+        local _, whole = everywhere("@prod2-grey")
+        ngx.say("one version: ", whole == version)
+        T.redis("config", "set", "slowlog-log-slower-than", 10000)
+    }
+}
+--- timeout: 40
+--- response_body
+first add: true, change 1
+deltas: true true, SSCANs 0, change 3
+delta 3: {"add":["127.0.0.0/24","192.0.2.1"],"remove":[],"card":5}
+raw srem: true, read whole: true
+gap: true, read whole: true
+one version: true
