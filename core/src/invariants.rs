@@ -10,10 +10,13 @@ use ipnet::IpNet;
 use std::sync::Arc;
 
 use crate::client_ip::{client_ip as derive, parse_addr, parse_hop, Source};
+use crate::delta::{Delta, SetAtChange};
 use crate::flat::{Aligned, FlatReader, FlatWriter};
 use crate::ipset::{canonical_addr, canonical_net, IpSet};
+use crate::manifest::{Item, ItemForm, Manifest};
 use crate::rules::{lane, schema, KeyData, MintedId, Request};
-use crate::whitelist::{parse_entry, tokens, Whitelist};
+use crate::value::Members;
+use crate::whitelist::{parse_entry, tokens, Whitelist, WhitelistBuilder};
 
 /// Any bytes as a whitelist value: every token is either an entry or a rejection; every accepted
 /// entry is matched by the built set, both ends of it (except, for an IPv6 network spanning the
@@ -72,6 +75,127 @@ pub fn flat_ipset(data: &[u8]) {
         assert_eq!(
             read.matching_range(addr),
             built.matching_range(addr),
+            "{addr}"
+        );
+    }
+}
+
+/// Any bytes as the host store's manifest, as a worker finds them in shared memory: refused, or a
+/// manifest that writes back to the same bytes' meaning; and a manifest laid out from them, torn
+/// or changed at any byte, is refused rather than read as another.
+pub fn manifest(data: &[u8]) {
+    let generation = data.first().map_or(0, |&b| u64::from(b));
+    if let Ok(read) = Manifest::decode(data, generation) {
+        assert_eq!(
+            Manifest::decode(&read.encode(), generation).as_ref(),
+            Ok(&read)
+        );
+    }
+    let laid_out = Manifest {
+        generation,
+        items: data
+            .chunks(16)
+            .map(|chunk| Item {
+                key: String::from_utf8_lossy(chunk).into_owned(),
+                kind: "set".into(),
+                version: chunk.iter().map(|&b| u64::from(b)).sum(),
+                bytes: chunk.len(),
+                form: if chunk.len() % 2 == 0 {
+                    ItemForm::Text
+                } else {
+                    ItemForm::Whitelist
+                },
+                first: chunk.len(),
+                chunks: 1,
+                block: u64::from(chunk[0]),
+                len: chunk.len(),
+                checksum: 0,
+            })
+            .collect(),
+    };
+    let bytes = laid_out.encode();
+    assert_eq!(Manifest::decode(&bytes, generation).as_ref(), Ok(&laid_out));
+    let at = data.iter().map(|&b| usize::from(b)).sum::<usize>() % bytes.len();
+    let mut changed = bytes.clone();
+    changed[at] ^= 0x20;
+    assert!(
+        Manifest::decode(&changed, generation).is_err(),
+        "byte {at} changed"
+    );
+    assert!(
+        Manifest::decode(&bytes[..at], generation).is_err(),
+        "torn at {at}"
+    );
+}
+
+/// Any bytes as a SET read whole (the lines of the first half) and a change of it (members of
+/// the second half added, every third member read removed): the deltas give the list, version,
+/// size and members a whole read of the SET after the change gives.
+pub fn set_delta(data: &[u8]) {
+    let (before, after) = data.split_at(data.len() / 2);
+    let unique = |part: &[u8]| {
+        let mut seen = std::collections::HashSet::new();
+        part.split(|&b| b == b'\n')
+            .filter_map(|m| std::str::from_utf8(m).ok())
+            .filter(|m| seen.insert(m.to_string()))
+            .map(str::to_string)
+            .collect::<Vec<String>>()
+    };
+    let read = |members: &[String]| {
+        let mut read = Members::<WhitelistBuilder>::default();
+        for member in members {
+            read.add(member.as_bytes());
+        }
+        read.finish()
+    };
+    let members = unique(before);
+    let remove: Vec<String> = members.iter().step_by(3).cloned().collect();
+    let add: Vec<String> = unique(after)
+        .into_iter()
+        .filter(|m| !members.contains(m))
+        .collect();
+    let mut now: Vec<String> = members
+        .iter()
+        .filter(|m| !remove.contains(m))
+        .cloned()
+        .collect();
+    now.extend(add.iter().cloned());
+    let whole_before = read(&members);
+    let builder = whole_before.builder().expect("a SET's builder").clone();
+    let mut at = SetAtChange::new(
+        1,
+        builder,
+        whole_before.version,
+        whole_before.members,
+        whole_before.bytes,
+    );
+    let card = now.len() as u64;
+    at.apply(&Delta { add, remove, card })
+        .expect("a delta of members there and not there applies");
+    let whole = read(&now);
+    assert_eq!(
+        (at.version(), at.members(), at.bytes()),
+        (whole.version, whole.members, whole.bytes)
+    );
+    let (list, expected) = (at.list(), whole.into_list());
+    assert_eq!(
+        (
+            list.entries_v4,
+            list.entries_v6,
+            list.rejected_count,
+            list.truncated_count
+        ),
+        (
+            expected.entries_v4,
+            expected.entries_v6,
+            expected.rejected_count,
+            expected.truncated_count
+        )
+    );
+    for addr in probes(data) {
+        assert_eq!(
+            list.set.matching_range(addr),
+            expected.set.matching_range(addr),
             "{addr}"
         );
     }
@@ -202,13 +326,17 @@ mod tests {
     #[test]
     fn the_committed_fuzz_corpora_hold() {
         let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let targets: [(&str, Check); 6] = [
+        let targets: [(&str, Check); 10] = [
             ("fuzz/corpus/whitelist", super::whitelist),
             ("fuzz/corpus/whitelist", super::flat_ipset),
             ("fuzz/corpus/flat_ipset", super::flat_ipset),
             ("fuzz/corpus/client_ip", super::client_ip),
             ("fuzz/corpus/rule_set", super::rule_set),
             ("nginx-conf/rules", super::rule_set),
+            ("fuzz/corpus/manifest", super::manifest),
+            ("fuzz/corpus/whitelist", super::manifest),
+            ("fuzz/corpus/set_delta", super::set_delta),
+            ("fuzz/corpus/whitelist", super::set_delta),
         ];
         for (dir, check) in targets {
             let mut replayed = 0;

@@ -27,6 +27,7 @@ pub mod idset;
 pub mod invariants;
 pub mod ipset;
 pub mod keys;
+pub mod manifest;
 pub mod plan;
 pub mod rollout;
 pub mod rules;

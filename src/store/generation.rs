@@ -15,59 +15,27 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use gray_core::flat::Backing;
-use serde::{Deserialize, Serialize};
+use gray_core::manifest::Manifest;
+pub use gray_core::manifest::{Item, ItemForm};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::blocks::Block;
 use super::readers::NONE;
 use super::{Store, Token, MANIFESTS_AT, MANIFEST_SLOT};
 
-/// How an item's bytes are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ItemForm {
-    /// The value as read (a SET's members joined by newlines).
-    Text,
-    /// A whitelist: its figures, then its address set, as flat records.
-    Whitelist,
+/// The store's view of an item: the block that holds its bytes.
+pub(super) trait ItemBlock {
+    fn block(&self) -> Block;
 }
 
-/// An item as the manifest lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
-    pub key: String,
-    /// "missing", "string" or "set".
-    pub kind: String,
-    pub version: u64,
-    /// The value's size as read.
-    pub bytes: usize,
-    pub form: ItemForm,
-    first: usize,
-    chunks: usize,
-    block: u64,
-    len: usize,
-    checksum: u64,
-}
-
-impl Item {
-    /// What a reader remembers of a block it checked: its id and checksum.
-    pub fn checked(&self) -> (u64, u64) {
-        (self.block, self.checksum)
-    }
-
-    pub(super) fn block(&self) -> Block {
+impl ItemBlock for Item {
+    fn block(&self) -> Block {
         Block {
             first: self.first,
             chunks: self.chunks,
             id: self.block,
         }
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
-    generation: u64,
-    items: Vec<Item>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,20 +118,7 @@ impl Store {
         }
         let bytes = crate::region::read_sequenced(self.manifest_words(dir & 1))
             .ok_or_else(|| StoreError::Manifest("it was being written".into()))?;
-        let (sum, json) = bytes
-            .split_at_checked(8)
-            .ok_or_else(|| StoreError::Manifest("shorter than its checksum".into()))?;
-        if u64::from_le_bytes(sum.try_into().expect("8 bytes")) != xxh3_64(json) {
-            return Err(StoreError::Manifest("its checksum does not match".into()));
-        }
-        let manifest: Manifest =
-            serde_json::from_slice(json).map_err(|e| StoreError::Manifest(e.to_string()))?;
-        if manifest.generation != generation {
-            return Err(StoreError::Manifest(format!(
-                "generation {} where {generation} is in force",
-                manifest.generation
-            )));
-        }
+        let manifest = Manifest::decode(&bytes, generation).map_err(StoreError::Manifest)?;
         Ok(Some((dir, manifest)))
     }
 
@@ -235,14 +190,12 @@ impl Store {
                 checksum: xxh3_64(&bytes),
             });
         }
-        let blocks: Vec<Block> = listed.iter().map(Item::block).collect();
-        let json = serde_json::to_vec(&Manifest {
+        let blocks: Vec<Block> = listed.iter().map(ItemBlock::block).collect();
+        let text = Manifest {
             generation,
             items: listed,
-        })
-        .expect("a manifest is plain data");
-        let mut text = xxh3_64(&json).to_le_bytes().to_vec();
-        text.extend_from_slice(&json);
+        }
+        .encode();
         if text.len() > MANIFEST_SLOT - 16 {
             return Err(StoreError::ManifestTooLarge { bytes: text.len() });
         }
@@ -310,11 +263,7 @@ impl Store {
                 key: item.key.clone(),
                 why: why.into(),
             };
-            let fits = item
-                .chunks
-                .checked_mul(super::CHUNK)
-                .is_some_and(|room| item.len <= room);
-            if !fits || !self.owns(item.block()) {
+            if !item.fits(super::CHUNK) || !self.owns(item.block()) {
                 return Err(broken("its block is not where the manifest says"));
             }
             let bytes = self

@@ -2,6 +2,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::generation::ItemBlock;
 use super::*;
 
 /// The tests fork: one at a time, so that no other test thread holds a lock the child needs.
