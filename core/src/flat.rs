@@ -162,6 +162,13 @@ pub struct FlatWriter {
 }
 
 impl FlatWriter {
+    /// A writer with room for `bytes` of records: a large list is laid out without growing.
+    pub fn with_capacity(bytes: usize) -> FlatWriter {
+        FlatWriter {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
+
     pub fn slice<T: IntoBytes + Immutable>(&mut self, tag: u64, items: &[T]) {
         let bytes = items.as_bytes();
         self.buf

@@ -88,8 +88,13 @@ impl<T: Key> RangeTable<T> {
         if !ranges.is_sorted() {
             ranges.sort_unstable();
         }
+        Self::build_sorted(&ranges)
+    }
+
+    /// The table of `ranges`, sorted.
+    fn build_sorted(ranges: &[(T, T)]) -> Self {
         let mut merged: Vec<[T; 2]> = Vec::with_capacity(ranges.len());
-        for (start, end) in ranges {
+        for &(start, end) in ranges {
             match merged.last_mut() {
                 // Only overlapping ranges merge, so an entry that overlaps nothing stays itself and
                 // `decide()` can name it.
@@ -190,7 +195,7 @@ impl<T: Key> RangeTable<T> {
         }
         if !buckets.is_empty() {
             let count = buckets.len() - 1;
-            if !count.is_power_of_two() || *buckets != *index(&ranges, base, shift, count) {
+            if !count.is_power_of_two() || !index_matches(&ranges, base, shift, &buckets) {
                 return Err(invalid("a bucket index that does not match the ranges"));
             }
         }
@@ -205,6 +210,20 @@ impl<T: Key> RangeTable<T> {
 
 /// The bucket index of `ranges` with `count` buckets: `count + 1` entries, entry `b` the first
 /// range whose start's bucket is `b` or later.
+/// Whether `buckets` is the index [`index`] makes of `ranges`, checked without making it.
+fn index_matches<T: Key>(ranges: &[[T; 2]], base: T, shift: u32, buckets: &[u32]) -> bool {
+    let mut i = 0usize;
+    for (bucket, &first) in buckets.iter().enumerate() {
+        while i < ranges.len() && ranges[i][0].bucket(base, shift) < bucket {
+            i += 1;
+        }
+        if first as usize != i {
+            return false;
+        }
+    }
+    true
+}
+
 fn index<T: Key>(ranges: &[[T; 2]], base: T, shift: u32, count: usize) -> Vec<u32> {
     let mut buckets = Vec::with_capacity(count + 1);
     let mut i = 0usize;
@@ -340,6 +359,18 @@ impl IpSetBuilder {
             v4: RangeTable::build(self.v4),
             v6: RangeTable::build(self.v6),
         }
+    }
+
+    /// The set of the ranges added so far, the builder kept: without copying them when they
+    /// are sorted ([`IpSetBuilder::sort`]).
+    pub fn build_kept(&self) -> IpSet {
+        if self.v4.is_sorted() && self.v6.is_sorted() {
+            return IpSet {
+                v4: RangeTable::build_sorted(&self.v4),
+                v6: RangeTable::build_sorted(&self.v6),
+            };
+        }
+        self.clone().build()
     }
 
     /// Sorts the ranges: kept sorted, ranges added since sort as a run of their own, in linear

@@ -217,7 +217,7 @@ impl WhitelistBuilder {
     /// The list as it stands, the builder kept for more changes.
     pub fn list(&self) -> Whitelist {
         Whitelist {
-            set: self.set.clone().build(),
+            set: self.set.build_kept(),
             ..self.list.clone()
         }
     }

@@ -287,7 +287,8 @@ fn items(loaded: &Loaded) -> Vec<NewItem<'_>> {
         lay_out: Box::new({
             let list = list.clone();
             move || {
-                let mut writer = FlatWriter::default();
+                // The tables, their record heads and the figures' few KiB.
+                let mut writer = FlatWriter::with_capacity(list.list.set.heap_bytes() + 64 * 1024);
                 list.list.write_flat(&mut writer);
                 writer.into_bytes()
             }
