@@ -21,7 +21,7 @@ __DATA__
 === TEST 1: the least-privilege ACL user the README lists: loads, tracks, and sees a plain SET at once
 --- redis
 SET gray 127.0.0.9
-ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +scard +hgetall +subscribe +client|id +client|tracking
+ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +scard +hget +hmget +hgetall +subscribe +client|id +client|tracking
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
@@ -77,7 +77,7 @@ written on the master: true
 === TEST 3: the same ACL user, polling (tracking = false): a large SET is probed (SCARD) and read again when it grows
 --- redis
 EVAL "for a = 0, 39 do for b = 0, 199 do redis.call('SADD', 'gray', '10.' .. a .. '.' .. b .. '.1') end end return 1" 0
-ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +scard +hgetall +subscribe +client|id +client|tracking
+ACL SETUSER tester on >secret resetkeys %R~gray* resetchannels &gray:changed &__redis__:invalidate -@all +ping +type +strlen +getrange +sscan +scard +hget +hmget +hgetall +subscribe +client|id +client|tracking
 --- http_config
     init_worker_by_lua_block {
         require("gray").configure{
