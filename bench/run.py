@@ -452,12 +452,12 @@ def worker_versions(conn):
             for w in json.loads(body)["workers"]}
 
 
-def seen_by_every_worker(conn, before, timeout):
-    """Waits until each of the two workers serves another version than in `before`; seconds."""
+def seen_by_every_worker(conn, before, timeout, workers=2):
+    """Waits until each of the `workers` serves another version than in `before`; seconds."""
     start = time.perf_counter()
     while True:
         now = worker_versions(conn)
-        if len(now) == 2 and all(v is not None and v != before.get(pid) for pid, v in now.items()):
+        if len(now) == workers and all(v is not None and v != before.get(pid) for pid, v in now.items()):
             return time.perf_counter() - start
         if time.perf_counter() - start > timeout:
             raise RuntimeError(f"not every worker saw the change: {before} -> {now}")
@@ -547,6 +547,128 @@ def fleet_report(opts, fl):
              f"Before this (every poll read the value whole): {size_mb:.1f} MB per worker per refresh, "
              f"{size_mb * 60:,.0f} MB per worker per minute. Not in the window: the safety-net full read "
              f"every `resync` (300 s, jittered), {size_mb:.1f} MB per worker each time.", ""]
+    return lines
+
+
+HOST_WORKERS = (1, 2, 4, 8)
+
+
+def pss_kib(pids):
+    """The workers' proportional set size summed (/proc/PID/smaps_rollup), KiB: a page shared by
+    N workers counts 1/N in each."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            total += int(re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M).group(1))
+    return total
+
+
+def gray_connections(redis):
+    """TCP clients of Redis other than the one asking (redis-cli, over TCP too)."""
+    return sum(1 for line in redis.cli("CLIENT", "LIST").splitlines() if "addr=" in line) - 1
+
+
+def grayctl(*args):
+    subprocess.run([os.path.join(TOP, "target", "release", "grayctl"), "--redis",
+                    f"redis://{CLIENT}:{REDIS_PORT}/0", *args], check=True, capture_output=True)
+
+
+def host(redis, opts):
+    """One nginx of W workers (W in HOST_WORKERS), with the host's one session and one copy: the
+    workers' PSS summed before and after a 1M-entry list (string) loads, and gray's Redis
+    connections at rest. With the last W: a plain SET seen by every worker, then a 1M-member SET
+    changed by `grayctl add` (the gateway applies the delta): Redis's bytes out and the time until
+    every worker serves the change."""
+    entries = make_list(1_000_000, True)
+    results = {"rows": []}
+    for workers in HOST_WORKERS:
+        redis.put_list(["10.0.0.1"], "string")
+        gateway, prefix = start_gateway([], refresh=1, lua_cache=False, workers=workers)
+        conn = http.client.HTTPConnection(CLIENT, DECISION_PORT, timeout=5)
+        assert wait_until(lambda: len([v for v in worker_versions(conn).values() if v]) == workers, 60), \
+            f"{workers} workers never reported"
+        time.sleep(2)
+        empty = pss_kib(worker_pids(prefix))
+        before = worker_versions(conn)
+        redis.put_list(entries, "string")
+        seen_by_every_worker(conn, before, 120, workers)
+        time.sleep(3)   # the load's aftermath (memory given back) settles
+        full = pss_kib(worker_pids(prefix))
+        results["rows"].append({"workers": workers, "empty_kib": empty, "full_kib": full,
+                                "connections": gray_connections(redis)})
+        if workers != HOST_WORKERS[-1]:
+            conn.close()
+            stop(gateway, signal.SIGQUIT)
+    # The last gateway: a plain SET, then the 1M-member SET's deltas.
+    red = redis.connect()
+    sets = []
+    for i in range(opts.trials):
+        before = worker_versions(conn)
+        red.call("SET", "gray", CLIENT if i % 2 == 0 else "10.0.0.1")
+        sets.append(seen_by_every_worker(conn, before, 5, workers) * 1000)
+        time.sleep(0.02)
+    red.close()
+    results["set"] = sets
+    before = worker_versions(conn)
+    redis.put_list(entries, "set")
+    seen_by_every_worker(conn, before, 120, workers)
+    # The first grayctl change starts the SET's record of changes: the gateway reads it whole once.
+    before = worker_versions(conn)
+    grayctl("add", "10.255.255.1")
+    seen_by_every_worker(conn, before, 120, workers)
+    time.sleep(1)
+    adds, sent = [], []
+    for i in range(opts.big_changes * 4):
+        before = worker_versions(conn)
+        out_before = redis_output_bytes(redis)
+        start = time.perf_counter()
+        grayctl("add", f"10.255.{i // 250}.{i % 250 + 2}")
+        seen = seen_by_every_worker(conn, before, 30, workers)
+        adds.append((time.perf_counter() - start) * 1000)
+        del seen
+        time.sleep(0.2)
+        sent.append(redis_output_bytes(redis) - out_before)
+    results["adds"], results["add_bytes"] = adds, sent
+    results["set_members"] = int(redis.cli("SCARD", "gray"))
+    conn.close()
+    stop(gateway, signal.SIGQUIT)
+    return results
+
+
+def host_report(hs):
+    rows = hs["rows"]
+    one = rows[0]["full_kib"] - rows[0]["empty_kib"]
+    lines = ["## One session and one copy per host", "",
+             "One nginx, W workers, refresh 1 s, `require \"gray\"` in init_by_lua: one worker holds the Redis "
+             "session, the others read the host's shared copy. PSS summed over the workers "
+             "(`/proc/PID/smaps_rollup`), with a 1-entry list and then with a 1M-entry list (string) loaded; "
+             "Redis connections: TCP clients in `CLIENT LIST` at rest.", "",
+             "| workers | PSS, 1 entry | PSS, 1M entries | the list adds | per worker | Redis connections |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        added = r["full_kib"] - r["empty_kib"]
+        lines.append(f"| {r['workers']} | {r['empty_kib'] / 1024:.1f} MiB | {r['full_kib'] / 1024:.1f} MiB | "
+                     f"{added / 1024:.1f} MiB | {added / r['workers'] / 1024:.1f} MiB | {r['connections']} |")
+    last = rows[-1]
+    added = last["full_kib"] - last["empty_kib"]
+    sets, adds, sent = hs["set"], hs["adds"], hs["add_bytes"]
+    w, connections = last["workers"], max(r["connections"] for r in rows)
+    memory_target, memory = f"{w} workers add <= 1.5 x one worker", f"{added / 1024:.1f} MiB against {one / 1024:.1f} MiB"
+    lines += ["", f"Targets: {w} workers add <= 1.5 x what 1 worker adds: "
+              f"{verdict(added <= 1.5 * one, memory_target, memory)}; "
+              f"<= 2 Redis connections at rest whatever W: "
+              f"{verdict(connections <= 2, '<= 2 Redis connections per nginx', str(connections))}.", "",
+             f"With {last['workers']} workers, changes seen when every worker's metrics state shows the new "
+             "version (`/gray/metrics?format=json`, polled every 2 ms):", "",
+             "| change | trials | p50 ms | p99 ms | max ms |", "| --- | ---: | ---: | ---: | ---: |",
+             f"| plain SET (no PUBLISH) of a 1-entry list | {len(sets)} | {pct(sets, 50):.1f} | {pct(sets, 99):.1f} | {max(sets):.1f} |",
+             f"| `grayctl add` of one entry to a {hs['set_members']:,}-member SET (a delta), from the command's start "
+             f"| {len(adds)} | {pct(adds, 50):.1f} | {pct(adds, 99):.1f} | {max(adds):.1f} |", "",
+             f"Redis's bytes out for one `grayctl add` (`total_net_output_bytes`: grayctl's own replies, the "
+             f"host's and INFO's included): median {statistics.median(sent):,.0f}, max {max(sent):,.0f}.", "",
+             f"Targets: plain SET p50 <= 2 ms: {verdict(pct(sets, 50) <= 2, 'plain SET p50 <= 2 ms on every worker', f'{pct(sets, 50):.1f} ms')}; "
+             f"the add seen by every worker p99 <= 50 ms: {verdict(pct(adds, 99) <= 50, 'grayctl add to a 1M SET p99 <= 50 ms', f'{pct(adds, 99):.1f} ms')}; "
+             f"<= 4 KB sent for it: {verdict(max(sent) <= 4096, 'grayctl add to a 1M SET <= 4 KB from Redis', f'{max(sent):,} bytes')}.", ""]
     return lines
 
 
@@ -920,7 +1042,7 @@ def summary(opts, tp, fl, hung, run):
     return harness.quoted("bench", "\n".join(lines))
 
 
-def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, elapsed):
+def report(opts, tp, cg, mt, judged_us, prop, fl, hs, rb, rr, hung, ro, elapsed):
     run = (f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC of commit {harness.commit()}, "
            f"`make bench{' QUICK=1' if opts.quick else ''}`, {elapsed / 60:.0f} minutes, {os.cpu_count()} cores shared.")
     lines = [f"# gray benchmark{' (QUICK smoke run: short, not for quoting)' if opts.quick else ''}", "",
@@ -1063,6 +1185,8 @@ def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, elapsed):
         lines.append(f"| {group.replace('_', ' ')} | " + " | ".join(cells) + " |")
     worst = max((ns for (g, s), ns in mt.items() if s == 1_000_000 and g.startswith("mixed")), default=float("nan"))
     lines += ["", f"Target <= 50 ns at 1M mixed entries: worst {worst:.1f} ns, {verdict(worst <= 50, 'matcher <= 50 ns at 1M mixed entries', f'{worst:.1f} ns')}."]
+    v6 = max((ns for (g, s), ns in mt.items() if s == 1_000_000 and g.startswith("v6")), default=float("nan"))
+    lines += [f"Target <= 100 ns at 1M IPv6 entries: worst {v6:.1f} ns, {verdict(v6 <= 100, 'matcher <= 100 ns at 1M IPv6 entries', f'{v6:.1f} ns')}."]
     ids = max((ns for (g, s), ns in mt.items() if s == 1_000_000 and g.startswith("ids")), default=float("nan"))
     lines += [f"An `in_key` set of 1M user ids (rows `ids`): worst {ids:.1f} ns per lookup; target <= 100 ns, "
               f"{verdict(ids <= 100, 'id lookup <= 100 ns at 1M ids', f'{ids:.1f} ns')}.", ""]
@@ -1085,6 +1209,7 @@ def report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, elapsed):
               f"p99 <= 20 ms after a plain SET: {verdict(pct(tracked, 99) <= 20, 'plain SET routed, p99 <= 20 ms', f'{pct(tracked, 99):.1f} ms')}.", ""]
 
     lines += fleet_report(opts, fl)
+    lines += host_report(hs)
     lines += rollouts_report(ro)
     lines += rebuild_report(opts, rb)
     lines += rules_rebuild_report(rr)
@@ -1148,6 +1273,7 @@ def main():
         tp = throughput(redis, opts)
         prop = propagation(redis, opts)
         fl = fleet(redis, opts)
+        hs = host(redis, opts)
         hung = redis_hung(redis, opts)
         rb = None if opts.quick else {(kind, size): rebuild(redis, opts, kind, size)
                                       for kind, size in (("set", 1_000_000), ("string", 1_000_000), ("string", 10_000))}
@@ -1155,7 +1281,7 @@ def main():
         cg = callgrind(redis, opts)
         ro = rollouts(redis, opts)
     out = os.path.join(TOP, "bench", "RESULTS.quick.md" if opts.quick else "RESULTS.md")
-    text = report(opts, tp, cg, mt, judged_us, prop, fl, rb, rr, hung, ro, time.time() - started)
+    text = report(opts, tp, cg, mt, judged_us, prop, fl, hs, rb, rr, hung, ro, time.time() - started)
     if MISSED:
         text += "\n## MISSED\n\n" + "".join(f"- {target}\n" for target in MISSED)
     with open(out, "w") as f:
