@@ -11,18 +11,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::value::SetVersion;
+use crate::value::{Fetched, KeyKind, ListBuilder, SetVersion};
 use crate::whitelist::{Whitelist, WhitelistBuilder};
 
 /// The field holding the number of the latest change.
 pub const VERSION_FIELD: &str = "ver";
-/// The deltas kept: a gateway more changes behind reads the key whole.
+/// The deltas kept: a gateway more changes behind reads the key whole (it applies at most this
+/// many at once).
 pub const KEPT: u64 = 64;
 /// A delta larger than this (an import that replaced most of a list) is not recorded: its
 /// change number alone tells the gateways to read the key whole.
 pub const MAX_BYTES: usize = 64 * 1024;
-/// A gateway applies at most this many deltas at once; further behind, it reads the key whole.
-pub const MAX_CHAIN: u64 = KEPT;
 
 /// The field of change `version`'s delta.
 pub fn field(version: u64) -> String {
@@ -75,21 +74,22 @@ pub struct SetAtChange {
 }
 
 impl SetAtChange {
-    pub fn new(
-        change: u64,
-        mut builder: WhitelistBuilder,
-        version: u64,
-        members: u64,
-        bytes: usize,
-    ) -> Self {
+    /// SET `fetched`, read whole at change `change`; `None` for a value that is not a SET of a
+    /// whitelist.
+    pub fn read<B: ListBuilder>(change: u64, fetched: &Fetched<B>) -> Option<SetAtChange> {
+        let builder = fetched.builder()?.as_whitelist()?;
+        if fetched.kind != KeyKind::Set {
+            return None;
+        }
+        let mut builder = builder.clone();
         builder.sort();
-        SetAtChange {
+        Some(SetAtChange {
             change,
             builder,
-            version: SetVersion::from(version),
-            members,
-            bytes,
-        }
+            version: SetVersion::from(fetched.version),
+            members: fetched.members,
+            bytes: fetched.bytes,
+        })
     }
 
     /// Applies `delta`, change `change + 1`. An error, and this unusable (read the SET whole),
@@ -152,11 +152,9 @@ mod tests {
             read.add(member.as_bytes());
         }
         let fetched = read.finish();
-        let builder = fetched.builder().unwrap().clone();
-        let version = fetched.version;
         (
-            SetAtChange::new(change, builder, version, fetched.members, fetched.bytes),
-            version,
+            SetAtChange::read(change, &fetched).unwrap(),
+            fetched.version,
         )
     }
 

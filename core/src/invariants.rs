@@ -161,14 +161,7 @@ pub fn set_delta(data: &[u8]) {
         .collect();
     now.extend(add.iter().cloned());
     let whole_before = read(&members);
-    let builder = whole_before.builder().expect("a SET's builder").clone();
-    let mut at = SetAtChange::new(
-        1,
-        builder,
-        whole_before.version,
-        whole_before.members,
-        whole_before.bytes,
-    );
+    let mut at = SetAtChange::read(1, &whole_before).expect("a SET read whole");
     let card = now.len() as u64;
     at.apply(&Delta { add, remove, card })
         .expect("a delta of members there and not there applies");

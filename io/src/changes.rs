@@ -2,7 +2,7 @@
 //! its latest change, and the deltas since a change, for the gateway that applies them instead
 //! of reading a SET again.
 
-use gray_core::delta::{self, Delta, MAX_CHAIN};
+use gray_core::delta::{self, Delta, KEPT};
 use gray_core::keys;
 
 use crate::connection::{self, Connection, Reply};
@@ -35,14 +35,14 @@ pub fn latest(con: &mut Connection, key: &str) -> Result<(Option<u64>, u64), con
 }
 
 /// The deltas of changes `after + 1 ..= upto` of `key`, in order; `None` when one is missing or
-/// unreadable, or there are more than [`MAX_CHAIN`]: the key is read whole.
+/// unreadable, or there are more than [`KEPT`]: the key is read whole.
 pub fn since(
     con: &mut Connection,
     key: &str,
     after: u64,
     upto: u64,
 ) -> Result<Option<Vec<Delta>>, connection::Error> {
-    if upto <= after || upto - after > MAX_CHAIN {
+    if upto <= after || upto - after > KEPT {
         return Ok((upto == after).then(Vec::new));
     }
     let mut cmd = redis::cmd("HMGET");

@@ -212,24 +212,10 @@ impl Reader {
         let command = link.command()?;
         match fetch::<B>(command, key, limit) {
             Ok(fetched) => {
-                if let (Some(change), KeyKind::Set, Some(builder)) = (
-                    change,
-                    fetched.kind,
-                    fetched.builder().and_then(ListBuilder::as_whitelist),
-                ) {
-                    self.at_change.insert(
-                        key.to_string(),
-                        SetAtChange::new(
-                            change,
-                            builder.clone(),
-                            fetched.version,
-                            fetched.members,
-                            fetched.bytes,
-                        ),
-                    );
-                } else {
-                    self.at_change.remove(key);
-                }
+                match change.and_then(|change| SetAtChange::read(change, &fetched)) {
+                    Some(at) => self.at_change.insert(key.to_string(), at),
+                    None => self.at_change.remove(key),
+                };
                 polled.bytes += fetched.bytes;
                 self.refused.remove(key);
                 self.last_reads.insert(
