@@ -16,8 +16,11 @@ use super::health::Health;
 use super::link::Link;
 
 /// Messages arriving within this long of the first one are folded into one reload: a fixed
-/// deadline, so a publisher that never pauses still gets its changes loaded.
-const MESSAGE_COALESCE: Duration = Duration::from_millis(2);
+/// deadline, so a publisher that never pauses still gets its changes loaded. A transaction's
+/// invalidations arrive together, in one read: a wait this short takes them without delaying
+/// the change itself (a plain socket waits on a precise timer; under TLS the socket's timeout
+/// counts in scheduler ticks, a few milliseconds).
+const MESSAGE_COALESCE: Duration = Duration::from_micros(50);
 /// The largest pub/sub message read; a bigger one loses the subscription (it is never ours).
 pub(super) const MAX_MESSAGE: usize = 64 * 1024;
 /// Where Redis pushes the names of tracked keys that were written.
