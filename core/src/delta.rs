@@ -9,8 +9,11 @@
 //! A string's delta would be the string itself, so a rule set's or a string list's change
 //! records its number only: the gateways read such a value whole, as before.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use crate::flat::Aligned;
 use crate::value::{Fetched, KeyKind, ListBuilder, SetVersion};
 use crate::whitelist::{Whitelist, WhitelistBuilder};
 
@@ -71,6 +74,8 @@ pub struct SetAtChange {
     version: SetVersion,
     members: u64,
     bytes: usize,
+    /// The last list laid out, for the next to reuse its memory.
+    layout: Option<Arc<Aligned>>,
 }
 
 impl SetAtChange {
@@ -89,6 +94,7 @@ impl SetAtChange {
             version: SetVersion::from(fetched.version),
             members: fetched.members,
             bytes: fetched.bytes,
+            layout: None,
         })
     }
 
@@ -134,9 +140,15 @@ impl SetAtChange {
         self.bytes
     }
 
-    /// The list as it stands.
-    pub fn list(&self) -> Whitelist {
-        self.builder.list()
+    /// The list as it stands. Its layout is kept, and the next change is laid out in the same
+    /// memory once nothing reads this one, until [`SetAtChange::release_layout`].
+    pub fn list(&mut self) -> Whitelist {
+        self.builder.list(&mut self.layout)
+    }
+
+    /// Lets the kept layout go: changes paused.
+    pub fn release_layout(&mut self) {
+        self.layout = None;
     }
 }
 
@@ -176,7 +188,8 @@ mod tests {
         set.apply(&delta(&["192.0.2.1", "nope"], &["10.0.0.0/8", "bad"], 5))
             .unwrap();
         set.apply(&delta(&["::2"], &["1.1.1.1/24"], 5)).unwrap();
-        let (whole, version) = read(5, &["10.1.2.3", "2001:db8::1", "192.0.2.1", "nope", "::2"]);
+        let (mut whole, version) =
+            read(5, &["10.1.2.3", "2001:db8::1", "192.0.2.1", "nope", "::2"]);
         assert_eq!(set.change, 5);
         assert_eq!(set.version(), version);
         assert_eq!(

@@ -6,8 +6,9 @@
 //! [`Backing`] (the shared mapping's generation) that it keeps alive. A lookup reads a slab as a
 //! plain slice either way. [`FlatWriter`] lays tables out; [`FlatReader`] takes them back from
 //! bytes nobody vouches for: every length, offset and alignment is checked, and the tables check
-//! their own invariants, so a torn or corrupted buffer is an error, never a crash or an
-//! out-of-bounds read.
+//! what keeps their lookups within bounds, so a torn or corrupted buffer is an error or wrong
+//! answers, never a crash or an out-of-bounds read. That the bytes are the ones laid out is for a
+//! checksum to say: the host's store checks one before any worker reads a block.
 //!
 //! The layout is a sequence of records, each 16-byte aligned: a length in bytes and a tag (both
 //! u64, little-endian), then that many bytes, padded to 16.
@@ -38,6 +39,23 @@ impl Aligned {
         let mut words = vec![0u128; bytes.len().div_ceil(ALIGN)];
         words.as_mut_bytes()[..bytes.len()].copy_from_slice(bytes);
         Aligned(words, bytes.len())
+    }
+
+    /// `len` bytes of records, as `write` lays them out.
+    pub fn lay_out(len: usize, write: impl FnOnce(&mut FlatWriter)) -> Aligned {
+        let mut aligned = Aligned(Vec::new(), 0);
+        aligned.lay_out_again(len, write);
+        aligned
+    }
+
+    /// Lays out records again in this buffer's memory, grown as needed: memory already touched
+    /// costs no page faults, where a fresh buffer of a large list's size costs thousands.
+    pub fn lay_out_again(&mut self, len: usize, write: impl FnOnce(&mut FlatWriter)) {
+        self.0.resize(len.div_ceil(ALIGN), 0);
+        self.1 = len;
+        let mut writer = FlatWriter::new(&mut self.0.as_mut_bytes()[..len]);
+        write(&mut writer);
+        debug_assert!(writer.done(), "a flat length that is not what was laid out");
     }
 }
 
@@ -155,35 +173,60 @@ impl<T: Clone> Clone for Slab<T> {
     }
 }
 
-/// Lays out tables as records.
-#[derive(Default)]
-pub struct FlatWriter {
-    buf: Vec<u8>,
+/// The bytes a record of `bytes` bytes takes: its header and the bytes, padded.
+pub fn record_len(bytes: usize) -> usize {
+    ALIGN + bytes.next_multiple_of(ALIGN)
 }
 
-impl FlatWriter {
-    /// A writer with room for `bytes` of records: a large list is laid out without growing.
-    pub fn with_capacity(bytes: usize) -> FlatWriter {
-        FlatWriter {
-            buf: Vec::with_capacity(bytes),
-        }
+/// Lays out tables as records, straight into memory sized for them beforehand (a table's
+/// `flat_len`): a block of the host's store, or [`Aligned::lay_out`]'s buffer.
+pub struct FlatWriter<'a> {
+    rest: &'a mut [u8],
+}
+
+impl<'a> FlatWriter<'a> {
+    /// A writer into `out`, which starts on a 16-byte boundary.
+    pub fn new(out: &'a mut [u8]) -> FlatWriter<'a> {
+        assert!(
+            (out.as_ptr() as usize).is_multiple_of(ALIGN),
+            "flat records start 16-byte aligned"
+        );
+        FlatWriter { rest: out }
     }
 
-    pub fn slice<T: IntoBytes + Immutable>(&mut self, tag: u64, items: &[T]) {
-        let bytes = items.as_bytes();
-        self.buf
-            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        self.buf.extend_from_slice(&tag.to_le_bytes());
-        self.buf.extend_from_slice(bytes);
-        self.buf.resize(self.buf.len().next_multiple_of(ALIGN), 0);
+    /// Room for a record of `count` items, to be filled in place; it lives as long as the memory
+    /// written into, so that a table can read one record while it fills the next.
+    pub fn record<T: FromBytes + IntoBytes + KnownLayout + 'a>(
+        &mut self,
+        tag: u64,
+        count: usize,
+    ) -> &'a mut [T] {
+        let bytes = count * std::mem::size_of::<T>();
+        let (record, rest) = std::mem::take(&mut self.rest).split_at_mut(record_len(bytes));
+        self.rest = rest;
+        let (header, body) = record.split_at_mut(ALIGN);
+        header[..8].copy_from_slice(&(bytes as u64).to_le_bytes());
+        header[8..].copy_from_slice(&tag.to_le_bytes());
+        let (items, padding) = body.split_at_mut(bytes);
+        padding.fill(0);
+        <[T]>::mut_from_bytes(items).expect("records start 16-byte aligned")
+    }
+
+    pub fn slice<T: FromBytes + IntoBytes + KnownLayout + Copy + 'a>(
+        &mut self,
+        tag: u64,
+        items: &[T],
+    ) {
+        self.record::<T>(tag, items.len()).copy_from_slice(items);
     }
 
     pub fn u128(&mut self, tag: u64, value: u128) {
         self.slice(tag, &[value]);
     }
 
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
+    /// Whether the memory sized beforehand is filled exactly.
+    pub fn done(&self) -> bool {
+        self.rest.is_empty()
     }
 }
 
@@ -260,15 +303,24 @@ impl FlatReader {
 mod tests {
     use super::*;
 
+    fn bytes(len: usize, write: impl FnOnce(&mut FlatWriter)) -> Vec<u8> {
+        Aligned::lay_out(len, write).bytes().to_vec()
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_record_past_the_memory_sized_for_it_is_a_panic_not_a_write() {
+        Aligned::lay_out(record_len(4), |writer| writer.slice(1, &[1u32, 2, 3, 4, 5]));
+    }
+
     #[test]
     fn records_read_back_in_place_and_keep_their_backing_alive() {
-        let mut writer = FlatWriter::default();
-        writer.slice(1, &[1u32, 2, 3]);
-        writer.u128(2, u128::MAX - 5);
-        writer.slice::<u64>(3, &[]);
-        let bytes = writer.into_bytes();
-        assert_eq!(bytes.len() % ALIGN, 0);
-        let backing: Arc<dyn Backing> = Arc::new(Aligned::copy(&bytes));
+        let len = record_len(12) + record_len(16) + record_len(0);
+        let backing: Arc<dyn Backing> = Arc::new(Aligned::lay_out(len, |writer| {
+            writer.slice(1, &[1u32, 2, 3]);
+            writer.u128(2, u128::MAX - 5);
+            writer.slice::<u64>(3, &[]);
+        }));
         let mut reader = FlatReader::new(backing.clone());
         let slab = reader.slab::<u32>(1).unwrap();
         assert_eq!(reader.u128(2).unwrap(), u128::MAX - 5);
@@ -282,9 +334,7 @@ mod tests {
 
     #[test]
     fn a_wrong_tag_a_short_buffer_and_a_ragged_record_are_errors() {
-        let mut writer = FlatWriter::default();
-        writer.slice(7, &[1u8, 2, 3]);
-        let bytes = writer.into_bytes();
+        let bytes = bytes(record_len(3), |writer| writer.slice(7, &[1u8, 2, 3]));
         let read = |bytes: &[u8]| {
             FlatReader::new(Arc::new(Aligned::copy(bytes)))
                 .slab::<u16>(7)
@@ -305,10 +355,10 @@ mod tests {
 
     #[test]
     fn a_backing_that_is_not_aligned_is_refused() {
-        let mut writer = FlatWriter::default();
-        writer.slice(1, &[1u32]);
         let mut bytes = vec![0u8];
-        bytes.extend(writer.into_bytes());
+        bytes.extend(self::bytes(record_len(4), |writer| {
+            writer.slice(1, &[1u32])
+        }));
         struct Offset(Aligned);
         impl Backing for Offset {
             fn bytes(&self) -> &[u8] {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::client_ip::{client_ip as derive, parse_addr, parse_hop, Source};
 use crate::delta::{Delta, SetAtChange};
-use crate::flat::{Aligned, FlatReader, FlatWriter};
+use crate::flat::{Aligned, FlatReader};
 use crate::ipset::{canonical_addr, canonical_net, IpSet};
 use crate::manifest::{Item, ItemForm, Manifest};
 use crate::rules::{lane, schema, KeyData, MintedId, Request};
@@ -55,9 +55,8 @@ pub fn flat_ipset(data: &[u8]) {
         }
     }
     let built = Whitelist::parse([data]).set;
-    let mut writer = FlatWriter::default();
-    built.write_flat(&mut writer);
-    let mut reader = FlatReader::new(Arc::new(Aligned::copy(&writer.into_bytes())));
+    let flat = Aligned::lay_out(built.flat_len(), |writer| built.write_flat(writer));
+    let mut reader = FlatReader::new(Arc::new(flat));
     let read = IpSet::read_flat(&mut reader).expect("a laid out set reads back");
     assert!(reader.done());
     for token in tokens(data) {

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::flat::{FlatError, FlatReader, FlatWriter, Slab};
+use crate::flat::{record_len, FlatError, FlatReader, FlatWriter, Slab};
 
 /// Below this many ranges a plain binary search beats the bucket index (and saves its memory).
 const BUCKET_INDEX_MIN_RANGES: usize = 1024;
@@ -93,36 +93,16 @@ impl<T: Key> RangeTable<T> {
 
     /// The table of `ranges`, sorted.
     fn build_sorted(ranges: &[(T, T)]) -> Self {
-        let mut merged: Vec<[T; 2]> = Vec::with_capacity(ranges.len());
-        for &(start, end) in ranges {
-            match merged.last_mut() {
-                // Only overlapping ranges merge, so an entry that overlaps nothing stays itself and
-                // `decide()` can name it.
-                Some([_, last_end]) if start <= *last_end => {
-                    if end > *last_end {
-                        *last_end = end;
-                    }
-                }
-                _ => merged.push([start, end]),
-            }
-        }
-        let base = merged.first().map_or_else(T::default, |r| r[0]);
-        let (buckets, shift) = if merged.len() >= BUCKET_INDEX_MIN_RANGES {
-            // A power of two of buckets, spread over the span from the first start to the last,
-            // so that every start's bucket is below their count.
-            let count = (merged.len() / RANGES_PER_BUCKET).next_power_of_two();
-            let shift = merged[merged.len() - 1][0]
-                .span_bits(base)
-                .saturating_sub(count.trailing_zeros());
-            (index(&merged, base, shift, count), shift)
-        } else {
-            (Vec::new(), 0)
-        };
+        let shape = Shape::of(ranges);
+        let mut merged = vec![[T::default(); 2]; shape.ranges];
+        merge_into(ranges, &mut merged);
+        let mut buckets = vec![0; shape.buckets];
+        index_into(&merged, shape.base, shape.shift, &mut buckets);
         RangeTable {
             ranges: Slab::owned(merged),
             buckets: Slab::owned(buckets),
-            base,
-            shift,
+            base: shape.base,
+            shift: shape.shift,
         }
     }
 
@@ -148,7 +128,8 @@ impl<T: Key> RangeTable<T> {
         // at or before `key`, the candidate is the last range of an earlier bucket.
         let after = lo + self.ranges[lo..hi].partition_point(|r| r[0] <= key);
         let candidate = after.checked_sub(1)?;
-        (self.ranges[candidate][1] >= key).then_some(candidate)
+        let [start, end] = self.ranges[candidate];
+        (start <= key && key <= end).then_some(candidate)
     }
 
     fn len(&self) -> usize {
@@ -159,6 +140,10 @@ impl<T: Key> RangeTable<T> {
         self.ranges.bytes() + self.buckets.bytes()
     }
 
+    fn flat_len(&self) -> usize {
+        flat_len::<T>(self.ranges.len(), self.buckets.len())
+    }
+
     fn write_flat(&self, writer: &mut FlatWriter, family: u64) {
         writer.u128(TAG_BASE + family, self.base.widen());
         writer.u128(TAG_SHIFT + family, self.shift.into());
@@ -166,9 +151,27 @@ impl<T: Key> RangeTable<T> {
         writer.slice(TAG_BUCKETS + family, &self.buckets);
     }
 
-    /// A table as [`RangeTable::write_flat`] laid it out, its invariants checked: ranges sorted,
-    /// disjoint and each in order; the base the first start; the index exactly the one these
-    /// ranges give.
+    /// Lays out the table `sorted` ranges make, as [`RangeTable::write_flat`] would once it is
+    /// built, without building it: the ranges merged straight into their record.
+    fn write_flat_sorted(
+        sorted: &[(T, T)],
+        shape: &Shape<T>,
+        writer: &mut FlatWriter,
+        family: u64,
+    ) {
+        writer.u128(TAG_BASE + family, shape.base.widen());
+        writer.u128(TAG_SHIFT + family, shape.shift.into());
+        let ranges = writer.record::<[T; 2]>(TAG_RANGES + family, shape.ranges);
+        merge_into(sorted, ranges);
+        let buckets = writer.record::<u32>(TAG_BUCKETS + family, shape.buckets);
+        index_into(ranges, shape.base, shape.shift, buckets);
+    }
+
+    /// A table as [`RangeTable::write_flat`] laid it out, checked for what keeps a lookup within
+    /// bounds (the base and shift of its family, an index that never points past the ranges),
+    /// in time linear in the index, not the ranges: whether the ranges are the ones laid out is
+    /// the store's checksum's to say. Ranges out of order answer wrongly, never out of bounds,
+    /// and [`RangeTable::find`] names only a range that holds the key.
     fn read_flat(reader: &mut FlatReader, family: u64) -> Result<Self, FlatError> {
         let invalid = |what| FlatError::Invalid { what };
         let base = T::narrow(reader.u128(TAG_BASE + family)?)
@@ -179,25 +182,15 @@ impl<T: Key> RangeTable<T> {
             .ok_or(invalid("a shift as wide as the family"))?;
         let ranges = reader.slab::<[T; 2]>(TAG_RANGES + family)?;
         let buckets = reader.slab::<u32>(TAG_BUCKETS + family)?;
-        if ranges.iter().any(|r| r[0] > r[1]) {
-            return Err(invalid("a range that ends before it starts"));
-        }
-        if ranges.windows(2).any(|w| w[0][1] >= w[1][0]) {
-            return Err(invalid("ranges out of order or overlapping"));
-        }
-        if ranges.first().is_some_and(|r| r[0] != base)
-            || (ranges.is_empty() && base != T::default())
-        {
-            return Err(invalid("a base that is not the first range's start"));
-        }
         if ranges.len() > u32::MAX as usize {
             return Err(invalid("more ranges than the index addresses"));
         }
-        if !buckets.is_empty() {
-            let count = buckets.len() - 1;
-            if !count.is_power_of_two() || !index_matches(&ranges, base, shift, &buckets) {
-                return Err(invalid("a bucket index that does not match the ranges"));
-            }
+        let in_step = buckets.windows(2).all(|w| w[0] <= w[1])
+            && buckets
+                .last()
+                .is_none_or(|&last| last as usize <= ranges.len());
+        if buckets.len() == 1 || !in_step {
+            return Err(invalid("a bucket index that points past its ranges"));
         }
         Ok(RangeTable {
             ranges,
@@ -208,32 +201,87 @@ impl<T: Key> RangeTable<T> {
     }
 }
 
-/// The bucket index of `ranges` with `count` buckets: `count + 1` entries, entry `b` the first
-/// range whose start's bucket is `b` or later.
-/// Whether `buckets` is the index [`index`] makes of `ranges`, checked without making it.
-fn index_matches<T: Key>(ranges: &[[T; 2]], base: T, shift: u32, buckets: &[u32]) -> bool {
-    let mut i = 0usize;
-    for (bucket, &first) in buckets.iter().enumerate() {
-        while i < ranges.len() && ranges[i][0].bucket(base, shift) < bucket {
-            i += 1;
-        }
-        if first as usize != i {
-            return false;
-        }
-    }
-    true
+/// What the table of some sorted ranges is, found in one pass without building it.
+struct Shape<T> {
+    /// Ranges once overlapping ones are merged.
+    ranges: usize,
+    base: T,
+    shift: u32,
+    /// Entries of the bucket index: 0 when the table is small.
+    buckets: usize,
 }
 
-fn index<T: Key>(ranges: &[[T; 2]], base: T, shift: u32, count: usize) -> Vec<u32> {
-    let mut buckets = Vec::with_capacity(count + 1);
-    let mut i = 0usize;
-    for bucket in 0..=count {
-        while i < ranges.len() && ranges[i][0].bucket(base, shift) < bucket {
-            i += 1;
+impl<T: Key> Shape<T> {
+    fn of(sorted: &[(T, T)]) -> Shape<T> {
+        let (mut ranges, mut last_start, mut last_end) = (0, T::default(), T::default());
+        for &(start, end) in sorted {
+            if ranges > 0 && start <= last_end {
+                last_end = last_end.max(end);
+            } else {
+                ranges += 1;
+                last_start = start;
+                last_end = end;
+            }
         }
-        buckets.push(i as u32);
+        let base = sorted.first().map_or_else(T::default, |r| r.0);
+        let (buckets, shift) = if ranges >= BUCKET_INDEX_MIN_RANGES {
+            // A power of two of buckets, spread over the span from the first start to the last,
+            // so that every start's bucket is below their count.
+            let count = (ranges / RANGES_PER_BUCKET).next_power_of_two();
+            let shift = last_start
+                .span_bits(base)
+                .saturating_sub(count.trailing_zeros());
+            (count + 1, shift)
+        } else {
+            (0, 0)
+        };
+        Shape {
+            ranges,
+            base,
+            shift,
+            buckets,
+        }
     }
-    buckets
+}
+
+/// The bytes a table of `ranges` ranges and `buckets` index entries takes laid out flat.
+fn flat_len<T: Key>(ranges: usize, buckets: usize) -> usize {
+    2 * record_len(16)
+        + record_len(ranges * std::mem::size_of::<[T; 2]>())
+        + record_len(buckets * 4)
+}
+
+/// Merges sorted `ranges` into `merged`, as many as [`Shape::of`] counts: only overlapping ranges
+/// merge, so an entry that overlaps nothing stays itself and `decide()` can name it.
+fn merge_into<T: Key>(ranges: &[(T, T)], merged: &mut [[T; 2]]) {
+    let mut at = 0;
+    for &(start, end) in ranges {
+        if at > 0 && start <= merged[at - 1][1] {
+            merged[at - 1][1] = end.max(merged[at - 1][1]);
+        } else {
+            merged[at] = [start, end];
+            at += 1;
+        }
+    }
+}
+
+/// Fills `buckets` with the bucket index of `ranges`: entry `b` the first range whose start's
+/// bucket is `b` or later.
+fn index_into<T: Key>(ranges: &[[T; 2]], base: T, shift: u32, buckets: &mut [u32]) {
+    // Without a branch per range (where the ranges fall is random): each range counts in the
+    // entry after its bucket, and the counts summed give every entry the ranges before it.
+    buckets.fill(0);
+    let Some(top) = buckets.len().checked_sub(2) else {
+        return;
+    };
+    for range in ranges {
+        buckets[range[0].bucket(base, shift).min(top) + 1] += 1;
+    }
+    let mut before = 0;
+    for entry in buckets.iter_mut() {
+        before += *entry;
+        *entry = before;
+    }
 }
 
 /// An inclusive range of addresses that matched, for explaining a decision.
@@ -316,6 +364,11 @@ impl IpSet {
         self.v4.heap_bytes() + self.v6.heap_bytes()
     }
 
+    /// The bytes [`IpSet::write_flat`] lays out.
+    pub fn flat_len(&self) -> usize {
+        self.v4.flat_len() + self.v6.flat_len()
+    }
+
     /// Lays the set out as flat records (see [`crate::flat`]).
     pub fn write_flat(&self, writer: &mut FlatWriter) {
         self.v4.write_flat(writer, 0);
@@ -361,23 +414,22 @@ impl IpSetBuilder {
         }
     }
 
-    /// The set of the ranges added so far, the builder kept: without copying them when they
-    /// are sorted ([`IpSetBuilder::sort`]).
-    pub fn build_kept(&self) -> IpSet {
-        if self.v4.is_sorted() && self.v6.is_sorted() {
-            return IpSet {
-                v4: RangeTable::build_sorted(&self.v4),
-                v6: RangeTable::build_sorted(&self.v6),
-            };
+    /// The set of the ranges added so far, sorted ([`IpSetBuilder::sort`]), measured to be laid
+    /// out flat as [`IpSet::write_flat`] would once built: a large list changed by a few entries
+    /// goes into flat memory in one pass, with no table of its size built on the way.
+    pub fn sorted_layout(&self) -> SortedLayout<'_> {
+        debug_assert!(self.v4.is_sorted() && self.v6.is_sorted());
+        SortedLayout {
+            v4: (&self.v4, Shape::of(&self.v4)),
+            v6: (&self.v6, Shape::of(&self.v6)),
         }
-        self.clone().build()
     }
 
     /// Sorts the ranges: kept sorted, ranges added since sort as a run of their own, in linear
     /// time, and the table built from them does not sort again.
     pub fn sort(&mut self) {
-        self.v4.sort();
-        self.v6.sort();
+        sort_kept(&mut self.v4);
+        sort_kept(&mut self.v6);
     }
 
     /// Takes one instance of each of `nets` out, in one pass over the ranges (which it leaves
@@ -390,32 +442,85 @@ impl IpSetBuilder {
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
             }
         }
-        let (Some(kept_v4), Some(kept_v6)) = (without(&mut self.v4, v4), without(&mut self.v6, v6))
-        else {
+        self.sort();
+        v4.sort_unstable();
+        v6.sort_unstable();
+        if !holds_all(&self.v4, &v4) || !holds_all(&self.v6, &v6) {
             return false;
-        };
-        (self.v4, self.v6) = (kept_v4, kept_v6);
+        }
+        take_out(&mut self.v4, v4);
+        take_out(&mut self.v6, v6);
         true
     }
 }
 
-/// `ranges` (sorted here) without one instance of each of `gone`; `None` when one is missing.
-fn without<T: Ord + Copy>(ranges: &mut Vec<(T, T)>, mut gone: Vec<(T, T)>) -> Option<Vec<(T, T)>> {
-    if gone.is_empty() {
-        return Some(std::mem::take(ranges));
+/// A builder's sorted ranges and the shape of the table they make, to be laid out flat.
+pub struct SortedLayout<'a> {
+    v4: (&'a [(u32, u32)], Shape<u32>),
+    v6: (&'a [(u128, u128)], Shape<u128>),
+}
+
+impl SortedLayout<'_> {
+    /// The bytes [`SortedLayout::write_flat`] lays out.
+    pub fn flat_len(&self) -> usize {
+        flat_len::<u32>(self.v4.1.ranges, self.v4.1.buckets)
+            + flat_len::<u128>(self.v6.1.ranges, self.v6.1.buckets)
     }
-    ranges.sort_unstable();
-    gone.sort_unstable();
-    let mut kept = Vec::with_capacity(ranges.len());
-    let mut gone = gone.into_iter().peekable();
-    for &range in ranges.iter() {
-        if gone.peek() == Some(&range) {
-            gone.next();
+
+    pub fn write_flat(&self, writer: &mut FlatWriter) {
+        RangeTable::write_flat_sorted(self.v4.0, &self.v4.1, writer, 0);
+        RangeTable::write_flat_sorted(self.v6.0, &self.v6.1, writer, 0x10);
+    }
+}
+
+/// Sorts `ranges`, kept sorted but for the ranges added since: those are sorted on their own
+/// and merged in from the back, in place, so that a change of a few entries to a large list
+/// costs one pass over it and no allocation of its size.
+fn sort_kept<T: Ord + Copy>(ranges: &mut Vec<(T, T)>) {
+    let sorted = 1 + ranges.windows(2).take_while(|w| w[0] <= w[1]).count();
+    if sorted >= ranges.len() {
+        return;
+    }
+    let mut added = ranges.split_off(sorted);
+    added.sort_unstable();
+    let (mut kept, mut left) = (ranges.len(), added.len());
+    ranges.resize(kept + left, added[0]);
+    for at in (0..ranges.len()).rev() {
+        if left == 0 {
+            break;
+        }
+        if kept > 0 && ranges[kept - 1] > added[left - 1] {
+            ranges[at] = ranges[kept - 1];
+            kept -= 1;
         } else {
-            kept.push(range);
+            ranges[at] = added[left - 1];
+            left -= 1;
         }
     }
-    gone.peek().is_none().then_some(kept)
+}
+
+/// Whether sorted `ranges` hold every one of sorted `gone`, as many times as it is there.
+fn holds_all<T: Ord + Copy>(ranges: &[(T, T)], gone: &[(T, T)]) -> bool {
+    gone.chunk_by(|a, b| a == b).all(|same| {
+        let at = ranges.partition_point(|r| *r < same[0]);
+        ranges[at..].iter().take_while(|r| **r == same[0]).count() >= same.len()
+    })
+}
+
+/// Takes one instance of each of sorted `gone` out of sorted `ranges`, in place.
+fn take_out<T: Ord + Copy>(ranges: &mut Vec<(T, T)>, gone: Vec<(T, T)>) {
+    if gone.is_empty() {
+        return;
+    }
+    let mut gone = gone.into_iter().peekable();
+    ranges.retain(|range| {
+        if gone.peek() == Some(range) {
+            gone.next();
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
@@ -450,7 +555,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::flat::Aligned;
+    use crate::flat::{Aligned, Backing};
 
     fn set(entries: &[&str]) -> IpSet {
         IpSet::new(entries.iter().map(|e| {
@@ -594,9 +699,9 @@ mod tests {
     }
 
     fn flat(set: &IpSet) -> Vec<u8> {
-        let mut writer = FlatWriter::default();
-        set.write_flat(&mut writer);
-        writer.into_bytes()
+        Aligned::lay_out(set.flat_len(), |writer| set.write_flat(writer))
+            .bytes()
+            .to_vec()
     }
 
     fn read(bytes: &[u8]) -> Result<IpSet, FlatError> {
@@ -637,33 +742,27 @@ mod tests {
     }
 
     #[test]
-    fn a_flat_set_that_breaks_an_invariant_is_refused() {
+    fn a_flat_set_whose_index_points_past_its_ranges_is_refused() {
         let bytes = flat(&IpSet::new(random_nets(5000)));
         let v4 = IpSet::new(random_nets(5000)).v4;
         let ranges_at = 16 * 4 + 16;
+        let buckets_at = ranges_at + v4.ranges.bytes() + 16;
         let word = |bytes: &mut Vec<u8>, at: usize, value: u32| {
             bytes[at..at + 4].copy_from_slice(&value.to_le_bytes())
         };
         let invalid = |what| Err(FlatError::Invalid { what });
-        let mut swapped = bytes.clone();
-        word(&mut swapped, ranges_at + 8, v4.ranges[0][0]);
-        word(&mut swapped, ranges_at + 12, v4.ranges[0][1]);
+        let mut backwards = bytes.clone();
+        word(&mut backwards, buckets_at + 4 * 7, v4.buckets[8] + 1);
         assert_eq!(
-            read(&swapped).map(|_| ()),
-            invalid("ranges out of order or overlapping")
+            read(&backwards).map(|_| ()),
+            invalid("a bucket index that points past its ranges")
         );
-        let mut reversed = bytes.clone();
-        word(&mut reversed, ranges_at + 12, v4.ranges[1][0] - 1);
+        let mut past = bytes.clone();
+        let last = buckets_at + 4 * (v4.buckets.len() - 1);
+        word(&mut past, last, v4.ranges.len() as u32 + 1);
         assert_eq!(
-            read(&reversed).map(|_| ()),
-            invalid("a range that ends before it starts")
-        );
-        let buckets_at = ranges_at + v4.ranges.bytes() + 16;
-        let mut index = bytes.clone();
-        word(&mut index, buckets_at + 4 * 7, v4.buckets[7] + 1);
-        assert_eq!(
-            read(&index).map(|_| ()),
-            invalid("a bucket index that does not match the ranges")
+            read(&past).map(|_| ()),
+            invalid("a bucket index that points past its ranges")
         );
         let mut shift = bytes.clone();
         word(&mut shift, 16 * 3, 32);
@@ -674,6 +773,66 @@ mod tests {
         for cut in [0, 17, bytes.len() / 2, bytes.len() - 16] {
             assert!(read(&bytes[..cut]).is_err(), "{cut}");
         }
+    }
+
+    /// Ranges out of order or reversed (bytes the checksum would have refused) are read, and a
+    /// lookup still names only a range that holds the address.
+    #[test]
+    fn a_flat_set_with_ranges_out_of_order_answers_only_with_ranges_that_hold_the_address() {
+        let set = IpSet::new(random_nets(5000));
+        let v4 = &set.v4;
+        let ranges_at = 16 * 4 + 16;
+        let mut bytes = flat(&set);
+        let word = |bytes: &mut Vec<u8>, at: usize, value: u32| {
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes())
+        };
+        word(&mut bytes, ranges_at + 8, v4.ranges[0][0]);
+        word(&mut bytes, ranges_at + 12, v4.ranges[0][1]);
+        word(&mut bytes, ranges_at + 20, v4.ranges[3][0] - 1);
+        let read = read(&bytes).unwrap();
+        for r in v4.ranges.iter().take(50) {
+            for key in [r[0], r[1], r[0].wrapping_sub(1), r[1].wrapping_add(1)] {
+                let addr = IpAddr::V4(Ipv4Addr::from(key));
+                if let Some(range) = read.matching_range(addr) {
+                    assert!(
+                        range.first <= addr && addr <= range.last,
+                        "{addr} in {range}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_added_to_a_sorted_builder_merge_in_and_a_removal_takes_one_instance_or_none() {
+        let net = |e: &str| IpNet::from(e.parse::<IpAddr>().unwrap());
+        let mut builder = IpSetBuilder::default();
+        for e in ["10.0.0.5", "10.0.0.1", "10.0.0.9", "10.0.0.1", "::2"] {
+            builder.insert(net(e));
+        }
+        builder.sort();
+        for e in ["10.0.0.3", "10.0.0.0", "10.0.0.7", "10.0.0.1", "::1"] {
+            builder.insert(net(e));
+        }
+        builder.sort();
+        let v4 = |b: &IpSetBuilder| b.v4.iter().map(|r| r.0 & 0xff).collect::<Vec<_>>();
+        assert_eq!(v4(&builder), [0, 1, 1, 1, 3, 5, 7, 9]);
+        assert!(builder.v6.is_sorted() && builder.v6.len() == 2);
+        assert!(!builder.remove(&[net("10.0.0.2")]), "not there");
+        assert!(
+            !builder.remove(&[net("10.0.0.9"), net("10.0.0.9"), net("::1")]),
+            "one 9 only"
+        );
+        assert_eq!(v4(&builder), [0, 1, 1, 1, 3, 5, 7, 9], "nothing taken");
+        assert_eq!(builder.v6.len(), 2);
+        assert!(builder.remove(&[net("10.0.0.1"), net("::1"), net("10.0.0.1")]));
+        assert_eq!(v4(&builder), [0, 1, 3, 5, 7, 9]);
+        assert_eq!(builder.v6.len(), 1);
+        let layout = builder.sorted_layout();
+        let flat = Aligned::lay_out(layout.flat_len(), |writer| layout.write_flat(writer));
+        let read = IpSet::read_flat(&mut FlatReader::new(Arc::new(flat))).unwrap();
+        assert!(read.contains(ip("10.0.0.1")) && !read.contains(ip("10.0.0.2")));
+        assert!(read.contains(ip("::2")) && !read.contains(ip("::1")));
     }
 
     /// IPv6 lists cluster in a few prefixes (2000::/3 here, one /32 below): the index spreads

@@ -4,11 +4,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::flat::{FlatError, FlatReader, FlatWriter};
+use crate::flat::{record_len, Aligned, FlatError, FlatReader, FlatWriter};
 use crate::ipset::{IpSet, IpSetBuilder};
 
 /// How many rejected entries are kept verbatim for the log and `status()`; the rest are counted.
@@ -90,9 +91,18 @@ impl Whitelist {
     /// Lays the list out as flat records: its figures (counts, the rejected and truncated
     /// entries kept), then its set.
     pub fn write_flat(&self, writer: &mut FlatWriter) {
-        let figures = serde_json::to_vec(self).expect("a whitelist's figures are plain data");
-        writer.slice(TAG_FIGURES, &figures);
+        writer.slice(TAG_FIGURES, &self.figures());
         self.set.write_flat(writer);
+    }
+
+    /// The bytes [`Whitelist::write_flat`] lays out.
+    pub fn flat_len(&self) -> usize {
+        record_len(self.figures().len()) + self.set.flat_len()
+    }
+
+    /// Its counts and the rejected and truncated entries kept, as JSON (the set is skipped).
+    fn figures(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a whitelist's figures are plain data")
     }
 
     /// The list [`Whitelist::write_flat`] laid out, its set read in place.
@@ -214,12 +224,24 @@ impl WhitelistBuilder {
         self.set.sort();
     }
 
-    /// The list as it stands, the builder kept for more changes.
-    pub fn list(&self) -> Whitelist {
-        Whitelist {
-            set: self.set.build_kept(),
-            ..self.list.clone()
+    /// The list as it stands, the builder kept for more changes and sorted
+    /// ([`WhitelistBuilder::sort`]): laid out flat in one pass over its ranges and read in place,
+    /// the form the host's store copies as it is. Laid out in `layout`'s memory when nothing
+    /// else reads the list laid out there any more; `layout` then holds the new one.
+    pub fn list(&self, layout: &mut Option<Arc<Aligned>>) -> Whitelist {
+        let figures = self.list.figures();
+        let set = self.set.sorted_layout();
+        let len = record_len(figures.len()) + set.flat_len();
+        let write = |writer: &mut FlatWriter| {
+            writer.slice(TAG_FIGURES, &figures);
+            set.write_flat(writer);
+        };
+        match layout.as_mut().and_then(Arc::get_mut) {
+            Some(reused) => reused.lay_out_again(len, write),
+            None => *layout = Some(Arc::new(Aligned::lay_out(len, write))),
         }
+        let flat = layout.clone().expect("laid out just now");
+        Whitelist::read_flat(&mut FlatReader::new(flat)).expect("a list laid out here reads back")
     }
 
     /// Builds the lookup tables from everything added.
@@ -289,9 +311,8 @@ mod tests {
     #[test]
     fn a_flat_list_keeps_its_figures_and_answers_as_parsed() {
         let parsed = parse("10.0.0.1 nope 10.1.2.3/8 2001:db8::/32");
-        let mut writer = FlatWriter::default();
-        parsed.write_flat(&mut writer);
-        let mut reader = FlatReader::new(Arc::new(Aligned::copy(&writer.into_bytes())));
+        let flat = Aligned::lay_out(parsed.flat_len(), |writer| parsed.write_flat(writer));
+        let mut reader = FlatReader::new(Arc::new(flat));
         let read = Whitelist::read_flat(&mut reader).unwrap();
         assert!(reader.done());
         assert_eq!((read.entries_v4, read.entries_v6), (2, 1));

@@ -26,7 +26,9 @@ use super::loaded::{Loaded, Source};
 use super::reader::Read;
 use crate::log::Level;
 use crate::state::{RefreshStatus, Shared};
-use crate::store::{self, Adopted, Item, ItemForm, NewItem, Pin, Store, StoreError, Token};
+use crate::store::{
+    self, Adopted, Content, Item, ItemForm, NewItem, Pin, Store, StoreError, Token,
+};
 
 /// A holder silent this long is taken over (it is stopped or hung).
 const STALE: Duration = Duration::from_millis(500);
@@ -148,7 +150,8 @@ impl Host {
     pub fn publish(&mut self, loaded: &mut Loaded) -> Result<(), StoreError> {
         let token = self.token.ok_or(StoreError::LeaseLost)?;
         self.unpublished = true;
-        self.store.publish(token, items(loaded))?;
+        self.store
+            .publish(token, items(loaded), &mut self.checked)?;
         self.unpublished = false;
         if let Some(adopted) = self.adopt()? {
             share(loaded, &adopted);
@@ -284,15 +287,7 @@ fn items(loaded: &Loaded) -> Vec<NewItem<'_>> {
         version: list.version,
         bytes: 0,
         form: ItemForm::Whitelist,
-        lay_out: Box::new({
-            let list = list.clone();
-            move || {
-                // The tables, their record heads and the figures' few KiB.
-                let mut writer = FlatWriter::with_capacity(list.list.set.heap_bytes() + 64 * 1024);
-                list.list.write_flat(&mut writer);
-                writer.into_bytes()
-            }
-        }),
+        content: Box::new(FlatList(list.clone())),
     };
     if let Some(list) = &loaded.whitelist {
         items.push(list_item(&loaded.config.key, list));
@@ -326,7 +321,20 @@ fn text_item(key: String, kind: KeyKind, version: u64, value: Arc<[u8]>) -> NewI
         version,
         bytes: value.len(),
         form: ItemForm::Text,
-        lay_out: Box::new(move || value.to_vec()),
+        content: Box::new(value),
+    }
+}
+
+/// A loaded list, laid out flat into its block.
+struct FlatList(Arc<LoadedList>);
+
+impl Content for FlatList {
+    fn size(&self) -> usize {
+        self.0.list.flat_len()
+    }
+
+    fn write_into(&self, out: &mut [u8]) {
+        self.0.list.write_flat(&mut FlatWriter::new(out));
     }
 }
 

@@ -57,6 +57,9 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 const NOT_HOSTED: &str = "each worker holds its own Redis session and its own copy of the lists: require(\"gray\") in init_by_lua* (the nginx master) so that the workers of this nginx share one session and one copy";
 /// A holder waits for Redis at most this long before it looks at its lease again.
 const HOLDER_TICK: Duration = Duration::from_secs(1);
+/// Memory that makes the next change of a large list cheaper (the host's spare pages, the last
+/// layout of a SET kept as of a change) is kept this long after a change, then given back.
+const KEEP_FOR_CHANGES: Duration = Duration::from_secs(10);
 
 /// Fault injection for tests, set in the worker's environment (nginx's `env` directive):
 /// `refresher-panic` makes the first session of each process panic (the supervisor's tests),
@@ -278,6 +281,7 @@ impl Refresher {
         self.subscribe()?;
         self.reader.start(self.config.resync, self.config.refresh);
         let mut resynced_at = Instant::now();
+        let mut changed_at = Instant::now();
         let mut due = Some(Reading::All);
         loop {
             let mut changed = false;
@@ -287,6 +291,9 @@ impl Refresher {
                 }
                 let polled = self.poll(reading)?;
                 changed = polled.replaced;
+                if changed {
+                    changed_at = Instant::now();
+                }
                 // The read's temporaries, the parse's and any replaced list are freed by now:
                 // give them back in one go.
                 if polled.bytes >= LARGE_READ || polled.replaced {
@@ -329,8 +336,15 @@ impl Refresher {
                 if !host.keep_holding() {
                     return Err(Ended::SteppedDown);
                 }
-                // The generation before the last is freed once every worker adopted the last.
+                // The generation before the last is freed once every worker adopted the last;
+                // its pages are kept for the next change while changes come.
                 host.store.reclaim();
+            }
+            if matches!(woke, Woke::Tick) && changed_at.elapsed() >= KEEP_FOR_CHANGES {
+                if let Some(host) = &self.host {
+                    host.store.trim_spares();
+                }
+                self.reader.release_layouts();
             }
             if matches!(woke, Woke::Tick) {
                 self.failover.check(&self.link, &mut self.health)?;

@@ -75,6 +75,13 @@ pub(super) struct Reader {
 }
 
 impl Reader {
+    /// Changes paused: the SETs kept as of a change let the memory of their last layout go.
+    pub fn release_layouts(&mut self) {
+        for at in self.at_change.values_mut() {
+            at.release_layout();
+        }
+    }
+
     /// A new session: nothing read on it yet, and its own `resync`: `resync` give or take a
     /// tenth, different in each worker, so that N workers do not read a big list at the same
     /// moment.

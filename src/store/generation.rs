@@ -124,8 +124,14 @@ impl Store {
 
     /// Publishes the next generation, `items` in order; an item whose key, kind, form and
     /// version the generation in force has keeps its block, and only the others are laid out.
-    /// Returns the generation's number.
-    pub fn publish(&self, token: Token, items: Vec<NewItem<'_>>) -> Result<u64, StoreError> {
+    /// The blocks laid out go into `checked`: their checksum was made from the bytes written,
+    /// so the writer does not read them back to check it. Returns the generation's number.
+    pub fn publish(
+        &self,
+        token: Token,
+        items: Vec<NewItem<'_>>,
+        checked: &mut HashSet<(u64, u64)>,
+    ) -> Result<u64, StoreError> {
         let current = self.manifest().ok().flatten();
         let dir = current
             .as_ref()
@@ -134,7 +140,7 @@ impl Store {
             return Err(StoreError::LeaseLost);
         }
         let mut laid_out = Vec::new();
-        let published = self.publish_items(token, dir, current, items, &mut laid_out);
+        let published = self.publish_items(token, dir, current, items, &mut laid_out, checked);
         if published.is_err() {
             // No manifest names them: nobody reads them.
             for block in laid_out {
@@ -151,6 +157,7 @@ impl Store {
         current: Option<(u64, Manifest)>,
         items: Vec<NewItem<'_>>,
         laid_out: &mut Vec<Block>,
+        checked: &mut HashSet<(u64, u64)>,
     ) -> Result<u64, StoreError> {
         let generation = generation_of(dir) + 1;
         let mut listed = Vec::with_capacity(items.len());
@@ -168,16 +175,19 @@ impl Store {
                 listed.push(kept.clone());
                 continue;
             }
-            let bytes = (new.lay_out)();
-            let block = self
-                .allocate(bytes.len())
-                .ok_or(StoreError::Full { bytes: bytes.len() })?;
+            let len = new.content.size();
+            let block = self.allocate(len).ok_or(StoreError::Full { bytes: len })?;
             laid_out.push(block);
             // A holder stopped since it checked its lease writes nothing more.
-            if !self.holds(token) || !self.write_block(block, &bytes) {
+            if !self.holds(token)
+                || !self.write_block(block, len, |out| new.content.write_into(out))
+            {
                 return Err(StoreError::LeaseLost);
             }
-            listed.push(Item {
+            let bytes = self
+                .block_bytes(block.first, len)
+                .expect("a block allocated inside the store");
+            let item = Item {
                 key: new.key,
                 kind: new.kind,
                 version: new.version,
@@ -186,9 +196,11 @@ impl Store {
                 first: block.first,
                 chunks: block.chunks,
                 block: block.id,
-                len: bytes.len(),
-                checksum: xxh3_64(&bytes),
-            });
+                len,
+                checksum: xxh3_64(bytes),
+            };
+            checked.insert(item.checked());
+            listed.push(item);
         }
         let blocks: Vec<Block> = listed.iter().map(ItemBlock::block).collect();
         let text = Manifest {
@@ -303,6 +315,26 @@ pub struct NewItem<'a> {
     pub version: u64,
     pub bytes: usize,
     pub form: ItemForm,
-    /// Lays the item out, if the generation in force does not have it.
-    pub lay_out: Box<dyn FnOnce() -> Vec<u8> + 'a>,
+    /// Laid out only if the generation in force does not have it.
+    pub content: Box<dyn Content + 'a>,
+}
+
+/// What an item's block holds, written straight into the block: a large list goes into the
+/// store with no copy of its size on the way.
+pub trait Content {
+    /// The bytes it takes.
+    fn size(&self) -> usize;
+    /// Writes them into `out`, `size()` bytes at the start of a block (16-byte aligned).
+    fn write_into(&self, out: &mut [u8]);
+}
+
+/// A text value, as it is.
+impl Content for Arc<[u8]> {
+    fn size(&self) -> usize {
+        self.len()
+    }
+
+    fn write_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
 }

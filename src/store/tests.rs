@@ -1,5 +1,5 @@
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::generation::ItemBlock;
@@ -21,14 +21,14 @@ fn me() -> u32 {
 }
 
 fn text(key: &str, value: &[u8]) -> NewItem<'static> {
-    let value = value.to_vec();
+    let value: Arc<[u8]> = value.into();
     NewItem {
         key: key.into(),
         kind: "string".into(),
         version: xxhash_rust::xxh3::xxh3_64(&value),
         bytes: value.len(),
         form: ItemForm::Text,
-        lay_out: Box::new(move || value),
+        content: Box::new(value),
     }
 }
 
@@ -67,6 +67,7 @@ fn a_generation_reads_back_and_an_unchanged_item_keeps_its_block() {
         .publish(
             token,
             vec![text("gray", b"10.0.0.1"), text("gray:rules", b"{}")],
+            &mut HashSet::new(),
         )
         .unwrap();
     let adopted = store.adopt(1, 0, &mut checked).unwrap().unwrap();
@@ -77,6 +78,7 @@ fn a_generation_reads_back_and_an_unchanged_item_keeps_its_block() {
         .publish(
             token,
             vec![text("gray", b"10.0.0.1"), text("gray:rules", b"[]")],
+            &mut HashSet::new(),
         )
         .unwrap();
     let next = store.adopt(1, first, &mut checked).unwrap().unwrap();
@@ -102,7 +104,11 @@ fn a_thousand_changes_leave_memory_where_one_leaves_it() {
         let mut value = vec![b'x'; 200 << 10];
         value[..4].copy_from_slice(&change.to_le_bytes());
         store
-            .publish(token, vec![text("gray", &value), text("gray:rules", b"{}")])
+            .publish(
+                token,
+                vec![text("gray", &value), text("gray:rules", b"{}")],
+                &mut HashSet::new(),
+            )
             .unwrap();
         let seen = held.as_ref().map_or(0, |a: &Adopted| a.generation);
         held = store.adopt(1, seen, &mut checked).unwrap();
@@ -112,7 +118,7 @@ fn a_thousand_changes_leave_memory_where_one_leaves_it() {
     // it, freed at the next publish.
     assert!(most <= 10, "{most} chunks held at most");
     drop(held);
-    store.publish(token, vec![]).unwrap();
+    store.publish(token, vec![], &mut HashSet::new()).unwrap();
     assert_eq!(store.chunks_held(), 0);
 }
 
@@ -121,7 +127,9 @@ fn a_generation_another_process_reads_is_kept_until_it_exits() {
     let _serial = serial();
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
-    store.publish(token, vec![text("gray", b"old")]).unwrap();
+    store
+        .publish(token, vec![text("gray", b"old")], &mut HashSet::new())
+        .unwrap();
     let (mut ready, mut done) = ([0; 2], [0; 2]);
     // SAFETY: two pipes: the child says it read, the parent says it may exit.
     assert_eq!(
@@ -154,7 +162,9 @@ fn a_generation_another_process_reads_is_kept_until_it_exits() {
     }
     assert_eq!(read_old, 1, "the child read the generation");
     let held = store.chunks_held();
-    store.publish(token, vec![text("gray", b"new")]).unwrap();
+    store
+        .publish(token, vec![text("gray", b"new")], &mut HashSet::new())
+        .unwrap();
     assert_eq!(
         store.chunks_held(),
         held + 1,
@@ -168,7 +178,9 @@ fn a_generation_another_process_reads_is_kept_until_it_exits() {
             libc::close(fd);
         }
     }
-    store.publish(token, vec![text("gray", b"new")]).unwrap();
+    store
+        .publish(token, vec![text("gray", b"new")], &mut HashSet::new())
+        .unwrap();
     assert_eq!(store.chunks_held(), held);
 }
 
@@ -183,7 +195,9 @@ fn the_lease_passes_when_free_dead_or_silent_and_fences_the_old_holder() {
     );
     let token = store.try_take(me(), 1, None).unwrap();
     assert_eq!(store.holder(), Some(me()));
-    store.publish(token, vec![text("gray", b"a")]).unwrap();
+    store
+        .publish(token, vec![text("gray", b"a")], &mut HashSet::new())
+        .unwrap();
     // A live holder keeps it, unless the taker saw it silent: the same lease and heartbeat for
     // too long (`Host` judges that).
     let (lease, _) = store.lease();
@@ -196,7 +210,7 @@ fn the_lease_passes_when_free_dead_or_silent_and_fences_the_old_holder() {
             let Some(taken) = store.try_take(me(), 2, Some(lease)) else {
                 return 1;
             };
-            match store.publish(taken, vec![text("gray", b"b")]) {
+            match store.publish(taken, vec![text("gray", b"b")], &mut HashSet::new()) {
                 Ok(_) => 0,
                 Err(_) => 2,
             }
@@ -205,7 +219,7 @@ fn the_lease_passes_when_free_dead_or_silent_and_fences_the_old_holder() {
     );
     assert!(!store.beat(token));
     assert_eq!(
-        store.publish(token, vec![text("gray", b"c")]),
+        store.publish(token, vec![text("gray", b"c")], &mut HashSet::new()),
         Err(StoreError::LeaseLost)
     );
     let adopted = store.adopt(1, 0, &mut HashSet::new()).unwrap().unwrap();
@@ -227,9 +241,11 @@ fn an_older_fence_never_lowers_a_newer_one() {
     store.release(first);
     let second = store.try_take(me(), 1, None).unwrap();
     store.fence_generation(first);
-    store.publish(second, vec![text("gray", b"x")]).unwrap();
+    store
+        .publish(second, vec![text("gray", b"x")], &mut HashSet::new())
+        .unwrap();
     assert_eq!(
-        store.publish(first, vec![text("gray", b"y")]),
+        store.publish(first, vec![text("gray", b"y")], &mut HashSet::new()),
         Err(StoreError::LeaseLost)
     );
 }
@@ -240,7 +256,11 @@ fn a_corrupted_block_or_manifest_is_refused_by_name() {
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
     store
-        .publish(token, vec![text("gray", b"10.0.0.1"), text("office", b"x")])
+        .publish(
+            token,
+            vec![text("gray", b"10.0.0.1"), text("office", b"x")],
+            &mut HashSet::new(),
+        )
         .unwrap();
     let adopted = store.adopt(1, 0, &mut HashSet::new()).unwrap().unwrap();
     let (item, pin) = &adopted.items[1];
@@ -282,7 +302,9 @@ fn a_reader_waiting_in_another_process_is_woken_by_a_publish() {
         unsafe { libc::_exit(i32::from(!woken)) };
     }
     std::thread::sleep(Duration::from_millis(100));
-    store.publish(token, vec![text("gray", b"1")]).unwrap();
+    store
+        .publish(token, vec![text("gray", b"1")], &mut HashSet::new())
+        .unwrap();
     let mut status = 0;
     // SAFETY: waits for the child forked above.
     unsafe { libc::waitpid(waiter, &mut status, 0) };
@@ -296,7 +318,11 @@ fn a_block_kept_from_an_old_generation_holds_back_nothing_else() {
     let token = store.try_take(me(), 1, None).unwrap();
     let mut checked = HashSet::new();
     store
-        .publish(token, vec![text("gray", b"list"), text("gray:rules", b"0")])
+        .publish(
+            token,
+            vec![text("gray", b"list"), text("gray:rules", b"0")],
+            &mut HashSet::new(),
+        )
         .unwrap();
     let first = store.adopt(1, 0, &mut checked).unwrap().unwrap();
     // The list as the loaded state keeps it: the pin of the generation it was read in.
@@ -315,6 +341,7 @@ fn a_block_kept_from_an_old_generation_holds_back_nothing_else() {
             .publish(
                 token,
                 vec![text("gray", b"list"), text("gray:rules", rules.as_bytes())],
+                &mut HashSet::new(),
             )
             .unwrap();
         let adopted = store.adopt(1, seen, &mut checked).unwrap().unwrap();
@@ -327,4 +354,38 @@ fn a_block_kept_from_an_old_generation_holds_back_nothing_else() {
         store.chunks_held()
     );
     assert_eq!(gray_core::flat::Backing::bytes(&*list), b"list");
+}
+
+#[test]
+fn a_freed_block_is_kept_as_a_spare_for_the_next_one_and_given_back_once_changes_pause() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    let mut checked = HashSet::new();
+    let list = |n: u8| text("gray", &vec![n; 300 << 10]);
+    store.publish(token, vec![list(1)], &mut checked).unwrap();
+    let first = store.adopt(1, 0, &mut checked).unwrap().unwrap();
+    let at = |a: &Adopted| a.items[0].0.first;
+    let (first_at, seen) = (at(&first), first.generation);
+    drop(first);
+    store.publish(token, vec![list(2)], &mut checked).unwrap();
+    let second = store.adopt(1, seen, &mut checked).unwrap().unwrap();
+    store.reclaim();
+    assert_eq!(store.chunks_spare(), 5, "the first list's chunks, kept");
+    store.publish(token, vec![list(3)], &mut checked).unwrap();
+    let third = store
+        .adopt(1, second.generation, &mut checked)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        at(&third),
+        first_at,
+        "the third list lies where the first did"
+    );
+    assert_eq!(read(&third, "gray"), vec![3; 300 << 10]);
+    drop(second);
+    store.reclaim();
+    store.trim_spares();
+    assert_eq!(store.chunks_spare(), 0);
+    assert_eq!(store.chunks_held(), 5);
 }
