@@ -19,5 +19,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "deps: installing$missing"
 apt-get update -qq
-# Package scripts must not start system services on their default ports.
+# Package scripts must not start system services on their default ports (redis-server on 6379,
+# prometheus on 9090 of every interface): invoke-rc.d asks policy-rc.d, and 101 says no.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 0755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -34,6 +34,7 @@ built=$top/target/$target/release
 install -D -s -m 0755 "$built/libgray.so" "$dir/lib/lua/5.1/gray.so"
 install -D -s -m 0755 "$built/grayctl" "$dir/bin/grayctl"
 install -D -m 0644 "$top/lua/route.lua" "$dir/share/gray/route.lua"
+install -D -m 0644 "$top/contrib/prometheus/gray.rules.yml" "$dir/share/gray/prometheus/gray.rules.yml"
 install -D -m 0644 "$top/nginx-conf/nginx.conf" "$dir/examples/nginx.conf"
 install -D -m 0644 "$top/nginx-conf/rules/example.json" "$dir/examples/rules/example.json"
 install -D -m 0644 "$top/README.md" "$dir/README.md"

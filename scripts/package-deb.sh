@@ -23,6 +23,7 @@ doc=$root/usr/share/doc/$name
 install -D -s -m 0644 "$top/target/release/libgray.so" "$lib/gray.so"
 install -D -s -m 0755 "$top/target/release/grayctl" "$root/usr/bin/grayctl"
 install -D -m 0644 "$top/lua/route.lua" "$root/usr/share/gray/route.lua"
+install -D -m 0644 "$top/contrib/prometheus/gray.rules.yml" "$root/usr/share/gray/prometheus/gray.rules.yml"
 mkdir -p "$root/usr/local/openresty/lualib"
 ln -s "/usr/lib/$triplet/lua/5.1/gray.so" "$root/usr/local/openresty/lualib/gray.so"
 install -D -m 0644 "$top/README.md" "$doc/README.md"
