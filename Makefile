@@ -54,10 +54,11 @@ test-unit: ## cargo test of the core and the module (no nginx, no Lua)
 test-grayctl: deps build ## grayctl's tests: its commands against a real redis-server, status/wait with two real gateways
 	$(CARGO) test --locked -p grayctl
 
-check-prometheus: ## promtool checks contrib/prometheus/gray.rules.yml and runs its unit tests (each alert fires on a gateway in that state)
+check-prometheus: deps build ## contrib/prometheus/gray.rules.yml: promtool's checks and unit tests, then a real Prometheus scraping a gateway under traffic
 	@scripts/deps.sh prometheus
 	promtool check rules contrib/prometheus/gray.rules.yml
 	cd contrib/prometheus && promtool test rules gray.rules.test.yml
+	python3 scripts/prometheus-check.py
 
 check-conf: deps ## nginx -t on the example and demo configs
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \

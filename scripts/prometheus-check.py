@@ -1,0 +1,133 @@
+"""A real Prometheus (Debian's) scrapes a real gateway under traffic with the rules of
+contrib/prometheus/gray.rules.yml loaded: every rule evaluates without error, and every recording
+rule returns series. Everything on loopback, on ports of its own, stopped at the end."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (HOST, LIB_DIR, TOP, Redis, get, load_modules, log, nginx_prefix, preamble,  # noqa: E402
+                     run_dir, spawn, start_nginx, wait_until)
+
+REDIS_PORT, GATEWAY_PORT, PROMETHEUS_PORT = 16640, 16641, 16642
+RULES = os.path.join(TOP, "contrib", "prometheus", "gray.rules.yml")
+RULE_SET = {"format": 1, "default": "@prod1",
+            "rules": [{"name": "ramp", "percent": 50, "by": ["header:X-User"], "to": "@prod2-grey",
+                       "guard": {"max_error_rate": 50, "min_requests": 1000000}}]}
+
+
+def gateway(directory):
+    prefix = nginx_prefix(directory, "gateway")
+    conf = f"""
+{load_modules()}
+worker_processes 2;
+daemon off;
+{preamble(prefix, "notice")}
+    lua_package_cpath "{LIB_DIR}/lib?.so;;";
+    init_by_lua_block {{ require "gray" }}
+    init_worker_by_lua_block {{
+        require("gray").configure{{ redis = "redis://{HOST}:{REDIS_PORT}/0", count_responses = true }}
+    }}
+    server {{
+        listen {HOST}:{GATEWAY_PORT};
+        location / {{ content_by_lua_block {{ require("gray").route() }} }}
+        location @prod1 {{ return 200 "prod\\n"; }}
+        location @prod2-grey {{ return 200 "gray\\n"; }}
+        location = /gray/metrics {{ content_by_lua_block {{ require("gray").metrics() }} }}
+        location = /__ready {{ return 200; }}
+    }}
+}}
+"""
+    start_nginx(prefix, conf, GATEWAY_PORT)
+
+
+def prometheus(directory):
+    config = os.path.join(directory, "prometheus.yml")
+    with open(config, "w") as f:
+        f.write(f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: ["{RULES}"]
+scrape_configs:
+  - job_name: gray
+    metrics_path: /gray/metrics
+    static_configs:
+      - targets: ["{HOST}:{GATEWAY_PORT}"]
+""")
+    spawn(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={directory}/tsdb",
+           f"--web.listen-address={HOST}:{PROMETHEUS_PORT}", "--log.level=warn"],
+          stdout=open(os.path.join(directory, "prometheus.log"), "w"), stderr=subprocess.STDOUT)
+
+
+def api(path, **params):
+    url = f"http://{HOST}:{PROMETHEUS_PORT}/api/v1/{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.load(response)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{path}: {body}")
+    return body["data"]
+
+
+def answers(path, **params):
+    try:
+        return api(path, **params)
+    except OSError:
+        return None
+
+
+def traffic(stop):
+    n = 0
+    while not stop.is_set():
+        get(GATEWAY_PORT, "/", headers={"X-User": f"u{n}"})
+        n += 1
+        time.sleep(0.01)
+
+
+def main():
+    failures = []
+    with run_dir("gray-prometheus-") as directory:
+        redis = Redis(REDIS_PORT, directory)
+        redis.cli("SET", "gray:rules", json.dumps(RULE_SET))
+        gateway(directory)
+        stop = threading.Event()
+        sender = threading.Thread(target=traffic, args=(stop,), daemon=True)
+        sender.start()
+        try:
+            prometheus(directory)
+            if not wait_until(lambda: answers("rules") is not None, 60):
+                raise RuntimeError("Prometheus never answered")
+            groups = api("rules")["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            recorded = [r["name"] for r in rules if r["type"] == "recording"]
+            log("prometheus-check", f"{len(rules)} rules loaded, {len(recorded)} recording")
+
+            def all_recorded():
+                return all(answers("query", query=name) and answers("query", query=name)["result"]
+                           for name in recorded)
+            if not wait_until(all_recorded, 90, interval=1):
+                for name in recorded:
+                    if not (answers("query", query=name) or {}).get("result"):
+                        failures.append(f"recording rule {name} returns no series")
+            for rule in (r for g in api("rules")["groups"] for r in g["rules"]):
+                if rule["health"] != "ok":
+                    failures.append(f"rule {rule['name']}: {rule['health']}: {rule.get('lastError')}")
+        finally:
+            stop.set()
+            sender.join(5)
+    for failure in failures:
+        log("prometheus-check", "FAILED:", failure)
+    if failures:
+        sys.exit(1)
+    log("prometheus-check", "every rule evaluates, every recording rule returns series")
+
+
+if __name__ == "__main__":
+    main()
