@@ -54,7 +54,7 @@ test-unit: ## cargo test of the core and the module (no nginx, no Lua)
 test-grayctl: deps build ## grayctl's tests: its commands against a real redis-server, status/wait with two real gateways
 	$(CARGO) test --locked -p grayctl
 
-check-prometheus: deps build ## contrib/prometheus/gray.rules.yml: promtool's checks and unit tests, then a real Prometheus scraping a gateway under traffic
+check-prometheus: deps build ## contrib/prometheus/gray.rules.yml and contrib/grafana/gray.json: promtool's checks and unit tests, then a real Prometheus scraping a gateway under traffic evaluates every rule and panel
 	@scripts/deps.sh prometheus
 	promtool check rules contrib/prometheus/gray.rules.yml
 	cd contrib/prometheus && promtool test rules gray.rules.test.yml

@@ -1,6 +1,8 @@
-"""A real Prometheus (Debian's) scrapes a real gateway under traffic with the rules of
-contrib/prometheus/gray.rules.yml loaded: every rule evaluates without error, and every recording
-rule returns series. Everything on loopback, on ports of its own, stopped at the end."""
+"""A real Prometheus (Debian's) scrapes a real gateway under traffic, with a rollout plan running
+and the rules of contrib/prometheus/gray.rules.yml loaded: every rule evaluates without error,
+every recording rule returns series, and so does every query of the Grafana dashboard
+contrib/grafana/gray.json (its variable and each panel's). Everything on loopback, on ports of its
+own, stopped at the end."""
 
 import json
 import os
@@ -17,6 +19,8 @@ from harness import (HOST, LIB_DIR, TOP, Redis, get, load_modules, log, nginx_pr
 
 REDIS_PORT, GATEWAY_PORT, PROMETHEUS_PORT = 16640, 16641, 16642
 RULES = os.path.join(TOP, "contrib", "prometheus", "gray.rules.yml")
+DASHBOARD = os.path.join(TOP, "contrib", "grafana", "gray.json")
+GRAYCTL = os.path.join(TOP, "target", "release", "grayctl")
 RULE_SET = {"format": 1, "default": "@prod1",
             "rules": [{"name": "ramp", "percent": 50, "by": ["header:X-User"], "to": "@prod2-grey",
                        "guard": {"max_error_rate": 50, "min_requests": 1000000}}]}
@@ -32,7 +36,8 @@ daemon off;
     lua_package_cpath "{LIB_DIR}/lib?.so;;";
     init_by_lua_block {{ require "gray" }}
     init_worker_by_lua_block {{
-        require("gray").configure{{ redis = "redis://{HOST}:{REDIS_PORT}/0", count_responses = true }}
+        require("gray").configure{{ redis = "redis://{HOST}:{REDIS_PORT}/0", count_responses = true,
+                                    rollouts = true }}
     }}
     server {{
         listen {HOST}:{GATEWAY_PORT};
@@ -83,6 +88,16 @@ def answers(path, **params):
         return None
 
 
+def panel_queries():
+    """Each query of the dashboard, its variables as a test gateway has them: (where, PromQL)."""
+    with open(DASHBOARD) as f:
+        dashboard = json.load(f)
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$rule_set", "gray:rules").replace("$__rate_interval", "1m")
+            yield f"panel \"{panel['title']}\"", expr
+
+
 def traffic(stop):
     n = 0
     while not stop.is_set():
@@ -97,6 +112,9 @@ def main():
         redis = Redis(REDIS_PORT, directory)
         redis.cli("SET", "gray:rules", json.dumps(RULE_SET))
         gateway(directory)
+        subprocess.run([GRAYCTL, "--redis", f"redis://{HOST}:{REDIS_PORT}/0", "rollout", "start", "ramp",
+                        "--steps", "50,100", "--hold", "10m", "--max-error-rate", "50"],
+                       check=True, capture_output=True)
         stop = threading.Event()
         sender = threading.Thread(target=traffic, args=(stop,), daemon=True)
         sender.start()
@@ -119,6 +137,17 @@ def main():
             for rule in (r for g in api("rules")["groups"] for r in g["rules"]):
                 if rule["health"] != "ok":
                     failures.append(f"rule {rule['name']}: {rule['health']}: {rule.get('lastError')}")
+            rule_sets = api("label/rule_set/values", **{"match[]": "gray_requests_total"})
+            if "gray:rules" not in rule_sets:
+                failures.append(f"the dashboard's rule_set variable offers {rule_sets}")
+            queries = list(panel_queries())
+            for where, expr in queries:
+                try:
+                    if not api("query", query=expr)["result"]:
+                        failures.append(f"{where}: no series for {expr}")
+                except (OSError, RuntimeError) as e:
+                    failures.append(f"{where}: {expr}: {e}")
+            log("prometheus-check", f"{len(queries)} dashboard queries evaluated")
         finally:
             stop.set()
             sender.join(5)
@@ -126,7 +155,7 @@ def main():
         log("prometheus-check", "FAILED:", failure)
     if failures:
         sys.exit(1)
-    log("prometheus-check", "every rule evaluates, every recording rule returns series")
+    log("prometheus-check", "every rule evaluates; every recording rule and dashboard query returns series")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ deb=$("$top/scripts/package-deb.sh" "$scratch/out")
 triplet=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
 contents=$(dpkg-deb -c "$deb")
 for path in "./usr/lib/$triplet/lua/5.1/gray.so" ./usr/bin/grayctl ./usr/share/gray/route.lua \
-    ./usr/share/gray/prometheus/gray.rules.yml \
+    ./usr/share/gray/prometheus/gray.rules.yml ./usr/share/gray/grafana/gray.json \
     ./usr/local/openresty/lualib/gray.so ./usr/share/doc/lua-gray/examples/nginx.conf \
     ./usr/share/doc/lua-gray/examples/rules/example.json ./usr/share/doc/lua-gray/README.md; do
     echo "$contents" | grep -q " $path\( -> .*\)\?$" || fail "$deb lacks $path"

@@ -24,7 +24,9 @@ for f in "$so" "$dir/bin/grayctl"; do
 done
 readelf --dyn-syms "$so" | grep -q ' luaopen_gray$' || fail "gray.so does not export luaopen_gray"
 "$dir/bin/grayctl" --version >/dev/null || fail "grayctl does not run"
-test -f "$dir/share/gray/prometheus/gray.rules.yml" || fail "the tarball lacks the Prometheus rules"
+for f in prometheus/gray.rules.yml grafana/gray.json; do
+    test -f "$dir/share/gray/$f" || fail "the tarball lacks share/gray/$f"
+done
 
 modules="load_module /usr/lib/nginx/modules/ndk_http_module.so; load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"
 "$top/scripts/route-check.sh" test-dist "$scratch/run" nginx "$modules" "$dir/lib/lua/5.1/?.so;;" \
