@@ -51,7 +51,8 @@ lint: ## rustfmt, clippy and luacheck, warnings are errors
 test-unit: ## cargo test of the core and the module (no nginx, no Lua)
 	$(CARGO) test --locked --no-default-features -p gray-core -p gray-io -p gray
 
-test-grayctl: deps build ## grayctl's tests: its commands against a real redis-server, status/wait with two real gateways
+test-grayctl: deps build ## grayctl's tests: its commands against a real redis-server, status/wait with two real gateways, top in tmux
+	@scripts/deps.sh tmux
 	$(CARGO) test --locked -p grayctl
 
 check-prometheus: deps build ## contrib/prometheus/gray.rules.yml and contrib/grafana/gray.json: promtool's checks and unit tests, then a real Prometheus scraping a gateway under traffic evaluates every rule and panel

@@ -165,6 +165,13 @@ pub enum Command {
         #[arg(long)]
         prune: bool,
     },
+    /// A live view, redrawn every second: the gateways (current, behind, gone) and a rule set's
+    /// rollout plan with its last checks
+    #[command(after_help = "Example:\n  grayctl top\n  grayctl top --set checkout")]
+    Top {
+        #[command(flatten)]
+        set: SetName,
+    },
     /// Wait until every reporting gateway serves what Redis holds now; exit 1 at the timeout
     #[command(
         after_help = "Example:\n  grayctl percent ramp 10 && grayctl wait --timeout 30 && echo live everywhere"

@@ -72,3 +72,8 @@ impl From<LoadError> for Failure {
 pub fn refused(why: impl Into<String>) -> Failure {
     Failure::Refused(why.into())
 }
+
+/// The output could not be written (a closed pipe, a full disk).
+pub fn written(e: std::io::Error) -> Failure {
+    Failure::Refused(format!("writing the output: {e}"))
+}

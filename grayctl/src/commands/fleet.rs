@@ -1,12 +1,14 @@
 //! The fleet's commands: `status`, which gateways (`report = true`) serve the latest of each key,
 //! and `wait`, until they all do.
 
+use std::io::{self, Write};
+
 use gray_core::clock::unix_now;
 use gray_core::fleet::Report;
 use serde_json::{json, Value};
 
 use super::Context;
-use crate::failure::{refused, Failure};
+use crate::failure::{refused, written, Failure};
 use crate::fleet_status::{self, State, Versions};
 use crate::store::Store;
 
@@ -71,37 +73,54 @@ pub(super) fn status(ctx: &Context, prune: bool) -> Result<(), Failure> {
         );
         return Ok(());
     }
+    write_fleet(&mut std::io::stdout().lock(), ctx, &fleet, now).map_err(written)
+}
+
+/// The fleet as `status` shows it now, into `out` (`top`).
+pub(super) fn write_now(
+    out: &mut dyn Write,
+    ctx: &Context,
+    store: &mut Store,
+) -> Result<(), Failure> {
+    let fleet = assess_fleet(store)?;
+    write_fleet(out, ctx, &fleet, unix_now()).map_err(written)
+}
+
+/// The fleet as `status` shows it, into `out`.
+fn write_fleet(out: &mut dyn Write, ctx: &Context, fleet: &Fleet, now: f64) -> io::Result<()> {
     let count = |s: &str| {
         fleet
             .iter()
             .filter(|(_, a)| matches!(a, Ok((_, st)) if st.as_str() == s))
             .count()
     };
-    println!(
+    writeln!(
+        out,
         "{}: {} gateways, {} current, {} behind, {} gone",
         ctx.config.gateways_key(),
         fleet.len(),
         count("current"),
         count("behind"),
         count("gone")
-    );
-    for (field, assessed) in &fleet {
+    )?;
+    for (field, assessed) in fleet {
         match assessed {
             Ok((report, state)) => {
-                println!(
+                writeln!(
+                    out,
                     "  {field:<24} {:<8} loaded {}, reported {} (gray {})",
                     state.as_str(),
                     ago(now, report.loaded_at),
                     ago(now, report.reported_at),
                     report.gray
-                );
+                )?;
                 if let State::Behind(lines) = state {
                     for line in lines {
-                        println!("      {line}");
+                        writeln!(out, "      {line}")?;
                     }
                 }
             }
-            Err(e) => println!("  {field:<24} unreadable report: {e}"),
+            Err(e) => writeln!(out, "  {field:<24} unreadable report: {e}")?,
         }
     }
     Ok(())

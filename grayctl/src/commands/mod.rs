@@ -8,6 +8,7 @@ mod guard;
 mod history;
 mod rollout;
 mod rules;
+mod top;
 mod whitelist;
 
 use std::io::Read as _;
@@ -124,6 +125,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Rollback { entry, force } => history::rollback(&ctx, entry, force.force),
         Command::Status { prune } => fleet::status(&ctx, prune),
         Command::Wait { timeout } => fleet::wait(&ctx, timeout),
+        Command::Top { set } => top::top(&ctx, &set),
         Command::Guard(GuardCommand::Show { set }) => guard::show(&ctx, &set),
         Command::Guard(GuardCommand::Reset { rule, set }) => guard::reset(&ctx, &set, &rule),
         Command::Rollout(RolloutCommand::Start(args)) => rollout::start(&ctx, &args),

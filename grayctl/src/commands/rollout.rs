@@ -2,6 +2,7 @@
 //! and the refusal of a manual edit of a rule set a plan drives. Every move goes through
 //! gray-io's `rollout::begin` / `Moving::write`, the path the driving gateways take.
 
+use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use gray_core::clock;
@@ -16,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::Context;
 use crate::cli::{SetName, StartArgs};
-use crate::failure::{refused, Failure};
+use crate::failure::{refused, written, Failure};
 use crate::store::{fail, Store};
 
 /// What an operator does to a running plan.
@@ -194,19 +195,35 @@ pub(super) fn check_manual_edit(ctx: &Context, key: &str, force: bool) -> Result
     Ok(())
 }
 
+/// Rule set `key`'s plan, if it has one, and who holds its driver's lease.
+fn read_plan(store: &mut Store, key: &str) -> Result<Option<(Plan, Option<String>)>, Failure> {
+    let plan_key = keys::rollout(key);
+    let plan = gray_io::rollout::parse_plan(&plan_key, &store.read(&plan_key)?).map_err(refused)?;
+    let Some(plan) = plan else {
+        return Ok(None);
+    };
+    let lease = match store.read(&keys::rollout_lease(key))? {
+        KeyValue::String(holder) => Some(String::from_utf8_lossy(&holder).into_owned()),
+        _ => None,
+    };
+    Ok(Some((plan, lease)))
+}
+
+/// Rule set `key`'s plan as `rollout status` shows it now, into `out` (`top`).
+pub(super) fn write_now(out: &mut dyn Write, store: &mut Store, key: &str) -> Result<(), Failure> {
+    match read_plan(store, key)? {
+        Some((plan, lease)) => write_plan(out, key, &plan, Some(lease), now()),
+        None => writeln!(out, "{key}: no rollout plan"),
+    }
+    .map_err(written)
+}
+
 pub(super) fn status(ctx: &Context, set: &SetName, watch: bool) -> Result<(), Failure> {
     let key = ctx.rule_set_key(set)?;
     let mut store = ctx.store()?;
     loop {
-        let plan_key = keys::rollout(&key);
-        let plan =
-            gray_io::rollout::parse_plan(&plan_key, &store.read(&plan_key)?).map_err(refused)?;
-        let Some(plan) = plan else {
+        let Some((plan, lease)) = read_plan(&mut store, &key)? else {
             return Err(refused(format!("rule set {key} has no rollout plan")));
-        };
-        let lease = match store.read(&keys::rollout_lease(&key))? {
-            KeyValue::String(holder) => Some(String::from_utf8_lossy(&holder).into_owned()),
-            _ => None,
         };
         print(ctx, &key, &plan, Some(lease))?;
         if !watch || !plan.state.active() {
@@ -242,13 +259,25 @@ fn print(
         println!("{}", Value::Object(object.clone()));
         return Ok(());
     }
+    write_plan(&mut std::io::stdout().lock(), key, plan, lease, at).map_err(written)
+}
+
+/// The plan as `rollout status` shows it, into `out`.
+fn write_plan(
+    out: &mut dyn Write,
+    key: &str,
+    plan: &Plan,
+    lease: Option<Option<String>>,
+    at: f64,
+) -> io::Result<()> {
     let settings = &plan.settings;
     let steps: Vec<String> = settings
         .steps
         .iter()
         .map(|&h| format!("{}", f64::from(h) / 100.0))
         .collect();
-    println!(
+    writeln!(
+        out,
         "{key}: rollout of rule \"{}\" (plan {}, started {} by {}{})",
         plan.rule,
         plan.id,
@@ -258,31 +287,34 @@ fn print(
             .as_ref()
             .map(|m| format!(": {m}"))
             .unwrap_or_default()
-    );
+    )?;
     let state = plan.state.as_str();
     let why = why(plan, at);
     match why
         .strip_prefix(state)
         .and_then(|rest| rest.strip_prefix(": "))
     {
-        Some(rest) => println!("  state    {state}: {rest}"),
-        None => println!("  state    {state}: {why}"),
+        Some(rest) => writeln!(out, "  state    {state}: {rest}")?,
+        None => writeln!(out, "  state    {state}: {why}")?,
     }
-    println!(
+    writeln!(
+        out,
         "  step     {} of {}: {}% (steps {}%)",
         plan.step + 1,
         settings.steps.len(),
         plan.percent().percent(),
         steps.join(", ")
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  held     {} of {}, {} of {} responses judged",
         seconds(plan.held(at)),
         seconds(settings.hold),
         thousands(plan.step_responses),
         thousands(settings.gates.min_requests)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  checks   every {}: 5xx at most {} point{} over the default target's{}, at least {} responses; {} failed in a row abort",
         seconds(settings.interval),
         settings.gates.max_error_rate,
@@ -294,7 +326,7 @@ fn print(
             .unwrap_or_default(),
         thousands(settings.gates.min_requests),
         settings.failure_limit
-    );
+    )?;
     if let Some(lease) = lease {
         let driver = match (&lease, plan.state.active()) {
             (Some(holder), _) => holder.clone(),
@@ -304,17 +336,18 @@ fn print(
             }
             (None, false) => "none".into(),
         };
-        println!("  driver   {driver}");
+        writeln!(out, "  driver   {driver}")?;
     }
     if !plan.checks.is_empty() {
-        println!("  last checks, newest first:");
+        writeln!(out, "  last checks, newest first:")?;
         for check in plan.checks.iter().rev() {
-            println!(
+            writeln!(
+                out,
                 "    {}  {:<12}  {}",
                 time(check.at),
                 check.verdict.as_str(),
                 check.why
-            );
+            )?;
         }
     }
     Ok(())
