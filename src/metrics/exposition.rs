@@ -481,6 +481,7 @@ mod tests {
             driver: Some("gw1:42".into()),
             id: 7,
             revision,
+            ..RolloutLoaded::default()
         };
         let workers = [
             WorkerState {

@@ -26,7 +26,7 @@ pub use exposition::{
     json, prometheus_text, GuardState, JSON_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
 };
 pub use series::{keep_only, register, rule_set_series, whitelist_series, Labels};
-pub use workers::{publish_state, KeyLoaded, RolloutLoaded, WorkerState};
+pub use workers::{publish_state, KeyLoaded, RolloutLoaded, WorkerState, CHECKS_SHOWN};
 
 /// The region this nginx's workers count into: made once, by the master, before it forks (see
 /// [`create_region`]), then only read through; unset in a process that did not make one.

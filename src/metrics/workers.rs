@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
+use gray_core::rollout::judge::Check;
 use serde::{Deserialize, Serialize};
 
 use super::{REGION, WORKER};
@@ -29,6 +30,9 @@ pub struct WorkerState {
     pub rollouts: Vec<RolloutLoaded>,
 }
 
+/// The last checks of a plan a worker's state carries: the region's slot for it holds a few KiB.
+pub const CHECKS_SHOWN: usize = 5;
+
 /// A rule set's rollout plan as a worker last read it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RolloutLoaded {
@@ -44,6 +48,12 @@ pub struct RolloutLoaded {
     /// The plan's id and revision: the newest a worker has read wins.
     pub id: u64,
     pub revision: u64,
+    /// Its steps' percentages.
+    #[serde(default)]
+    pub steps: Vec<f64>,
+    /// Its last checks, oldest first, with the figures each judged (the dashboard shows them).
+    #[serde(default)]
+    pub checks: Vec<Check>,
 }
 
 /// One key as a worker has it loaded.
@@ -60,8 +70,8 @@ pub struct KeyLoaded {
 }
 
 impl WorkerState {
-    /// As JSON within `MAX_STATE` bytes: the error message is shortened, then keys are left
-    /// out, rather than publish a state cut mid-way.
+    /// As JSON within `MAX_STATE` bytes: the error message is shortened, then plans' checks
+    /// (oldest first) and keys are left out, rather than publish a state cut mid-way.
     fn to_json(&self) -> Vec<u8> {
         let mut state = self.clone();
         loop {
@@ -76,6 +86,11 @@ impl WorkerState {
                         cut -= 1;
                     }
                     error.truncate(cut);
+                }
+                _ if state.rollouts.iter().any(|r| !r.checks.is_empty()) => {
+                    if let Some(plan) = state.rollouts.iter_mut().find(|r| !r.checks.is_empty()) {
+                        plan.checks.remove(0);
+                    }
                 }
                 _ if !state.rollouts.is_empty() && state.keys.is_empty() => {
                     state.rollouts.pop();

@@ -26,7 +26,7 @@ use super::host::StoredText;
 use super::parse::{parse_ids, parse_list};
 use super::reader::Read;
 use crate::log::Level;
-use crate::metrics::{self, KeyLoaded, Labels, RolloutLoaded, WorkerState};
+use crate::metrics::{self, KeyLoaded, Labels, RolloutLoaded, WorkerState, CHECKS_SHOWN};
 use crate::region::RegisterError;
 use crate::state::Shared;
 
@@ -519,6 +519,14 @@ impl Loaded {
                         driver: plan.driver.clone(),
                         id: plan.id,
                         revision: plan.revision,
+                        steps: plan
+                            .settings
+                            .steps
+                            .iter()
+                            .map(|&step| f64::from(step) / 100.0)
+                            .collect(),
+                        checks: plan.checks[plan.checks.len().saturating_sub(CHECKS_SHOWN)..]
+                            .to_vec(),
                     })
                 })
                 .collect(),
