@@ -23,7 +23,7 @@ REDIS_PORT ?= 6379
 LIB := target/release/libgray.so
 GRAYCTL := target/release/grayctl
 
-.PHONY: help deps build run test test-unit test-nginx test-openresty test-chaos test-grayctl test-install test-deb test-dist test-valgrind deb dist lint check-conf check-prometheus bench chaos fuzz install uninstall clean
+.PHONY: help deps build run test test-unit test-nginx test-openresty test-chaos test-grayctl test-install test-deb test-dist test-valgrind deb dist lint check-conf check-prometheus check-dashboard bench chaos fuzz install uninstall clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -39,7 +39,7 @@ $(LIB): build
 run: deps build ## Redis, two demo backends and the gateway on 127.0.0.1:8080 (GATEWAY_PORT=, REDIS_PORT=); Ctrl-C stops
 	@GATEWAY_PORT=$(GATEWAY_PORT) REDIS_PORT=$(REDIS_PORT) scripts/run-demo.sh
 
-test: deps build lint test-unit test-grayctl check-conf check-prometheus test-install test-deb test-dist test-nginx test-openresty test-chaos ## Everything: lint, unit tests, grayctl against Redis, config check, the Prometheus rules, install check, the .deb and the portable tarball, Test::Nginx on Debian's nginx and on OpenResty, fault suite
+test: deps build lint test-unit test-grayctl check-conf check-prometheus check-dashboard test-install test-deb test-dist test-nginx test-openresty test-chaos ## Everything: lint, unit tests, grayctl against Redis, config check, the Prometheus rules, the dashboard in a browser, install check, the .deb and the portable tarball, Test::Nginx on Debian's nginx and on OpenResty, fault suite
 
 lint: ## rustfmt, clippy and luacheck, warnings are errors
 	@scripts/deps.sh lua-check
@@ -60,6 +60,10 @@ check-prometheus: deps build ## contrib/prometheus/gray.rules.yml and contrib/gr
 	promtool check rules contrib/prometheus/gray.rules.yml
 	cd contrib/prometheus && promtool test rules gray.rules.test.yml
 	python3 scripts/prometheus-check.py
+
+check-dashboard: deps build ## gray.dashboard() in Debian's chromium (headless) from a gateway under traffic: rates, rule names as text, the plan, a fetch failure; a screenshot in target/dashboard.png
+	@scripts/deps.sh chromium chromium-driver python3-selenium
+	/usr/bin/python3 scripts/dashboard-check.py
 
 check-conf: deps ## nginx -t on the example and demo configs
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \

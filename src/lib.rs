@@ -28,6 +28,7 @@
 // tests: the dead-code lint speaks for the module nginx loads, the default build.
 #![cfg_attr(not(feature = "lua"), allow(dead_code, unused_imports))]
 
+mod dashboard;
 mod guard;
 mod log;
 mod metrics;

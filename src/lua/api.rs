@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use mlua::prelude::*;
 
 use super::ffi::{ADDRESS, CDEF, MAX_HEADERS};
+use crate::dashboard;
 use crate::log::Level;
 use crate::metrics;
 use crate::minting;
@@ -224,6 +225,26 @@ fn metrics_body(_: &Lua, format: Option<String>) -> LuaResult<(Option<String>, O
             None,
             Some(format!(
                 "bad argument #1 to 'metrics' (\"prometheus\" or \"json\" expected, got \"{other}\")"
+            )),
+        ),
+    })
+}
+
+/// core.dashboard(format) -> body, content type: the dashboard's page, or (`"json"`) what it polls.
+fn dashboard_body(_: &Lua, format: Option<String>) -> LuaResult<(Option<String>, Option<String>)> {
+    Ok(match format.as_deref() {
+        None | Some("") | Some("html") => (
+            Some(dashboard::PAGE.into()),
+            Some(dashboard::PAGE_CONTENT_TYPE.into()),
+        ),
+        Some("json") => (
+            Some(dashboard::json(&SHARED.current())),
+            Some(metrics::JSON_CONTENT_TYPE.into()),
+        ),
+        Some(other) => (
+            None,
+            Some(format!(
+                "bad argument #1 to 'dashboard' (\"html\" or \"json\" expected, got \"{other}\")"
             )),
         ),
     })
@@ -479,6 +500,7 @@ pub(super) fn core_table(lua: &Lua) -> LuaResult<LuaTable> {
     core.set("plan_id", lua.create_function(plan_id)?)?;
     core.set("create_region", lua.create_function(create_region)?)?;
     core.set("metrics", lua.create_function(metrics_body)?)?;
+    core.set("dashboard", lua.create_function(dashboard_body)?)?;
     core.set(
         "count_responses_from_log",
         lua.create_function(|_, ()| {
