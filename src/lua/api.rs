@@ -277,6 +277,7 @@ fn status(lua: &Lua, options: LuaUserDataRef<Options>) -> LuaResult<LuaTable> {
             t.set("session", if holding { "holder" } else { "follower" })?;
             t.set("session_holder", holder)?;
             t.set("shared_bytes", store.bytes_held())?;
+            t.set("shared_spare_bytes", store.bytes_spare())?;
         }
         None => t.set("session", "own")?,
     }

@@ -334,7 +334,9 @@ impl Content for FlatList {
     }
 
     fn write_into(&self, out: &mut [u8]) {
-        self.0.list.write_flat(&mut FlatWriter::new(out));
+        let mut writer = FlatWriter::new(out);
+        self.0.list.write_flat(&mut writer);
+        debug_assert!(writer.done(), "a flat length that is not what was laid out");
     }
 }
 

@@ -341,7 +341,7 @@ impl Refresher {
                 host.store.reclaim();
             }
             if matches!(woke, Woke::Tick) && changed_at.elapsed() >= KEEP_FOR_CHANGES {
-                if let Some(host) = &self.host {
+                if let Some(host) = self.host.as_ref().filter(|host| host.holding()) {
                     host.store.trim_spares();
                 }
                 self.reader.release_layouts();

@@ -8,7 +8,11 @@
 //! a large list then costs no page faults, neither in the holder that writes it nor in the
 //! workers that read it (their page tables still map those pages). Spares are given back to the
 //! system (MADV_REMOVE, for every process at once) when they outnumber the chunks in use, and
-//! all of them once changes pause ([`Store::trim_spares`]).
+//! all of them once changes pause ([`Store::trim_spares`]): marked as being trimmed by this pid
+//! first, so that no allocation takes them until their pages are gone, even if the trimmer is
+//! stopped meanwhile and a successor holds the lease; chunks a dead trimmer left are finished by
+//! the next trim. Every owner word moves by compare-and-swap from the value it was seen with, so
+//! a holder that was stopped and resumes cannot free or trim what its successor reallocated.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +20,13 @@ use super::{Store, CHUNK, CHUNK_WORDS_AT};
 
 /// The owner of a free chunk whose pages are kept for reuse.
 const SPARE: u64 = u64::MAX;
+/// The owner of a chunk whose pages process `pid` is giving back: `TRIMMING | pid`.
+const TRIMMING: u64 = 1 << 63;
+
+/// Whether `owner` names a block (not free, spare or being trimmed): block ids count up from 1.
+fn is_block(owner: u64) -> bool {
+    owner != 0 && owner & TRIMMING == 0
+}
 
 /// Where a block lies: its first chunk, its chunks, its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +80,9 @@ impl Store {
                     if claimed.len() == chunks {
                         return Some(first);
                     }
-                    for (owner, was) in owners[first..].iter().zip(&claimed) {
-                        owner.store(*was, Ordering::Release);
+                    for (owner, &was) in owners[first..].iter().zip(&claimed) {
+                        let _ =
+                            owner.compare_exchange(id, was, Ordering::AcqRel, Ordering::Relaxed);
                     }
                     first += claimed.len() + 1;
                 }
@@ -127,46 +139,88 @@ impl Store {
     /// Frees `block` at once: no manifest names it.
     pub(super) fn free(&self, block: Block) {
         if self.owns(block) {
-            self.keep_spare(block.first, block.chunks);
+            self.keep_spare(block.first, block.chunks, block.id);
         }
     }
 
-    /// Marks chunks free, their pages kept.
-    fn keep_spare(&self, first: usize, chunks: usize) {
-        self.retired()[first].store(0, Ordering::Release);
-        for owner in &self.owners()[first..first + chunks] {
-            owner.store(SPARE, Ordering::Release);
+    /// Marks block `id`'s chunks free, their pages kept; a chunk another block owns by now is
+    /// left as it is.
+    fn keep_spare(&self, first: usize, chunks: usize, id: u64) {
+        let owners = &self.owners()[first..first + chunks];
+        let spare = |owner: &AtomicU64| {
+            owner
+                .compare_exchange(id, SPARE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        };
+        if spare(&owners[0]) {
+            self.retired()[first].store(0, Ordering::Release);
+        }
+        for owner in &owners[1..] {
+            spare(owner);
         }
     }
 
     /// Gives every spare chunk's pages back to the system, for every process at once: changes
-    /// paused, or spares outnumber the chunks in use.
+    /// paused, or spares outnumber the chunks in use. Also finishes what a trimmer that died
+    /// midway left.
     pub fn trim_spares(&self) {
         let owners = self.owners();
+        let mine = TRIMMING | u64::from(std::process::id());
         let mut chunk = 0;
         while chunk < self.chunks {
             let first = chunk;
-            while chunk < self.chunks
-                && owners[chunk]
-                    .compare_exchange(SPARE, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
+            while chunk < self.chunks && self.take_to_trim(&owners[chunk], mine) {
                 chunk += 1;
             }
-            if chunk > first {
-                // SAFETY: the chunks' own pages, inside the mapping; marked free (not spare)
-                // first, and only the lease holder allocates: nobody reads or writes them.
-                unsafe {
-                    libc::madvise(
-                        self.base.as_ptr().add(self.data_at + first * CHUNK).cast(),
-                        (chunk - first) * CHUNK,
-                        libc::MADV_REMOVE,
-                    );
-                }
-            } else {
+            if chunk == first {
                 chunk += 1;
+                continue;
+            }
+            // SAFETY: the chunks' own pages, inside the mapping, marked as this process's to
+            // trim: no allocation takes them, and no manifest names them.
+            unsafe {
+                libc::madvise(
+                    self.base.as_ptr().add(self.data_at + first * CHUNK).cast(),
+                    (chunk - first) * CHUNK,
+                    libc::MADV_REMOVE,
+                );
+            }
+            for owner in &owners[first..chunk] {
+                let _ = owner.compare_exchange(mine, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Marks every spare chunk as process `pid`'s to trim, as a trimmer stopped midway leaves
+    /// them; how many.
+    #[cfg(test)]
+    pub(super) fn mark_spares_trimmed_by(&self, pid: u32) -> usize {
+        self.owners()
+            .iter()
+            .filter(|owner| {
+                owner
+                    .compare_exchange(
+                        SPARE,
+                        TRIMMING | u64::from(pid),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            })
+            .count()
+    }
+
+    /// Marks a spare chunk, or one a dead trimmer left, as `mine` to trim.
+    fn take_to_trim(&self, owner: &AtomicU64, mine: u64) -> bool {
+        let seen = owner.load(Ordering::Acquire);
+        let left_by_the_dead = seen != SPARE
+            && seen & TRIMMING != 0
+            && seen != mine
+            && !super::alive((seen & !TRIMMING) as u32);
+        (seen == SPARE || left_by_the_dead)
+            && owner
+                .compare_exchange(seen, mine, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Every block allocated, as `(first chunk, chunks, id)`, first to last.
@@ -178,11 +232,7 @@ impl Store {
                 let first = chunk;
                 let id = owners[first].load(Ordering::Acquire);
                 // An owner that changed meanwhile ends the run at once: move on all the same.
-                let run = if id == 0 || id == SPARE {
-                    0
-                } else {
-                    self.run(first, id)
-                };
+                let run = if is_block(id) { self.run(first, id) } else { 0 };
                 chunk += run.max(1);
                 if run > 0 {
                     return Some((first, run, id));
@@ -209,21 +259,20 @@ impl Store {
     pub fn reclaim(&self) -> usize {
         let oldest = self.oldest_read();
         let retired = self.retired();
-        let freeable: Vec<(usize, usize)> = self
+        let freeable: Vec<(usize, usize, u64)> = self
             .blocks()
             .filter(|&(first, _, _)| {
                 let at = retired[first].load(Ordering::Acquire);
                 at != 0 && at <= oldest
             })
-            .map(|(first, run, _)| (first, run))
             .collect();
-        for &(first, run) in &freeable {
-            self.keep_spare(first, run);
+        for &(first, run, id) in &freeable {
+            self.keep_spare(first, run, id);
         }
         if self.chunks_spare() > self.chunks_held() {
             self.trim_spares();
         }
-        freeable.iter().map(|&(_, run)| run).sum()
+        freeable.iter().map(|&(_, run, _)| run).sum()
     }
 
     /// The chunks from `first` on that belong to block `id`.
@@ -236,7 +285,7 @@ impl Store {
 
     /// Chunks in use or retired but not yet freed.
     pub fn chunks_held(&self) -> usize {
-        self.count_owners(|owner| owner != 0 && owner != SPARE)
+        self.count_owners(is_block)
     }
 
     /// Spare chunks: free, their pages kept for reuse.
@@ -254,5 +303,10 @@ impl Store {
     /// Bytes of the data area in use or retired but not yet freed.
     pub fn bytes_held(&self) -> usize {
         self.chunks_held() * CHUNK
+    }
+
+    /// Bytes of spare chunks: free, their pages kept for the next change.
+    pub fn bytes_spare(&self) -> usize {
+        self.chunks_spare() * CHUNK
     }
 }

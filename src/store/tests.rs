@@ -389,3 +389,61 @@ fn a_freed_block_is_kept_as_a_spare_for_the_next_one_and_given_back_once_changes
     assert_eq!(store.chunks_spare(), 0);
     assert_eq!(store.chunks_held(), 5);
 }
+
+#[test]
+fn chunks_being_trimmed_are_no_allocations_until_their_trimmer_finishes_or_dies() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    let mut checked = HashSet::new();
+    let list = |n: u8| text("gray", &vec![n; 300 << 10]);
+    let at = |a: &Adopted| a.items[0].0.first;
+    store.publish(token, vec![list(1)], &mut checked).unwrap();
+    let first = store.adopt(1, 0, &mut checked).unwrap().unwrap();
+    let (first_at, seen) = (at(&first), first.generation);
+    drop(first);
+    store.publish(token, vec![list(2)], &mut checked).unwrap();
+    let second = store.adopt(1, seen, &mut checked).unwrap().unwrap();
+    let second_at = at(&second);
+    store.reclaim();
+    // A trimmer that is alive (this test's parent) and stopped midway: its chunks stay its own.
+    assert_eq!(
+        store.mark_spares_trimmed_by(std::os::unix::process::parent_id()),
+        5
+    );
+    store.trim_spares();
+    store.publish(token, vec![list(3)], &mut checked).unwrap();
+    let third = store
+        .adopt(1, second.generation, &mut checked)
+        .unwrap()
+        .unwrap();
+    assert_ne!(at(&third), first_at, "a chunk being trimmed was allocated");
+    assert_eq!(read(&third, "gray"), vec![3; 300 << 10]);
+    drop(second);
+    store.reclaim();
+    // A trimmer that died midway: the next trim finishes its chunks, and they are free again.
+    let mut status = 0;
+    // SAFETY: a child that exits at once, waited for: its pid is then a dead process's.
+    let dead = unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            libc::_exit(0);
+        }
+        libc::waitpid(child, &mut status, 0);
+        child as u32
+    };
+    assert_eq!(store.mark_spares_trimmed_by(dead), 5);
+    store.trim_spares();
+    assert_eq!(store.chunks_spare(), 0);
+    assert_eq!(store.chunks_held(), 5, "the third list's, and nothing else");
+    store.publish(token, vec![list(4)], &mut checked).unwrap();
+    let fourth = store
+        .adopt(1, third.generation, &mut checked)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        at(&fourth),
+        second_at,
+        "the dead trimmer's chunks are free again"
+    );
+}
