@@ -346,6 +346,7 @@ function _M.dashboard()
     if not body then
         ngx.status = ngx.HTTP_BAD_REQUEST
         ngx.header.content_type = "text/plain"
+        ngx.header["X-Content-Type-Options"] = "nosniff"
         ngx.say(content_type)
         return
     end
@@ -353,7 +354,8 @@ function _M.dashboard()
     ngx.header["Cache-Control"] = "no-store"
     -- The page's own inline script and style, its JSON from this origin, nothing else.
     ngx.header["Content-Security-Policy"] = "default-src 'none'; script-src 'unsafe-inline'; "
-        .. "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'"
+        .. "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "
+        .. "form-action 'none'; frame-ancestors 'none'"
     ngx.header["X-Content-Type-Options"] = "nosniff"
     ngx.print(body)
 end

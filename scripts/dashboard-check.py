@@ -2,8 +2,9 @@
 selenium and chromedriver) loads gray.dashboard() from a real gateway under traffic, with a rollout
 plan running and a rule whose name carries markup. After the page's scripts ran, it must show each
 target with the request rate the test sent within 20%, the rule's name as text (its markup never
-run), the plan's step, and, once the gateway is gone, say that it cannot fetch. A screenshot is
-saved as target/dashboard.png for a person to look at. Run with Debian's python3 (its selenium)."""
+run), the plan's step, no sideways scrolling at a phone's width, and, once the gateway is gone,
+say that it cannot fetch. Screenshots are saved as target/dashboard.png and
+target/dashboard-phone.png for a person to look at. Run with Debian's python3 (its selenium)."""
 
 import json
 import os
@@ -13,8 +14,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (HOST, LIB_DIR, TOP, Redis, get, load_modules, log, nginx_prefix, preamble,  # noqa: E402
-                     run_dir, signal_nginx, start_nginx, wait_until)
+from harness import (HOST, TOP, Redis, get, log, run_dir, signal_nginx, start_gray_gateway,  # noqa: E402
+                     wait_until)
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -22,39 +23,13 @@ from selenium.webdriver.common.by import By  # noqa: E402
 REDIS_PORT, GATEWAY_PORT = 16650, 16651
 GRAYCTL = os.path.join(TOP, "target", "release", "grayctl")
 SCREENSHOT = os.path.join(TOP, "target", "dashboard.png")
+PHONE_SCREENSHOT = os.path.join(TOP, "target", "dashboard-phone.png")
 RULE = 'canary <script>window.__ran = "script"</script><img src=x onerror="window.__ran = \'img\'">'
 RULE_SET = {"format": 1, "default": "@prod1",
             "rules": [{"name": RULE, "percent": 0, "by": ["header:X-User"], "to": "@prod2-grey",
                        "guard": {"max_error_rate": 50, "min_requests": 1000000}}]}
 PACE = 0.025  # 40 requests a second
 WATCH_S = 16
-
-
-def gateway(directory):
-    prefix = nginx_prefix(directory, "gateway")
-    conf = f"""
-{load_modules()}
-worker_processes 2;
-daemon off;
-{preamble(prefix, "notice")}
-    lua_package_cpath "{LIB_DIR}/lib?.so;;";
-    init_by_lua_block {{ require "gray" }}
-    init_worker_by_lua_block {{
-        require("gray").configure{{ redis = "redis://{HOST}:{REDIS_PORT}/0", count_responses = true,
-                                    rollouts = true }}
-    }}
-    server {{
-        listen {HOST}:{GATEWAY_PORT};
-        location / {{ content_by_lua_block {{ require("gray").route() }} }}
-        location @prod1 {{ return 200 "prod\\n"; }}
-        location @prod2-grey {{ return 200 "gray\\n"; }}
-        location = /gray/dashboard {{ content_by_lua_block {{ require("gray").dashboard() }} }}
-        location = /__ready {{ return 200; }}
-    }}
-}}
-"""
-    start_nginx(prefix, conf, GATEWAY_PORT)
-    return prefix
 
 
 def traffic(stop, sent):
@@ -81,7 +56,8 @@ def main():
     with run_dir("gray-dashboard-") as directory:
         redis = Redis(REDIS_PORT, directory)
         redis.cli("SET", "gray:rules", json.dumps(RULE_SET))
-        prefix = gateway(directory)
+        prefix = start_gray_gateway(directory, REDIS_PORT, GATEWAY_PORT, """
+        location = /gray/dashboard { content_by_lua_block { require("gray").dashboard() } }""")
         subprocess.run([GRAYCTL, "--redis", f"redis://{HOST}:{REDIS_PORT}/0", "rollout", "start", RULE,
                         "--steps", "30,60,100", "--hold", "10m", "--max-error-rate", "50"],
                        check=True, capture_output=True)
@@ -123,6 +99,14 @@ def main():
                 failures.append(f"the plan's state: {shown['states']}")
             driver.save_screenshot(SCREENSHOT)
             log("dashboard-check", f"screenshot: {SCREENSHOT}")
+            # A phone's width: the page reflows into one column, wide tables scroll in their box,
+            # the page itself never sideways.
+            driver.set_window_size(390, 844)
+            time.sleep(2.5)
+            overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            if overflow > 0:
+                failures.append(f"at a phone's width the page is {overflow} px wider than the screen")
+            driver.save_screenshot(PHONE_SCREENSHOT)
             stop.set()
             sender.join(5)
             signal_nginx(prefix, "stop")

@@ -326,3 +326,31 @@ daemon off;
 """
     return start_nginx(prefix, conf, next(iter(answers))), prefix
 
+
+def start_gray_gateway(directory, redis_port, port, locations=""):
+    """A gateway of 2 workers routing by gray (responses counted, rollouts driven), @prod1 and
+    @prod2-grey answering "prod" and "gray", with `locations` added to its server; its prefix."""
+    prefix = nginx_prefix(directory, "gateway")
+    conf = f"""
+{load_modules()}
+worker_processes 2;
+daemon off;
+{preamble(prefix, "notice")}
+    lua_package_cpath "{LIB_DIR}/lib?.so;;";
+    init_by_lua_block {{ require "gray" }}
+    init_worker_by_lua_block {{
+        require("gray").configure{{ redis = "redis://{HOST}:{redis_port}/0", count_responses = true,
+                                    rollouts = true }}
+    }}
+    server {{
+        listen {HOST}:{port};
+        location / {{ content_by_lua_block {{ require("gray").route() }} }}
+        location @prod1 {{ return 200 "prod\\n"; }}
+        location @prod2-grey {{ return 200 "gray\\n"; }}
+        location = /__ready {{ return 200; }}
+{locations}
+    }}
+}}
+"""
+    start_nginx(prefix, conf, port)
+    return prefix

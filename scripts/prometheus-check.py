@@ -14,8 +14,8 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (HOST, LIB_DIR, TOP, Redis, get, load_modules, log, nginx_prefix, preamble,  # noqa: E402
-                     run_dir, spawn, start_nginx, wait_until)
+from harness import (HOST, TOP, Redis, get, log, run_dir, spawn, start_gray_gateway,  # noqa: E402
+                     wait_until)
 
 REDIS_PORT, GATEWAY_PORT, PROMETHEUS_PORT = 16640, 16641, 16642
 RULES = os.path.join(TOP, "contrib", "prometheus", "gray.rules.yml")
@@ -24,32 +24,6 @@ GRAYCTL = os.path.join(TOP, "target", "release", "grayctl")
 RULE_SET = {"format": 1, "default": "@prod1",
             "rules": [{"name": "ramp", "percent": 50, "by": ["header:X-User"], "to": "@prod2-grey",
                        "guard": {"max_error_rate": 50, "min_requests": 1000000}}]}
-
-
-def gateway(directory):
-    prefix = nginx_prefix(directory, "gateway")
-    conf = f"""
-{load_modules()}
-worker_processes 2;
-daemon off;
-{preamble(prefix, "notice")}
-    lua_package_cpath "{LIB_DIR}/lib?.so;;";
-    init_by_lua_block {{ require "gray" }}
-    init_worker_by_lua_block {{
-        require("gray").configure{{ redis = "redis://{HOST}:{REDIS_PORT}/0", count_responses = true,
-                                    rollouts = true }}
-    }}
-    server {{
-        listen {HOST}:{GATEWAY_PORT};
-        location / {{ content_by_lua_block {{ require("gray").route() }} }}
-        location @prod1 {{ return 200 "prod\\n"; }}
-        location @prod2-grey {{ return 200 "gray\\n"; }}
-        location = /gray/metrics {{ content_by_lua_block {{ require("gray").metrics() }} }}
-        location = /__ready {{ return 200; }}
-    }}
-}}
-"""
-    start_nginx(prefix, conf, GATEWAY_PORT)
 
 
 def prometheus(directory):
@@ -111,7 +85,8 @@ def main():
     with run_dir("gray-prometheus-") as directory:
         redis = Redis(REDIS_PORT, directory)
         redis.cli("SET", "gray:rules", json.dumps(RULE_SET))
-        gateway(directory)
+        start_gray_gateway(directory, REDIS_PORT, GATEWAY_PORT, """
+        location = /gray/metrics { content_by_lua_block { require("gray").metrics() } }""")
         subprocess.run([GRAYCTL, "--redis", f"redis://{HOST}:{REDIS_PORT}/0", "rollout", "start", "ramp",
                         "--steps", "50,100", "--hold", "10m", "--max-error-rate", "50"],
                        check=True, capture_output=True)
