@@ -66,8 +66,9 @@ location = /t {
             end
             return n
         end
-        -- Every worker decides the test's client (127.0.0.1) `decision`; the versions they serve.
-        local function everywhere(decision)
+        -- Every worker decides the test's client (127.0.0.1) `decision`, serving another version
+        -- than `was` (when given); the one version they serve.
+        local function everywhere(decision, was)
             local versions
             local ok = T.wait_for(function()
                 local answers = T.every_worker(port, "/who", 1, function(body)
@@ -76,11 +77,15 @@ location = /t {
                 end)
                 if not answers then return false end
                 versions = {}
+                local n = 0
                 for _, a in pairs(answers) do
-                    if a.decision ~= decision then return false end
+                    if a.decision ~= decision or a.version == was then return false end
+                    if not versions[a.version] then n = n + 1 end
                     versions[a.version] = true
                 end
-                return true
+                -- A worker answers its decision and version from two reads of its state: during
+                -- a change they may straddle it, so wait for one version everywhere.
+                return n == 1
             end, 5)
             local n, version = 0, nil
             for v in pairs(versions or {}) do n, version = n + 1, v end
@@ -105,10 +110,12 @@ location = /t {
         -- A gap: change numbers moved by two, no delta recorded.
         before = scans()
         T.redis_atomic({ "sadd", "gray", "127.0.0.1" }, { "hincrby", "gray:changes", "ver", 2 })
-        ngx.say("gap: ", (everywhere("@prod2-grey")), ", read whole: ", scans() > before)
+        local gapped, gap_version = everywhere("@prod2-grey")
+        ngx.say("gap: ", gapped, ", read whole: ", scans() > before)
         -- Back to the SET the deltas made, by a raw write: the version a whole read gives is theirs.
+        -- The decision does not change: wait for the version to.
         T.redis_atomic({ "srem", "gray", "127.0.0.1" }, { "sadd", "gray", "127.0.0.0/24" })
-        local _, whole = everywhere("@prod2-grey")
+        local _, whole = everywhere("@prod2-grey", gap_version)
         ngx.say("one version: ", whole == version)
         T.redis("config", "set", "slowlog-log-slower-than", 10000)
     }
