@@ -20,19 +20,7 @@ pub(super) fn top(ctx: &Context, set: &SetName) -> Result<(), Failure> {
     let mut store: Option<Store> = None;
     loop {
         let mut frame = Vec::new();
-        let drawn = match store.take().map_or_else(|| ctx.store(), Ok) {
-            Ok(mut open) => {
-                let drawn = fleet::write_now(&mut frame, ctx, &mut open)
-                    .and_then(|()| writeln!(frame).map_err(written))
-                    .and_then(|()| rollout::write_now(&mut frame, &mut open, &key));
-                if drawn.is_ok() {
-                    store = Some(open);
-                }
-                drawn
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = drawn {
+        if let Err(e) = draw(&mut frame, ctx, &key, &mut store) {
             writeln!(frame, "\ngrayctl: {e}; trying again").map_err(written)?;
         }
         writeln!(
@@ -50,4 +38,25 @@ pub(super) fn top(ctx: &Context, set: &SetName) -> Result<(), Failure> {
         drop(out);
         thread::sleep(EVERY);
     }
+}
+
+/// The views of one frame into `frame`, through `store`, opened if it is not; a store that
+/// failed is dropped, to be opened again for the next frame.
+fn draw(
+    frame: &mut Vec<u8>,
+    ctx: &Context,
+    key: &str,
+    store: &mut Option<Store>,
+) -> Result<(), Failure> {
+    let open = match store {
+        Some(open) => open,
+        None => store.insert(ctx.store()?),
+    };
+    let drawn = fleet::write_now(frame, ctx, open)
+        .and_then(|()| writeln!(frame).map_err(written))
+        .and_then(|()| rollout::write_now(frame, open, key));
+    if drawn.is_err() {
+        *store = None;
+    }
+    drawn
 }
