@@ -478,6 +478,20 @@ def seen_by_every_worker(conn, before, timeout, workers=2, since=None):
         time.sleep(POLL_SECONDS)
 
 
+def plain_sets(redis, conn, trials, workers):
+    """`trials` plain SETs of a 1-entry list, each seen by every one of `workers`: ms each."""
+    red = redis.connect()
+    times = []
+    for i in range(trials):
+        before = worker_versions(conn)
+        since = time.time()
+        red.call("SET", "gray", CLIENT if i % 2 == 0 else "10.0.0.1")
+        times.append(seen_by_every_worker(conn, before, 5, workers, since) * 1000)
+        time.sleep(0.02)
+    red.close()
+    return times
+
+
 def redis_output_bytes(redis):
     info = redis.cli("INFO", "stats")
     return int(re.search(r"total_net_output_bytes:(\d+)", info).group(1))
@@ -492,16 +506,7 @@ def fleet(redis, opts):
     gateway, prefix = start_gateway(["10.0.0.1"], refresh=1, lua_cache=False, workers=2)
     conn = http.client.HTTPConnection(CLIENT, DECISION_PORT, timeout=5)
     assert wait_until(lambda: len(worker_versions(conn)) == 2, 30), "two workers never reported"
-    red = redis.connect()
-    times = []
-    for i in range(opts.trials):
-        before = worker_versions(conn)
-        since = time.time()
-        red.call("SET", "gray", CLIENT if i % 2 == 0 else "10.0.0.1")
-        times.append(seen_by_every_worker(conn, before, 5, since=since) * 1000)
-        time.sleep(0.02)
-    results["set"] = times
-    red.close()
+    results["set"] = plain_sets(redis, conn, opts.trials, 2)
     stop(gateway, signal.SIGQUIT)
 
     entries = make_list(1_000_000, True)
@@ -616,16 +621,7 @@ def host(redis, opts):
             conn.close()
             stop(gateway, signal.SIGQUIT)
     # The last gateway: a plain SET, then the 1M-member SET's deltas.
-    red = redis.connect()
-    sets = []
-    for i in range(opts.trials):
-        before = worker_versions(conn)
-        since = time.time()
-        red.call("SET", "gray", CLIENT if i % 2 == 0 else "10.0.0.1")
-        sets.append(seen_by_every_worker(conn, before, 5, workers, since) * 1000)
-        time.sleep(0.02)
-    red.close()
-    results["set"] = sets
+    results["set"] = plain_sets(redis, conn, opts.trials, workers)
     before = worker_versions(conn)
     redis.put_list(entries, "set")
     seen_by_every_worker(conn, before, 120, workers)

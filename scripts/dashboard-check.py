@@ -14,8 +14,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (HOST, TOP, Redis, get, log, run_dir, signal_nginx, start_gray_gateway,  # noqa: E402
-                     wait_until)
+from harness import (HOST, TOP, Redis, finish, get, log, run_dir, signal_nginx,  # noqa: E402
+                     start_gray_gateway, wait_until)
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -118,11 +118,8 @@ def main():
         finally:
             stop.set()
             driver.quit()
-    for failure in failures:
-        log("dashboard-check", "FAILED:", failure)
-    if failures:
-        sys.exit(1)
-    log("dashboard-check", "the page shows the targets' rates, the rule as text, the plan's step, and a fetch failure")
+    finish("dashboard-check", failures,
+           "the page shows the targets' rates, the rule as text, the plan's step, and a fetch failure")
 
 
 if __name__ == "__main__":

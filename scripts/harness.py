@@ -72,6 +72,15 @@ def run_dir(prefix):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def finish(name, failures, passed):
+    """Ends a check: each failure said, exit 1 if any; else what passed."""
+    for failure in failures:
+        log(name, "FAILED:", failure)
+    if failures:
+        sys.exit(1)
+    log(name, passed)
+
+
 def wait_until(check, timeout, interval=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:

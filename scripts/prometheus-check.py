@@ -14,8 +14,8 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (HOST, TOP, Redis, get, log, run_dir, spawn, start_gray_gateway,  # noqa: E402
-                     wait_until)
+from harness import (HOST, TOP, Redis, finish, get, log, run_dir, spawn,  # noqa: E402
+                     start_gray_gateway, wait_until)
 
 REDIS_PORT, GATEWAY_PORT, PROMETHEUS_PORT = 16640, 16641, 16642
 RULES = os.path.join(TOP, "contrib", "prometheus", "gray.rules.yml")
@@ -126,11 +126,8 @@ def main():
         finally:
             stop.set()
             sender.join(5)
-    for failure in failures:
-        log("prometheus-check", "FAILED:", failure)
-    if failures:
-        sys.exit(1)
-    log("prometheus-check", "every rule evaluates; every recording rule and dashboard query returns series")
+    finish("prometheus-check", failures,
+           "every rule evaluates; every recording rule and dashboard query returns series")
 
 
 if __name__ == "__main__":
