@@ -273,7 +273,58 @@ PSS summed over the other workers grew under 1 MB: true
 
 
 
-=== TEST 6: without require "gray" in init_by_lua each worker holds its own session, and says so
+=== TEST 6: a large list whose checksum does not match (a stray write): each follower routes by it, checks it and goes back to the last good snapshot
+--- redis
+SET gray 10.0.0.1
+--- main_config
+env EXTRA=$TEST_NGINX_EXTRA_PORT;
+env GRAY_FAULT=stray-write;
+--- http_config eval
+$::Host
+--- config eval
+q|location = /t {
+    content_by_lua_block {
+        local T = require 'gray_test'
+| . $::Who . q|
+        -- 187,501 addresses, none next to another: a list laid out in over 1 MiB, which a
+        -- follower adopts before it checks it.
+        local entries = { '127.0.0.1' }
+        for a = 0, 249 do
+            for b = 0, 249 do
+                for _, c in ipairs({ 1, 3, 5 }) do
+                    entries[#entries + 1] = '10.' .. a .. '.' .. b .. '.' .. c
+                end
+            end
+        end
+        local function split()
+            local answers = every_worker(T, 1)
+            if not answers then return false end
+            local holder, followers = 0, 0
+            for _, a in pairs(answers) do
+                if a.session == 'holder' and a.decision == '@prod2-grey' then holder = holder + 1 end
+                if a.session == 'follower' and a.decision == '@prod1' then followers = followers + 1 end
+            end
+            return holder == 1 and followers == 3
+        end
+        T.redis('set', 'gray', table.concat(entries, ' '))
+        local split_once = T.wait_for(split, 5)
+        -- Long after every follower adopted it and checked it.
+        ngx.sleep(0.5)
+        ngx.say('the holder routes by the new list, the followers by the last good one: ',
+                split_once and split())
+    }
+}|
+--- timeout: 20
+--- response_body
+the holder routes by the new list, the followers by the last good one: true
+--- error_log
+the host's copy of key gray: its checksum does not match; back to the last good snapshot
+--- allowed_errors
+its checksum does not match; back to the last good snapshot
+
+
+
+=== TEST 7: without require "gray" in init_by_lua each worker holds its own session, and says so
 --- redis
 SET gray 127.0.0.1
 --- http_config

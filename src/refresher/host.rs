@@ -7,12 +7,12 @@
 //! holder is gone, stopped or retired; a holder of an older configuration cycle hands it over once
 //! a worker of the new cycle runs. A heartbeat thread keeps the lease while the process runs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use gray_core::flat::{FlatReader, FlatWriter};
+use gray_core::flat::{Backing, FlatReader, FlatWriter};
 use gray_core::keys;
 use gray_core::snapshot::{LoadedKey, LoadedList};
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
@@ -22,12 +22,12 @@ use once_cell::sync::OnceCell;
 use serde::{Deserialize, Serialize};
 
 use super::health::Health;
-use super::loaded::{Loaded, Source};
+use super::loaded::{Loaded, Source, Whitelists};
 use super::reader::Read;
 use crate::log::Level;
 use crate::state::{RefreshStatus, Shared};
 use crate::store::{
-    self, Adopted, Content, Item, ItemForm, NewItem, Pin, Store, StoreError, Token,
+    self, Adopted, Checks, Content, Item, ItemForm, NewItem, Pin, Store, StoreError, Token,
 };
 
 /// A holder silent this long is taken over (it is stopped or hung).
@@ -36,6 +36,9 @@ const STALE: Duration = Duration::from_millis(500);
 const BEAT: Duration = Duration::from_millis(100);
 /// How long a follower waits for a generation before it looks at the lease again.
 pub(super) const FOLLOW_TICK: Duration = Duration::from_millis(100);
+/// How long a follower routes by a list adopted unchecked before it checks it: time for the
+/// host's other workers to adopt it before this one spends a core on summing it.
+pub(super) const CHECK_DELAY: Duration = Duration::from_millis(20);
 
 /// The lease this process holds, for the heartbeat thread.
 static HELD: Mutex<Option<Token>> = Mutex::new(None);
@@ -61,8 +64,8 @@ pub(super) struct Host {
     pub unpublished: bool,
     /// The generation last adopted (0: none).
     seen: u64,
-    /// Blocks whose checksum this process has checked.
-    checked: HashSet<(u64, u64)>,
+    /// What this process found of blocks' checksums.
+    checks: Checks,
 }
 
 impl Host {
@@ -88,7 +91,7 @@ impl Host {
             watched: None,
             unpublished: false,
             seen: 0,
-            checked: HashSet::new(),
+            checks: Checks::default(),
         })
     }
 
@@ -150,11 +153,11 @@ impl Host {
     pub fn publish(&mut self, loaded: &mut Loaded) -> Result<(), StoreError> {
         let token = self.token.ok_or(StoreError::LeaseLost)?;
         self.unpublished = true;
-        self.store
-            .publish(token, items(loaded), &mut self.checked)?;
+        self.store.publish(token, items(loaded), &mut self.checks)?;
         self.unpublished = false;
         if let Some(adopted) = self.adopt()? {
-            share(loaded, &adopted);
+            let broken = self.check_after(&adopted.unchecked_items());
+            share(loaded, &adopted, &broken);
         }
         Ok(())
     }
@@ -167,17 +170,22 @@ impl Host {
 
     /// The generation in force, if this worker has not adopted it yet.
     pub fn adopt(&mut self) -> Result<Option<Adopted>, StoreError> {
-        let adopted = self.store.adopt(self.cycle, self.seen, &mut self.checked)?;
+        let adopted = self.store.adopt(self.cycle, self.seen, &mut self.checks)?;
         if let Some(adopted) = &adopted {
             self.seen = adopted.generation;
-            self.checked.retain(|checked| {
-                adopted
-                    .items
-                    .iter()
-                    .any(|(item, _)| item.checked() == *checked)
-            });
+            self.checks.keep_only(adopted);
         }
         Ok(adopted)
+    }
+
+    /// Checks the items adopted unchecked against their checksums: the keys of those that do
+    /// not match, which the next generations' adoptions check before routing by.
+    pub fn check_after(&mut self, unchecked: &[(Item, Arc<Pin>)]) -> Vec<String> {
+        unchecked
+            .iter()
+            .filter(|(item, pin)| !self.checks.check(item, Backing::bytes(&**pin)))
+            .map(|(item, _)| item.key.clone())
+            .collect()
     }
 
     /// Writes the holder's status for the other workers.
@@ -349,10 +357,13 @@ pub(super) struct StoredText {
 
 /// Swaps the lists `loaded` holds for the store's copy of the same versions (the holder, once it
 /// published them).
-fn share(loaded: &mut Loaded, adopted: &Adopted) {
+fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
     let shared = |key: &str, list: &Arc<LoadedList>| -> Option<Arc<LoadedList>> {
         let (_, pin) = adopted.items.iter().find(|(item, _)| {
-            item.key == key && item.form == ItemForm::Whitelist && item.version == list.version
+            item.key == key
+                && item.form == ItemForm::Whitelist
+                && item.version == list.version
+                && !broken.contains(&item.key)
         })?;
         let read = Whitelist::read_flat(&mut FlatReader::new(pin.clone())).ok()?;
         Some(Arc::new(LoadedList {
@@ -378,6 +389,13 @@ fn share(loaded: &mut Loaded, adopted: &Adopted) {
 
 /// The loaded state's [`Source`] in a follower: the keys of an adopted generation, what it says
 /// reported to the health.
+/// Lists adopted unchecked, with what was loaded before them and when to check them.
+pub(super) struct Unchecked {
+    pub items: Vec<(Item, Arc<Pin>)>,
+    pub before: Whitelists,
+    pub due: Instant,
+}
+
 pub(super) struct Adopting<'a> {
     items: HashMap<(String, ItemForm), (Item, Arc<Pin>)>,
     health: &'a mut Health,
@@ -409,7 +427,7 @@ impl Source for Adopting<'_> {
         let builder = match form {
             ItemForm::Text => {
                 let mut builder = B::default();
-                builder.add(gray_core::flat::Backing::bytes(&**pin));
+                builder.add(Backing::bytes(&**pin));
                 builder
             }
             ItemForm::Whitelist => {

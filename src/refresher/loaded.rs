@@ -84,6 +84,12 @@ pub(super) struct Loaded {
     unpublished: bool,
 }
 
+/// The whitelists loaded at one moment, to go back to.
+pub(super) struct Whitelists {
+    whitelist: Option<Arc<LoadedList>>,
+    keys: Vec<(KeyRef, LoadedKey)>,
+}
+
 impl Loaded {
     pub fn new(config: Arc<Config>) -> Loaded {
         let rule_sets = std::iter::once(None)
@@ -124,6 +130,35 @@ impl Loaded {
         let read = self.read_keys(source, &mut replaced);
         self.unpublished |= replaced;
         read.map(|()| replaced)
+    }
+
+    /// The whitelists loaded now.
+    pub fn whitelists(&self) -> Whitelists {
+        Whitelists {
+            whitelist: self.whitelist.clone(),
+            keys: self
+                .keys
+                .iter()
+                .filter(|(_, value)| matches!(value, LoadedKey::Whitelist(_)))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        }
+    }
+
+    /// Puts back key `key`'s whitelist as it was in `before` (none if it had none), to be
+    /// published.
+    pub fn put_back(&mut self, key: &str, before: &Whitelists) {
+        if key == self.config.key {
+            self.whitelist = before.whitelist.clone();
+        }
+        self.keys
+            .retain(|k, _| !(k.name == key && k.use_ == KeyUse::Whitelist));
+        for (k, value) in &before.keys {
+            if k.name == key {
+                self.keys.insert(k.clone(), value.clone());
+            }
+        }
+        self.unpublished = true;
     }
 
     /// Something changed that the next publish must carry (a guard reset).

@@ -41,7 +41,7 @@ use crate::state::Shared;
 use crate::store::StoreError;
 use failover::Failover;
 use health::Health;
-use host::{Adopting, Host, FOLLOW_TICK};
+use host::{Adopting, Host, Unchecked, CHECK_DELAY, FOLLOW_TICK};
 use link::Link;
 use loaded::{Loaded, Source};
 use reader::{Polled, Read, Reader, LARGE_READ};
@@ -221,6 +221,7 @@ impl Refresher {
         );
         let mut state_published = Instant::now();
         let mut published = None;
+        let mut unchecked: Option<Unchecked> = None;
         loop {
             let Some(host) = self.host.as_mut() else {
                 return;
@@ -228,11 +229,24 @@ impl Refresher {
             // Woken by a publish, or every tick to look at the lease: never in a loop on a
             // generation it cannot adopt.
             let seen = published.unwrap_or(host.seen() as u32);
-            host.store.wait(seen, FOLLOW_TICK);
+            let wait = unchecked.as_ref().map_or(FOLLOW_TICK, |u| {
+                u.due.saturating_duration_since(Instant::now())
+            });
+            host.store.wait(seen, wait);
             published = Some(host.store.published());
-            if host.try_take() {
-                return;
+            let taken = host.try_take();
+            // What was adopted unchecked is checked before anything else is adopted, and
+            // before this worker publishes for the host.
+            if let Some(due) = unchecked.take() {
+                if taken || published != Some(seen) || Instant::now() >= due.due {
+                    self.check_after(due);
+                } else {
+                    unchecked = Some(due);
+                }
             }
+            let Some(host) = self.host.as_mut().filter(|_| !taken) else {
+                return;
+            };
             host.post_trips(shared);
             let mirrored = host.mirror_status(shared);
             let adopted = match host.adopt() {
@@ -245,18 +259,21 @@ impl Refresher {
             };
             let fresh = adopted.is_some();
             if let Some(adopted) = adopted {
+                let items = adopted.unchecked_items();
+                if !items.is_empty() {
+                    unchecked = Some(Unchecked {
+                        items,
+                        before: self.loaded.whitelists(),
+                        due: Instant::now() + CHECK_DELAY,
+                    });
+                }
                 let read = self
                     .loaded
                     .poll(&mut Adopting::new(adopted, &mut self.health));
                 if let Err(e) = read {
                     self.health.log_once(Level::Err, e);
                 }
-                if self.loaded.unpublished(&shared.current()) {
-                    let health = &mut self.health;
-                    self.loaded.publish(shared, &mut |level, message| {
-                        health.log_once(level, message)
-                    });
-                }
+                self.publish_adopted();
             }
             if fresh && self.host.as_ref().is_some_and(Host::current) {
                 self.health.first_load_over();
@@ -265,6 +282,39 @@ impl Refresher {
                 self.loaded.publish_state(shared);
                 state_published = Instant::now();
             }
+        }
+    }
+
+    /// Checks what was adopted unchecked; a list that does not match its checksum is put back
+    /// as it was before, and is checked before it is adopted again.
+    fn check_after(&mut self, unchecked: Unchecked) {
+        let Some(host) = self.host.as_mut() else {
+            return;
+        };
+        let broken = host.check_after(&unchecked.items);
+        for key in &broken {
+            self.health.log(
+                Level::Err,
+                format!(
+                    "{}; back to the last good snapshot",
+                    StoreError::mismatched(key)
+                ),
+            );
+            self.loaded.put_back(key, &unchecked.before);
+        }
+        if !broken.is_empty() {
+            self.publish_adopted();
+        }
+    }
+
+    /// Publishes what a follower adopted, unless the snapshot in force has it.
+    fn publish_adopted(&mut self) {
+        let shared = self.health.shared;
+        if self.loaded.unpublished(&shared.current()) {
+            let health = &mut self.health;
+            self.loaded.publish(shared, &mut |level, message| {
+                health.log_once(level, message)
+            });
         }
     }
 

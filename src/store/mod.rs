@@ -24,7 +24,7 @@ use once_cell::sync::OnceCell;
 
 use crate::region::{read_sequenced, write_sequenced};
 
-pub use generation::{Adopted, Content, Item, ItemForm, NewItem, Pin, StoreError};
+pub use generation::{Adopted, Checks, Content, Item, ItemForm, NewItem, Pin, StoreError};
 pub use lease::Token;
 
 const PAGE: usize = 4096;

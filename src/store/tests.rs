@@ -1,8 +1,7 @@
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::generation::ItemBlock;
+use super::generation::{ItemBlock, CHECKED_AFTER};
 use super::*;
 
 /// The tests fork: one at a time, so that no other test thread holds a lock the child needs.
@@ -61,13 +60,13 @@ fn a_generation_reads_back_and_an_unchanged_item_keeps_its_block() {
     let _serial = serial();
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
-    let mut checked = HashSet::new();
+    let mut checked = Checks::default();
     assert!(store.adopt(1, 0, &mut checked).unwrap().is_none());
     let first = store
         .publish(
             token,
             vec![text("gray", b"10.0.0.1"), text("gray:rules", b"{}")],
-            &mut HashSet::new(),
+            &mut Checks::default(),
         )
         .unwrap();
     let adopted = store.adopt(1, 0, &mut checked).unwrap().unwrap();
@@ -78,7 +77,7 @@ fn a_generation_reads_back_and_an_unchanged_item_keeps_its_block() {
         .publish(
             token,
             vec![text("gray", b"10.0.0.1"), text("gray:rules", b"[]")],
-            &mut HashSet::new(),
+            &mut Checks::default(),
         )
         .unwrap();
     let next = store.adopt(1, first, &mut checked).unwrap().unwrap();
@@ -97,7 +96,7 @@ fn a_thousand_changes_leave_memory_where_one_leaves_it() {
     let _serial = serial();
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
-    let mut checked = HashSet::new();
+    let mut checked = Checks::default();
     let mut held = None;
     let mut most = 0;
     for change in 0..1000u32 {
@@ -107,7 +106,7 @@ fn a_thousand_changes_leave_memory_where_one_leaves_it() {
             .publish(
                 token,
                 vec![text("gray", &value), text("gray:rules", b"{}")],
-                &mut HashSet::new(),
+                &mut Checks::default(),
             )
             .unwrap();
         let seen = held.as_ref().map_or(0, |a: &Adopted| a.generation);
@@ -118,7 +117,9 @@ fn a_thousand_changes_leave_memory_where_one_leaves_it() {
     // it, freed at the next publish.
     assert!(most <= 10, "{most} chunks held at most");
     drop(held);
-    store.publish(token, vec![], &mut HashSet::new()).unwrap();
+    store
+        .publish(token, vec![], &mut Checks::default())
+        .unwrap();
     assert_eq!(store.chunks_held(), 0);
 }
 
@@ -128,7 +129,7 @@ fn a_generation_another_process_reads_is_kept_until_it_exits() {
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
     store
-        .publish(token, vec![text("gray", b"old")], &mut HashSet::new())
+        .publish(token, vec![text("gray", b"old")], &mut Checks::default())
         .unwrap();
     let (mut ready, mut done) = ([0; 2], [0; 2]);
     // SAFETY: two pipes: the child says it read, the parent says it may exit.
@@ -139,11 +140,11 @@ fn a_generation_another_process_reads_is_kept_until_it_exits() {
     // SAFETY: the child only touches the store and the pipes, and exits.
     let reader = unsafe { libc::fork() };
     if reader == 0 {
-        let read_old = match store.adopt(1, 0, &mut HashSet::new()) {
+        let read_old = match store.adopt(1, 0, &mut Checks::default()) {
             Ok(Some(adopted)) => read(&adopted, "gray") == b"old",
             _ => false,
         };
-        let held = store.adopt(1, 0, &mut HashSet::new());
+        let held = store.adopt(1, 0, &mut Checks::default());
         let mut byte = 0u8;
         // SAFETY: writes one byte, then blocks until the parent writes or closes its end.
         unsafe {
@@ -163,7 +164,7 @@ fn a_generation_another_process_reads_is_kept_until_it_exits() {
     assert_eq!(read_old, 1, "the child read the generation");
     let held = store.chunks_held();
     store
-        .publish(token, vec![text("gray", b"new")], &mut HashSet::new())
+        .publish(token, vec![text("gray", b"new")], &mut Checks::default())
         .unwrap();
     assert_eq!(
         store.chunks_held(),
@@ -179,7 +180,7 @@ fn a_generation_another_process_reads_is_kept_until_it_exits() {
         }
     }
     store
-        .publish(token, vec![text("gray", b"new")], &mut HashSet::new())
+        .publish(token, vec![text("gray", b"new")], &mut Checks::default())
         .unwrap();
     assert_eq!(store.chunks_held(), held);
 }
@@ -196,7 +197,7 @@ fn the_lease_passes_when_free_dead_or_silent_and_fences_the_old_holder() {
     let token = store.try_take(me(), 1, None).unwrap();
     assert_eq!(store.holder(), Some(me()));
     store
-        .publish(token, vec![text("gray", b"a")], &mut HashSet::new())
+        .publish(token, vec![text("gray", b"a")], &mut Checks::default())
         .unwrap();
     // A live holder keeps it, unless the taker saw it silent: the same lease and heartbeat for
     // too long (`Host` judges that).
@@ -210,7 +211,7 @@ fn the_lease_passes_when_free_dead_or_silent_and_fences_the_old_holder() {
             let Some(taken) = store.try_take(me(), 2, Some(lease)) else {
                 return 1;
             };
-            match store.publish(taken, vec![text("gray", b"b")], &mut HashSet::new()) {
+            match store.publish(taken, vec![text("gray", b"b")], &mut Checks::default()) {
                 Ok(_) => 0,
                 Err(_) => 2,
             }
@@ -219,10 +220,10 @@ fn the_lease_passes_when_free_dead_or_silent_and_fences_the_old_holder() {
     );
     assert!(!store.beat(token));
     assert_eq!(
-        store.publish(token, vec![text("gray", b"c")], &mut HashSet::new()),
+        store.publish(token, vec![text("gray", b"c")], &mut Checks::default()),
         Err(StoreError::LeaseLost)
     );
-    let adopted = store.adopt(1, 0, &mut HashSet::new()).unwrap().unwrap();
+    let adopted = store.adopt(1, 0, &mut Checks::default()).unwrap().unwrap();
     assert_eq!(read(&adopted, "gray"), b"b");
     // A lease seen silent that moved since is not taken.
     assert!(store.try_take(me(), 1, Some(lease)).is_none() || store.holder() == Some(me()));
@@ -242,10 +243,10 @@ fn an_older_fence_never_lowers_a_newer_one() {
     let second = store.try_take(me(), 1, None).unwrap();
     store.fence_generation(first);
     store
-        .publish(second, vec![text("gray", b"x")], &mut HashSet::new())
+        .publish(second, vec![text("gray", b"x")], &mut Checks::default())
         .unwrap();
     assert_eq!(
-        store.publish(first, vec![text("gray", b"y")], &mut HashSet::new()),
+        store.publish(first, vec![text("gray", b"y")], &mut Checks::default()),
         Err(StoreError::LeaseLost)
     );
 }
@@ -259,10 +260,10 @@ fn a_corrupted_block_or_manifest_is_refused_by_name() {
         .publish(
             token,
             vec![text("gray", b"10.0.0.1"), text("office", b"x")],
-            &mut HashSet::new(),
+            &mut Checks::default(),
         )
         .unwrap();
-    let adopted = store.adopt(1, 0, &mut HashSet::new()).unwrap().unwrap();
+    let adopted = store.adopt(1, 0, &mut Checks::default()).unwrap().unwrap();
     let (item, pin) = &adopted.items[1];
     let at = gray_core::flat::Backing::bytes(&**pin).as_ptr() as *mut u8;
     // SAFETY: flips a byte of the block, inside the mapping, as a stray write would.
@@ -270,7 +271,7 @@ fn a_corrupted_block_or_manifest_is_refused_by_name() {
     assert_eq!(item.key, "office");
     drop(adopted);
     assert_eq!(
-        store.adopt(1, 0, &mut HashSet::new()).err(),
+        store.adopt(1, 0, &mut Checks::default()).err(),
         Some(StoreError::Item {
             key: "office".into(),
             why: "its checksum does not match".into()
@@ -280,9 +281,56 @@ fn a_corrupted_block_or_manifest_is_refused_by_name() {
     let words = store.manifest_words(dir & 1);
     words[5].fetch_xor(1 << 9, Ordering::SeqCst);
     assert!(matches!(
-        store.adopt(1, 0, &mut HashSet::new()),
+        store.adopt(1, 0, &mut Checks::default()),
         Err(StoreError::Manifest(_))
     ));
+}
+
+#[test]
+fn a_large_whitelist_is_adopted_first_and_checked_after() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    let large = |key: &str, version: u64| NewItem {
+        key: key.into(),
+        kind: "set".into(),
+        version,
+        bytes: CHECKED_AFTER,
+        form: ItemForm::Whitelist,
+        content: Box::new(Arc::<[u8]>::from(vec![7u8; CHECKED_AFTER])),
+    };
+    store
+        .publish(
+            token,
+            vec![large("gray", 1), text("small", b"x")],
+            &mut Checks::default(),
+        )
+        .unwrap();
+    let mut checks = Checks::default();
+    let adopted = store.adopt(1, 0, &mut checks).unwrap().unwrap();
+    assert_eq!(adopted.unchecked, vec![0]);
+    let (item, pin) = &adopted.items[0];
+    assert!(checks.check(item, gray_core::flat::Backing::bytes(&**pin)));
+    let again = store.adopt(1, 0, &mut checks).unwrap().unwrap();
+    assert!(
+        again.unchecked.is_empty(),
+        "a block matched once is not checked again"
+    );
+    drop(again);
+
+    let at = gray_core::flat::Backing::bytes(&**pin).as_ptr() as *mut u8;
+    // SAFETY: flips a byte of the block, inside the mapping, as a stray write would.
+    unsafe { *at ^= 1 };
+    let mut checks = Checks::default();
+    let corrupted = store.adopt(1, 0, &mut checks).unwrap().unwrap();
+    let (item, pin) = &corrupted.items[corrupted.unchecked[0]];
+    assert!(!checks.check(item, gray_core::flat::Backing::bytes(&**pin)));
+    drop((adopted, corrupted));
+    // Once found not to match, it is checked before it is adopted.
+    assert_eq!(
+        store.adopt(1, 0, &mut checks).err(),
+        Some(StoreError::mismatched("gray"))
+    );
 }
 
 #[test]
@@ -303,7 +351,7 @@ fn a_reader_waiting_in_another_process_is_woken_by_a_publish() {
     }
     std::thread::sleep(Duration::from_millis(100));
     store
-        .publish(token, vec![text("gray", b"1")], &mut HashSet::new())
+        .publish(token, vec![text("gray", b"1")], &mut Checks::default())
         .unwrap();
     let mut status = 0;
     // SAFETY: waits for the child forked above.
@@ -316,12 +364,12 @@ fn a_block_kept_from_an_old_generation_holds_back_nothing_else() {
     let _serial = serial();
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
-    let mut checked = HashSet::new();
+    let mut checked = Checks::default();
     store
         .publish(
             token,
             vec![text("gray", b"list"), text("gray:rules", b"0")],
-            &mut HashSet::new(),
+            &mut Checks::default(),
         )
         .unwrap();
     let first = store.adopt(1, 0, &mut checked).unwrap().unwrap();
@@ -341,7 +389,7 @@ fn a_block_kept_from_an_old_generation_holds_back_nothing_else() {
             .publish(
                 token,
                 vec![text("gray", b"list"), text("gray:rules", rules.as_bytes())],
-                &mut HashSet::new(),
+                &mut Checks::default(),
             )
             .unwrap();
         let adopted = store.adopt(1, seen, &mut checked).unwrap().unwrap();
@@ -361,7 +409,7 @@ fn a_freed_block_is_kept_as_a_spare_for_the_next_one_and_given_back_once_changes
     let _serial = serial();
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
-    let mut checked = HashSet::new();
+    let mut checked = Checks::default();
     let list = |n: u8| text("gray", &vec![n; 300 << 10]);
     store.publish(token, vec![list(1)], &mut checked).unwrap();
     let first = store.adopt(1, 0, &mut checked).unwrap().unwrap();
@@ -395,7 +443,7 @@ fn chunks_being_trimmed_are_no_allocations_until_their_trimmer_finishes_or_dies(
     let _serial = serial();
     let store = store();
     let token = store.try_take(me(), 1, None).unwrap();
-    let mut checked = HashSet::new();
+    let mut checked = Checks::default();
     let list = |n: u8| text("gray", &vec![n; 300 << 10]);
     let at = |a: &Adopted| a.items[0].0.first;
     store.publish(token, vec![list(1)], &mut checked).unwrap();
