@@ -123,6 +123,9 @@ impl IpSet {
 pub struct IpSetBuilder {
     v4: Vec<(u32, u32)>,
     v6: Vec<(u128, u128)>,
+    /// How many leading ranges of each family the last sort left in order: a change's sort
+    /// merges in what follows without a pass over a million ranges to find it.
+    sorted: (usize, usize),
 }
 
 impl IpSetBuilder {
@@ -161,13 +164,16 @@ impl IpSetBuilder {
     /// Sorts the ranges: kept sorted, ranges added since sort as a run of their own, in linear
     /// time, and the table built from them does not sort again.
     pub fn sort(&mut self) {
-        sort_kept(&mut self.v4);
-        sort_kept(&mut self.v6);
+        sort_kept(&mut self.v4, &mut self.sorted.0);
+        sort_kept(&mut self.v6, &mut self.sorted.1);
     }
 
     /// Takes one instance of each of `nets` out, in one pass over the ranges (which it leaves
     /// sorted); false, and nothing taken, when one is not there.
     pub fn remove(&mut self, nets: &[IpNet]) -> bool {
+        if nets.is_empty() {
+            return true;
+        }
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for net in nets {
             match canonical_net(*net) {
@@ -183,6 +189,7 @@ impl IpSetBuilder {
         }
         take_out(&mut self.v4, v4);
         take_out(&mut self.v6, v6);
+        self.sorted = (self.v4.len(), self.v6.len());
         true
     }
 }
@@ -206,15 +213,21 @@ impl SortedLayout<'_> {
     }
 }
 
-/// Sorts `ranges`, kept sorted but for the ranges added since: those are sorted on their own
-/// and merged in from the back, in place, so that a change of a few entries to a large list
-/// costs one pass over it and no allocation of its size.
-fn sort_kept<T: Ord + Copy>(ranges: &mut Vec<(T, T)>) {
-    let sorted = 1 + ranges.windows(2).take_while(|w| w[0] <= w[1]).count();
-    if sorted >= ranges.len() {
+/// Sorts `ranges`, the first `sorted` of which are in order: the ranges added since are sorted
+/// on their own and merged in from the back, in place, so that a change of a few entries to a
+/// large list costs a move of the ranges after them, not a sort of a million; `sorted` then
+/// counts them all.
+fn sort_kept<T: Ord + Copy>(ranges: &mut Vec<(T, T)>, sorted: &mut usize) {
+    let kept = (*sorted).min(ranges.len());
+    *sorted = ranges.len();
+    if kept == ranges.len() {
         return;
     }
-    let mut added = ranges.split_off(sorted);
+    if kept == 0 {
+        ranges.sort_unstable();
+        return;
+    }
+    let mut added = ranges.split_off(kept);
     added.sort_unstable();
     let (mut kept, mut left) = (ranges.len(), added.len());
     ranges.resize(kept + left, added[0]);
