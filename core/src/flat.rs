@@ -51,11 +51,41 @@ impl Aligned {
     /// Lays out records again in this buffer's memory, grown as needed: memory already touched
     /// costs no page faults, where a fresh buffer of a large list's size costs thousands.
     pub fn lay_out_again(&mut self, len: usize, write: impl FnOnce(&mut FlatWriter)) {
-        self.0.resize(len.div_ceil(ALIGN), 0);
+        let words = len.div_ceil(ALIGN);
+        if words > self.0.capacity() {
+            self.0.reserve_exact(words - self.0.len());
+            let spare = self.0.spare_capacity_mut();
+            populate(spare.as_mut_ptr().cast(), std::mem::size_of_val(spare));
+        }
+        self.0.resize(words, 0);
         self.1 = len;
         let mut writer = FlatWriter::new(&mut self.0.as_mut_bytes()[..len]);
         write(&mut writer);
         debug_assert!(writer.done(), "a flat length that is not what was laid out");
+    }
+}
+
+/// Maps the pages of fresh memory in one call before it is written: a large list's layout
+/// would otherwise fault them in one at a time (~9 ms for 22 MB on the bench's machine,
+/// against ~5 ms populated). Advice only: a kernel before 5.14 ignores it.
+fn populate(at: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf reads a constant of the system.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let start = (at as usize).next_multiple_of(page);
+        let end = (at as usize + len) / page * page;
+        if end > start {
+            // SAFETY: advice on whole pages inside the allocation `at` starts; it changes no
+            // byte of it.
+            unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    end - start,
+                    libc::MADV_POPULATE_WRITE,
+                );
+            }
+        }
     }
 }
 

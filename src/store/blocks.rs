@@ -23,6 +23,21 @@ const SPARE: u64 = u64::MAX;
 /// The owner of a chunk whose pages process `pid` is giving back: `TRIMMING | pid`.
 const TRIMMING: u64 = 1 << 63;
 
+/// Maps the pages of `out` before they are written, in one call: chunks whose pages were given
+/// back (after a pause in changes) would otherwise fault one page at a time, ~11 ms for the
+/// 22 MB of a 1M-entry list against ~7 ms populated. Pages already there cost a walk of their
+/// page tables. A kernel before 5.14 does not know the advice: the writes fault them in then.
+fn populate(out: &mut [u8]) {
+    // SAFETY: advice on memory of the mapping that `out` borrows; it changes no byte of it.
+    unsafe {
+        libc::madvise(
+            out.as_mut_ptr().cast(),
+            out.len(),
+            libc::MADV_POPULATE_WRITE,
+        );
+    }
+}
+
 /// Whether `owner` names a block (not free, spare or being trimmed): block ids count up from 1.
 fn is_block(owner: u64) -> bool {
     owner != 0 && owner & TRIMMING == 0
@@ -120,6 +135,7 @@ impl Store {
                 len,
             )
         };
+        populate(out);
         write(out);
         true
     }
