@@ -85,7 +85,7 @@ impl Whitelist {
     }
 
     pub fn entries(&self) -> usize {
-        self.entries_v4 + self.entries_v6
+        self.entries_v4.saturating_add(self.entries_v6)
     }
 
     /// Lays the list out as flat records: its figures (counts, the rejected and truncated

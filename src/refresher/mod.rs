@@ -235,8 +235,9 @@ impl Refresher {
             host.store.wait(seen, wait);
             published = Some(host.store.published());
             let taken = host.try_take();
-            // What was adopted unchecked is checked before anything else is adopted, and
-            // before this worker publishes for the host.
+            // What was adopted unchecked is checked before anything else is adopted (a
+            // generation published meanwhile waits for it), and before this worker publishes
+            // for the host.
             if let Some(due) = unchecked.take() {
                 if taken || published != Some(seen) || Instant::now() >= due.due {
                     self.check_after(due);
@@ -249,9 +250,10 @@ impl Refresher {
             };
             host.post_trips(shared);
             let mirrored = host.mirror_status(shared);
-            let adopted = match host.adopt() {
-                Ok(adopted) => adopted,
-                Err(e) => {
+            let adopted = match unchecked.is_none().then(|| host.adopt()) {
+                None => None,
+                Some(Ok(adopted)) => adopted,
+                Some(Err(e)) => {
                     self.health
                         .log_once(Level::Err, format!("{e}; keeping the last good snapshot"));
                     None
@@ -304,6 +306,7 @@ impl Refresher {
         }
         if !broken.is_empty() {
             self.publish_adopted();
+            self.loaded.publish_state(self.health.shared);
         }
     }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use gray_core::flat::Backing;
 use gray_core::manifest::Manifest;
 pub use gray_core::manifest::{Item, ItemForm};
+use once_cell::sync::Lazy;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::blocks::Block;
@@ -117,7 +118,8 @@ impl Checks {
             && !self.mismatched.contains(&item.checked())
     }
 
-    /// Forgets the blocks `adopted` does not list: they are freed, and their ids given again.
+    /// Forgets the blocks `adopted` does not list: they are freed, and no generation lists
+    /// them again (block ids are never given twice).
     pub fn keep_only(&mut self, adopted: &Adopted) {
         let listed: HashSet<(u64, u64)> = adopted.items.iter().map(|(i, _)| i.checked()).collect();
         self.matched.retain(|checked| listed.contains(checked));
@@ -167,10 +169,10 @@ impl Drop for Pin {
 /// A test's fault (`GRAY_FAULT=stray-write`): a large whitelist published with a checksum its
 /// bytes do not match, as a stray write into its block would leave it.
 fn stray_write(form: ItemForm, len: usize) -> u64 {
-    let faulty = form == ItemForm::Whitelist
-        && len >= CHECKED_AFTER
-        && std::env::var_os(crate::refresher::FAULT_ENV).is_some_and(|f| f == "stray-write");
-    u64::from(faulty)
+    static FAULTY: Lazy<bool> = Lazy::new(|| {
+        std::env::var_os(crate::refresher::FAULT_ENV).is_some_and(|f| f == "stray-write")
+    });
+    u64::from(form == ItemForm::Whitelist && len >= CHECKED_AFTER && *FAULTY)
 }
 
 fn generation_of(dir: u64) -> u64 {
@@ -244,6 +246,7 @@ impl Store {
                         && i.version == new.version
                         && i.form == new.form
                         && i.kind == new.kind
+                        && !checks.mismatched.contains(&i.checked())
                         && self.owns(i.block())
                 })
             });
