@@ -6,7 +6,7 @@ LUA_CMOD_DIR ?= $(PREFIX)/lib/lua/5.1
 SHARE_DIR ?= $(PREFIX)/share/gray
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := whitelist client_ip rule_set flat_ipset manifest set_delta
+FUZZ_TARGETS := whitelist client_ip rule_set flat_ipset flat_idset manifest set_delta
 # Test::Nginx's Perl dependencies (Test::Nginx itself comes from ../shared/vendor or CPAN), and
 # Prometheus's Python client, whose parser checks the metrics t/009 scrapes, the sentinels t/012
 # fails over, and openssl, which makes t/013's CA and certificates.

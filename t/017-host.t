@@ -324,7 +324,59 @@ its checksum does not match; back to the last good snapshot
 
 
 
-=== TEST 7: without require "gray" in init_by_lua each worker holds its own session, and says so
+=== TEST 7: an id set a rule set references lies once in the host's store, laid out flat: every worker decides by it, and counts its rejected ids
+--- redis
+SET gray:rules '{"format":1,"rules":[{"name":"beta","id":"header:X-User","in_key":"gray:beta","to":"@prod2-grey"}]}'
+--- main_config
+env EXTRA=$TEST_NGINX_EXTRA_PORT;
+--- http_config eval
+$::Host
+--- config
+location = /t {
+    content_by_lua_block {
+        local T = require 'gray_test'
+        local port = tonumber(os.getenv('EXTRA'))
+        -- Every worker decides `decision` for a client sending X-User: `user`.
+        local function everywhere(user, decision)
+            return (T.wait_for(function()
+                local seen, n = {}, 0
+                T.wait_for(function()
+                    local _, body = T.http_get(port, '/who', { ['X-User'] = user })
+                    local pid, decided = (body or ''):match('^(%d+) %S+ %S+ (%S+)')
+                    if pid and not seen[pid] then seen[pid], n = decided, n + 1 end
+                    return n == #T.workers()
+                end, 2)
+                for _, d in pairs(seen) do
+                    if d ~= decision then return false end
+                end
+                return n == #T.workers()
+            end, 5))
+        end
+        T.redis('sadd', 'gray:beta', 'u1', 'u2', 'u3', string.rep('x', 300))
+        ngx.say('in the set, every worker: ', everywhere('u2', '@prod2-grey'))
+        ngx.say('not in it, every worker: ', everywhere('u9', '@prod1'))
+        T.redis('srem', 'gray:beta', 'u2')
+        ngx.say('taken out, every worker: ', everywhere('u2', '@prod1'))
+        local file = io.open(ngx.config.prefix() .. 'logs/error.log')
+        local log = file:read('*a')
+        file:close()
+        local pids, n = {}, 0
+        for pid in log:gmatch('(%d+)#%d+: [^\n]*loaded ids from set key gray:beta: 3 ids, 1 rejected') do
+            if not pids[pid] then pids[pid], n = true, n + 1 end
+        end
+        ngx.say('workers that loaded 3 ids, 1 rejected: ', n)
+    }
+}
+--- timeout: 20
+--- response_body
+in the set, every worker: true
+not in it, every worker: true
+taken out, every worker: true
+workers that loaded 3 ids, 1 rejected: 4
+
+
+
+=== TEST 8: without require "gray" in init_by_lua each worker holds its own session, and says so
 --- redis
 SET gray 127.0.0.1
 --- http_config

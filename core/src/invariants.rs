@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::client_ip::{client_ip as derive, parse_addr, parse_hop, Source};
 use crate::delta::{Delta, SetAtChange};
 use crate::flat::{Aligned, FlatReader};
+use crate::idset::{IdSet, MAX_ID_LEN};
 use crate::ipset::{canonical_addr, canonical_net, IpSet};
 use crate::manifest::{Item, ItemForm, Manifest};
 use crate::rules::{lane, schema, KeyData, MintedId, Request};
@@ -77,6 +78,33 @@ pub fn flat_ipset(data: &[u8]) {
             "{addr}"
         );
     }
+}
+
+/// Any bytes as a flat set of ids, as a worker finds them in shared memory: refused, or read as
+/// a set whose lookups and listing end, whatever its slots say; and the same bytes as a value of
+/// ids, laid out flat and read back, hold exactly the ids of the value.
+pub fn flat_idset(data: &[u8]) {
+    let mut reader = FlatReader::new(Arc::new(Aligned::copy(data)));
+    if let Ok(set) = IdSet::read_flat(&mut reader) {
+        for id in tokens(data).take(16) {
+            let _ = set.contains(id);
+        }
+        assert!(set.ids().count() <= data.len() / 8);
+    }
+    let built = IdSet::parse([data]);
+    let flat = Aligned::lay_out(built.flat_len(), |writer| built.write_flat(writer));
+    let mut reader = FlatReader::new(Arc::new(flat));
+    let read = IdSet::read_flat(&mut reader).expect("a laid out set reads back");
+    assert!(reader.done());
+    assert_eq!(
+        (read.len(), read.rejected_count),
+        (built.len(), built.rejected_count)
+    );
+    for id in tokens(data) {
+        assert_eq!(read.contains(id), id.len() <= MAX_ID_LEN, "{id:?}");
+    }
+    assert_eq!(read.ids().count(), read.len());
+    assert!(read.ids().all(|id| read.contains(id)));
 }
 
 /// Any bytes as the host store's manifest, as a worker finds them in shared memory: refused, or a
@@ -318,10 +346,12 @@ mod tests {
     #[test]
     fn the_committed_fuzz_corpora_hold() {
         let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let targets: [(&str, Check); 10] = [
+        let targets: [(&str, Check); 12] = [
             ("fuzz/corpus/whitelist", super::whitelist),
             ("fuzz/corpus/whitelist", super::flat_ipset),
             ("fuzz/corpus/flat_ipset", super::flat_ipset),
+            ("fuzz/corpus/whitelist", super::flat_idset),
+            ("fuzz/corpus/flat_idset", super::flat_idset),
             ("fuzz/corpus/client_ip", super::client_ip),
             ("fuzz/corpus/rule_set", super::rule_set),
             ("nginx-conf/rules", super::rule_set),

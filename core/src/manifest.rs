@@ -14,6 +14,8 @@ pub enum ItemForm {
     Text,
     /// A whitelist: its figures, then its address set, as flat records.
     Whitelist,
+    /// A set of ids: its counts, its ids and its table of slots, as flat records.
+    Ids,
 }
 
 /// An item as the manifest lists it: a key's value and where its bytes lie.

@@ -7,7 +7,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::idset::IdSet;
+use crate::flat::{FlatError, FlatReader};
+use crate::idset::{IdSet, IdSetBuilder};
+use crate::manifest::ItemForm;
 use crate::whitelist::{Whitelist, WhitelistBuilder};
 
 /// How the Redis key looked when it was read.
@@ -41,9 +43,17 @@ pub trait ListBuilder: Default {
     type List;
     fn add(&mut self, value: &[u8]);
     fn finish(self) -> Self::List;
-    /// Whether [`ListBuilder::built`] gives a builder.
-    const TAKES_BUILT: bool = false;
-    /// A builder whose list is `list`, built already (the host's shared copy of a whitelist):
+    /// How the host's store holds this builder's lists.
+    const STORED_AS: ItemForm = ItemForm::Text;
+    /// A builder whose list is the one laid out flat in `reader` (the host's shared copy of a
+    /// list stored as other than text).
+    fn read_built(reader: &mut FlatReader) -> Result<Self, FlatError> {
+        let _ = reader;
+        Err(FlatError::Invalid {
+            what: "a list the store holds as text",
+        })
+    }
+    /// A builder whose list is `list`, built already (a whitelist moved forward by deltas):
     /// `None` for a builder of anything else.
     fn built(list: Whitelist) -> Option<Self> {
         drop(list);
@@ -63,7 +73,10 @@ impl ListBuilder for WhitelistBuilder {
     fn finish(self) -> Whitelist {
         WhitelistBuilder::finish(self)
     }
-    const TAKES_BUILT: bool = true;
+    const STORED_AS: ItemForm = ItemForm::Whitelist;
+    fn read_built(reader: &mut FlatReader) -> Result<Self, FlatError> {
+        Ok(WhitelistBuilder::built(Whitelist::read_flat(reader)?))
+    }
     fn built(list: Whitelist) -> Option<Self> {
         Some(WhitelistBuilder::built(list))
     }
@@ -72,13 +85,17 @@ impl ListBuilder for WhitelistBuilder {
     }
 }
 
-impl ListBuilder for IdSet {
+impl ListBuilder for IdSetBuilder {
     type List = IdSet;
     fn add(&mut self, value: &[u8]) {
-        IdSet::add(self, value);
+        IdSetBuilder::add(self, value);
     }
     fn finish(self) -> IdSet {
-        self
+        IdSetBuilder::finish(self)
+    }
+    const STORED_AS: ItemForm = ItemForm::Ids;
+    fn read_built(reader: &mut FlatReader) -> Result<Self, FlatError> {
+        Ok(IdSetBuilder::built(IdSet::read_flat(reader)?))
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use gray_core::config::Config;
-use gray_core::idset::IdSet;
+use gray_core::idset::IdSetBuilder;
 use gray_core::rules::{KeyRef, KeyUse};
 use gray_core::snapshot::{
     ActiveRuleSet, CompiledRuleSet, LoadedIds, LoadedKey, LoadedList, Snapshot,
@@ -123,7 +123,7 @@ fn load_key(
     Ok(match key.use_ {
         KeyUse::Whitelist => LoadedKey::Whitelist(list(read(con, &key.name, lists(config))?)),
         KeyUse::Ids => {
-            let fetched = read::<IdSet>(con, &key.name, lists(config))?;
+            let fetched = read::<IdSetBuilder>(con, &key.name, lists(config))?;
             let (kind, version) = (fetched.kind, fetched.version);
             LoadedKey::Ids(Arc::new(LoadedIds {
                 ids: fetched.into_list(),

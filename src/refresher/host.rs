@@ -13,8 +13,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use gray_core::flat::{Backing, FlatReader, FlatWriter};
+use gray_core::idset::IdSet;
 use gray_core::keys;
-use gray_core::snapshot::{LoadedKey, LoadedList};
+use gray_core::snapshot::{LoadedIds, LoadedKey, LoadedList};
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
 use gray_core::whitelist::Whitelist;
 use gray_io::read::Limit;
@@ -285,8 +286,8 @@ impl From<&RefreshStatus> for HolderStatus {
     }
 }
 
-/// Every value `loaded` holds, as items of a generation: the whitelist and the lists rule sets
-/// reference laid out flat, rule sets, plans and id sets as text.
+/// Every value `loaded` holds, as items of a generation: the whitelist and the lists and id sets
+/// rule sets reference laid out flat, rule sets and plans as text.
 fn items(loaded: &Loaded) -> Vec<NewItem<'_>> {
     let mut items = Vec::new();
     let list_item = |key: &str, list: &Arc<LoadedList>| NewItem {
@@ -313,10 +314,14 @@ fn items(loaded: &Loaded) -> Vec<NewItem<'_>> {
     for (key, value) in &loaded.keys {
         items.push(match value {
             LoadedKey::Whitelist(list) => list_item(&key.name, list),
-            LoadedKey::Ids(ids) => {
-                let text = ids.ids.ids().collect::<Vec<_>>().join(&b'\n');
-                text_item(key.name.clone(), ids.kind, ids.version, text.into())
-            }
+            LoadedKey::Ids(ids) => NewItem {
+                key: key.name.clone(),
+                kind: ids.kind.as_str().into(),
+                version: ids.version,
+                bytes: 0,
+                form: ItemForm::Ids,
+                content: Box::new(FlatIds(ids.clone())),
+            },
         });
     }
     items
@@ -348,6 +353,21 @@ impl Content for FlatList {
     }
 }
 
+/// A loaded set of ids, laid out flat into its block.
+struct FlatIds(Arc<LoadedIds>);
+
+impl Content for FlatIds {
+    fn size(&self) -> usize {
+        self.0.ids.flat_len()
+    }
+
+    fn write_into(&self, out: &mut [u8]) {
+        let mut writer = FlatWriter::new(out);
+        self.0.ids.write_flat(&mut writer);
+        debug_assert!(writer.done(), "a flat length that is not what was laid out");
+    }
+}
+
 /// A text value as last read, kept to be published to the other workers.
 pub(super) struct StoredText {
     pub kind: KeyKind,
@@ -355,17 +375,20 @@ pub(super) struct StoredText {
     pub value: Arc<[u8]>,
 }
 
-/// Swaps the lists `loaded` holds for the store's copy of the same versions (the holder, once it
-/// published them).
+/// Swaps the lists and id sets `loaded` holds for the store's copy of the same versions (the
+/// holder, once it published them).
 fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
-    let shared = |key: &str, list: &Arc<LoadedList>| -> Option<Arc<LoadedList>> {
+    let pin = |key: &str, form: ItemForm, version: u64| -> Option<FlatReader> {
         let (_, pin) = adopted.items.iter().find(|(item, _)| {
             item.key == key
-                && item.form == ItemForm::Whitelist
-                && item.version == list.version
+                && item.form == form
+                && item.version == version
                 && !broken.contains(&item.key)
         })?;
-        let read = Whitelist::read_flat(&mut FlatReader::new(pin.clone())).ok()?;
+        Some(FlatReader::new(pin.clone()))
+    };
+    let shared = |key: &str, list: &Arc<LoadedList>| -> Option<Arc<LoadedList>> {
+        let read = Whitelist::read_flat(&mut pin(key, ItemForm::Whitelist, list.version)?).ok()?;
         Some(Arc::new(LoadedList {
             list: read,
             kind: list.kind,
@@ -379,16 +402,27 @@ fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
         }
     }
     for (key, value) in loaded.keys.iter_mut() {
-        if let LoadedKey::Whitelist(list) = value {
-            if let Some(read) = shared(&key.name, list) {
-                *list = read;
+        match value {
+            LoadedKey::Whitelist(list) => {
+                if let Some(read) = shared(&key.name, list) {
+                    *list = read;
+                }
+            }
+            LoadedKey::Ids(ids) => {
+                let read = pin(&key.name, ItemForm::Ids, ids.version)
+                    .and_then(|mut reader| IdSet::read_flat(&mut reader).ok());
+                if let Some(read) = read {
+                    *ids = Arc::new(LoadedIds {
+                        ids: read,
+                        kind: ids.kind,
+                        version: ids.version,
+                    });
+                }
             }
         }
     }
 }
 
-/// The loaded state's [`Source`] in a follower: the keys of an adopted generation, what it says
-/// reported to the health.
 /// Lists adopted unchecked, with what was loaded before them and when to check them.
 pub(super) struct Unchecked {
     pub items: Vec<(Item, Arc<Pin>)>,
@@ -396,6 +430,8 @@ pub(super) struct Unchecked {
     pub due: Instant,
 }
 
+/// The loaded state's [`Source`] in a follower: the keys of an adopted generation, what it says
+/// reported to the health.
 pub(super) struct Adopting<'a> {
     items: HashMap<(String, ItemForm), (Item, Arc<Pin>)>,
     health: &'a mut Health,
@@ -414,11 +450,7 @@ impl<'a> Adopting<'a> {
 
 impl Source for Adopting<'_> {
     fn read<B: ListBuilder>(&mut self, key: &str, _: Limit) -> Result<Read<B>, String> {
-        let form = if B::TAKES_BUILT {
-            ItemForm::Whitelist
-        } else {
-            ItemForm::Text
-        };
+        let form = B::STORED_AS;
         // A key the holder does not read (a worker of another configuration): nothing new.
         let Some((item, pin)) = self.items.get(&(key.to_string(), form)) else {
             return Ok(Read::Unchanged);
@@ -430,11 +462,8 @@ impl Source for Adopting<'_> {
                 builder.add(Backing::bytes(&**pin));
                 builder
             }
-            ItemForm::Whitelist => {
-                let list = Whitelist::read_flat(&mut FlatReader::new(pin.clone()))
-                    .map_err(|e| format!("the host's copy of key {key}: {e}"))?;
-                B::built(list).expect("a builder that takes built lists")
-            }
+            ItemForm::Whitelist | ItemForm::Ids => B::read_built(&mut FlatReader::new(pin.clone()))
+                .map_err(|e| format!("the host's copy of key {key}: {e}"))?,
         };
         Ok(Read::Value(
             Fetched::stored(kind, item.version, item.bytes, 0, builder),

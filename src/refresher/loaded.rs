@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use gray_core::clock::unix_seconds;
 use gray_core::config::Config;
 use gray_core::fleet;
-use gray_core::idset::IdSet;
+use gray_core::idset::IdSetBuilder;
 use gray_core::keys;
 use gray_core::rollout::Plan;
 use gray_core::rules::{KeyRef, KeyUse};
@@ -359,7 +359,7 @@ impl Loaded {
                         _ => None,
                     }
                 }
-                KeyUse::Ids => match source.read::<IdSet>(&key.name, self.lists())? {
+                KeyUse::Ids => match source.read::<IdSetBuilder>(&key.name, self.lists())? {
                     Read::Value(f, took) if current != Some(f.version) => {
                         Some(LoadedKey::Ids(parse_ids(source, &key.name, f, took)))
                     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use gray_core::idset::{IdSet, MAX_ID_LEN};
+use gray_core::idset::{IdSetBuilder, MAX_ID_LEN};
 use gray_core::snapshot::{LoadedIds, LoadedList};
 use gray_core::value::{Fetched, KeyKind};
 use gray_core::whitelist::Whitelist;
@@ -41,7 +41,7 @@ pub(super) fn parse_list(
 pub(super) fn parse_ids(
     source: &mut impl Source,
     key: &str,
-    fetched: Fetched<IdSet>,
+    fetched: Fetched<IdSetBuilder>,
     took: Duration,
 ) -> Arc<LoadedIds> {
     let (kind, version) = (fetched.kind, fetched.version);

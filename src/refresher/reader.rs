@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use gray_core::delta::SetAtChange;
+use gray_core::manifest::ItemForm;
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
 use gray_io::read::{fetch, probe, FetchError, Limit};
 use gray_io::{changes, connection};
@@ -206,7 +207,7 @@ impl Reader {
             }
         }
         // A whitelist SET's change number before it is read: its deltas from there on apply.
-        let change = if B::TAKES_BUILT {
+        let change = if B::STORED_AS == ItemForm::Whitelist {
             match changes::latest(link.command()?, key) {
                 Ok((change, _)) => change,
                 // Not a SET, or an ACL without HGET: read whole every time.
