@@ -68,6 +68,7 @@ impl IdSetBuilder {
 
     /// Adds the ids of one value: a string's, or a SET member's.
     pub fn add(&mut self, value: &[u8]) {
+        debug_assert!(self.built.is_none(), "ids added to a set built already");
         // A string of a million ids would otherwise move the table ~20 times as it grows.
         if value.len() > RESERVE_ABOVE {
             let bytes = &self.bytes;
@@ -140,7 +141,8 @@ fn span(bytes: &[u8], s: Span) -> &[u8] {
 #[derive(Debug, Clone, Default)]
 pub struct IdSet {
     ids: Slab<u8>,
-    /// A power of two of slots, at least one of them empty when laid out here.
+    /// A power of two of slots (none in an empty default set), at least one of them empty
+    /// when laid out here.
     slots: Slab<u64>,
     len: usize,
     /// Ids rejected: too long, or past the 4 GiB the slots address.
@@ -224,7 +226,7 @@ impl IdSet {
         };
         let ids = reader.slab::<u8>(TAG_IDS)?;
         let slots = reader.slab::<u64>(TAG_SLOTS)?;
-        if !slots.len().is_power_of_two() {
+        if !(slots.is_empty() || slots.len().is_power_of_two()) {
             return Err(invalid("a table of slots that is not a power of two"));
         }
         let count =
@@ -274,6 +276,10 @@ mod tests {
         let set = IdSet::parse([&b" ,; "[..]]);
         assert!(set.is_empty() && !set.contains(b"") && !set.contains(b"u1"));
         assert!(!IdSet::default().contains(b"u1"));
+        let default = IdSet::default();
+        let flat = Aligned::lay_out(default.flat_len(), |writer| default.write_flat(writer));
+        let read = IdSet::read_flat(&mut FlatReader::new(Arc::new(flat))).unwrap();
+        assert!(read.is_empty() && !read.contains(b"u1"));
     }
 
     #[test]
