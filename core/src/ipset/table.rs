@@ -88,9 +88,8 @@ impl<T: Key> RangeTable<T> {
     pub(super) fn build_sorted(ranges: &[(T, T)]) -> Self {
         let shape = Shape::of(ranges);
         let mut merged = vec![[T::default(); 2]; shape.ranges];
-        merge_into(ranges, &mut merged);
         let mut buckets = vec![0; shape.buckets];
-        index_into(&merged, shape.base, shape.shift, &mut buckets);
+        merge_and_index(ranges, &mut merged, &shape, &mut buckets);
         RangeTable {
             ranges: Slab::owned(merged),
             buckets: Slab::owned(buckets),
@@ -155,9 +154,8 @@ impl<T: Key> RangeTable<T> {
         writer.u128(TAG_BASE + family, shape.base.widen());
         writer.u128(TAG_SHIFT + family, shape.shift.into());
         let ranges = writer.record::<[T; 2]>(TAG_RANGES + family, shape.ranges);
-        merge_into(sorted, ranges);
         let buckets = writer.record::<u32>(TAG_BUCKETS + family, shape.buckets);
-        index_into(ranges, shape.base, shape.shift, buckets);
+        merge_and_index(sorted, ranges, shape, buckets);
     }
 
     /// A table as [`RangeTable::write_flat`] laid it out, checked for what keeps a lookup within
@@ -244,9 +242,20 @@ pub(super) fn flat_len<T: Key>(ranges: usize, buckets: usize) -> usize {
         + record_len(buckets * 4)
 }
 
-/// Merges sorted `ranges` into `merged`, as many as [`Shape::of`] counts: only overlapping ranges
-/// merge, so an entry that overlaps nothing stays itself and `decide()` can name it.
-fn merge_into<T: Key>(ranges: &[(T, T)], merged: &mut [[T; 2]]) {
+/// Merges sorted `ranges` into `merged`, as many as [`Shape::of`] counts (only overlapping
+/// ranges merge, so an entry that overlaps nothing stays itself and `decide()` can name it), and
+/// fills `buckets` with the index of the merged ranges: entry `b` the first range whose start's
+/// bucket is `b` or later. One pass: a large list's ranges are read once, not again to index them.
+fn merge_and_index<T: Key>(
+    ranges: &[(T, T)],
+    merged: &mut [[T; 2]],
+    shape: &Shape<T>,
+    buckets: &mut [u32],
+) {
+    buckets.fill(0);
+    // Each range counts in the entry after its bucket, and the counts summed give every entry
+    // the ranges before it.
+    let top = buckets.len().checked_sub(2);
     let mut at = 0;
     for &(start, end) in ranges {
         if at > 0 && start <= merged[at - 1][1] {
@@ -254,21 +263,10 @@ fn merge_into<T: Key>(ranges: &[(T, T)], merged: &mut [[T; 2]]) {
         } else {
             merged[at] = [start, end];
             at += 1;
+            if let Some(top) = top {
+                buckets[start.bucket(shape.base, shape.shift).min(top) + 1] += 1;
+            }
         }
-    }
-}
-
-/// Fills `buckets` with the bucket index of `ranges`: entry `b` the first range whose start's
-/// bucket is `b` or later.
-fn index_into<T: Key>(ranges: &[[T; 2]], base: T, shift: u32, buckets: &mut [u32]) {
-    // Without a branch per range (where the ranges fall is random): each range counts in the
-    // entry after its bucket, and the counts summed give every entry the ranges before it.
-    buckets.fill(0);
-    let Some(top) = buckets.len().checked_sub(2) else {
-        return;
-    };
-    for range in ranges {
-        buckets[range[0].bucket(base, shift).min(top) + 1] += 1;
     }
     let mut before = 0;
     for entry in buckets.iter_mut() {
