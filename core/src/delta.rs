@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::flat::Aligned;
+use crate::flat::{Aligned, Stage};
 use crate::value::{Fetched, KeyKind, ListBuilder, SetVersion};
 use crate::whitelist::{Whitelist, WhitelistBuilder};
 
@@ -140,10 +140,11 @@ impl SetAtChange {
         self.bytes
     }
 
-    /// The list as it stands. Its layout is kept, and the next change is laid out in the same
-    /// memory once nothing reads this one, until [`SetAtChange::release_layout`].
-    pub fn list(&mut self) -> Whitelist {
-        self.builder.list(&mut self.layout)
+    /// The list as it stands, laid out in `stage` where there is one with room. Otherwise its
+    /// layout is kept, and the next change is laid out in the same memory once nothing reads
+    /// this one, until [`SetAtChange::release_layout`].
+    pub fn list(&mut self, stage: Option<&dyn Stage>) -> Whitelist {
+        self.builder.list(&mut self.layout, stage)
     }
 
     /// Lets the kept layout go: changes paused.
@@ -196,7 +197,7 @@ mod tests {
             (set.members(), set.bytes()),
             (whole.members(), whole.bytes())
         );
-        let (list, expected) = (set.list(), whole.list());
+        let (list, expected) = (set.list(None), whole.list(None));
         assert_eq!(
             (
                 list.entries_v4,

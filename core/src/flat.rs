@@ -95,6 +95,18 @@ impl Backing for Aligned {
     }
 }
 
+/// Memory shared with other readers that a table is laid out straight into and read in place
+/// from: a block of the host's store, so that the session's holder neither lays a large list out
+/// in memory of its own nor copies it into the store.
+pub trait Stage {
+    /// `len` bytes of records laid out by `write`; `None` when there is no room for them.
+    fn lay_out(
+        &self,
+        len: usize,
+        write: &mut dyn FnMut(&mut FlatWriter),
+    ) -> Option<Arc<dyn Backing>>;
+}
+
 /// Why flat bytes were not taken as a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlatError {

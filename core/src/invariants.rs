@@ -197,7 +197,7 @@ pub fn set_delta(data: &[u8]) {
         (at.version(), at.members(), at.bytes()),
         (whole.version, whole.members, whole.bytes)
     );
-    let (list, expected) = (at.list(), whole.into_list());
+    let (list, expected) = (at.list(None), whole.into_list());
     assert_eq!(
         (
             list.entries_v4,

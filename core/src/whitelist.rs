@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::flat::{record_len, Aligned, FlatError, FlatReader, FlatWriter};
+use crate::flat::{record_len, Aligned, Backing, FlatError, FlatReader, FlatWriter, Stage};
 use crate::ipset::{IpSet, IpSetBuilder};
 
 /// How many rejected entries are kept verbatim for the log and `status()`; the rest are counted.
@@ -72,6 +72,20 @@ pub struct Whitelist {
     pub rejected: Vec<Rejected>,
     pub truncated_count: usize,
     pub truncated: Vec<Truncated>,
+    /// The memory a kept builder laid the list out in ([`WhitelistBuilder::list`]), which it is
+    /// read from.
+    #[serde(skip)]
+    laid_out_in: Option<LaidOut>,
+}
+
+/// The memory a list was laid out in.
+#[derive(Clone)]
+struct LaidOut(Arc<dyn Backing>);
+
+impl fmt::Debug for LaidOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LaidOut({} bytes)", self.0.bytes().len())
+    }
 }
 
 impl Whitelist {
@@ -93,6 +107,12 @@ impl Whitelist {
     pub fn write_flat(&self, writer: &mut FlatWriter) {
         writer.slice(TAG_FIGURES, &self.figures());
         self.set.write_flat(writer);
+    }
+
+    /// The bytes [`Whitelist::write_flat`] would lay out, where a kept builder laid them out
+    /// already ([`WhitelistBuilder::list`]): the store lists its own block as it is.
+    pub fn laid_out(&self) -> Option<&[u8]> {
+        self.laid_out_in.as_ref().map(|memory| memory.0.bytes())
     }
 
     /// The bytes [`Whitelist::write_flat`] lays out.
@@ -226,22 +246,36 @@ impl WhitelistBuilder {
 
     /// The list as it stands, the builder kept for more changes and sorted
     /// ([`WhitelistBuilder::sort`]): laid out flat in one pass over its ranges and read in place,
-    /// the form the host's store copies as it is. Laid out in `layout`'s memory when nothing
-    /// else reads the list laid out there any more; `layout` then holds the new one.
-    pub fn list(&self, layout: &mut Option<Arc<Aligned>>) -> Whitelist {
+    /// the form the host's store lists as it is. Laid out in `stage` when there is one with room
+    /// (the session's holder lays it straight into the store), else in `layout`'s memory when
+    /// nothing else reads the list laid out there any more; `layout` then holds the new one.
+    pub fn list(&self, layout: &mut Option<Arc<Aligned>>, stage: Option<&dyn Stage>) -> Whitelist {
         let figures = self.list.figures();
         let set = self.set.sorted_layout();
         let len = record_len(figures.len()) + set.flat_len();
-        let write = |writer: &mut FlatWriter| {
+        let mut write = |writer: &mut FlatWriter| {
             writer.slice(TAG_FIGURES, &figures);
             set.write_flat(writer);
         };
-        match layout.as_mut().and_then(Arc::get_mut) {
-            Some(reused) => reused.lay_out_again(len, write),
-            None => *layout = Some(Arc::new(Aligned::lay_out(len, write))),
+        let flat = match stage.and_then(|stage| stage.lay_out(len, &mut write)) {
+            Some(staged) => {
+                *layout = None;
+                staged
+            }
+            None => {
+                match layout.as_mut().and_then(Arc::get_mut) {
+                    Some(reused) => reused.lay_out_again(len, write),
+                    None => *layout = Some(Arc::new(Aligned::lay_out(len, write))),
+                }
+                layout.clone().expect("laid out just now")
+            }
+        };
+        let read = Whitelist::read_flat(&mut FlatReader::new(flat.clone()))
+            .expect("a list laid out here reads back");
+        Whitelist {
+            laid_out_in: Some(LaidOut(flat)),
+            ..read
         }
-        let flat = layout.clone().expect("laid out just now");
-        Whitelist::read_flat(&mut FlatReader::new(flat)).expect("a list laid out here reads back")
     }
 
     /// Builds the lookup tables from everything added.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use gray_core::flat::{Backing, FlatReader, FlatWriter};
+use gray_core::flat::{Backing, FlatReader, FlatWriter, Stage};
 use gray_core::idset::IdSet;
 use gray_core::keys;
 use gray_core::snapshot::{LoadedIds, LoadedKey, LoadedList};
@@ -161,6 +161,16 @@ impl Host {
             share(loaded, &adopted, &broken);
         }
         Ok(())
+    }
+
+    /// Where this worker, holding the session, lays a changed list out: straight into the store.
+    pub fn staging(&self) -> Option<Staging> {
+        let token = self.token.filter(|&token| self.store.holds(token))?;
+        Some(Staging {
+            store: self.store,
+            token,
+            cycle: self.cycle,
+        })
     }
 
     /// Whether the holder's generation is of this worker's configuration (or a newer one):
@@ -338,12 +348,39 @@ fn text_item(key: String, kind: KeyKind, version: u64, value: Arc<[u8]>) -> NewI
     }
 }
 
+/// The store as the session's holder lays a list straight into it: a block the next generation
+/// lists as it is (see [`Store::stage`]).
+pub(super) struct Staging {
+    store: &'static Store,
+    token: Token,
+    cycle: u64,
+}
+
+impl Stage for Staging {
+    fn lay_out(
+        &self,
+        len: usize,
+        write: &mut dyn FnMut(&mut FlatWriter),
+    ) -> Option<Arc<dyn Backing>> {
+        let pin = self.store.stage(self.token, self.cycle, len, &mut |out| {
+            let mut writer = FlatWriter::new(out);
+            write(&mut writer);
+            debug_assert!(writer.done(), "a flat length that is not what was laid out");
+        })?;
+        Some(pin)
+    }
+}
+
 /// A loaded list, laid out flat into its block.
 struct FlatList(Arc<LoadedList>);
 
 impl Content for FlatList {
     fn size(&self) -> usize {
         self.0.list.flat_len()
+    }
+
+    fn laid_out(&self) -> Option<&[u8]> {
+        self.0.list.laid_out()
     }
 
     fn write_into(&self, out: &mut [u8]) {

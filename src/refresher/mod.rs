@@ -441,7 +441,8 @@ impl Refresher {
     /// Reads the keys `reading` names (the whitelist, each rule set and the keys its rules
     /// reference, the guards' resets) and swaps in a new snapshot if anything changed.
     fn poll(&mut self, reading: Reading) -> Result<Polled, Ended> {
-        self.reader.begin(reading);
+        let stage = self.host.as_ref().and_then(Host::staging);
+        self.reader.begin(reading, stage);
         let mut polled = Polled::default();
         let mut read = self.loaded.poll(&mut Session {
             link: &mut self.link,

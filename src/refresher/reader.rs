@@ -10,12 +10,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use gray_core::delta::SetAtChange;
+use gray_core::flat::Stage;
 use gray_core::manifest::ItemForm;
 use gray_core::value::{Fetched, KeyKind, ListBuilder};
 use gray_io::read::{fetch, probe, FetchError, Limit};
 use gray_io::{changes, connection};
 
 use super::health::Health;
+use super::host::Staging;
 use super::link::Link;
 use super::watch::Reading;
 use crate::log::Level;
@@ -59,6 +61,9 @@ pub(super) struct Polled {
 pub(super) struct Reader {
     /// Which keys the poll under way reads.
     reading: Option<Reading>,
+    /// Where the poll under way lays out a list changed by deltas, when this worker holds the
+    /// host's session: straight into the store.
+    stage: Option<Staging>,
     /// Each key's last read in this session.
     last_reads: HashMap<String, LastRead>,
     /// Keys refused in this session (read again when a write names them).
@@ -106,9 +111,10 @@ impl Reader {
         self.deferred.values().any(|&due| due <= now)
     }
 
-    /// The poll that begins reads these keys.
-    pub fn begin(&mut self, reading: Reading) {
+    /// The poll that begins reads these keys, and lays lists out in `stage` if there is one.
+    pub fn begin(&mut self, reading: Reading, stage: Option<Staging>) {
         self.reading = Some(reading);
+        self.stage = stage;
     }
 
     /// Forgets key `key`'s last read: referenced again later, it is read again, whatever a write
@@ -316,7 +322,7 @@ impl Reader {
         if at.members() != members {
             return Ok(None);
         }
-        let Some(builder) = B::built(at.list()) else {
+        let Some(builder) = B::built(at.list(self.stage.as_ref().map(|s| s as &dyn Stage))) else {
             return Ok(None);
         };
         polled.bytes += deltas

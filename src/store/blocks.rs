@@ -152,6 +152,11 @@ impl Store {
                 .all(|o| o.load(Ordering::Acquire) == block.id)
     }
 
+    /// Whether `block` is allocated as it was when named, and not retired.
+    pub(super) fn in_use(&self, block: Block) -> bool {
+        self.owns(block) && self.retired()[block.first].load(Ordering::Acquire) == 0
+    }
+
     /// Frees `block` at once: no manifest names it.
     pub(super) fn free(&self, block: Block) {
         if self.owns(block) {

@@ -254,15 +254,25 @@ impl Store {
                 listed.push(kept.clone());
                 continue;
             }
-            let len = new.content.size();
-            let block = self.allocate(len).ok_or(StoreError::Full { bytes: len })?;
-            laid_out.push(block);
-            // A holder stopped since it checked its lease writes nothing more.
-            if !self.holds(token)
-                || !self.write_block(block, len, |out| new.content.write_into(out))
-            {
-                return Err(StoreError::LeaseLost);
-            }
+            let staged = new
+                .content
+                .laid_out()
+                .and_then(|bytes| self.staged_at(bytes));
+            let (block, len) = match staged {
+                Some(staged) => staged,
+                None => {
+                    let len = new.content.size();
+                    let block = self.allocate(len).ok_or(StoreError::Full { bytes: len })?;
+                    laid_out.push(block);
+                    // A holder stopped since it checked its lease writes nothing more.
+                    if !self.holds(token)
+                        || !self.write_block(block, len, |out| new.content.write_into(out))
+                    {
+                        return Err(StoreError::LeaseLost);
+                    }
+                    (block, len)
+                }
+            };
             let bytes = self
                 .block_bytes(block.first, len)
                 .expect("a block allocated inside the store");
@@ -314,8 +324,69 @@ impl Store {
             .store(generation as u32, Ordering::Release);
         self.wake_readers();
         self.retire_others(&blocks, generation);
+        self.forget_staged(&blocks);
         self.reclaim();
         Ok(generation)
+    }
+
+    /// Lays `len` bytes out by `write` in a new block for the next generation to list as it is
+    /// (see [`Content::laid_out`]), read in place from the pin returned: the holder lays a large
+    /// list straight into the store instead of into memory of its own that it then copies.
+    /// `None` when this process does not hold the lease or there is no room. A block no
+    /// generation lists is retired by the next publish, and freed once it is not read.
+    pub fn stage(
+        &'static self,
+        token: Token,
+        cycle: u64,
+        len: usize,
+        write: &mut dyn FnMut(&mut [u8]),
+    ) -> Option<Arc<Pin>> {
+        let slot = self.reader_slot(cycle)?;
+        if !self.holds(token) {
+            return None;
+        }
+        let block = self.allocate(len)?;
+        // Pinned before it is written, as read since the generation in force: no holder's
+        // reclaim frees it while this process reads it, listed or not.
+        let generation = generation_of(self.header().dir.load(Ordering::SeqCst));
+        self.pin(slot, generation, &[], &[block.id]);
+        let pin = Arc::new(Pin {
+            store: self,
+            slot,
+            block: block.id,
+            bytes: self
+                .block_bytes(block.first, len)
+                .expect("a block allocated inside the store"),
+        });
+        if !self.holds(token) || !self.write_block(block, len, write) {
+            drop(pin);
+            self.free(block);
+            return None;
+        }
+        self.staged().push((block, len));
+        Some(pin)
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, Vec<(Block, usize)>> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The block this process staged that `bytes` are, whole, if it is still in use and
+    /// this process's.
+    fn staged_at(&self, bytes: &[u8]) -> Option<(Block, usize)> {
+        self.staged().iter().copied().find(|&(block, len)| {
+            len == bytes.len()
+                && self
+                    .block_bytes(block.first, len)
+                    .is_some_and(|at| at.as_ptr() == bytes.as_ptr())
+                && self.in_use(block)
+        })
+    }
+
+    /// Forgets the staged blocks a generation lists (published now) or that are gone.
+    fn forget_staged(&self, listed: &[Block]) {
+        self.staged()
+            .retain(|&(block, _)| !listed.contains(&block) && self.in_use(block));
     }
 
     /// Adopts the generation in force, unless it is `seen`: every item, its block checked
@@ -417,6 +488,11 @@ pub trait Content {
     fn size(&self) -> usize;
     /// Writes them into `out`, `size()` bytes at the start of a block (16-byte aligned).
     fn write_into(&self, out: &mut [u8]);
+    /// The bytes, where they lie laid out already: a block this holder staged
+    /// ([`Store::stage`]) is listed as it is.
+    fn laid_out(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// A text value, as it is.

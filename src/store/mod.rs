@@ -18,6 +18,7 @@ mod readers;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use once_cell::sync::OnceCell;
@@ -106,6 +107,9 @@ pub struct Store {
     size: usize,
     chunks: usize,
     data_at: usize,
+    /// Blocks this process laid out as the holder and no generation lists yet, with their
+    /// lengths (see [`Store::stage`]).
+    staged: Mutex<Vec<(blocks::Block, usize)>>,
 }
 
 // SAFETY: everything in the mapping is reached through atomics, except blocks, which are written
@@ -142,6 +146,7 @@ impl Store {
                 size,
                 chunks,
                 data_at,
+                staged: Mutex::new(Vec::new()),
             };
             // SAFETY: the mapping is fresh, page-aligned and no other process sees it yet.
             unsafe { (*store.base.as_ptr().cast::<Header>()).chunks = chunks as u64 };

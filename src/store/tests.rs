@@ -495,3 +495,87 @@ fn chunks_being_trimmed_are_no_allocations_until_their_trimmer_finishes_or_dies(
         "the dead trimmer's chunks are free again"
     );
 }
+
+/// Bytes the holder staged, as a list laid straight into the store carries them.
+struct Staged(Arc<Pin>);
+
+impl Content for Staged {
+    fn size(&self) -> usize {
+        gray_core::flat::Backing::bytes(&*self.0).len()
+    }
+
+    fn write_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(gray_core::flat::Backing::bytes(&*self.0));
+    }
+
+    fn laid_out(&self) -> Option<&[u8]> {
+        Some(gray_core::flat::Backing::bytes(&*self.0))
+    }
+}
+
+fn staged_item(key: &str, pin: &Arc<Pin>) -> NewItem<'static> {
+    NewItem {
+        key: key.into(),
+        kind: "set".into(),
+        version: xxhash_rust::xxh3::xxh3_64(gray_core::flat::Backing::bytes(&**pin)),
+        bytes: 0,
+        form: ItemForm::Text,
+        content: Box::new(Staged(pin.clone())),
+    }
+}
+
+#[test]
+fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    let mut checked = Checks::default();
+    store
+        .publish(token, vec![text("gray:rules", b"{}")], &mut checked)
+        .unwrap();
+    let stage = |fill: u8| {
+        store
+            .stage(token, 1, 100 << 10, &mut |out| out.fill(fill))
+            .expect("room to stage")
+    };
+    let listed = stage(b'a');
+    let held = store.chunks_held();
+    store
+        .publish(
+            token,
+            vec![text("gray:rules", b"{}"), staged_item("gray", &listed)],
+            &mut checked,
+        )
+        .unwrap();
+    assert_eq!(
+        store.chunks_held(),
+        held,
+        "listed where it lies, not copied"
+    );
+    let adopted = store.adopt(1, 0, &mut checked).unwrap().unwrap();
+    assert_eq!(read(&adopted, "gray"), vec![b'a'; 100 << 10]);
+    let (item, pin) = adopted.items.iter().find(|(i, _)| i.key == "gray").unwrap();
+    assert_eq!(
+        gray_core::flat::Backing::bytes(&**pin).as_ptr(),
+        gray_core::flat::Backing::bytes(&*listed).as_ptr()
+    );
+    assert!(Checks::default().check(item, gray_core::flat::Backing::bytes(&**pin)));
+
+    // Staged, never listed: retired by the next publish, and kept while this process reads it.
+    let abandoned = stage(b'b');
+    let with_abandoned = store.chunks_held();
+    let keep = vec![text("gray:rules", b"{}"), staged_item("gray", &listed)];
+    store.publish(token, keep, &mut checked).unwrap();
+    assert_eq!(store.chunks_held(), with_abandoned, "still read");
+    assert_eq!(gray_core::flat::Backing::bytes(&*abandoned)[0], b'b');
+    drop(abandoned);
+    let adopted = store.adopt(1, adopted.generation, &mut checked).unwrap();
+    let keep = vec![text("gray:rules", b"{}"), staged_item("gray", &listed)];
+    store.publish(token, keep, &mut checked).unwrap();
+    drop(adopted);
+    assert_eq!(store.chunks_held(), with_abandoned - 2, "freed once unread");
+
+    // Another holder's token stages nothing.
+    store.release(token);
+    assert!(store.stage(token, 1, 16, &mut |_| ()).is_none());
+}
