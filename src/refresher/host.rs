@@ -158,7 +158,7 @@ impl Host {
         self.unpublished = false;
         if let Some(adopted) = self.adopt()? {
             let broken = self.check_after(&adopted.unchecked_items());
-            share(loaded, &adopted, &broken);
+            share(loaded, &adopted.items, &broken, Lists::All);
         }
         Ok(())
     }
@@ -412,11 +412,28 @@ pub(super) struct StoredText {
     pub value: Arc<[u8]>,
 }
 
-/// Swaps the lists and id sets `loaded` holds for the store's copy of the same versions (the
-/// holder, once it published them).
-fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
+/// Which lists [`share`] swaps.
+#[derive(PartialEq)]
+pub(super) enum Lists {
+    /// Every list and id set: the holder's, once it published them.
+    All,
+    /// The whitelists this worker laid out itself: a follower that held the session, whose
+    /// lists of a version unchanged since would otherwise stay in the memory it laid them out
+    /// in (a block of the store no generation lists, held back from being freed).
+    OwnLayouts,
+}
+
+/// Swaps the lists and id sets `loaded` holds (those `which` says) for the store's copy of the
+/// same versions in `adopted`, but those of the keys `broken`; says whether it swapped any.
+pub(super) fn share(
+    loaded: &mut Loaded,
+    adopted: &[(Item, Arc<Pin>)],
+    broken: &[String],
+    which: Lists,
+) -> bool {
+    let mut swapped = false;
     let pin = |key: &str, form: ItemForm, version: u64| -> Option<FlatReader> {
-        let (_, pin) = adopted.items.iter().find(|(item, _)| {
+        let (_, pin) = adopted.iter().find(|(item, _)| {
             item.key == key
                 && item.form == form
                 && item.version == version
@@ -425,6 +442,9 @@ fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
         Some(FlatReader::new(pin.clone()))
     };
     let shared = |key: &str, list: &Arc<LoadedList>| -> Option<Arc<LoadedList>> {
+        if which == Lists::OwnLayouts && list.list.laid_out().is_none() {
+            return None;
+        }
         let read = Whitelist::read_flat(&mut pin(key, ItemForm::Whitelist, list.version)?).ok()?;
         Some(Arc::new(LoadedList {
             list: read,
@@ -436,6 +456,7 @@ fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
     if let Some(list) = &loaded.whitelist {
         if let Some(read) = shared(&loaded.config.key, list) {
             loaded.whitelist = Some(read);
+            swapped = true;
         }
     }
     for (key, value) in loaded.keys.iter_mut() {
@@ -443,8 +464,10 @@ fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
             LoadedKey::Whitelist(list) => {
                 if let Some(read) = shared(&key.name, list) {
                     *list = read;
+                    swapped = true;
                 }
             }
+            LoadedKey::Ids(_) if which == Lists::OwnLayouts => {}
             LoadedKey::Ids(ids) => {
                 let read = pin(&key.name, ItemForm::Ids, ids.version)
                     .and_then(|mut reader| IdSet::read_flat(&mut reader).ok());
@@ -454,10 +477,12 @@ fn share(loaded: &mut Loaded, adopted: &Adopted, broken: &[String]) {
                         kind: ids.kind,
                         version: ids.version,
                     });
+                    swapped = true;
                 }
             }
         }
     }
+    swapped
 }
 
 /// Lists adopted unchecked, with what was loaded before them and when to check them.

@@ -41,7 +41,7 @@ use crate::state::Shared;
 use crate::store::StoreError;
 use failover::Failover;
 use health::Health;
-use host::{Adopting, Host, Unchecked, CHECK_DELAY, FOLLOW_TICK};
+use host::{Adopting, Host, Lists, Unchecked, CHECK_DELAY, FOLLOW_TICK};
 use link::Link;
 use loaded::{Loaded, Source};
 use reader::{Polled, Read, Reader, LARGE_READ};
@@ -261,19 +261,26 @@ impl Refresher {
             };
             let fresh = adopted.is_some();
             if let Some(adopted) = adopted {
-                let items = adopted.unchecked_items();
-                if !items.is_empty() {
+                let to_check = adopted.unchecked_items();
+                let unchecked_keys: Vec<String> =
+                    to_check.iter().map(|(item, _)| item.key.clone()).collect();
+                if !to_check.is_empty() {
                     unchecked = Some(Unchecked {
-                        items,
+                        items: to_check,
                         before: self.loaded.whitelists(),
                         due: Instant::now() + CHECK_DELAY,
                     });
                 }
+                let items = adopted.items.clone();
                 let read = self
                     .loaded
                     .poll(&mut Adopting::new(adopted, &mut self.health));
                 if let Err(e) = read {
                     self.health.log_once(Level::Err, e);
+                }
+                // Lists this worker laid out as the holder, of versions the holder has now too.
+                if host::share(&mut self.loaded, &items, &unchecked_keys, Lists::OwnLayouts) {
+                    self.loaded.mark_unpublished();
                 }
                 self.publish_adopted();
             }

@@ -217,13 +217,22 @@ impl Store {
         if !self.holds(token) || !self.fenced_by(dir, token) {
             return Err(StoreError::LeaseLost);
         }
-        let mut laid_out = Vec::new();
-        let published = self.publish_items(token, dir, current, items, &mut laid_out, checks);
+        let (mut laid_out, mut listed_staged) = (Vec::new(), Vec::new());
+        let published = self.publish_items(
+            token,
+            dir,
+            current,
+            items,
+            (&mut laid_out, &mut listed_staged),
+            checks,
+        );
         if published.is_err() {
             // No manifest names them: nobody reads them.
             for block in laid_out {
                 self.free(block);
             }
+            // Still listed by none: freed once this process no longer reads them.
+            self.staged().extend(listed_staged);
         }
         published
     }
@@ -234,7 +243,7 @@ impl Store {
         dir: u64,
         current: Option<(u64, Manifest)>,
         items: Vec<NewItem<'_>>,
-        laid_out: &mut Vec<Block>,
+        (laid_out, listed_staged): (&mut Vec<Block>, &mut Vec<(Block, usize)>),
         checks: &mut Checks,
     ) -> Result<u64, StoreError> {
         let generation = generation_of(dir) + 1;
@@ -257,9 +266,12 @@ impl Store {
             let staged = new
                 .content
                 .laid_out()
-                .and_then(|bytes| self.staged_at(bytes));
+                .and_then(|bytes| self.take_staged(bytes));
             let (block, len) = match staged {
-                Some(staged) => staged,
+                Some(staged) => {
+                    listed_staged.push(staged);
+                    staged
+                }
                 None => {
                     let len = new.content.size();
                     let block = self.allocate(len).ok_or(StoreError::Full { bytes: len })?;
@@ -324,7 +336,6 @@ impl Store {
             .store(generation as u32, Ordering::Release);
         self.wake_readers();
         self.retire_others(&blocks, generation);
-        self.forget_staged(&blocks);
         self.reclaim();
         Ok(generation)
     }
@@ -333,7 +344,8 @@ impl Store {
     /// (see [`Content::laid_out`]), read in place from the pin returned: the holder lays a large
     /// list straight into the store instead of into memory of its own that it then copies.
     /// `None` when this process does not hold the lease or there is no room. A block no
-    /// generation lists is retired by the next publish, and freed once it is not read.
+    /// generation lists is freed as soon as this process no longer reads it (a publish failed,
+    /// the value's version did not change after all, the lease was lost).
     pub fn stage(
         &'static self,
         token: Token,
@@ -371,22 +383,29 @@ impl Store {
         self.staged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The block this process staged that `bytes` are, whole, if it is still in use and
-    /// this process's.
-    fn staged_at(&self, bytes: &[u8]) -> Option<(Block, usize)> {
-        self.staged().iter().copied().find(|&(block, len)| {
+    /// Takes the block this process staged that `bytes` are, whole, if it is still in use and
+    /// this process's: a generation lists it from now on.
+    fn take_staged(&self, bytes: &[u8]) -> Option<(Block, usize)> {
+        let mut staged = self.staged();
+        let at = staged.iter().position(|&(block, len)| {
             len == bytes.len()
                 && self
                     .block_bytes(block.first, len)
                     .is_some_and(|at| at.as_ptr() == bytes.as_ptr())
                 && self.in_use(block)
-        })
+        })?;
+        Some(staged.swap_remove(at))
     }
 
-    /// Forgets the staged blocks a generation lists (published now) or that are gone.
-    fn forget_staged(&self, listed: &[Block]) {
-        self.staged()
-            .retain(|&(block, _)| !listed.contains(&block) && self.in_use(block));
+    /// Frees block `id` if this process staged it and no generation listed it: its last pin is
+    /// gone, and nobody else reads a block no manifest names.
+    pub(super) fn free_unlisted(&self, id: u64) {
+        let mut staged = self.staged();
+        if let Some(at) = staged.iter().position(|(block, _)| block.id == id) {
+            let (block, _) = staged.swap_remove(at);
+            drop(staged);
+            self.free(block);
+        }
     }
 
     /// Adopts the generation in force, unless it is `seen`: every item, its block checked

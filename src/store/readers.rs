@@ -105,13 +105,19 @@ impl Store {
 
     pub(super) fn unpin(&self, slot: usize, block: u64) {
         let mut readers = readers();
+        let mut unread = false;
         if let Some((count, _)) = readers.pins.get_mut(&block) {
             *count -= 1;
             if *count == 0 {
                 readers.pins.remove(&block);
+                unread = true;
             }
         }
         self.note_oldest(&readers, slot);
+        drop(readers);
+        if unread {
+            self.free_unlisted(block);
+        }
     }
 
     fn note_oldest(&self, readers: &Readers, slot: usize) {

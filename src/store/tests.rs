@@ -561,7 +561,8 @@ fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread
     );
     assert!(Checks::default().check(item, gray_core::flat::Backing::bytes(&**pin)));
 
-    // Staged, never listed: retired by the next publish, and kept while this process reads it.
+    // Staged, never listed (the version did not change after all): retired by the next
+    // publish, and freed as soon as this process no longer reads it.
     let abandoned = stage(b'b');
     let with_abandoned = store.chunks_held();
     let keep = vec![text("gray:rules", b"{}"), staged_item("gray", &listed)];
@@ -569,11 +570,21 @@ fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread
     assert_eq!(store.chunks_held(), with_abandoned, "still read");
     assert_eq!(gray_core::flat::Backing::bytes(&*abandoned)[0], b'b');
     drop(abandoned);
-    let adopted = store.adopt(1, adopted.generation, &mut checked).unwrap();
-    let keep = vec![text("gray:rules", b"{}"), staged_item("gray", &listed)];
-    store.publish(token, keep, &mut checked).unwrap();
-    drop(adopted);
     assert_eq!(store.chunks_held(), with_abandoned - 2, "freed once unread");
+
+    // Staged and in a publish that failed: listed by none, freed once unread all the same.
+    let failed = stage(b'c');
+    let held = store.chunks_held();
+    let too_large = text(&"k".repeat(MANIFEST_SLOT), b"x");
+    let publish = vec![staged_item("gray", &failed), too_large];
+    assert!(matches!(
+        store.publish(token, publish, &mut checked),
+        Err(StoreError::ManifestTooLarge { .. })
+    ));
+    assert_eq!(store.chunks_held(), held);
+    drop(failed);
+    assert_eq!(store.chunks_held(), held - 2, "freed once unread");
+    drop(adopted);
 
     // Another holder's token stages nothing.
     store.release(token);
