@@ -1014,7 +1014,7 @@ def rebuild_report(opts, rb):
                 f"| {kind} | {size:,} | {r['load_ms']:.0f} ms"
                 f"{(': ' + verdict(r['load_ms'] <= 1000, f'1M {kind} rebuilt <= 1 s', load)) if judged else ''} | {read:.0f} ms "
                 f"| {parse:.0f} ms | {r['rss_before']:.1f} MiB | {r['rss_after']:.1f} MiB | {added:.1f} MiB"
-                f"{(': ' + verdict(added <= 40 * 1.048576, f'1M {kind} adds <= 40 MB', f'{added * 1.048576:.1f} MB')) if judged else ''} "
+                f"{(': ' + verdict(added * 1.048576 <= 40, f'1M {kind} adds <= 40 MB', f'{added * 1.048576:.1f} MB')) if judged else ''} "
                 f"| {r['rss_peak']:.1f} MiB | {r['rss_reread']:.1f} MiB |")
         lines += ["", f"Decision-only gray for {opts.swap_seconds}s per figure, quiet and then while a new "
                   "snapshot of the list is read, built and swapped about once a second: under wrk -c16 "
