@@ -183,10 +183,7 @@ SET gray:rules '{"format": 1, "rules": [{"name": "canary", "to": "@prod2-grey", 
             T.redis("set", "canary_status", "500")
             ngx.say("tripped again: ", trip())
             T.redis("set", "canary_status", "200")
-            local grayctl = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl --redis "
-                                     .. "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0 guard reset canary 2>&1")
-            ngx.say(grayctl:read("*a"))
-            grayctl:close()
+            ngx.say(T.grayctl("guard reset canary"))
             ngx.say("back after a reset: ", back())
             C.send($TEST_NGINX_EXTRA_PORT, 25)
             ngx.sleep(1.5)

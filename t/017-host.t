@@ -241,11 +241,7 @@ q|location = /t {
             end, 5)
         end
         local function memory()
-            local pss = 0
-            -- This worker's own Lua garbage (the lists built here) is the test's, not gray's.
-            for _, w in ipairs(T.workers()) do
-                if w.pid ~= ngx.worker.pid() then pss = pss + T.pss_kb(w.pid) end
-            end
+            local pss = T.others_pss_kb()
             local _, body = T.http_get(tonumber(os.getenv('EXTRA')), '/who')
             return pss, tonumber(body:match('(%d+)%s*$'))
         end

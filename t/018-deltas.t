@@ -42,13 +42,6 @@ location = /t {
     content_by_lua_block {
         local T = require "gray_test"
         local port = tonumber(os.getenv("EXTRA"))
-        local function grayctl(args)
-            local p = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl --redis "
-                               .. "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0 " .. args .. " 2>&1")
-            local out = p:read("*a")
-            p:close()
-            return out
-        end
         -- SSCANs sent by the gateway (its TCP connections; grayctl reads a small SET whole
         -- too, on connections of its own), as Redis's slow log records every command.
         T.redis("config", "set", "slowlog-log-slower-than", 0)
@@ -92,13 +85,13 @@ location = /t {
             return ok and n == 1, version
         end
         -- The first change starts the record; the gateway read the SET before it, so reads it whole.
-        grayctl("add 127.0.0.1")
+        T.grayctl("add 127.0.0.1")
         ngx.say("first add: ", everywhere("@prod2-grey"), ", change ", T.redis("hget", "gray:changes", "ver"))
         local before = scans()
         -- Connections grayctl opens are gone when it is done: only the gateway's stay listed.
-        grayctl("remove 127.0.0.1")
+        T.grayctl("remove 127.0.0.1")
         local removed = everywhere("@prod1")
-        grayctl("add 127.0.0.0/24 192.0.2.1")
+        T.grayctl("add 127.0.0.0/24 192.0.2.1")
         local added, version = everywhere("@prod2-grey")
         ngx.say("deltas: ", removed, " ", added, ", SSCANs ", scans() - before,
                 ", change ", T.redis("hget", "gray:changes", "ver"))
@@ -143,13 +136,6 @@ location = /t {
     content_by_lua_block {
         local T = require "gray_test"
         local port = tonumber(os.getenv("EXTRA"))
-        local function grayctl(args)
-            local p = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl --redis "
-                               .. "redis://127.0.0.1:$TEST_NGINX_REDIS_PORT/0 " .. args .. " 2>&1")
-            local out = p:read("*a")
-            p:close()
-            return out
-        end
         for a = 0, 39 do
             local batch = {}
             for i = 0, 4999 do
@@ -169,30 +155,22 @@ location = /t {
                 return true
             end, 10)
         end
-        local function sscans()
-            return tonumber(T.redis("info", "commandstats"):match("cmdstat_sscan:calls=(%d+)") or 0)
-        end
         local function memory()
-            local pss = 0
-            -- This worker's own Lua garbage is the test's, not gray's.
-            for _, w in ipairs(T.workers()) do
-                if w.pid ~= ngx.worker.pid() then pss = pss + T.pss_kb(w.pid) end
-            end
-            return pss, require("gray").status().shared_bytes
+            return T.others_pss_kb(), require("gray").status().shared_bytes
         end
         -- The first change starts the record: the SET is read whole once more.
-        grayctl("add 10.254.0.1")
+        T.grayctl("add 10.254.0.1")
         ngx.sleep(1.5)
         local pss_one, shared_one = memory()
-        local scanned = sscans()
+        local scanned = T.calls("sscan")
         -- One at a time: a write that lands while the holder reads the SET's change number and
         -- size, or reads it whole, makes the numbers not add up, and the SET is read whole.
         for n = 1, 40 do
-            grayctl("add " .. (n == 40 and "127.0.0.1" or ("10.254.1." .. n)))
+            T.grayctl("add " .. (n == 40 and "127.0.0.1" or ("10.254.1." .. n)))
             ngx.sleep(0.2)
         end
         ngx.say("the last add seen by every worker: ", (everywhere("@prod2-grey")))
-        ngx.say("SSCANs: ", sscans() - scanned)
+        ngx.say("SSCANs: ", T.calls("sscan") - scanned)
         ngx.sleep(1.5)
         local pss_many, shared_many = memory()
         ngx.say("shared bytes the same: ", shared_many == shared_one,

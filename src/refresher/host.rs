@@ -366,8 +366,8 @@ impl Stage for Staging {
             let mut writer = FlatWriter::new(out);
             write(&mut writer);
             debug_assert!(writer.done(), "a flat length that is not what was laid out");
-        })?;
-        Some(pin)
+        });
+        pin.map(|pin| pin as Arc<dyn Backing>)
     }
 }
 

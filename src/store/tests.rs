@@ -1,6 +1,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gray_core::flat::Backing;
+
 use super::generation::{ItemBlock, CHECKED_AFTER};
 use super::*;
 
@@ -37,7 +39,7 @@ fn read(adopted: &Adopted, key: &str) -> Vec<u8> {
         .iter()
         .find(|(item, _)| item.key == key)
         .expect("the key is in the generation");
-    gray_core::flat::Backing::bytes(&**pin).to_vec()
+    pin.bytes().to_vec()
 }
 
 /// Runs `child` in a forked process and returns its exit status.
@@ -265,7 +267,7 @@ fn a_corrupted_block_or_manifest_is_refused_by_name() {
         .unwrap();
     let adopted = store.adopt(1, 0, &mut Checks::default()).unwrap().unwrap();
     let (item, pin) = &adopted.items[1];
-    let at = gray_core::flat::Backing::bytes(&**pin).as_ptr() as *mut u8;
+    let at = pin.bytes().as_ptr() as *mut u8;
     // SAFETY: flips a byte of the block, inside the mapping, as a stray write would.
     unsafe { *at ^= 1 };
     assert_eq!(item.key, "office");
@@ -310,7 +312,7 @@ fn a_large_whitelist_is_adopted_first_and_checked_after() {
     let adopted = store.adopt(1, 0, &mut checks).unwrap().unwrap();
     assert_eq!(adopted.unchecked, vec![0]);
     let (item, pin) = &adopted.items[0];
-    assert!(checks.check(item, gray_core::flat::Backing::bytes(&**pin)));
+    assert!(checks.check(item, pin.bytes()));
     let again = store.adopt(1, 0, &mut checks).unwrap().unwrap();
     assert!(
         again.unchecked.is_empty(),
@@ -318,13 +320,13 @@ fn a_large_whitelist_is_adopted_first_and_checked_after() {
     );
     drop(again);
 
-    let at = gray_core::flat::Backing::bytes(&**pin).as_ptr() as *mut u8;
+    let at = pin.bytes().as_ptr() as *mut u8;
     // SAFETY: flips a byte of the block, inside the mapping, as a stray write would.
     unsafe { *at ^= 1 };
     let mut checks = Checks::default();
     let corrupted = store.adopt(1, 0, &mut checks).unwrap().unwrap();
     let (item, pin) = &corrupted.items[corrupted.unchecked[0]];
-    assert!(!checks.check(item, gray_core::flat::Backing::bytes(&**pin)));
+    assert!(!checks.check(item, pin.bytes()));
     drop((adopted, corrupted));
     // Once found not to match, it is checked before it is adopted.
     assert_eq!(
@@ -401,7 +403,7 @@ fn a_block_kept_from_an_old_generation_holds_back_nothing_else() {
         "{} chunks held",
         store.chunks_held()
     );
-    assert_eq!(gray_core::flat::Backing::bytes(&*list), b"list");
+    assert_eq!(list.bytes(), b"list");
 }
 
 #[test]
@@ -501,15 +503,15 @@ struct Staged(Arc<Pin>);
 
 impl Content for Staged {
     fn size(&self) -> usize {
-        gray_core::flat::Backing::bytes(&*self.0).len()
+        self.0.bytes().len()
     }
 
     fn write_into(&self, out: &mut [u8]) {
-        out.copy_from_slice(gray_core::flat::Backing::bytes(&*self.0));
+        out.copy_from_slice(self.0.bytes());
     }
 
     fn laid_out(&self) -> Option<&[u8]> {
-        Some(gray_core::flat::Backing::bytes(&*self.0))
+        Some(self.0.bytes())
     }
 }
 
@@ -517,7 +519,7 @@ fn staged_item(key: &str, pin: &Arc<Pin>) -> NewItem<'static> {
     NewItem {
         key: key.into(),
         kind: "set".into(),
-        version: xxhash_rust::xxh3::xxh3_64(gray_core::flat::Backing::bytes(&**pin)),
+        version: xxhash_rust::xxh3::xxh3_64(pin.bytes()),
         bytes: 0,
         form: ItemForm::Text,
         content: Box::new(Staged(pin.clone())),
@@ -555,11 +557,8 @@ fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread
     let adopted = store.adopt(1, 0, &mut checked).unwrap().unwrap();
     assert_eq!(read(&adopted, "gray"), vec![b'a'; 100 << 10]);
     let (item, pin) = adopted.items.iter().find(|(i, _)| i.key == "gray").unwrap();
-    assert_eq!(
-        gray_core::flat::Backing::bytes(&**pin).as_ptr(),
-        gray_core::flat::Backing::bytes(&*listed).as_ptr()
-    );
-    assert!(Checks::default().check(item, gray_core::flat::Backing::bytes(&**pin)));
+    assert_eq!(pin.bytes().as_ptr(), listed.bytes().as_ptr());
+    assert!(Checks::default().check(item, pin.bytes()));
 
     // Staged, never listed (the version did not change after all): retired by the next
     // publish, and freed as soon as this process no longer reads it.
@@ -568,7 +567,7 @@ fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread
     let keep = vec![text("gray:rules", b"{}"), staged_item("gray", &listed)];
     store.publish(token, keep, &mut checked).unwrap();
     assert_eq!(store.chunks_held(), with_abandoned, "still read");
-    assert_eq!(gray_core::flat::Backing::bytes(&*abandoned)[0], b'b');
+    assert_eq!(abandoned.bytes()[0], b'b');
     drop(abandoned);
     assert_eq!(store.chunks_held(), with_abandoned - 2, "freed once unread");
 

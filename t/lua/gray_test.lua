@@ -29,6 +29,15 @@ function _M.redis(cmd, ...)
     return res
 end
 
+-- grayctl against the test's Redis, `args` its command line: everything it printed.
+function _M.grayctl(args)
+    local p = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl --redis "
+                       .. "redis://127.0.0.1:" .. PORT .. "/0 " .. args .. " 2>&1")
+    local out = p:read("*a")
+    p:close()
+    return out
+end
+
 -- How many clients the test's Redis has over TCP: gray's connections (the helpers here use its
 -- unix socket).
 function _M.tcp_clients()
@@ -196,6 +205,18 @@ end
 function _M.pss_kb(pid)
     local rollup = read_file("/proc/" .. pid .. "/smaps_rollup") or ""
     return tonumber(rollup:match("\nPss:%s+(%d+) kB"))
+end
+
+-- The PSS of every worker of this nginx but the one running the test, summed in kB: the Lua
+-- garbage of the test's own worker (the lists it builds) is the test's, not gray's.
+function _M.others_pss_kb()
+    local pss = 0
+    for _, w in ipairs(_M.workers()) do
+        if w.pid ~= ngx.worker.pid() then
+            pss = pss + _M.pss_kb(w.pid)
+        end
+    end
+    return pss
 end
 
 -- What each worker of this nginx answers on `path` of `port` (reuseport: new connections spread

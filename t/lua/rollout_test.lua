@@ -2,18 +2,13 @@
 -- many clients to the gateway until the plan reaches a state, and the history's rollout moves.
 local T = require "gray_test"
 
-local REDIS = "redis://127.0.0.1:" .. os.getenv("TEST_NGINX_REDIS_PORT") .. "/0"
-
 local _M = {}
 
 -- Starts a plan for rule "canary" (hold and interval 1 s, 1 point of 5xx, 20 requests, 2
 -- failures in a row) with `flags` added: grayctl's first line of output.
 function _M.start(flags)
-    local grayctl = io.popen(os.getenv("TEST_NGINX_GRAY_ROOT") .. "/target/release/grayctl --redis "
-        .. REDIS .. " rollout start canary --hold 1s --interval 1s --max-error-rate 1"
-        .. " --min-requests 20 --failure-limit 2 " .. flags .. " 2>&1")
-    local out = grayctl:read("*a")
-    grayctl:close()
+    local out = T.grayctl("rollout start canary --hold 1s --interval 1s --max-error-rate 1"
+        .. " --min-requests 20 --failure-limit 2 " .. flags)
     return out:match("^[^\n]*")
 end
 
