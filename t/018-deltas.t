@@ -158,8 +158,27 @@ location = /t {
         local function memory()
             return T.others_pss_kb(), require("gray").status().shared_bytes
         end
-        -- The first change starts the record: the SET is read whole once more.
+        -- The first change starts the record: the SET is read whole once more. The holder read
+        -- it whole as the batches above landed, a read behind them: wait until every worker has
+        -- served one version for half a second.
         T.grayctl("add 10.254.0.1")
+        local function one_version()
+            local answers = T.every_worker(port, "/who", 1, function(body)
+                return body:match("^%d+ %S+ (%S+)")
+            end)
+            local version
+            for _, v in pairs(answers or {}) do
+                if version and v ~= version then return nil end
+                version = v
+            end
+            return version
+        end
+        local last, since = nil, ngx.now()
+        ngx.say("settled: ", (T.wait_for(function()
+            local version = one_version()
+            if version ~= last then last, since = version, ngx.now() end
+            return version ~= nil and ngx.now() - since >= 0.5
+        end, 20)))
         ngx.sleep(1.5)
         local pss_one, shared_one = memory()
         local scanned = T.calls("sscan")
@@ -184,6 +203,7 @@ location = /t {
 }
 --- timeout: 60
 --- response_body
+settled: true
 the last add seen by every worker: true
 SSCANs: 0
 shared bytes the same: true
