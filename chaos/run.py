@@ -1071,6 +1071,23 @@ def table(rows):
     return "\n".join(lines)
 
 
+def failures(row):
+    """What made `row` fail, for the last lines a CI log shows."""
+    why = [f"FAILED: {what}" for ok, what in row.checks if not ok]
+    if row.requests is not None:
+        if row.requests == 0:
+            why.append("no request answered")
+        if row.non_2xx:
+            why.append(f"{row.non_2xx} non-2xx")
+        if row.errors > row.errors_allowed:
+            why.append(f"{row.errors} socket errors (at most {row.errors_allowed})")
+        if row.misrouted:
+            why.append(f"{row.misrouted} misrouted")
+        if row.recovered is not None and row.recovered > row.bound:
+            why.append(f"recovered after {row.recovered:.2f} s (bound {row.bound:.1f} s)")
+    return ["\n  " + w for w in why]
+
+
 def details(rows, reference):
     """The keep-alive reference and the checks behind each row."""
     lines = [f"For reference, not judged: the same {RELOADS} reloads with keep-alive connections "
@@ -1145,6 +1162,9 @@ def main():
         write_report(opts.report, rows, reference, failed, time.time() - started)
     if failed:
         log("FAILED:", ", ".join(failed))
+        for r in rows:
+            if not r.ok:
+                log(f"why {r.fault} failed:", *failures(r))
         sys.exit(1)
 
 
