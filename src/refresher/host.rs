@@ -154,12 +154,14 @@ impl Host {
     pub fn publish(&mut self, loaded: &mut Loaded) -> Result<(), StoreError> {
         let token = self.token.ok_or(StoreError::LeaseLost)?;
         self.unpublished = true;
-        self.store.publish(token, items(loaded), &mut self.checks)?;
+        let generation = self.store.publish(token, items(loaded), &mut self.checks)?;
         self.unpublished = false;
-        if let Some(adopted) = self.adopt()? {
-            let broken = self.check_after(&adopted.unchecked_items());
-            share(loaded, &adopted.items, &broken, Lists::All);
-        }
+        let adopted =
+            self.store
+                .adopt_published(self.cycle, self.seen, generation, &mut self.checks)?;
+        self.note_adopted(&adopted);
+        let broken = self.check_after(&adopted.unchecked_items());
+        share(loaded, &adopted.items, &broken, Lists::All);
         Ok(())
     }
 
@@ -169,7 +171,6 @@ impl Host {
         Some(Staging {
             store: self.store,
             token,
-            cycle: self.cycle,
         })
     }
 
@@ -183,10 +184,14 @@ impl Host {
     pub fn adopt(&mut self) -> Result<Option<Adopted>, StoreError> {
         let adopted = self.store.adopt(self.cycle, self.seen, &mut self.checks)?;
         if let Some(adopted) = &adopted {
-            self.seen = adopted.generation;
-            self.checks.keep_only(adopted);
+            self.note_adopted(adopted);
         }
         Ok(adopted)
+    }
+
+    fn note_adopted(&mut self, adopted: &Adopted) {
+        self.seen = adopted.generation;
+        self.checks.keep_only(adopted);
     }
 
     /// Checks the items adopted unchecked against their checksums: the keys of those that do
@@ -353,7 +358,6 @@ fn text_item(key: String, kind: KeyKind, version: u64, value: Arc<[u8]>) -> NewI
 pub(super) struct Staging {
     store: &'static Store,
     token: Token,
-    cycle: u64,
 }
 
 impl Stage for Staging {
@@ -362,7 +366,7 @@ impl Stage for Staging {
         len: usize,
         write: &mut dyn FnMut(&mut FlatWriter),
     ) -> Option<Arc<dyn Backing>> {
-        let pin = self.store.stage(self.token, self.cycle, len, &mut |out| {
+        let pin = self.store.stage(self.token, len, &mut |out| {
             let mut writer = FlatWriter::new(out);
             write(&mut writer);
             debug_assert!(writer.done(), "a flat length that is not what was laid out");

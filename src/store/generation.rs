@@ -52,6 +52,8 @@ pub enum StoreError {
     ManifestTooLarge { bytes: usize },
     /// The manifest in force cannot be trusted.
     Manifest(String),
+    /// Every reader slot is a live process's: this one cannot say what it reads.
+    NoReaderSlot,
     /// An item's block cannot be trusted.
     Item { key: String, why: String },
 }
@@ -68,6 +70,10 @@ impl fmt::Display for StoreError {
                 "a manifest of {bytes} bytes, over the {MANIFEST_SLOT} it has room for"
             ),
             StoreError::Manifest(why) => write!(f, "the host's manifest: {why}"),
+            StoreError::NoReaderSlot => write!(
+                f,
+                "every reader slot of the host's shared memory is a live process's"
+            ),
             StoreError::Item { key, why } => write!(f, "the host's copy of key {key}: {why}"),
         }
     }
@@ -205,7 +211,7 @@ impl Store {
     /// The blocks laid out go into `checks`: their checksum was made from the bytes written,
     /// so the writer does not read them back to check it. Returns the generation's number.
     pub fn publish(
-        &self,
+        &'static self,
         token: Token,
         items: Vec<NewItem<'_>>,
         checks: &mut Checks,
@@ -238,7 +244,7 @@ impl Store {
     }
 
     fn publish_items(
-        &self,
+        &'static self,
         token: Token,
         dir: u64,
         current: Option<(u64, Manifest)>,
@@ -248,6 +254,8 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let generation = generation_of(dir) + 1;
         let mut listed = Vec::with_capacity(items.len());
+        // Pins of the blocks laid out, held until the manifest that lists them is in force.
+        let mut writing = Vec::new();
         for new in items {
             let kept = current.as_ref().and_then(|(_, m)| {
                 m.items.iter().find(|i| {
@@ -276,6 +284,10 @@ impl Store {
                     let len = new.content.size();
                     let block = self.allocate(len).ok_or(StoreError::Full { bytes: len })?;
                     laid_out.push(block);
+                    writing.push(
+                        self.pin_new(token, block, len)
+                            .ok_or(StoreError::NoReaderSlot)?,
+                    );
                     // A holder stopped since it checked its lease writes nothing more.
                     if !self.holds(token)
                         || !self.write_block(block, len, |out| new.content.write_into(out))
@@ -349,27 +361,17 @@ impl Store {
     pub fn stage(
         &'static self,
         token: Token,
-        cycle: u64,
         len: usize,
         write: &mut dyn FnMut(&mut [u8]),
     ) -> Option<Arc<Pin>> {
-        let slot = self.reader_slot(cycle)?;
         if !self.holds(token) {
             return None;
         }
         let block = self.allocate(len)?;
-        // Pinned before it is written, as read since the generation in force: no holder's
-        // reclaim frees it while this process reads it, listed or not.
-        let generation = generation_of(self.header().dir.load(Ordering::SeqCst));
-        self.pin(slot, generation, &[], &[block.id]);
-        let pin = Arc::new(Pin {
-            store: self,
-            slot,
-            block: block.id,
-            bytes: self
-                .block_bytes(block.first, len)
-                .expect("a block allocated inside the store"),
-        });
+        let Some(pin) = self.pin_new(token, block, len) else {
+            self.free(block);
+            return None;
+        };
         if !self.holds(token) || !self.write_block(block, len, write) {
             drop(pin);
             self.free(block);
@@ -377,6 +379,23 @@ impl Store {
         }
         self.staged().push((block, len));
         Some(pin)
+    }
+
+    /// Pins `block`, new and not yet written, as read since the generation in force: a
+    /// successor that takes the lease while this holder is stopped before or while it writes the
+    /// block retires it, but frees it only once this process no longer reads it.
+    fn pin_new(&'static self, token: Token, block: Block, len: usize) -> Option<Arc<Pin>> {
+        let slot = self.reader_slot(token.cycle)?;
+        let generation = generation_of(self.header().dir.load(Ordering::SeqCst));
+        self.pin(slot, generation, &[], &[block.id]);
+        Some(Arc::new(Pin {
+            store: self,
+            slot,
+            block: block.id,
+            bytes: self
+                .block_bytes(block.first, len)
+                .expect("a block allocated inside the store"),
+        }))
     }
 
     fn staged(&self) -> std::sync::MutexGuard<'_, Vec<(Block, usize)>> {
@@ -417,9 +436,7 @@ impl Store {
         seen: u64,
         checks: &mut Checks,
     ) -> Result<Option<Adopted>, StoreError> {
-        let slot = self
-            .reader_slot(cycle)
-            .ok_or_else(|| StoreError::Manifest("every reader slot is a live process's".into()))?;
+        let slot = self.reader_slot(cycle).ok_or(StoreError::NoReaderSlot)?;
         let adopted = loop {
             let dir = self.header().dir.load(Ordering::SeqCst);
             if generation_of(dir) == seen {
@@ -433,6 +450,21 @@ impl Store {
         };
         self.announce(slot, NONE);
         adopted
+    }
+
+    /// Adopts generation `generation`, the one this process just published, if it is still in
+    /// force; [`StoreError::LeaseLost`] if a successor's is: a holder stopped right after its
+    /// publish finds that one there, and adopts it as a follower, in full.
+    pub fn adopt_published(
+        &'static self,
+        cycle: u64,
+        seen: u64,
+        generation: u64,
+        checks: &mut Checks,
+    ) -> Result<Adopted, StoreError> {
+        self.adopt(cycle, seen, checks)?
+            .filter(|adopted| adopted.generation == generation)
+            .ok_or(StoreError::LeaseLost)
     }
 
     /// The manifest's items, every block checked before any is pinned (but those checked after).

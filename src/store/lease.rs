@@ -12,13 +12,17 @@ use std::sync::atomic::Ordering;
 
 use super::{alive, monotonic_ms, Store};
 
-/// A holder's proof of its lease: the token and pid it took it with.
+/// A holder's proof of its lease: the lease word it took (fence and pid), and the configuration
+/// cycle it runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Token(u64);
+pub struct Token {
+    lease: u64,
+    pub(super) cycle: u64,
+}
 
 impl Token {
     fn fence(self) -> u64 {
-        self.0 >> 32
+        self.lease >> 32
     }
 }
 
@@ -40,16 +44,22 @@ impl Store {
         let current = header.lease.load(Ordering::Acquire);
         let holder = current as u32;
         if holder == pid {
-            return Some(Token(current));
+            return Some(Token {
+                lease: current,
+                cycle,
+            });
         }
         let takeable = holder == 0 || !alive(holder) || silent == Some(current);
         if !takeable {
             return None;
         }
-        let token = Token((((current >> 32) + 1) << 32) | u64::from(pid));
+        let token = Token {
+            lease: (((current >> 32) + 1) << 32) | u64::from(pid),
+            cycle,
+        };
         header
             .lease
-            .compare_exchange(current, token.0, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(current, token.lease, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
         header.heartbeat_ms.store(monotonic_ms(), Ordering::Release);
         header.holder_cycle.store(cycle, Ordering::Release);
@@ -70,14 +80,14 @@ impl Store {
 
     /// Whether `token` still holds the lease.
     pub fn holds(&self, token: Token) -> bool {
-        self.header().lease.load(Ordering::Acquire) == token.0
+        self.header().lease.load(Ordering::Acquire) == token.lease
     }
 
     /// Gives the lease up: the next worker to look takes it at once.
     pub fn release(&self, token: Token) {
         let _ = self.header().lease.compare_exchange(
-            token.0,
-            token.0 & !u64::from(u32::MAX),
+            token.lease,
+            token.lease & !u64::from(u32::MAX),
             Ordering::AcqRel,
             Ordering::Relaxed,
         );

@@ -537,7 +537,7 @@ fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread
         .unwrap();
     let stage = |fill: u8| {
         store
-            .stage(token, 1, 100 << 10, &mut |out| out.fill(fill))
+            .stage(token, 100 << 10, &mut |out| out.fill(fill))
             .expect("room to stage")
     };
     let listed = stage(b'a');
@@ -587,5 +587,98 @@ fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread
 
     // Another holder's token stages nothing.
     store.release(token);
-    assert!(store.stage(token, 1, 16, &mut |_| ()).is_none());
+    assert!(store.stage(token, 16, &mut |_| ()).is_none());
+}
+
+#[test]
+fn a_holder_stopped_after_its_publish_adopts_only_its_own_generation() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    let mine = store
+        .publish(token, vec![text("gray", b"mine")], &mut Checks::default())
+        .unwrap();
+    // Stopped here: a worker that saw it silent takes the lease and publishes.
+    let (lease, _) = store.lease();
+    assert_eq!(
+        in_child(|| {
+            let Some(taken) = store.try_take(me(), 1, Some(lease)) else {
+                return 1;
+            };
+            match store.publish(taken, vec![text("gray", b"theirs")], &mut Checks::default()) {
+                Ok(_) => 0,
+                Err(_) => 2,
+            }
+        }),
+        0
+    );
+    let mut checks = Checks::default();
+    assert_eq!(
+        store.adopt_published(1, mine - 1, mine, &mut checks).err(),
+        Some(StoreError::LeaseLost)
+    );
+    // As a follower it still has the successor's generation to adopt.
+    let adopted = store.adopt(1, mine - 1, &mut checks).unwrap().unwrap();
+    assert_eq!(adopted.generation, mine + 1);
+    assert_eq!(read(&adopted, "gray"), b"theirs");
+}
+
+/// A value whose writing is interrupted by `meanwhile`, as a holder stopped mid-write is.
+struct Interrupted<F: Fn()> {
+    len: usize,
+    meanwhile: F,
+}
+
+impl<F: Fn()> Content for Interrupted<F> {
+    fn size(&self) -> usize {
+        self.len
+    }
+
+    fn write_into(&self, out: &mut [u8]) {
+        (self.meanwhile)();
+        out.fill(b'x');
+    }
+}
+
+#[test]
+fn a_block_a_stopped_holder_still_writes_is_not_its_successors_to_reuse() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    // While this holder writes its first generation's block, a worker that saw it silent takes
+    // the lease and publishes twice: the second is laid out in the spares the first freed, if
+    // it freed this holder's block.
+    let successor = || {
+        let (lease, _) = store.lease();
+        let published = in_child(|| {
+            let Some(taken) = store.try_take(me(), 1, Some(lease)) else {
+                return 1;
+            };
+            for value in [&b"theirs 1"[..], b"theirs 2"] {
+                let items = vec![text("gray", value)];
+                if store.publish(taken, items, &mut Checks::default()).is_err() {
+                    return 2;
+                }
+            }
+            0
+        });
+        assert_eq!(published, 0);
+    };
+    let interrupted = NewItem {
+        key: "gray".into(),
+        kind: "string".into(),
+        version: 1,
+        bytes: 0,
+        form: ItemForm::Text,
+        content: Box::new(Interrupted {
+            len: 4 * CHUNK,
+            meanwhile: successor,
+        }),
+    };
+    assert_eq!(
+        store.publish(token, vec![interrupted], &mut Checks::default()),
+        Err(StoreError::LeaseLost)
+    );
+    let adopted = store.adopt(1, 0, &mut Checks::default()).unwrap().unwrap();
+    assert_eq!(read(&adopted, "gray"), b"theirs 2");
 }
