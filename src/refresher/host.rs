@@ -155,14 +155,22 @@ impl Host {
         let token = self.token.ok_or(StoreError::LeaseLost)?;
         self.unpublished = true;
         let generation = self.store.publish(token, items(loaded), &mut self.checks)?;
-        self.unpublished = false;
         let adopted =
             self.store
                 .adopt_published(self.cycle, self.seen, generation, &mut self.checks)?;
+        self.unpublished = false;
         self.note_adopted(&adopted);
         let broken = self.check_after(&adopted.unchecked_items());
         share(loaded, &adopted.items, &broken, Lists::All);
         Ok(())
+    }
+
+    /// Publishes again when the manifest in force cannot be read: a holder stopped before its
+    /// publish failed may have written over it as it resumed.
+    pub fn repair(&mut self) {
+        if self.store.manifest_unreadable() {
+            self.unpublished = true;
+        }
     }
 
     /// Where this worker, holding the session, lays a changed list out: straight into the store.

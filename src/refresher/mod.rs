@@ -396,6 +396,7 @@ impl Refresher {
                 if !host.keep_holding() {
                     return Err(Ended::SteppedDown);
                 }
+                host.repair();
                 // The generation before the last is freed once every worker adopted the last;
                 // its pages are kept for the next change while changes come.
                 host.store.reclaim();

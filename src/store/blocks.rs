@@ -263,11 +263,13 @@ impl Store {
         })
     }
 
-    /// Retires, at generation `generation`, every block in use that `keep` does not name.
-    pub(super) fn retire_others(&self, keep: &[Block], generation: u64) {
+    /// Retires, at generation `generation`, every block in use that `keep` does not name, of
+    /// the first `allocated` blocks.
+    pub(super) fn retire_others(&self, keep: &[Block], generation: u64, allocated: u64) {
         let retired = self.retired();
         for (first, _, id) in self.blocks() {
-            if !keep.iter().any(|b| b.first == first && b.id == id)
+            if id <= allocated
+                && !keep.iter().any(|b| b.first == first && b.id == id)
                 && retired[first].load(Ordering::Acquire) == 0
             {
                 retired[first].store(generation, Ordering::Release);

@@ -206,6 +206,11 @@ impl Store {
         Ok(Some((dir, manifest)))
     }
 
+    /// Whether a generation is in force whose manifest does not read back.
+    pub fn manifest_unreadable(&self) -> bool {
+        self.manifest().is_err()
+    }
+
     /// Publishes the next generation, `items` in order; an item whose key, kind, form and
     /// version the generation in force has keeps its block, and only the others are laid out.
     /// The blocks laid out go into `checks`: their checksum was made from the bytes written,
@@ -252,7 +257,7 @@ impl Store {
         (laid_out, listed_staged): (&mut Vec<Block>, &mut Vec<(Block, usize)>),
         checks: &mut Checks,
     ) -> Result<u64, StoreError> {
-        let generation = generation_of(dir) + 1;
+        let generation = self.header().next_generation.fetch_add(1, Ordering::AcqRel) + 1;
         let mut listed = Vec::with_capacity(items.len());
         // Pins of the blocks laid out, held until the manifest that lists them is in force.
         let mut writing = Vec::new();
@@ -334,6 +339,9 @@ impl Store {
         }
         let slot = (dir & 1) ^ 1;
         crate::region::write_sequenced(self.manifest_words(slot), &text);
+        // Blocks allocated from here on are a successor's: this holder, stopped after its swap
+        // and resumed behind that successor, retires none of them.
+        let allocated = self.header().next_block.load(Ordering::SeqCst);
         let next = (dir & !u64::from(u32::MAX)) | (generation << 1) | slot;
         let swapped = self
             .header()
@@ -345,9 +353,9 @@ impl Store {
         }
         self.header()
             .published
-            .store(generation as u32, Ordering::Release);
+            .fetch_max(generation as u32, Ordering::AcqRel);
         self.wake_readers();
-        self.retire_others(&blocks, generation);
+        self.retire_others(&blocks, generation, allocated);
         self.reclaim();
         Ok(generation)
     }

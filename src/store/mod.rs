@@ -74,6 +74,9 @@ struct Header {
     chunks: u64,
     /// Block ids given so far: each block's chunks carry its id.
     next_block: AtomicU64,
+    /// Generation numbers given so far, one to each attempt to publish: a manifest written by a
+    /// holder whose publish then failed never bears the number of the generation in force.
+    next_generation: AtomicU64,
 }
 
 /// The store of this nginx: made once, by the master, before it forks (see [`create`]); unset in

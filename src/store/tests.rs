@@ -2,6 +2,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gray_core::flat::Backing;
+use gray_core::manifest::Manifest;
 
 use super::generation::{ItemBlock, CHECKED_AFTER};
 use super::*;
@@ -681,4 +682,81 @@ fn a_block_a_stopped_holder_still_writes_is_not_its_successors_to_reuse() {
     );
     let adopted = store.adopt(1, 0, &mut Checks::default()).unwrap().unwrap();
     assert_eq!(read(&adopted, "gray"), b"theirs 2");
+}
+
+/// Runs a successor in a child process: it takes the lease this holder holds, seen silent, and
+/// publishes `value` as key gray.
+fn successor_publishes(store: &'static Store, value: &'static [u8]) {
+    let (lease, _) = store.lease();
+    let published = in_child(|| {
+        let Some(taken) = store.try_take(me(), 1, Some(lease)) else {
+            return 1;
+        };
+        match store.publish(taken, vec![text("gray", value)], &mut Checks::default()) {
+            Ok(_) => 0,
+            Err(_) => 2,
+        }
+    });
+    assert_eq!(published, 0);
+}
+
+#[test]
+fn a_holder_resumed_after_its_swap_retires_none_of_its_successors_blocks() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    let mine = store
+        .publish(token, vec![text("gray", b"mine")], &mut Checks::default())
+        .unwrap();
+    // Stopped right after its swap, before it retires what its generation dropped: it read how
+    // many blocks were allocated then. Its successor publishes meanwhile.
+    let allocated = store.header().next_block.load(Ordering::SeqCst);
+    successor_publishes(store, b"theirs");
+    // Resumed, it goes on: nothing its successor laid out is retired, so nothing is freed.
+    store.retire_others(&[], mine, allocated);
+    store.reclaim();
+    let adopted = store
+        .adopt(1, mine, &mut Checks::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(read(&adopted, "gray"), b"theirs");
+}
+
+#[test]
+fn a_manifest_a_stale_holder_writes_over_the_one_in_force_is_refused_until_published_again() {
+    let _serial = serial();
+    let store = store();
+    let token = store.try_take(me(), 1, None).unwrap();
+    store
+        .publish(token, vec![text("gray", b"mine")], &mut Checks::default())
+        .unwrap();
+    // Its next publish takes a number and is stopped past its last look at the lease; its
+    // successor publishes.
+    let stale = store
+        .header()
+        .next_generation
+        .fetch_add(1, Ordering::SeqCst)
+        + 1;
+    successor_publishes(store, b"theirs");
+    // Resumed, it writes its manifest into the slot in force, then fails to swap.
+    let dir = store.header().dir.load(Ordering::SeqCst);
+    let text_written = Manifest {
+        generation: stale,
+        items: Vec::new(),
+    }
+    .encode();
+    write_sequenced(store.manifest_words(dir & 1), &text_written);
+    assert!(store.manifest_unreadable());
+    assert!(matches!(
+        store.adopt(1, 0, &mut Checks::default()),
+        Err(StoreError::Manifest(_))
+    ));
+    // The holder (the successor is gone: this process again) publishes again.
+    let again = store.try_take(me(), 1, None).unwrap();
+    store
+        .publish(again, vec![text("gray", b"theirs")], &mut Checks::default())
+        .unwrap();
+    assert!(!store.manifest_unreadable());
+    let adopted = store.adopt(1, 0, &mut Checks::default()).unwrap().unwrap();
+    assert_eq!(read(&adopted, "gray"), b"theirs");
 }
