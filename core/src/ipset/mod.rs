@@ -15,7 +15,7 @@ use crate::flat::{FlatError, FlatReader, FlatWriter};
 
 mod table;
 
-use table::{flat_len, RangeTable, Shape};
+use table::{flat_len, Net, RangeTable, Shape};
 
 /// An inclusive range of addresses that matched, for explaining a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +118,11 @@ impl IpSet {
     }
 }
 
-/// An [`IpSet`] being filled: each network kept as the range of its family, nothing else.
+/// An [`IpSet`] being filled: each network kept as its start and prefix length, nothing else.
 #[derive(Debug, Clone, Default)]
 pub struct IpSetBuilder {
-    v4: Vec<(u32, u32)>,
-    v6: Vec<(u128, u128)>,
+    v4: Vec<Net<u32>>,
+    v6: Vec<Net<u128>>,
     /// How many leading ranges of each family the last sort left in order: a change's sort
     /// merges in what follows without a pass over a million ranges to find it.
     sorted: (usize, usize),
@@ -133,20 +133,17 @@ impl IpSetBuilder {
     pub fn insert(&mut self, net: IpNet) -> IpNet {
         let net = canonical_net(net);
         match net {
-            IpNet::V4(n) => self
-                .v4
-                .push((u32::from(n.network()), u32::from(n.broadcast()))),
-            IpNet::V6(n) => self
-                .v6
-                .push((u128::from(n.network()), u128::from(n.broadcast()))),
+            IpNet::V4(n) => self.v4.push(net4(n)),
+            IpNet::V6(n) => self.v6.push(net6(n)),
         }
         net
     }
 
-    pub fn build(self) -> IpSet {
+    pub fn build(mut self) -> IpSet {
+        self.sort();
         IpSet {
-            v4: RangeTable::build(self.v4),
-            v6: RangeTable::build(self.v6),
+            v4: RangeTable::build_sorted(&self.v4),
+            v6: RangeTable::build_sorted(&self.v6),
         }
     }
 
@@ -177,8 +174,8 @@ impl IpSetBuilder {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for net in nets {
             match canonical_net(*net) {
-                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
-                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+                IpNet::V4(n) => v4.push(net4(n)),
+                IpNet::V6(n) => v6.push(net6(n)),
             }
         }
         self.sort();
@@ -194,10 +191,18 @@ impl IpSetBuilder {
     }
 }
 
-/// A builder's sorted ranges and the shape of the table they make, to be laid out flat.
+fn net4(n: ipnet::Ipv4Net) -> Net<u32> {
+    Net::new(n.network().into(), n.prefix_len())
+}
+
+fn net6(n: ipnet::Ipv6Net) -> Net<u128> {
+    Net::new(n.network().into(), n.prefix_len())
+}
+
+/// A builder's sorted networks and the shape of the table they make, to be laid out flat.
 pub struct SortedLayout<'a> {
-    v4: (&'a [(u32, u32)], Shape<u32>),
-    v6: (&'a [(u128, u128)], Shape<u128>),
+    v4: (&'a [Net<u32>], Shape<u32>),
+    v6: (&'a [Net<u128>], Shape<u128>),
 }
 
 impl SortedLayout<'_> {
@@ -217,7 +222,7 @@ impl SortedLayout<'_> {
 /// on their own and merged in from the back, in place, so that a change of a few entries to a
 /// large list costs a move of the ranges after them, not a sort of a million; `sorted` then
 /// counts them all.
-fn sort_kept<T: Ord + Copy>(ranges: &mut Vec<(T, T)>, sorted: &mut usize) {
+fn sort_kept<T: Ord + Copy>(ranges: &mut Vec<T>, sorted: &mut usize) {
     let kept = (*sorted).min(ranges.len());
     *sorted = ranges.len();
     if kept == ranges.len() {
@@ -246,7 +251,7 @@ fn sort_kept<T: Ord + Copy>(ranges: &mut Vec<(T, T)>, sorted: &mut usize) {
 }
 
 /// Whether sorted `ranges` hold every one of sorted `gone`, as many times as it is there.
-fn holds_all<T: Ord + Copy>(ranges: &[(T, T)], gone: &[(T, T)]) -> bool {
+fn holds_all<T: Ord + Copy>(ranges: &[T], gone: &[T]) -> bool {
     gone.chunk_by(|a, b| a == b).all(|same| {
         let at = ranges.partition_point(|r| *r < same[0]);
         ranges[at..].iter().take_while(|r| **r == same[0]).count() >= same.len()
@@ -254,7 +259,7 @@ fn holds_all<T: Ord + Copy>(ranges: &[(T, T)], gone: &[(T, T)]) -> bool {
 }
 
 /// Takes one instance of each of sorted `gone` out of sorted `ranges`, in place.
-fn take_out<T: Ord + Copy>(ranges: &mut Vec<(T, T)>, gone: Vec<(T, T)>) {
+fn take_out<T: Ord + Copy>(ranges: &mut Vec<T>, gone: Vec<T>) {
     if gone.is_empty() {
         return;
     }
@@ -561,7 +566,11 @@ mod tests {
             builder.insert(net(e));
         }
         builder.sort();
-        let v4 = |b: &IpSetBuilder| b.v4.iter().map(|r| r.0 & 0xff).collect::<Vec<_>>();
+        let v4 = |b: &IpSetBuilder| {
+            b.v4.iter()
+                .map(|net| net.start() & 0xff)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(v4(&builder), [0, 1, 1, 1, 3, 5, 7, 9]);
         assert!(builder.v6.is_sorted() && builder.v6.len() == 2);
         assert!(!builder.remove(&[net("10.0.0.2")]), "not there");
@@ -579,6 +588,25 @@ mod tests {
         let read = IpSet::read_flat(&mut FlatReader::new(Arc::new(flat))).unwrap();
         assert!(read.contains(ip("10.0.0.1")) && !read.contains(ip("10.0.0.2")));
         assert!(read.contains(ip("::2")) && !read.contains(ip("::1")));
+    }
+
+    #[test]
+    fn a_kept_network_is_packed_and_ordered_as_its_range() {
+        assert_eq!(std::mem::size_of::<Net<u32>>(), 5);
+        assert_eq!(std::mem::size_of::<Net<u128>>(), 17);
+        let mut nets: Vec<Net<u32>> = (0..500u32)
+            .map(|i| {
+                let prefix = [32, 24, 30, 0, 16][(i % 5) as usize];
+                let start =
+                    i.wrapping_mul(0x9e37_79b9) & !u32::MAX.checked_shr(prefix).unwrap_or(0);
+                Net::new(start, prefix as u8)
+            })
+            .collect();
+        nets.sort_unstable();
+        let ranges: Vec<(u32, u32)> = nets.iter().map(|net| net.range()).collect();
+        assert!(ranges.is_sorted());
+        assert_eq!(Net::new(10u32 << 24, 8).range(), (10 << 24, (11 << 24) - 1));
+        assert_eq!(Net::new(0u128, 0).range(), (0, u128::MAX));
     }
 
     /// IPv6 lists cluster in a few prefixes (2000::/3 here, one /32 below): the index spreads

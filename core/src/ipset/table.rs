@@ -19,6 +19,8 @@ pub(super) trait Key:
     fn bucket(self, base: Self, shift: u32) -> usize;
     /// The bits `self - base` needs.
     fn span_bits(self, base: Self) -> u32;
+    /// The last address of the network of prefix length `prefix` that `self` starts.
+    fn last_of(self, prefix: u8) -> Self;
     fn widen(self) -> u128;
     fn narrow(wide: u128) -> Option<Self>;
 }
@@ -31,6 +33,9 @@ impl Key for u32 {
     }
     fn span_bits(self, base: u32) -> u32 {
         32 - (self - base).leading_zeros()
+    }
+    fn last_of(self, prefix: u8) -> u32 {
+        self | u32::MAX.checked_shr(prefix.into()).unwrap_or(0)
     }
     fn widen(self) -> u128 {
         self.into()
@@ -49,11 +54,56 @@ impl Key for u128 {
     fn span_bits(self, base: u128) -> u32 {
         128 - (self - base).leading_zeros()
     }
+    fn last_of(self, prefix: u8) -> u128 {
+        self | u128::MAX.checked_shr(prefix.into()).unwrap_or(0)
+    }
     fn widen(self) -> u128 {
         self
     }
     fn narrow(wide: u128) -> Option<u128> {
         Some(wide)
+    }
+}
+
+/// A network of one family as a builder keeps it: its first address and its prefix length,
+/// packed (5 bytes for IPv4 and 17 for IPv6, where a range's two ends take 8 and 32): a SET kept
+/// for its deltas holds one per member. Ordered as the ranges they cover are: by first address,
+/// then by last.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Net<T: Key> {
+    start: T,
+    prefix: u8,
+}
+
+impl<T: Key> Net<T> {
+    pub(super) fn new(start: T, prefix: u8) -> Self {
+        Net { start, prefix }
+    }
+
+    pub(super) fn start(self) -> T {
+        self.start
+    }
+
+    /// Its first and last address.
+    pub(super) fn range(self) -> (T, T) {
+        let start = self.start;
+        (start, start.last_of(self.prefix))
+    }
+}
+
+impl<T: Key> Ord for Net<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (start, other_start) = (self.start, other.start);
+        start
+            .cmp(&other_start)
+            .then_with(|| other.prefix.cmp(&self.prefix))
+    }
+}
+
+impl<T: Key> PartialOrd for Net<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -77,19 +127,12 @@ pub(super) struct RangeTable<T: 'static> {
 }
 
 impl<T: Key> RangeTable<T> {
-    pub(super) fn build(mut ranges: Vec<(T, T)>) -> Self {
-        if !ranges.is_sorted() {
-            ranges.sort_unstable();
-        }
-        Self::build_sorted(&ranges)
-    }
-
-    /// The table of `ranges`, sorted.
-    pub(super) fn build_sorted(ranges: &[(T, T)]) -> Self {
-        let shape = Shape::of(ranges);
+    /// The table of the networks `nets`, sorted.
+    pub(super) fn build_sorted(nets: &[Net<T>]) -> Self {
+        let shape = Shape::of(nets);
         let mut merged = vec![[T::default(); 2]; shape.ranges];
         let mut buckets = vec![0; shape.buckets];
-        merge_and_index(ranges, &mut merged, &shape, &mut buckets);
+        merge_and_index(nets, &mut merged, &shape, &mut buckets);
         RangeTable {
             ranges: Slab::owned(merged),
             buckets: Slab::owned(buckets),
@@ -143,10 +186,10 @@ impl<T: Key> RangeTable<T> {
         writer.slice(TAG_BUCKETS + family, &self.buckets);
     }
 
-    /// Lays out the table `sorted` ranges make, as [`RangeTable::write_flat`] would once it is
-    /// built, without building it: the ranges merged straight into their record.
+    /// Lays out the table `sorted` networks make, as [`RangeTable::write_flat`] would once it is
+    /// built, without building it: their ranges merged straight into their record.
     pub(super) fn write_flat_sorted(
-        sorted: &[(T, T)],
+        sorted: &[Net<T>],
         shape: &Shape<T>,
         writer: &mut FlatWriter,
         family: u64,
@@ -203,9 +246,9 @@ pub(super) struct Shape<T> {
 }
 
 impl<T: Key> Shape<T> {
-    pub(super) fn of(sorted: &[(T, T)]) -> Shape<T> {
+    pub(super) fn of(sorted: &[Net<T>]) -> Shape<T> {
         let (mut ranges, mut last_start, mut last_end) = (0, T::default(), T::default());
-        for &(start, end) in sorted {
+        for (start, end) in sorted.iter().map(|net| net.range()) {
             if ranges > 0 && start <= last_end {
                 last_end = last_end.max(end);
             } else {
@@ -214,7 +257,7 @@ impl<T: Key> Shape<T> {
                 last_end = end;
             }
         }
-        let base = sorted.first().map_or_else(T::default, |r| r.0);
+        let base = sorted.first().map_or_else(T::default, |net| net.start());
         let (buckets, shift) = if ranges >= BUCKET_INDEX_MIN_RANGES {
             // A power of two of buckets, spread over the span from the first start to the last,
             // so that every start's bucket is below their count.
@@ -242,12 +285,13 @@ pub(super) fn flat_len<T: Key>(ranges: usize, buckets: usize) -> usize {
         + record_len(buckets * 4)
 }
 
-/// Merges sorted `ranges` into `merged`, as many as [`Shape::of`] counts (only overlapping
-/// ranges merge, so an entry that overlaps nothing stays itself and `decide()` can name it), and
-/// fills `buckets` with the index of the merged ranges: entry `b` the first range whose start's
-/// bucket is `b` or later. One pass: a large list's ranges are read once, not again to index them.
+/// Merges the ranges of sorted `nets` into `merged`, as many as [`Shape::of`] counts (only
+/// overlapping ranges merge, so an entry that overlaps nothing stays itself and `decide()` can
+/// name it), and fills `buckets` with the index of the merged ranges: entry `b` the first range
+/// whose start's bucket is `b` or later. One pass: a large list's networks are read once, not
+/// again to index them.
 fn merge_and_index<T: Key>(
-    ranges: &[(T, T)],
+    nets: &[Net<T>],
     merged: &mut [[T; 2]],
     shape: &Shape<T>,
     buckets: &mut [u32],
@@ -257,7 +301,7 @@ fn merge_and_index<T: Key>(
     // the ranges before it.
     let top = buckets.len().checked_sub(2);
     let mut at = 0;
-    for &(start, end) in ranges {
+    for (start, end) in nets.iter().map(|net| net.range()) {
         if at > 0 && start <= merged[at - 1][1] {
             merged[at - 1][1] = end.max(merged[at - 1][1]);
         } else {
