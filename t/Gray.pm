@@ -157,8 +157,10 @@ sub stop_session_holder {
     my $stopped = signal_session_holder($port, 'STOP');
     my $started = time;
     my ($taken, $seen);
+    # A connection the kernel gives the stopped worker's socket (reuseport) waits out the
+    # timeout: kept short, so that a poll that lands there delays the reading only by as much.
     while (!defined $taken && time - $started < 5) {
-        my ($pid, $session, $holder) = who($port, 0.3);
+        my ($pid, $session, $holder) = who($port, 0.05);
         $taken = time - $started if $holder && $holder ne $stopped && $holder =~ /^\d+$/;
     }
     system('redis-cli', '-s', $redis_sock, 'set', 'gray', '127.0.0.9') == 0 or die "redis-cli: $?";

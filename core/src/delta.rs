@@ -79,23 +79,35 @@ pub struct SetAtChange {
 }
 
 impl SetAtChange {
-    /// SET `fetched`, read whole at change `change`; `None` for a value that is not a SET of a
-    /// whitelist.
-    pub fn read<B: ListBuilder>(change: u64, fetched: &Fetched<B>) -> Option<SetAtChange> {
-        let builder = fetched.builder()?.as_whitelist()?;
+    /// SET `fetched`, read whole at change `change`, kept: its entries are taken out of
+    /// `fetched` (sorted once, not copied), which carries instead the list laid out from them as
+    /// a delta's is ([`SetAtChange::list`], in `stage` where there is one with room). `None`,
+    /// and `fetched` as it was, for a value that is not a SET of a whitelist.
+    pub fn read<B: ListBuilder>(
+        change: u64,
+        fetched: &mut Fetched<B>,
+        stage: Option<&dyn Stage>,
+    ) -> Option<SetAtChange> {
         if fetched.kind != KeyKind::Set {
             return None;
         }
-        let mut builder = builder.clone();
-        builder.sort();
-        Some(SetAtChange {
-            change,
-            builder,
-            version: SetVersion::from(fetched.version),
-            members: fetched.members,
-            bytes: fetched.bytes,
-            layout: None,
-        })
+        let (version, members, bytes) = (fetched.version, fetched.members, fetched.bytes);
+        let mut kept = None;
+        fetched.keep_whitelist(&mut |mut builder| {
+            builder.sort();
+            let mut at = SetAtChange {
+                change,
+                builder,
+                version: SetVersion::from(version),
+                members,
+                bytes,
+                layout: None,
+            };
+            let list = at.list(stage);
+            kept = Some(at);
+            list
+        });
+        kept
     }
 
     /// Applies `delta`, change `change + 1`. An error, and this unusable (read the SET whole),
@@ -164,9 +176,9 @@ mod tests {
         for member in members {
             read.add(member.as_bytes());
         }
-        let fetched = read.finish();
+        let mut fetched = read.finish();
         (
-            SetAtChange::read(change, &fetched).unwrap(),
+            SetAtChange::read(change, &mut fetched, None).unwrap(),
             fetched.version,
         )
     }

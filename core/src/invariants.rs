@@ -187,8 +187,8 @@ pub fn set_delta(data: &[u8]) {
         .cloned()
         .collect();
     now.extend(add.iter().cloned());
-    let whole_before = read(&members);
-    let mut at = SetAtChange::read(1, &whole_before).expect("a SET read whole");
+    let mut whole_before = read(&members);
+    let mut at = SetAtChange::read(1, &mut whole_before, None).expect("a SET read whole");
     let card = now.len() as u64;
     at.apply(&Delta { add, remove, card })
         .expect("a delta of members there and not there applies");

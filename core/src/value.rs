@@ -59,9 +59,12 @@ pub trait ListBuilder: Default {
         drop(list);
         None
     }
-    /// The whitelist being built, for a builder of one: kept, deltas move it forward.
-    fn as_whitelist(&self) -> Option<&WhitelistBuilder> {
-        None
+    /// For a builder of a whitelist: hands its entries to `keep` (a SET kept as of a change,
+    /// which deltas move forward) and becomes the builder of the list `keep` returns, built
+    /// already; says whether it did.
+    fn keep_whitelist(&mut self, keep: &mut dyn FnMut(WhitelistBuilder) -> Whitelist) -> bool {
+        let _ = keep;
+        false
     }
 }
 
@@ -80,8 +83,10 @@ impl ListBuilder for WhitelistBuilder {
     fn built(list: Whitelist) -> Option<Self> {
         Some(WhitelistBuilder::built(list))
     }
-    fn as_whitelist(&self) -> Option<&WhitelistBuilder> {
-        Some(self)
+    fn keep_whitelist(&mut self, keep: &mut dyn FnMut(WhitelistBuilder) -> Whitelist) -> bool {
+        let entries = std::mem::take(self);
+        *self = WhitelistBuilder::built(keep(entries));
+        true
     }
 }
 
@@ -164,11 +169,11 @@ impl<B: ListBuilder> Fetched<B> {
         }
     }
 
-    /// The builder of a SET's members as read, before it is indexed.
-    pub fn builder(&self) -> Option<&B> {
-        match &self.entries {
-            Entries::Parsed(builder) => Some(builder),
-            Entries::Text(_) => None,
+    /// See [`ListBuilder::keep_whitelist`]: for the members of a SET read as a whitelist.
+    pub fn keep_whitelist(&mut self, keep: &mut dyn FnMut(WhitelistBuilder) -> Whitelist) -> bool {
+        match &mut self.entries {
+            Entries::Parsed(builder) => builder.keep_whitelist(keep),
+            Entries::Text(_) => false,
         }
     }
 

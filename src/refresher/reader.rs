@@ -73,6 +73,9 @@ pub(super) struct Reader {
     /// The SETs grayctl records changes of, as of their last change read: the next changes are
     /// applied to them instead of reading them again.
     at_change: HashMap<String, SetAtChange>,
+    /// The SETs kept before this session began, their changes since unknown: a whole read that
+    /// finds one at the same version keeps it, and lays nothing out again.
+    unverified: HashMap<String, SetAtChange>,
     /// The command connection the keys were read on: a new one tracks none of them yet.
     generation: u64,
     /// This session's `resync` (jittered), set as it starts.
@@ -86,6 +89,7 @@ impl Reader {
         for at in self.at_change.values_mut() {
             at.release_layout();
         }
+        self.unverified.clear();
     }
 
     /// A new session: nothing read on it yet, and its own `resync`: `resync` give or take a
@@ -102,7 +106,7 @@ impl Reader {
         self.last_reads.clear();
         self.refused.clear();
         self.deferred.clear();
-        self.at_change.clear();
+        self.unverified = std::mem::take(&mut self.at_change);
     }
 
     /// Whether a deferred key is due: the session polls for it though nothing was announced.
@@ -121,6 +125,7 @@ impl Reader {
     /// names.
     pub fn forget(&mut self, key: &str) {
         self.at_change.remove(key);
+        self.unverified.remove(key);
         self.last_reads.remove(key);
         self.refused.remove(key);
         self.deferred.remove(key);
@@ -225,11 +230,27 @@ impl Reader {
         };
         let command = link.command()?;
         match fetch::<B>(command, key, limit) {
-            Ok(fetched) => {
-                match change.and_then(|change| SetAtChange::read(change, &fetched)) {
-                    Some(at) => self.at_change.insert(key.to_string(), at),
-                    None => self.at_change.remove(key),
+            Ok(mut fetched) => {
+                let kept = self
+                    .at_change
+                    .remove(key)
+                    .or_else(|| self.unverified.remove(key));
+                let at = match (change, kept) {
+                    // The same SET read again (a resync, a new session): what is kept stands,
+                    // and nothing is laid out for a version already loaded.
+                    (Some(change), Some(mut kept)) if kept.version() == fetched.version => {
+                        kept.change = change;
+                        Some(kept)
+                    }
+                    (Some(change), _) => {
+                        let stage = self.stage.as_ref().map(|s| s as &dyn Stage);
+                        SetAtChange::read(change, &mut fetched, stage)
+                    }
+                    (None, _) => None,
                 };
+                if let Some(at) = at {
+                    self.at_change.insert(key.to_string(), at);
+                }
                 polled.bytes += fetched.bytes;
                 self.refused.remove(key);
                 self.last_reads.insert(
