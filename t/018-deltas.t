@@ -208,3 +208,58 @@ the last add seen by every worker: true
 SSCANs: 0
 shared bytes the same: true
 PSS summed over the other workers grew by a copy at most (and 1 MB): true
+
+
+
+=== TEST 3: a new session reads an unchanged 200,000-member SET whole once more and lays nothing out again, whether the holder kept its entries or not
+--- redis
+SADD gray 127.0.0.1
+--- main_config
+env EXTRA=$TEST_NGINX_EXTRA_PORT;
+--- http_config eval
+$::Host
+--- config
+location = /t {
+    content_by_lua_block {
+        local T = require "gray_test"
+        local gray = require "gray"
+        for a = 0, 39 do
+            local batch = {}
+            for i = 0, 4999 do
+                batch[#batch + 1] = "10." .. a .. "." .. math.floor(i / 250) .. "." .. (i % 250)
+            end
+            T.redis("sadd", "gray", unpack(batch))
+        end
+        ngx.say("loaded: ", (T.wait_for(function()
+            return gray.status().entries == 200001
+        end, 20)))
+        -- A record of changes, written after the SET was read: the holder has not kept its
+        -- entries; changes paused, the spare pages kept for the next change are given back.
+        T.redis("hset", "gray:changes", "ver", "1")
+        ngx.say("no spare pages after a rest: ", (T.wait_for(function()
+            return gray.status().shared_spare_bytes == 0
+        end, 20)))
+        local held = gray.status().shared_bytes
+        -- Twice: the first whole read keeps the entries it finds loaded, the second finds them kept.
+        for round = 1, 2 do
+            local scanned = T.calls("sscan")
+            T.redis("client", "kill", "type", "normal")
+            T.redis("client", "kill", "type", "pubsub")
+            local read = T.wait_for(function() return T.calls("sscan") > scanned end, 10)
+            ngx.sleep(1)
+            local s = gray.status()
+            ngx.say("new session ", round, ": read whole: ", read, ", nothing laid out again: ",
+                    s.shared_spare_bytes == 0 and s.shared_bytes == held,
+                    " (spare ", s.shared_spare_bytes, ", held ", s.shared_bytes, " then ", held, ")")
+        end
+    }
+}
+--- timeout: 60
+--- response_body_like
+loaded: true
+no spare pages after a rest: true
+new session 1: read whole: true, nothing laid out again: true \(spare 0, held \d+ then \d+\)
+new session 2: read whole: true, nothing laid out again: true \(spare 0, held \d+ then \d+\)
+--- allowed_errors
+lost the subscription
+failed to read

@@ -88,6 +88,20 @@ impl SetAtChange {
         fetched: &mut Fetched<B>,
         stage: Option<&dyn Stage>,
     ) -> Option<SetAtChange> {
+        Self::keep(change, fetched, Some(stage))
+    }
+
+    /// As [`SetAtChange::read`], for a SET whose version is loaded already: its entries are kept
+    /// and nothing is laid out; `fetched` is left without them, not to be parsed.
+    pub fn take<B: ListBuilder>(change: u64, fetched: &mut Fetched<B>) -> Option<SetAtChange> {
+        Self::keep(change, fetched, None)
+    }
+
+    fn keep<B: ListBuilder>(
+        change: u64,
+        fetched: &mut Fetched<B>,
+        lay_out: Option<Option<&dyn Stage>>,
+    ) -> Option<SetAtChange> {
         if fetched.kind != KeyKind::Set {
             return None;
         }
@@ -103,7 +117,7 @@ impl SetAtChange {
                 bytes,
                 layout: None,
             };
-            let list = at.list(stage);
+            let list = lay_out.map_or_else(Whitelist::default, |stage| at.list(stage));
             kept = Some(at);
             list
         });

@@ -523,7 +523,12 @@ impl<'a> Adopting<'a> {
 }
 
 impl Source for Adopting<'_> {
-    fn read<B: ListBuilder>(&mut self, key: &str, _: Limit) -> Result<Read<B>, String> {
+    fn read<B: ListBuilder>(
+        &mut self,
+        key: &str,
+        _: Limit,
+        _: Option<u64>,
+    ) -> Result<Read<B>, String> {
         let form = B::STORED_AS;
         // A key the holder does not read (a worker of another configuration): nothing new.
         let Some((item, pin)) = self.items.get(&(key.to_string(), form)) else {

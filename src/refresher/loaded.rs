@@ -33,8 +33,14 @@ use crate::state::Shared;
 /// Where the loaded state reads keys and says what it did: the refresher's link and health, or a
 /// test's fake.
 pub(super) trait Source {
-    /// Key `key`, as the poll under way reads it (or leaves it), at most `limit`.
-    fn read<B: ListBuilder>(&mut self, key: &str, limit: Limit) -> Result<Read<B>, String>;
+    /// Key `key`, as the poll under way reads it (or leaves it), at most `limit`; `loaded` is
+    /// the version loaded now, which a read that finds it again need not hand back.
+    fn read<B: ListBuilder>(
+        &mut self,
+        key: &str,
+        limit: Limit,
+        loaded: Option<u64>,
+    ) -> Result<Read<B>, String>;
     /// Key `key` is no longer read: referenced again later, it is read again, whatever a write
     /// names.
     fn forget(&mut self, key: &str);
@@ -174,7 +180,10 @@ impl Loaded {
 
     fn read_keys(&mut self, source: &mut impl Source, replaced: &mut bool) -> Result<(), String> {
         let key = self.config.key.clone();
-        if let Read::Value(fetched, took) = source.read::<WhitelistBuilder>(&key, self.lists())? {
+        let loaded = self.whitelist.as_ref().map(|l| l.version);
+        if let Read::Value(fetched, took) =
+            source.read::<WhitelistBuilder>(&key, self.lists(), loaded)?
+        {
             if self
                 .whitelist
                 .as_ref()
@@ -196,8 +205,9 @@ impl Loaded {
     /// changes nothing, a missing key leaves the whitelist to decide. Says whether it replaced.
     fn poll_rule_set(&mut self, source: &mut impl Source, set: usize) -> Result<bool, String> {
         let key = self.rule_sets[set].key.clone();
+        let seen = self.rule_sets[set].seen;
         let Read::Value(fetched, _) =
-            source.read::<Text>(&key, Limit::rule_set(self.config.max_bytes))?
+            source.read::<Text>(&key, Limit::rule_set(self.config.max_bytes), seen)?
         else {
             return Ok(false);
         };
@@ -283,8 +293,9 @@ impl Loaded {
     /// contributes traffic to it and, with `rollouts`, drives it.
     fn poll_rollout(&mut self, source: &mut impl Source, set: usize) -> Result<(), String> {
         let key = keys::rollout(&self.rule_sets[set].key);
+        let seen = self.rule_sets[set].rollout_seen;
         let Read::Value(fetched, _) =
-            source.read::<Text>(&key, Limit::rule_set(self.config.max_bytes))?
+            source.read::<Text>(&key, Limit::rule_set(self.config.max_bytes), seen)?
         else {
             return Ok(());
         };
@@ -352,19 +363,21 @@ impl Loaded {
             let current = self.keys.get(&key).map(LoadedKey::version);
             let loaded = match key.use_ {
                 KeyUse::Whitelist => {
-                    match source.read::<WhitelistBuilder>(&key.name, self.lists())? {
+                    match source.read::<WhitelistBuilder>(&key.name, self.lists(), current)? {
                         Read::Value(f, took) if current != Some(f.version) => {
                             Some(LoadedKey::Whitelist(parse_list(source, &key.name, f, took)))
                         }
                         _ => None,
                     }
                 }
-                KeyUse::Ids => match source.read::<IdSetBuilder>(&key.name, self.lists())? {
-                    Read::Value(f, took) if current != Some(f.version) => {
-                        Some(LoadedKey::Ids(parse_ids(source, &key.name, f, took)))
+                KeyUse::Ids => {
+                    match source.read::<IdSetBuilder>(&key.name, self.lists(), current)? {
+                        Read::Value(f, took) if current != Some(f.version) => {
+                            Some(LoadedKey::Ids(parse_ids(source, &key.name, f, took)))
+                        }
+                        _ => None,
                     }
-                    _ => None,
-                },
+                }
             };
             if let Some(loaded) = loaded {
                 self.keys.insert(key, loaded);
@@ -591,7 +604,12 @@ mod tests {
     }
 
     impl Source for Fake {
-        fn read<B: ListBuilder>(&mut self, key: &str, limit: Limit) -> Result<Read<B>, String> {
+        fn read<B: ListBuilder>(
+            &mut self,
+            key: &str,
+            limit: Limit,
+            _: Option<u64>,
+        ) -> Result<Read<B>, String> {
             self.reads.push(key.to_string());
             self.limits.insert(key.to_string(), limit);
             let fetched = match self.values.get(key) {

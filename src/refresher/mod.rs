@@ -540,12 +540,17 @@ struct Session<'a> {
 }
 
 impl Source for Session<'_> {
-    fn read<B: ListBuilder>(&mut self, key: &str, limit: Limit) -> Result<Read<B>, String> {
+    fn read<B: ListBuilder>(
+        &mut self,
+        key: &str,
+        limit: Limit,
+        loaded: Option<u64>,
+    ) -> Result<Read<B>, String> {
         let read = self.reader.read(
             self.link,
             self.health,
             self.tracking,
-            limit,
+            (limit, loaded),
             key,
             self.polled,
         )?;

@@ -162,7 +162,7 @@ impl Reader {
         link: &mut Link,
         health: &mut Health,
         tracking: bool,
-        limit: Limit,
+        (limit, loaded): (Limit, Option<u64>),
         key: &str,
         polled: &mut Polled,
     ) -> Result<Read<B>, String> {
@@ -235,13 +235,15 @@ impl Reader {
                     .at_change
                     .remove(key)
                     .or_else(|| self.unverified.remove(key));
+                // The same SET read again (a resync, a new session): nothing is laid out for a
+                // version loaded already.
+                let known = change.is_some() && loaded == Some(fetched.version);
                 let at = match (change, kept) {
-                    // The same SET read again (a resync, a new session): what is kept stands,
-                    // and nothing is laid out for a version already loaded.
                     (Some(change), Some(mut kept)) if kept.version() == fetched.version => {
                         kept.change = change;
                         Some(kept)
                     }
+                    (Some(change), _) if known => SetAtChange::take(change, &mut fetched),
                     (Some(change), _) => {
                         let stage = self.stage.as_ref().map(|s| s as &dyn Stage);
                         SetAtChange::read(change, &mut fetched, stage)
@@ -261,6 +263,9 @@ impl Reader {
                         at: Instant::now(),
                     },
                 );
+                if known {
+                    return Ok(Read::Unchanged);
+                }
                 Ok(Read::Value(fetched, started.elapsed()))
             }
             Err(refused @ (FetchError::WrongType(_) | FetchError::TooLarge(_))) => {
