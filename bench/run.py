@@ -844,10 +844,11 @@ def rebuild(redis, opts, kind, size):
     rss_before = rss_mib(worker)
     # The string ends with an entry the swapper rewrites in place (same length).
     entries = make_list(size, True) + ([] if kind == "set" else ["10.255.255.100"])
-    redis.put_list(entries, kind)
     if kind == "set":
-        # grayctl's record of changes beside it: the holder also keeps the SET's entries for deltas.
+        # grayctl's record of changes beside it, there before the SET is (tracking pushes the
+        # write at once): the holder also keeps the SET's entries for deltas.
         redis.cli("HSET", "gray:changes", "ver", "1")
+    redis.put_list(entries, kind)
     conn = http.client.HTTPConnection(CLIENT, DECISION_PORT, timeout=5)
     start = time.perf_counter()
     redis.publish()
