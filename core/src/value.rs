@@ -84,6 +84,10 @@ impl ListBuilder for WhitelistBuilder {
         Some(WhitelistBuilder::built(list))
     }
     fn keep_whitelist(&mut self, keep: &mut dyn FnMut(WhitelistBuilder) -> Whitelist) -> bool {
+        // A list that came built has no entries to keep.
+        if self.is_built() {
+            return false;
+        }
         let entries = std::mem::take(self);
         *self = WhitelistBuilder::built(keep(entries));
         true

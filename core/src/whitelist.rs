@@ -159,6 +159,11 @@ impl WhitelistBuilder {
         }
     }
 
+    /// Whether the list came built ([`WhitelistBuilder::built`]): no entries to keep.
+    pub fn is_built(&self) -> bool {
+        self.built
+    }
+
     /// Parses one value: the key's string, or a member of a SET.
     pub fn add(&mut self, value: &[u8]) {
         let list = &mut self.list;

@@ -212,8 +212,10 @@ impl Refresher {
     /// hand it this worker's guard trips, until the lease is this worker's.
     fn follow(&mut self) {
         let shared = self.health.shared;
-        // A holder that stepped down lets its connections go.
+        // A holder that stepped down lets its connections go, and the SETs it kept for their
+        // deltas: it routes by the store's copy, and reads Redis whole if it holds again.
         self.link.drop_command();
+        self.reader.drop_kept();
         self.watch = Watch::default();
         self.health.log(
             Level::Notice,

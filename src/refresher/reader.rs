@@ -92,6 +92,13 @@ impl Reader {
         self.unverified.clear();
     }
 
+    /// Another worker holds the host's session: nothing is kept for deltas this one does not
+    /// read.
+    pub fn drop_kept(&mut self) {
+        self.at_change.clear();
+        self.unverified.clear();
+    }
+
     /// A new session: nothing read on it yet, and its own `resync`: `resync` give or take a
     /// tenth, different in each worker, so that N workers do not read a big list at the same
     /// moment.
@@ -133,11 +140,13 @@ impl Reader {
 
     /// On a new command connection, has Redis track again every key read on the old one (a
     /// TYPE is a read): a write to one is pushed from now on. One made between the old read and
-    /// this is seen at the next resync.
+    /// this is seen at the next resync. The SETs kept as of a change are read whole again: the
+    /// new connection may be to another node (a failover), whose changes the kept ones are not.
     fn rearm(&mut self, link: &mut Link, tracking: bool) -> Result<(), String> {
         if link.generation() == self.generation {
             return Ok(());
         }
+        self.unverified.extend(self.at_change.drain());
         if tracking {
             let keys: Vec<String> = self
                 .last_reads
@@ -294,6 +303,10 @@ impl Reader {
         key: &str,
         polled: &mut Polled,
     ) -> Result<Option<Read<B>>, String> {
+        // A key also read as an id set is not the whitelist kept as of its change.
+        if B::STORED_AS != ItemForm::Whitelist {
+            return Ok(None);
+        }
         let Some(mut at) = self.at_change.remove(key) else {
             return Ok(None);
         };
