@@ -73,9 +73,6 @@ pub(super) struct Reader {
     /// The SETs grayctl records changes of, as of their last change read: the next changes are
     /// applied to them instead of reading them again.
     at_change: HashMap<String, SetAtChange>,
-    /// The SETs kept before this session began, their changes since unknown: a whole read that
-    /// finds one at the same version keeps it, and lays nothing out again.
-    unverified: HashMap<String, SetAtChange>,
     /// The command connection the keys were read on: a new one tracks none of them yet.
     generation: u64,
     /// This session's `resync` (jittered), set as it starts.
@@ -89,14 +86,12 @@ impl Reader {
         for at in self.at_change.values_mut() {
             at.release_layout();
         }
-        self.unverified.clear();
     }
 
     /// Another worker holds the host's session: nothing is kept for deltas this one does not
     /// read.
     pub fn drop_kept(&mut self) {
         self.at_change.clear();
-        self.unverified.clear();
     }
 
     /// A new session: nothing read on it yet, and its own `resync`: `resync` give or take a
@@ -113,7 +108,7 @@ impl Reader {
         self.last_reads.clear();
         self.refused.clear();
         self.deferred.clear();
-        self.unverified = std::mem::take(&mut self.at_change);
+        self.at_change.clear();
     }
 
     /// Whether a deferred key is due: the session polls for it though nothing was announced.
@@ -132,7 +127,6 @@ impl Reader {
     /// names.
     pub fn forget(&mut self, key: &str) {
         self.at_change.remove(key);
-        self.unverified.remove(key);
         self.last_reads.remove(key);
         self.refused.remove(key);
         self.deferred.remove(key);
@@ -146,7 +140,7 @@ impl Reader {
         if link.generation() == self.generation {
             return Ok(());
         }
-        self.unverified.extend(self.at_change.drain());
+        self.at_change.clear();
         if tracking {
             let keys: Vec<String> = self
                 .last_reads
@@ -240,28 +234,20 @@ impl Reader {
         let command = link.command()?;
         match fetch::<B>(command, key, limit) {
             Ok(mut fetched) => {
-                let kept = self
-                    .at_change
-                    .remove(key)
-                    .or_else(|| self.unverified.remove(key));
                 // The same SET read again (a resync, a new session): nothing is laid out for a
                 // version loaded already.
                 let known = change.is_some() && loaded == Some(fetched.version);
-                let at = match (change, kept) {
-                    (Some(change), Some(mut kept)) if kept.version() == fetched.version => {
-                        kept.change = change;
-                        Some(kept)
+                let at = change.and_then(|change| {
+                    if known {
+                        return SetAtChange::take(change, &mut fetched);
                     }
-                    (Some(change), _) if known => SetAtChange::take(change, &mut fetched),
-                    (Some(change), _) => {
-                        let stage = self.stage.as_ref().map(|s| s as &dyn Stage);
-                        SetAtChange::read(change, &mut fetched, stage)
-                    }
-                    (None, _) => None,
+                    let stage = self.stage.as_ref().map(|s| s as &dyn Stage);
+                    SetAtChange::read(change, &mut fetched, stage)
+                });
+                match at {
+                    Some(at) => self.at_change.insert(key.to_string(), at),
+                    None => self.at_change.remove(key),
                 };
-                if let Some(at) = at {
-                    self.at_change.insert(key.to_string(), at);
-                }
                 polled.bytes += fetched.bytes;
                 self.refused.remove(key);
                 self.last_reads.insert(
