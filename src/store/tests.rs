@@ -591,6 +591,25 @@ fn a_staged_block_is_listed_as_it_lies_and_one_never_listed_is_freed_once_unread
     assert!(store.stage(token, 16, &mut |_| ()).is_none());
 }
 
+/// Runs a successor in a child process: it takes the lease this holder holds, seen silent, and
+/// publishes each of `values` as key gray in turn.
+fn successor_publishes(store: &'static Store, values: &[&'static [u8]]) {
+    let (lease, _) = store.lease();
+    let published = in_child(|| {
+        let Some(taken) = store.try_take(me(), 1, Some(lease)) else {
+            return 1;
+        };
+        for &value in values {
+            let items = vec![text("gray", value)];
+            if store.publish(taken, items, &mut Checks::default()).is_err() {
+                return 2;
+            }
+        }
+        0
+    });
+    assert_eq!(published, 0);
+}
+
 #[test]
 fn a_holder_stopped_after_its_publish_adopts_only_its_own_generation() {
     let _serial = serial();
@@ -600,19 +619,7 @@ fn a_holder_stopped_after_its_publish_adopts_only_its_own_generation() {
         .publish(token, vec![text("gray", b"mine")], &mut Checks::default())
         .unwrap();
     // Stopped here: a worker that saw it silent takes the lease and publishes.
-    let (lease, _) = store.lease();
-    assert_eq!(
-        in_child(|| {
-            let Some(taken) = store.try_take(me(), 1, Some(lease)) else {
-                return 1;
-            };
-            match store.publish(taken, vec![text("gray", b"theirs")], &mut Checks::default()) {
-                Ok(_) => 0,
-                Err(_) => 2,
-            }
-        }),
-        0
-    );
+    successor_publishes(store, &[b"theirs"]);
     let mut checks = Checks::default();
     assert_eq!(
         store.adopt_published(1, mine - 1, mine, &mut checks).err(),
@@ -649,22 +656,7 @@ fn a_block_a_stopped_holder_still_writes_is_not_its_successors_to_reuse() {
     // While this holder writes its first generation's block, a worker that saw it silent takes
     // the lease and publishes twice: the second is laid out in the spares the first freed, if
     // it freed this holder's block.
-    let successor = || {
-        let (lease, _) = store.lease();
-        let published = in_child(|| {
-            let Some(taken) = store.try_take(me(), 1, Some(lease)) else {
-                return 1;
-            };
-            for value in [&b"theirs 1"[..], b"theirs 2"] {
-                let items = vec![text("gray", value)];
-                if store.publish(taken, items, &mut Checks::default()).is_err() {
-                    return 2;
-                }
-            }
-            0
-        });
-        assert_eq!(published, 0);
-    };
+    let successor = || successor_publishes(store, &[b"theirs 1", b"theirs 2"]);
     let interrupted = NewItem {
         key: "gray".into(),
         kind: "string".into(),
@@ -684,22 +676,6 @@ fn a_block_a_stopped_holder_still_writes_is_not_its_successors_to_reuse() {
     assert_eq!(read(&adopted, "gray"), b"theirs 2");
 }
 
-/// Runs a successor in a child process: it takes the lease this holder holds, seen silent, and
-/// publishes `value` as key gray.
-fn successor_publishes(store: &'static Store, value: &'static [u8]) {
-    let (lease, _) = store.lease();
-    let published = in_child(|| {
-        let Some(taken) = store.try_take(me(), 1, Some(lease)) else {
-            return 1;
-        };
-        match store.publish(taken, vec![text("gray", value)], &mut Checks::default()) {
-            Ok(_) => 0,
-            Err(_) => 2,
-        }
-    });
-    assert_eq!(published, 0);
-}
-
 #[test]
 fn a_holder_resumed_after_its_swap_retires_none_of_its_successors_blocks() {
     let _serial = serial();
@@ -711,7 +687,7 @@ fn a_holder_resumed_after_its_swap_retires_none_of_its_successors_blocks() {
     // Stopped right after its swap, before it retires what its generation dropped: it read how
     // many blocks were allocated then. Its successor publishes meanwhile.
     let allocated = store.header().next_block.load(Ordering::SeqCst);
-    successor_publishes(store, b"theirs");
+    successor_publishes(store, &[b"theirs"]);
     // Resumed, it goes on: nothing its successor laid out is retired, so nothing is freed.
     store.retire_others(&[], mine, allocated);
     store.reclaim();
@@ -737,7 +713,7 @@ fn a_manifest_a_stale_holder_writes_over_the_one_in_force_is_refused_until_publi
         .next_generation
         .fetch_add(1, Ordering::SeqCst)
         + 1;
-    successor_publishes(store, b"theirs");
+    successor_publishes(store, &[b"theirs"]);
     // Resumed, it writes its manifest into the slot in force, then fails to swap.
     let dir = store.header().dir.load(Ordering::SeqCst);
     let text_written = Manifest {

@@ -207,6 +207,17 @@ function _M.pss_kb(pid)
     return tonumber(rollup:match("\nPss:%s+(%d+) kB"))
 end
 
+-- SADDs 200,000 hosts to `key` (10.a.b.c, a < 40), 5,000 at a time.
+function _M.sadd_200k(key)
+    for a = 0, 39 do
+        local batch = {}
+        for i = 0, 4999 do
+            batch[#batch + 1] = "10." .. a .. "." .. math.floor(i / 250) .. "." .. (i % 250)
+        end
+        _M.redis("sadd", key, unpack(batch))
+    end
+end
+
 -- The PSS of every worker of this nginx but the one running the test, summed in kB: the Lua
 -- garbage of the test's own worker (the lists it builds) is the test's, not gray's.
 function _M.others_pss_kb()
