@@ -3,7 +3,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::flat::{record_len, FlatError, FlatReader, FlatWriter, Slab};
+use crate::flat::{record_len, FlatError, FlatReader, FlatWriter, Items, Slab};
 
 /// Below this many ranges a plain binary search beats the bucket index (and saves its memory).
 const BUCKET_INDEX_MIN_RANGES: usize = 1024;
@@ -115,7 +115,7 @@ const TAG_BUCKETS: u64 = 0x4950_0004;
 
 /// Disjoint inclusive ranges `ranges[i][0]..=ranges[i][1]`, sorted by start.
 #[derive(Debug, Clone, Default)]
-pub(super) struct RangeTable<T: 'static> {
+pub(super) struct RangeTable<T: Key> {
     pub(super) ranges: Slab<[T; 2]>,
     /// `buckets[b]` is the index of the first range whose start lies in bucket `b` or later
     /// (bucket: `(start - base) >> shift`), one more entry than there are buckets; empty when the
@@ -130,8 +130,8 @@ impl<T: Key> RangeTable<T> {
     /// The table of the networks `nets`, sorted.
     pub(super) fn build_sorted(nets: &[Net<T>]) -> Self {
         let shape = Shape::of(nets);
-        let mut merged = vec![[T::default(); 2]; shape.ranges];
-        let mut buckets = vec![0; shape.buckets];
+        let mut merged = Items::filled(shape.ranges, [T::default(); 2]);
+        let mut buckets = Items::filled(shape.buckets, 0);
         merge_and_index(nets, &mut merged, &shape, &mut buckets);
         RangeTable {
             ranges: Slab::owned(merged),
