@@ -28,7 +28,7 @@ _EOC_
             local function all(value)
                 return type(value) == "table" and table.concat(value, "|") or tostring(value)
             end
-            local h = ngx.req.get_headers()
+            local h = ngx.req.get_headers(0)
             ngx.header["Set-Cookie"] = "backend=1"
             ngx.say(ngx.var.uri:sub(10), " lane=", all(h["x-gray-lane"]), " baggage=", all(h["baggage"]))
         }
@@ -41,23 +41,25 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: every target, the default included, carries its label; a client's own value is replaced, however many it sends
+=== TEST 1: every target, the default included, carries its label; a client's own value is replaced, however many it sends, even past the 100 headers gray reads
 --- redis
 SET gray:rules '{"format":1,"default":"@prod1","lane":{"header":"X-Gray-Lane","labels":{"@prod1":"stable","@prod2-grey":"gray"}},"rules":[{"name":"office","ip":["10.20.0.0/16"],"to":"@prod2-grey"},{"name":"b","ip":["10.30.0.0/16"],"to":"@canary-b"}]}'
 --- request eval
-["GET /r", "GET /r", "GET /r", "GET /r", "GET /r"]
+["GET /r", "GET /r", "GET /r", "GET /r", "GET /r", "GET /r"]
 --- more_headers eval
 ["X-Client: 1.1.1.1",
  "X-Client: 10.20.1.1",
  "X-Client: 10.30.1.1",
  "X-Client: 1.1.1.1\nX-Gray-Lane: gray",
- "X-Client: 10.30.1.1\nX-Gray-Lane: gray\nx-gray-lane: stable"]
+ "X-Client: 10.30.1.1\nX-Gray-Lane: gray\nx-gray-lane: stable",
+ "X-Client: 1.1.1.1\n" . CORE::join("", map { "X-Filler-$_: x\n" } 1 .. 100) . "X-Gray-Lane: gray"]
 --- response_body eval
 ["prod lane=stable baggage=nil\n",
  "gray lane=gray baggage=nil\n",
  "canary-b lane=canary-b baggage=nil\n",
  "prod lane=stable baggage=nil\n",
- "canary-b lane=canary-b baggage=nil\n"]
+ "canary-b lane=canary-b baggage=nil\n",
+ "prod lane=stable baggage=nil\n"]
 
 
 

@@ -47,6 +47,9 @@ pub type Header<'a> = (&'a [u8], &'a [u8]);
 pub trait Fetched<'a> {
     fn header_count(&self) -> usize;
     fn header(&self, index: usize) -> Header<'a>;
+    /// Whether `header(0..header_count())` is every header of the request, so that a header
+    /// missing from the list is one the request does not have.
+    fn every_header(&self) -> bool;
     /// The value of `Plan::variables[index]`; `None` when absent.
     fn variable(&self, index: usize) -> Option<&'a [u8]>;
 }
@@ -63,6 +66,9 @@ impl<'a> Fetched<'a> for Slices<'a> {
     }
     fn header(&self, index: usize) -> Header<'a> {
         self.headers[index]
+    }
+    fn every_header(&self) -> bool {
+        true
     }
     fn variable(&self, index: usize) -> Option<&'a [u8]> {
         self.variables.get(index).copied().flatten()

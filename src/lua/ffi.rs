@@ -153,6 +153,11 @@ impl<'r> Fetched<'r> for FfiFetched<'r> {
         self.headers
     }
 
+    /// gray.lua reads at most `MAX_HEADERS` of them, and none when nginx will not list them.
+    fn every_header(&self) -> bool {
+        (1..MAX_HEADERS).contains(&self.headers)
+    }
+
     fn header(&self, index: usize) -> Header<'r> {
         if index >= self.headers {
             return (&[], &[]);

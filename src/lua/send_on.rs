@@ -133,7 +133,12 @@ pub(super) unsafe fn send_on(
     // SAFETY: the current request, per this function's contract.
     unsafe {
         if let Some((lane, label)) = carry.lane {
-            nginx.request_header(r, lane.header.as_bytes(), label.as_bytes());
+            nginx.request_header(
+                r,
+                lane.header.as_bytes(),
+                label.as_bytes(),
+                !carry.lane_header_absent,
+            );
             if let Some(member) = &lane.baggage {
                 let mut out = [0u8; MAX_BAGGAGE];
                 let incoming = headers.into_iter().flat_map(|h| {
@@ -143,7 +148,7 @@ pub(super) unsafe fn send_on(
                         .map(|(_, value)| value)
                 });
                 let len = lane::baggage(incoming, member, label, &mut out);
-                nginx.request_header(r, b"baggage", &out[..len]);
+                nginx.request_header(r, b"baggage", &out[..len], true);
             }
         }
         if let Some((anonymous, id)) = &carry.minted {
@@ -205,8 +210,8 @@ unsafe fn check(rc: c_int, errmsg: *const c_char, flag: &AtomicU8, what: impl Fn
 }
 
 impl Nginx {
-    /// Replaces every copy of request header `name` with one of `value`.
-    unsafe fn request_header(&self, r: *const c_void, name: &[u8], value: &[u8]) {
+    /// Replaces every copy of request header `name` with one of `value` (`replace`), or adds it.
+    unsafe fn request_header(&self, r: *const c_void, name: &[u8], value: &[u8], replace: bool) {
         let mut errmsg = std::ptr::null();
         // SAFETY: the current request; lua-nginx-module copies both into its pool.
         let rc = unsafe {
@@ -218,7 +223,7 @@ impl Nginx {
                 value.len(),
                 std::ptr::null(),
                 0,
-                1,
+                c_int::from(replace),
                 &mut errmsg,
             )
         };

@@ -55,6 +55,11 @@ pub struct Lane {
 }
 
 impl Lane {
+    /// Whether a request whose inputs are `inputs` has no lane header (not one sent empty).
+    pub fn absent_from(&self, inputs: &[Option<&[u8]>]) -> bool {
+        matches!(inputs.get(self.input), Some(None))
+    }
+
     /// The target whose label is `label`.
     pub fn target_of(&self, label: &[u8]) -> Option<usize> {
         self.labels.iter().position(|l| l.as_bytes() == label)
