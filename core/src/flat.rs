@@ -70,14 +70,25 @@ impl Aligned {
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Items in memory of their own, filled once and then written in place: a table being built, or
-/// a flat buffer. Memory of a huge page or more is aligned to a huge page and advised to be backed
-/// by them before it is first written (`MADV_HUGEPAGE`, honoured where transparent huge pages are
-/// `madvise` or `always`): a lookup in a 1M-entry list reads two random places of ~20 MB, and with
-/// 4K pages each costs a TLB miss, ~10 ns of a ~50 ns lookup on the bench's machine.
+/// a flat buffer. A huge page's worth or more is mapped apart, starting on a huge page, and
+/// advised to be backed by them before it is first written (`MADV_HUGEPAGE`, honoured where
+/// transparent huge pages are `madvise` or `always`): a lookup in a 1M-entry list reads two random
+/// places of ~20 MB, and with 4K pages each costs a TLB miss, ~10 ns of a ~50 ns lookup on the
+/// bench's machine. Mapped apart, not from the allocator, so that no heap memory keeps the advice
+/// once the table is gone (a small allocation there would take a whole huge page).
 pub struct Items<T> {
     ptr: NonNull<T>,
     len: usize,
-    layout: Layout,
+    memory: Memory,
+}
+
+/// Where an [`Items`]' memory comes from, to be given back the same way.
+enum Memory {
+    /// No bytes: nothing to give back.
+    Empty,
+    Allocated(Layout),
+    /// A mapping of its own, this many bytes long.
+    Mapped(usize),
 }
 
 // SAFETY: `Items` owns its items as a `Box<[T]>` would.
@@ -88,36 +99,30 @@ unsafe impl<T: Sync> Sync for Items<T> {}
 impl<T: Copy> Items<T> {
     /// `len` copies of `value`.
     pub fn filled(len: usize, value: T) -> Items<T> {
-        let bytes = len
-            .checked_mul(std::mem::size_of::<T>())
-            .expect("a table that fits the address space");
-        let align = if bytes >= HUGE_PAGE {
-            HUGE_PAGE
-        } else {
-            std::mem::align_of::<T>()
-        };
-        let layout =
-            Layout::from_size_align(bytes, align).expect("a table that fits the address space");
-        let ptr = if bytes == 0 {
-            NonNull::dangling()
+        let layout = Layout::array::<T>(len).expect("a table that fits the address space");
+        let (at, memory): (NonNull<T>, Memory) = if layout.size() == 0 {
+            (NonNull::dangling(), Memory::Empty)
+        } else if layout.size() >= HUGE_PAGE {
+            let (at, mapped) =
+                map_huge(layout.size()).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+            (at.cast(), Memory::Mapped(mapped))
         } else {
             // SAFETY: the layout's size is not zero.
             let at = unsafe { alloc::alloc(layout) };
-            let Some(at) = NonNull::new(at.cast::<T>()) else {
-                alloc::handle_alloc_error(layout)
-            };
-            if align == HUGE_PAGE {
-                prepare(at.as_ptr().cast(), bytes);
-            }
-            // SAFETY: `at` holds `len` items of `T`, none initialized yet; `T: Copy` needs no drop.
-            unsafe {
-                for i in 0..len {
-                    at.as_ptr().add(i).write(value);
-                }
-            }
-            at
+            let at = NonNull::new(at.cast()).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+            (at, Memory::Allocated(layout))
         };
-        Items { ptr, len, layout }
+        // SAFETY: `at` holds `len` items of `T`, none initialized yet; `T: Copy` needs no drop.
+        unsafe {
+            for i in 0..len {
+                at.as_ptr().add(i).write(value);
+            }
+        }
+        Items {
+            ptr: at,
+            len,
+            memory,
+        }
     }
 }
 
@@ -140,27 +145,61 @@ impl<T> DerefMut for Items<T> {
 
 impl<T> Drop for Items<T> {
     fn drop(&mut self) {
-        if self.layout.size() > 0 {
-            // SAFETY: `ptr` was allocated with `layout`; the items are `Copy`, nothing to drop.
-            unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) }
+        let at = self.ptr.as_ptr().cast::<u8>();
+        match self.memory {
+            Memory::Empty => {}
+            // SAFETY: `at` was allocated with `layout`; the items are `Copy`, nothing to drop.
+            Memory::Allocated(layout) => unsafe { alloc::dealloc(at, layout) },
+            // SAFETY: `at` starts a mapping of `len` bytes that only these items use.
+            Memory::Mapped(len) => unsafe {
+                libc::munmap(at.cast(), len);
+            },
         }
     }
 }
 
-/// Readies fresh memory of a large table before it is written: advised to be backed by huge
-/// pages, then mapped in one call, where the writes would otherwise fault its pages in one at a
-/// time (~9 ms for 22 MB on the bench's machine, against ~5 ms populated). Advice only: a kernel
-/// without transparent huge pages, or before 5.14, ignores what it does not know.
-fn prepare(at: *mut u8, len: usize) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: sysconf reads a constant of the system; the advice is on whole pages of the
-    // allocation `at` starts (aligned to a huge page), and changes no byte of it.
-    unsafe {
-        let page = usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096);
-        let len = len / page * page;
-        libc::madvise(at.cast(), len, libc::MADV_HUGEPAGE);
-        libc::madvise(at.cast(), len, libc::MADV_POPULATE_WRITE);
+/// A mapping of its own for at least `bytes` bytes, starting on a huge page: where it starts and
+/// how long it is; `None` when the system has no memory for it. Its fresh pages are advised to be
+/// huge ones, then mapped in one call, where the writes would otherwise fault them in one at a
+/// time (~9 ms for 22 MB on the bench's machine, against ~5 ms populated); a kernel without
+/// transparent huge pages, or before 5.14, ignores the advice it does not know.
+fn map_huge(bytes: usize) -> Option<(NonNull<u8>, usize)> {
+    // SAFETY: sysconf reads a constant of the system.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let len = bytes.checked_next_multiple_of(page)?;
+    let span = len.checked_add(HUGE_PAGE)?;
+    // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
     }
+    let base = base as usize;
+    let at = base.next_multiple_of(HUGE_PAGE);
+    // SAFETY: the pages before `at` and after its `len` bytes are this mapping's, unused: given
+    // back; then advice on the pages kept, which changes no byte of them.
+    unsafe {
+        if at > base {
+            libc::munmap(base as *mut libc::c_void, at - base);
+        }
+        if base + span > at + len {
+            libc::munmap((at + len) as *mut libc::c_void, base + span - (at + len));
+        }
+        #[cfg(target_os = "linux")]
+        {
+            libc::madvise(at as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+            libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE);
+        }
+    }
+    NonNull::new(at as *mut u8).map(|at| (at, len))
 }
 
 impl Backing for Aligned {
