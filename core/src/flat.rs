@@ -76,19 +76,17 @@ const HUGE_PAGE: usize = 2 << 20;
 /// places of ~20 MB, and with 4K pages each costs a TLB miss, ~10 ns of a ~50 ns lookup on the
 /// bench's machine. Mapped apart, not from the allocator, so that no heap memory keeps the advice
 /// once the table is gone (a small allocation there would take a whole huge page).
-pub struct Items<T> {
-    ptr: NonNull<T>,
-    len: usize,
-    memory: Memory,
-}
+pub struct Items<T>(Storage<T>);
 
-/// Where an [`Items`]' memory comes from, to be given back the same way.
-enum Memory {
-    /// No bytes: nothing to give back.
-    Empty,
-    Allocated(Layout),
-    /// A mapping of its own, this many bytes long.
-    Mapped(usize),
+/// Private, so that only [`Items::filled`] makes a mapped one.
+enum Storage<T> {
+    Boxed(Box<[T]>),
+    /// `len` items at `ptr`, which starts a mapping of `bytes` bytes that only they use.
+    Mapped {
+        ptr: NonNull<T>,
+        len: usize,
+        bytes: usize,
+    },
 }
 
 // SAFETY: `Items` owns its items as a `Box<[T]>` would.
@@ -100,29 +98,20 @@ impl<T: Copy> Items<T> {
     /// `len` copies of `value`.
     pub fn filled(len: usize, value: T) -> Items<T> {
         let layout = Layout::array::<T>(len).expect("a table that fits the address space");
-        let (at, memory): (NonNull<T>, Memory) = if layout.size() == 0 {
-            (NonNull::dangling(), Memory::Empty)
-        } else if layout.size() >= HUGE_PAGE {
-            let (at, mapped) =
-                map_huge(layout.size()).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-            (at.cast(), Memory::Mapped(mapped))
-        } else {
-            // SAFETY: the layout's size is not zero.
-            let at = unsafe { alloc::alloc(layout) };
-            let at = NonNull::new(at.cast()).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-            (at, Memory::Allocated(layout))
-        };
-        // SAFETY: `at` holds `len` items of `T`, none initialized yet; `T: Copy` needs no drop.
+        if layout.size() < HUGE_PAGE {
+            return Items(Storage::Boxed(vec![value; len].into_boxed_slice()));
+        }
+        let (at, bytes) =
+            map_huge(layout.size()).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let ptr = at.cast::<T>();
+        // SAFETY: the mapping holds `len` items of `T`, none initialized yet; `T: Copy` needs no
+        // drop.
         unsafe {
             for i in 0..len {
-                at.as_ptr().add(i).write(value);
+                ptr.as_ptr().add(i).write(value);
             }
         }
-        Items {
-            ptr: at,
-            len,
-            memory,
-        }
+        Items(Storage::Mapped { ptr, len, bytes })
     }
 }
 
@@ -130,30 +119,36 @@ impl<T> Deref for Items<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        // SAFETY: `ptr` holds `len` initialized items (`filled` wrote them), or dangles with
-        // `len` 0.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        match &self.0 {
+            Storage::Boxed(items) => items,
+            // SAFETY: `ptr` holds `len` items, all written by `filled`.
+            Storage::Mapped { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr(), *len)
+            },
+        }
     }
 }
 
 impl<T> DerefMut for Items<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: as in `deref`, borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        match &mut self.0 {
+            Storage::Boxed(items) => items,
+            // SAFETY: as in `deref`, borrowed mutably through `self`.
+            Storage::Mapped { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts_mut(ptr.as_ptr(), *len)
+            },
+        }
     }
 }
 
 impl<T> Drop for Items<T> {
     fn drop(&mut self) {
-        let at = self.ptr.as_ptr().cast::<u8>();
-        match self.memory {
-            Memory::Empty => {}
-            // SAFETY: `at` was allocated with `layout`; the items are `Copy`, nothing to drop.
-            Memory::Allocated(layout) => unsafe { alloc::dealloc(at, layout) },
-            // SAFETY: `at` starts a mapping of `len` bytes that only these items use.
-            Memory::Mapped(len) => unsafe {
-                libc::munmap(at.cast(), len);
-            },
+        if let Storage::Mapped { ptr, bytes, .. } = self.0 {
+            // SAFETY: `ptr` starts a mapping of `bytes` bytes that only these items use; they are
+            // `Copy`, nothing to drop.
+            unsafe {
+                libc::munmap(ptr.as_ptr().cast(), bytes);
+            }
         }
     }
 }
