@@ -344,6 +344,7 @@ impl Refresher {
         self.reader.start(self.config.resync, self.config.refresh);
         let mut resynced_at = Instant::now();
         let mut changed_at = Instant::now();
+        let mut ticked_at = Instant::now();
         let mut due = Some(Reading::All);
         loop {
             let mut changed = false;
@@ -385,15 +386,24 @@ impl Refresher {
                 continue;
             }
             let loaded = &self.loaded;
-            // A running plan's contributions and lease come round every second.
-            let wait = if loaded.rollout_running() || self.host.is_some() {
+            // A running plan's lease comes round every second, and its turns wake the loop
+            // between ticks: the ticks keep their own pace, whatever wakes it meanwhile.
+            let tick = if loaded.rollout_running() || self.host.is_some() {
                 self.config.refresh.min(HOLDER_TICK)
             } else {
                 self.config.refresh
             };
+            let mut wait = tick.saturating_sub(ticked_at.elapsed());
+            if loaded.rollout_running() {
+                wait = wait.min(self.rollouts.until_next_turn());
+            }
             let woke = self
                 .watch
                 .wait(&self.link, wait, |key| loaded.reads_key(key))?;
+            let ticked = matches!(woke, Woke::Tick) && ticked_at.elapsed() >= tick;
+            if ticked {
+                ticked_at = Instant::now();
+            }
             if let Some(host) = self.host.as_mut() {
                 if !host.keep_holding() {
                     return Err(Ended::SteppedDown);
@@ -403,17 +413,19 @@ impl Refresher {
                 // its pages are kept for the next change while changes come.
                 host.store.reclaim();
             }
-            if matches!(woke, Woke::Tick) && changed_at.elapsed() >= KEEP_FOR_CHANGES {
+            if ticked && changed_at.elapsed() >= KEEP_FOR_CHANGES {
                 if let Some(host) = self.host.as_ref().filter(|host| host.holding()) {
                     host.store.trim_spares();
                 }
                 self.reader.release_layouts();
             }
-            if matches!(woke, Woke::Tick) {
+            if ticked {
                 self.failover.check(&self.link, &mut self.health)?;
             }
             due = match woke {
                 Woke::Change(reading) => Some(reading),
+                // A rollout turn only: the round at the top of the loop takes it.
+                Woke::Tick if !ticked => None,
                 // Redis pushes every change to gray's keys: each `refresh` only proves the
                 // subscriber is alive, and the keys are read again whole every `resync`; a
                 // large key whose read waited for its `refresh` is read now.

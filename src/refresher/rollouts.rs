@@ -1,19 +1,21 @@
 //! The gateways' part in rollout plans, off the request path: each worker adds the responses it
 //! counted to the rule's target and to the default target (its own counters in the region, the
-//! change since its last contribution) to the plan's traffic in Redis, at most once a second and
-//! only while a plan runs; and with `rollouts = true` it competes for the plan's lease, and the
-//! holder judges the fleet's traffic every interval and moves the plan (gray-io's
+//! change since its last contribution) to the plan's traffic in Redis, once a second just before
+//! it ends and only while a plan runs; and with `rollouts = true` it competes for the plan's lease
+//! just after, and the holder judges the fleet's traffic every interval and moves the plan
+//! (`schedule`: a check reads what every gateway added; gray-io's
 //! `rollout::begin` / `Moving::write`, the path grayctl takes: a step is never applied twice nor
 //! skipped, because the write is refused when the plan changed since it was read).
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use gray_core::clock::unix_seconds;
 use gray_core::config::Config;
 use gray_core::history::{Record, Subject};
 use gray_core::keys;
 use gray_core::rollout::judge::{Traffic, Verdict, Window};
+use gray_core::rollout::schedule::{Due, Turns};
 use gray_core::rollout::{traffic, Plan, State};
 use gray_core::snapshot::CompiledRuleSet;
 use gray_io::change::ChangeError;
@@ -29,14 +31,11 @@ use crate::log::Level;
 use crate::metrics::{self, counter};
 use crate::region::COUNTERS_PER_SERIES;
 
-/// The least time between two rounds of contributions (and of driving).
-const EVERY: Duration = Duration::from_secs(1);
-
 pub(super) struct Rollouts {
     /// Contributes the counts of every worker of this nginx (the host's session holder), not
     /// this worker's own.
     host_wide: bool,
-    last_round: Option<Instant>,
+    turns: Turns,
     /// This worker's counters as last contributed, by plan id and series.
     contributed: HashMap<(u64, u32), [u64; COUNTERS_PER_SERIES]>,
 }
@@ -45,7 +44,7 @@ impl Rollouts {
     pub fn new(host_wide: bool) -> Rollouts {
         Rollouts {
             host_wide,
-            last_round: None,
+            turns: Turns::default(),
             contributed: HashMap::new(),
         }
     }
@@ -61,10 +60,10 @@ impl Rollouts {
         loaded: &mut Loaded,
     ) -> Result<HashSet<Vec<u8>>, String> {
         let mut written = HashSet::new();
-        if self.last_round.is_some_and(|at| at.elapsed() < EVERY) {
+        let due = self.turns.take(unix_seconds(SystemTime::now()));
+        if due == Due::default() {
             return Ok(written);
         }
-        self.last_round = Some(Instant::now());
         let running: HashSet<u64> = loaded
             .rule_sets
             .iter()
@@ -84,8 +83,10 @@ impl Rollouts {
             if !plan.state.active() {
                 continue;
             }
-            self.contribute(link, health, slot, plan, compiled)?;
-            if config.rollouts {
+            if due.contribute {
+                self.contribute(link, health, slot, plan, compiled)?;
+            }
+            if due.judge && config.rollouts {
                 if let Some(moved) = drive(link, health, config, slot, plan, compiled)? {
                     written.insert(slot.key.as_bytes().to_vec());
                     written.insert(keys::rollout(&slot.key).into_bytes());
@@ -94,6 +95,11 @@ impl Rollouts {
             }
         }
         Ok(written)
+    }
+
+    /// How long until the next turn to contribute or drive.
+    pub fn until_next_turn(&self) -> Duration {
+        Duration::from_secs_f64(self.turns.until_next(unix_seconds(SystemTime::now())))
     }
 
     /// Adds what this worker counted for `plan` since its last contribution to the current

@@ -7,6 +7,7 @@
 //! plan and the traffic and writes what changed.
 
 pub mod judge;
+pub mod schedule;
 mod settings;
 pub mod traffic;
 
@@ -240,8 +241,18 @@ impl Plan {
 
     /// Whether a check is due at `now`.
     pub fn check_due(&self, now: f64) -> bool {
-        self.state.active()
-            && now - self.last_check_at.unwrap_or(self.started_at) >= self.settings.interval
+        if !self.state.active() {
+            return false;
+        }
+        match self.judged_until {
+            // Counted in slots, not from the last check's time: a check taken a little late
+            // does not push the next one back a whole turn. A clock set back judges at once.
+            Some(judged) => {
+                let end = self.slot(now);
+                end < judged || end - judged >= self.slots_per_check()
+            }
+            None => now - self.last_check_at.unwrap_or(self.started_at) >= self.settings.interval,
+        }
     }
 
     /// Judges `window` (the fleet's last interval) at `now`: records the check, and moves the

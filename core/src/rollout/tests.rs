@@ -117,6 +117,15 @@ fn a_step_advances_after_its_hold_on_passing_checks_and_the_last_one_ends_the_pl
 }
 
 #[test]
+fn a_check_taken_late_does_not_push_the_next_one_back() {
+    let mut plan = start();
+    plan.judge(&window(150, 0), "@prod1", 1010.15);
+    assert!(!plan.check_due(1019.9));
+    assert!(plan.check_due(1020.05), "the slots of an interval ended");
+    assert!(plan.check_due(900.0), "a clock set back");
+}
+
+#[test]
 fn no_data_holds_the_step_however_long_it_lasts() {
     let mut plan = start();
     for i in 1..=100 {

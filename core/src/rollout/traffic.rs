@@ -85,12 +85,17 @@ impl Plan {
         (at.max(0.0) / self.slot_seconds() as f64) as u64
     }
 
+    /// The slots an interval spans.
+    pub fn slots_per_check(&self) -> u64 {
+        (self.settings.interval / self.slot_seconds() as f64).ceil() as u64
+    }
+
     /// The slots a check at `now` judges: from the end of the last check's (the last
     /// interval's on the first check, or after a gap of more than an interval) up to the slot
     /// `now` is in, which the gateways are still adding to.
     pub fn window_slots(&self, now: f64) -> std::ops::Range<u64> {
         let end = self.slot(now);
-        let count = (self.settings.interval / self.slot_seconds() as f64).ceil() as u64;
+        let count = self.slots_per_check();
         let start = match self.judged_until {
             Some(judged) if judged <= end && end - judged <= 2 * count => judged,
             _ => end.saturating_sub(count),
