@@ -153,15 +153,19 @@ impl<T> Drop for Items<T> {
     }
 }
 
+/// The system's page size: what memory advice is given in whole units of.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// A mapping of its own for at least `bytes` bytes, starting on a huge page: where it starts and
 /// how long it is; `None` when the system has no memory for it. Its fresh pages are advised to be
 /// huge ones, then mapped in one call, where the writes would otherwise fault them in one at a
 /// time (~9 ms for 22 MB on the bench's machine, against ~5 ms populated); a kernel without
 /// transparent huge pages, or before 5.14, ignores the advice it does not know.
 fn map_huge(bytes: usize) -> Option<(NonNull<u8>, usize)> {
-    // SAFETY: sysconf reads a constant of the system.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let len = bytes.checked_next_multiple_of(page)?;
+    let len = bytes.checked_next_multiple_of(page_size())?;
     let span = len.checked_add(HUGE_PAGE)?;
     // SAFETY: an anonymous private mapping with no address hint; the result is checked.
     let base = unsafe {
