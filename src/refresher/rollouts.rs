@@ -15,7 +15,7 @@ use gray_core::config::Config;
 use gray_core::history::{Record, Subject};
 use gray_core::keys;
 use gray_core::rollout::judge::{Traffic, Verdict, Window};
-use gray_core::rollout::schedule::{Due, Turns};
+use gray_core::rollout::schedule::Turns;
 use gray_core::rollout::{traffic, Plan, State};
 use gray_core::snapshot::CompiledRuleSet;
 use gray_io::change::ChangeError;
@@ -61,9 +61,6 @@ impl Rollouts {
     ) -> Result<HashSet<Vec<u8>>, String> {
         let mut written = HashSet::new();
         let due = self.turns.take(unix_seconds(SystemTime::now()));
-        if due == Due::default() {
-            return Ok(written);
-        }
         let running: HashSet<u64> = loaded
             .rule_sets
             .iter()
@@ -83,7 +80,9 @@ impl Rollouts {
             if !plan.state.active() {
                 continue;
             }
-            if due.contribute {
+            // A plan seen the first time takes this worker's counters as they stand at once
+            // (nothing is sent): its first contribution then counts from the plan's start.
+            if due.contribute || !self.counting(plan.id) {
                 self.contribute(link, health, slot, plan, compiled)?;
             }
             if due.judge && config.rollouts {
@@ -95,6 +94,11 @@ impl Rollouts {
             }
         }
         Ok(written)
+    }
+
+    /// Whether this worker holds counters to count plan `id`'s traffic from.
+    fn counting(&self, id: u64) -> bool {
+        self.contributed.keys().any(|&(plan, _)| plan == id)
     }
 
     /// How long until the next turn to contribute or drive.
@@ -131,7 +135,7 @@ impl Rollouts {
             return Ok(());
         }
         let now = unix_seconds(SystemTime::now());
-        let key = keys::rollout_traffic(&slot.key, plan.id, plan.slot(now));
+        let key = keys::rollout_traffic(&slot.key, plan.id, plan.contribution_slot(now));
         let mut commands: Vec<redis::Cmd> = fields
             .iter()
             .map(|(field, count)| {

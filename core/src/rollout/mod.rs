@@ -246,10 +246,16 @@ impl Plan {
         }
         match self.judged_until {
             // Counted in slots, not from the last check's time: a check taken a little late
-            // does not push the next one back a whole turn. A clock set back judges at once.
+            // does not push the next one back a whole turn. A clock set back a little (a step
+            // of NTP) waits for the slots it judged to pass again rather than judge them twice;
+            // one set back further than a window reaches judges the last interval at once.
             Some(judged) => {
-                let end = self.slot(now);
-                end < judged || end - judged >= self.slots_per_check()
+                let (end, count) = (self.slot(now), self.slots_per_check());
+                if end < judged {
+                    judged - end > 2 * count
+                } else {
+                    end - judged >= count
+                }
             }
             None => now - self.last_check_at.unwrap_or(self.started_at) >= self.settings.interval,
         }

@@ -85,6 +85,13 @@ impl Plan {
         (at.max(0.0) / self.slot_seconds() as f64) as u64
     }
 
+    /// The slot a gateway adds what it counted at `now` to: the one `now` is in, or, where the
+    /// plan as last read says a check judged it already (this gateway's clock behind the
+    /// driver's, or its turn late), the first one no check judged, so that no count is lost.
+    pub fn contribution_slot(&self, now: f64) -> u64 {
+        self.slot(now).max(self.judged_until.unwrap_or(0))
+    }
+
     /// The slots an interval spans.
     pub fn slots_per_check(&self) -> u64 {
         (self.settings.interval / self.slot_seconds() as f64).ceil() as u64
@@ -137,6 +144,16 @@ mod tests {
             (wide.slot_seconds(), wide.window_slots(1000.0)),
             (2, 487..500)
         );
+    }
+
+    #[test]
+    fn counts_made_after_their_slot_was_judged_go_to_the_next_one() {
+        let mut plan = running(1.0);
+        assert_eq!(plan.contribution_slot(1000.9), 1000);
+        // The driver, its clock ahead, judged slot 1000 before this gateway's turn in it.
+        plan.judged_until = Some(1001);
+        assert_eq!(plan.contribution_slot(1000.9), 1001);
+        assert_eq!(plan.contribution_slot(1001.9), 1001);
     }
 
     #[test]
