@@ -1,5 +1,6 @@
-//! What the refresher asks of the OS and of glibc so that a worker's request path keeps the CPU
-//! and a large list costs its worker one copy of memory. Each is a no-op where it does not apply.
+//! What gray's threads ask of the OS and of glibc so that a worker's request path keeps the CPU
+//! and its signals, and a large list costs its worker one copy of memory. Each is a no-op where
+//! it does not apply.
 
 use std::ffi::c_int;
 
@@ -22,6 +23,32 @@ pub fn lower_thread_priority() {
         unsafe {
             setpriority(PRIO_PROCESS, gettid(), REFRESHER_NICE);
         }
+    }
+}
+
+/// Blocks, in the calling thread (and the threads it starts), the signals sent to the worker
+/// process: the kernel gives such a signal to any thread that does not block it, and nginx's
+/// handler run on one of gray's threads sets its flags where the worker's event loop, asleep in
+/// `epoll_wait`, does not see them until something else wakes it. Those raised by the thread's
+/// own faults stay unblocked: blocked, the kernel would kill the process at once.
+pub fn block_process_signals() {
+    // SAFETY: the set is initialised by sigemptyset/sigfillset before use; pthread_sigmask
+    // changes only the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+            libc::SIGABRT,
+        ] {
+            libc::sigdelset(&mut set, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
@@ -62,5 +89,45 @@ pub fn release_freed_memory() {
         unsafe {
             malloc_trim(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `signal` is blocked in the calling thread.
+    fn blocked(signal: libc::c_int) -> bool {
+        // SAFETY: reads the calling thread's mask into a set it owns.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            libc::sigismember(&set, signal) == 1
+        }
+    }
+
+    #[test]
+    fn the_workers_signals_are_blocked_and_the_threads_own_faults_are_not() {
+        let (before, after, inherited) = std::thread::spawn(|| {
+            let before = blocked(libc::SIGQUIT);
+            block_process_signals();
+            let after = [
+                libc::SIGQUIT,
+                libc::SIGTERM,
+                libc::SIGHUP,
+                libc::SIGUSR1,
+                libc::SIGSEGV,
+            ]
+            .map(blocked);
+            let inherited = std::thread::spawn(|| blocked(libc::SIGQUIT))
+                .join()
+                .unwrap();
+            (before, after, inherited)
+        })
+        .join()
+        .unwrap();
+        assert!(!before);
+        assert_eq!(after, [true, true, true, true, false]);
+        assert!(inherited, "a thread started after inherits the mask");
     }
 }

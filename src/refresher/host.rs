@@ -77,11 +77,14 @@ impl Host {
         HEARTBEAT.get_or_init(|| {
             let _ = thread::Builder::new()
                 .name("gray-heartbeat".into())
-                .spawn(move || loop {
-                    thread::sleep(BEAT);
-                    let held = *HELD.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(token) = held {
-                        store.beat(token);
+                .spawn(move || {
+                    crate::os::block_process_signals();
+                    loop {
+                        thread::sleep(BEAT);
+                        let held = *HELD.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(token) = held {
+                            store.beat(token);
+                        }
                     }
                 });
         });

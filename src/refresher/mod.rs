@@ -96,6 +96,7 @@ pub fn spawn(
     let spawned = thread::Builder::new()
         .name("gray-refresher".into())
         .spawn(move || {
+            os::block_process_signals();
             os::lower_thread_priority();
             supervise(
                 || match refresher.run() {},
