@@ -389,13 +389,14 @@ impl Refresher {
             let loaded = &self.loaded;
             // A running plan's lease comes round every second, and its turns wake the loop
             // between ticks: the ticks keep their own pace, whatever wakes it meanwhile.
-            let tick = if loaded.rollout_running() || self.host.is_some() {
+            let rollout_running = loaded.rollout_running();
+            let tick = if rollout_running || self.host.is_some() {
                 self.config.refresh.min(HOLDER_TICK)
             } else {
                 self.config.refresh
             };
             let mut wait = tick.saturating_sub(ticked_at.elapsed());
-            if loaded.rollout_running() {
+            if rollout_running {
                 wait = wait.min(self.rollouts.until_next_turn());
             }
             let woke = self

@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gray_core::flat::page_size;
+use gray_core::flat::{page_size, populate_pages};
 
 use super::{Store, CHUNK, CHUNK_WORDS_AT};
 
@@ -28,15 +28,14 @@ const TRIMMING: u64 = 1 << 63;
 /// Blocks from this size up are populated by two threads at once.
 const POPULATE_APART: usize = 4 << 20;
 
-/// Maps the pages of `out` before they are written: chunks whose pages were given back (after a
-/// pause in changes) would otherwise fault one page at a time. Giving a page of shared memory
-/// (allocating, zeroing, accounting it) is kernel work that splits across cores: the 24 MB of a
-/// 1M-entry list took 16-18 ms populated by one thread on the bench machine, 9-10 ms by two.
-/// Pages already there cost a walk of their page tables. A kernel before 5.14 does not know the
-/// advice: the writes fault them in then.
+/// Maps the pages of `out` before they are written ([`populate_pages`]): chunks whose pages were
+/// given back (after a pause in changes) would otherwise fault one page at a time. Giving a page
+/// of shared memory (allocating, zeroing, accounting it) is kernel work that splits across cores:
+/// the 24 MB of a 1M-entry list took 16-18 ms populated by one thread on the bench machine,
+/// 9-10 ms by two.
 fn populate(out: &mut [u8]) {
     if out.len() < POPULATE_APART {
-        advise_populate(out);
+        populate_pages(out);
         return;
     }
     // The advice takes whole pages from a page's start: split on one.
@@ -46,20 +45,9 @@ fn populate(out: &mut [u8]) {
         // Without a second thread the writes fault the back half in.
         let _ = std::thread::Builder::new()
             .name("gray-populate".into())
-            .spawn_scoped(scope, || advise_populate(back));
-        advise_populate(front);
+            .spawn_scoped(scope, || populate_pages(back));
+        populate_pages(front);
     });
-}
-
-fn advise_populate(out: &mut [u8]) {
-    // SAFETY: advice on memory of the mapping that `out` borrows; it changes no byte of it.
-    unsafe {
-        libc::madvise(
-            out.as_mut_ptr().cast(),
-            out.len(),
-            libc::MADV_POPULATE_WRITE,
-        );
-    }
 }
 
 /// Whether `owner` names a block (not free, spare or being trimmed): block ids count up from 1.
