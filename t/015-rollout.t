@@ -107,6 +107,7 @@ aborted: 5xx 100.0%
 
 
 === TEST 3: a canary slower than --max-p99 is aborted on its p99
+A 30 ms sleep falls in the 50 ms bucket, or the 100 ms one on a loaded machine.
 --- redis
 SET canary_sleep 0.03
 --- config
@@ -122,4 +123,4 @@ SET canary_sleep 0.03
 --- timeout: 60
 --- response_body_like chomp
 ^state: aborted
-p99 <= 0\.05s of [\d,]+ responses, over the 0\.01s allowed, 2 checks in a row$
+p99 <= 0\.(?:05|1)s of [\d,]+ responses, over the 0\.01s allowed, 2 checks in a row$
