@@ -132,7 +132,11 @@ impl Snapshot {
         match active {
             Some(active) => self.evaluate(active, Some(client), extra, carry),
             None => {
-                let listed = self.listed(client).is_some();
+                // The entry itself is only for explain: finding it costs more than a yes or no.
+                let listed = self
+                    .loaded
+                    .as_ref()
+                    .is_some_and(|loaded| loaded.list.set.contains(client));
                 self.whitelist_decision(if listed { Target::Gray } else { Target::Prod })
             }
         }
