@@ -132,11 +132,7 @@ impl Snapshot {
         match active {
             Some(active) => self.evaluate(active, Some(client), extra, carry),
             None => {
-                // The entry itself is only for explain: finding it costs more than a yes or no.
-                let listed = self
-                    .loaded
-                    .as_ref()
-                    .is_some_and(|loaded| loaded.list.set.contains(client));
+                let listed = self.is_listed(client);
                 self.whitelist_decision(if listed { Target::Gray } else { Target::Prod })
             }
         }
@@ -157,6 +153,15 @@ impl Snapshot {
     ) -> (IpAddr, Source) {
         let (forwarded_for, real_ip) = self.real_ip_header.pick(forwarded_for, real_ip);
         client_ip(peer, forwarded_for, real_ip, &self.trusted_proxies)
+    }
+
+    /// Whether a list is loaded and holds `client`. The request path asks this, not
+    /// [`Snapshot::listed`]: the entry itself is only for explain, and finding it costs more.
+    #[inline]
+    fn is_listed(&self, client: IpAddr) -> bool {
+        self.loaded
+            .as_ref()
+            .is_some_and(|loaded| loaded.list.set.contains(client))
     }
 
     /// The whitelist entry that holds `client`, if a list is loaded and one does.
