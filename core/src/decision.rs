@@ -106,7 +106,7 @@ impl Snapshot {
     /// The request path, for rule set `set` and the peer `$binary_remote_addr`: a decision
     /// (`code::routed`), or a `code::NEED_*` saying what to fetch and ask again with.
     /// What the decision sends on besides its target goes to `carry`.
-    #[inline]
+    #[inline(always)]
     pub fn route<'s>(
         &'s self,
         set: usize,
@@ -175,6 +175,7 @@ impl Snapshot {
         code::routed(target as usize, self.whitelist_series[target as usize])
     }
 
+    #[inline(never)]
     fn evaluate<'s>(
         &'s self,
         active: &'s ActiveRuleSet,
