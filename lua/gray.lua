@@ -107,19 +107,24 @@ end
 -- needs (the address through the variable, the forwarding headers of a trusted peer, the inputs
 -- of the rule set's plan, whose number the code carries); each is fetched at most once.
 local function decision(r, set)
-    local xff, xri
-    inputs.peer, inputs.peer_len, inputs.forwarded = nil, 0, 0
-    inputs.forwarded_for, inputs.forwarded_for_len, inputs.real_ip, inputs.real_ip_len = nil, 0, nil, 0
-    inputs.plan, inputs.n, inputs.n_headers = 0, 0, 0
     local code
     -- A rule set that read inputs for the last request reads the same ones now: fetching them
     -- first saves asking Rust twice. Rust still checks the plan number.
     local known = plans[set]
+    if not known then
+        code = route_request(r, set)
+        if code >= 0 then
+            return code
+        end
+    end
+    -- Only a request Rust asks more of fills the struct, cleared of the last one's first.
+    local xff, xri
+    inputs.peer, inputs.peer_len, inputs.forwarded = nil, 0, 0
+    inputs.forwarded_for, inputs.forwarded_for_len, inputs.real_ip, inputs.real_ip_len = nil, 0, nil, 0
+    inputs.plan, inputs.n, inputs.n_headers = 0, 0, 0
     if known then
         inputs.plan, inputs.n, inputs.n_headers = fetch_inputs(r, set, known.id)
         code = route_with(r, set, inputs)
-    else
-        code = route_request(r, set)
     end
     for _ = 1, 4 do
         if code >= 0 then
