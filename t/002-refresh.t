@@ -706,7 +706,8 @@ SET gray 127.0.0.9
             local own = info_reply + 64
             local expected = (pings2 - pings) * 24 + (hsets2 - hsets) * 4 + (expires2 - expires) * 4
             local extra = (after - before) - own - expected
-            ngx.say("reports written: ", hsets2 - hsets >= 10, ", pushed to readers besides: ",
+            -- About ten reports in 2 s: half of them shows the worker writes, without racing its timer.
+            ngx.say("reports written: ", hsets2 - hsets >= 5, ", pushed to readers besides: ",
                     extra < (hsets2 - hsets) * 20, extra < (hsets2 - hsets) * 20 and "" or (" (" .. extra .. " bytes)"))
         }
     }
