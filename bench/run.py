@@ -202,6 +202,7 @@ def gateway_conf(prefix, entries, refresh, single_process=False, port=None, lua_
 {locations}
         location = /v4 {{ return 200 "$geo_answer\\n"; }}
         location = /gray/metrics {{ content_by_lua_block {{ require("gray").metrics(ngx.var.arg_format) }} }}
+        location = /__holder {{ content_by_lua_block {{ ngx.say(require("gray").status().session_holder) }} }}
         location = /v5 {{ return 200 "prod\\n"; }}
         location @prod1 {{ return 200 "prod\\n"; }}
         location @prod2-grey {{ return 200 "gray\\n"; }}
@@ -245,11 +246,19 @@ def start_gateway(entries, refresh, lua_cache=True, tracking=True, workers=1):
 
 # --- wrk --------------------------------------------------------------------------------------
 
-def wrk(port, path, seconds, connections=16, script=None):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "--latency",
-                          *(["-s", script] if script else []), f"http://{CLIENT}:{port}{path}"],
-                         capture_output=True, text=True, check=True).stdout
+def wrk_command(port, path, seconds, connections=16, script=None):
+    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "--latency",
+            *(["-s", script] if script else []), f"http://{CLIENT}:{port}{path}"]
 
+
+def wrk(port, path, seconds, connections=16, script=None):
+    return wrk_result(subprocess.run(wrk_command(port, path, seconds, connections, script),
+                                     capture_output=True, text=True, check=True).stdout)
+
+
+def wrk_result(out):
+    """wrk's report: req/s, p50 and p99 in ms, and the responses that were not 2xx or 3xx
+    (`non_2xx`) and socket errors (`socket_errors`), both in `failures`."""
     def latency(label):
         m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -258,8 +267,9 @@ def wrk(port, path, seconds, connections=16, script=None):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    failures = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
-    return {"rps": rps, "p50": latency("50%"), "p99": latency("99%"), "failures": failures}
+    non_2xx, socket_errors = int(bad.group(1)) if bad else 0, sum(map(int, errors.groups())) if errors else 0
+    return {"rps": rps, "p50": latency("50%"), "p99": latency("99%"), "failures": non_2xx + socket_errors,
+            "non_2xx": non_2xx, "socket_errors": socket_errors}
 
 
 def summarize(runs):
@@ -651,8 +661,13 @@ def host(redis, opts):
         if workers != HOST_WORKERS[-1]:
             conn.close()
             stop(gateway, signal.SIGQUIT)
-    # The last gateway: a plain SET, then the 1M-member SET's deltas.
+    # The last gateway: a plain SET, its session holder killed under load, then the 1M-member
+    # SET's deltas.
     results["set"] = plain_sets(redis, conn, opts.trials, workers)
+    conn.close()
+    changed = "10.0.0.3" if redis.cli("GET", "gray") == "10.0.0.2" else "10.0.0.2"
+    results["killed"] = holder_killed(workers, lambda: redis.cli("SET", "gray", changed))
+    conn = http.client.HTTPConnection(CLIENT, DECISION_PORT, timeout=5)
     before = worker_versions(conn)
     redis.put_list(entries, "set")
     seen_by_every_worker(conn, before, 120, workers)
@@ -683,8 +698,34 @@ def host(redis, opts):
     results["rested_adds"] = rested
     results["set_members"] = int(redis.cli("SCARD", "gray"))
     conn.close()
+    results["killed_1m"] = holder_killed(workers, lambda: grayctl("add", "10.253.0.1"))
     stop(gateway, signal.SIGQUIT)
     return results
+
+
+# The load around a kill of the session holder: the kill 1 s in, a change 1 s later, the
+# change seen, and the load's last seconds on the workers that are left and the one that replaced it.
+KILL_LOAD_SECONDS = 6
+
+
+def holder_killed(workers, change):
+    """Under load (wrk, 16 connections, the whitelist decision), the worker holding the Redis
+    session SIGKILLed, and `change()` 1 s later: seconds from the change until every worker (the
+    master's replacement for the killed one too) serves it, and wrk's report."""
+    holder = int(get(DECISION_PORT, "/__holder")[1])
+    load = subprocess.Popen(wrk_command(DECISION_PORT, "/v7", KILL_LOAD_SECONDS), stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    os.kill(holder, signal.SIGKILL)
+    time.sleep(1)
+    conn = http.client.HTTPConnection(CLIENT, DECISION_PORT, timeout=5)
+    before = worker_versions(conn)
+    since = time.time()
+    change()
+    took = seen_by_every_worker(conn, before, 10, workers, since)
+    new_holder = int(get(DECISION_PORT, "/__holder", conn)[1])
+    conn.close()
+    out, _ = load.communicate()
+    return {"seconds": took, "holder": holder, "new_holder": new_holder, "load": wrk_result(out)}
 
 
 def host_report(hs):
@@ -726,6 +767,21 @@ def host_report(hs):
              f"Targets: plain SET p50 <= 2 ms: {verdict(pct(sets, 50) <= 2, 'plain SET p50 <= 2 ms on every worker', f'{pct(sets, 50):.1f} ms')}; "
              f"the add seen by every worker p99 <= 50 ms: {verdict(pct(adds, 99) <= 50, 'grayctl add to a 1M SET p99 <= 50 ms', f'{pct(adds, 99):.1f} ms')}; "
              f"<= 4 KB sent for it: {verdict(max(sent) <= 4096, 'grayctl add to a 1M SET <= 4 KB from Redis', f'{max(sent):,} bytes')}.", ""]
+    killed, big = hs["killed"], hs["killed_1m"]
+    load, took = killed["load"], killed["seconds"]
+    kill_target = "holder SIGKILLed: a change 1 s later on every worker <= 2 s"
+    lines += [f"The session holder SIGKILLed under load ({KILL_LOAD_SECONDS} s of wrk, 16 connections, the whitelist "
+              "decision, the kill 1 s in), a plain SET of the 1-entry list 1 s after the kill: every worker, the "
+              f"master's replacement for the killed one too, served it {took * 1000:.0f} ms after it was written; "
+              f"the load: {load['rps']:,.0f} req/s, {load['non_2xx']} responses not 2xx, {load['socket_errors']} "
+              "socket errors (the connections the killed worker held, which nginx cannot answer). Targets: seen "
+              f"everywhere within 2 s: {verdict(took <= 2, kill_target, f'{took * 1000:.0f} ms')}; 0 non-2xx: "
+              f"{verdict(load['non_2xx'] == 0, 'holder SIGKILLed: 0 non-2xx under load', str(load['non_2xx']))}.", "",
+              f"The same with the {hs['set_members']:,}-member SET and a `grayctl add` 1 s after the kill: served "
+              f"everywhere {big['seconds'] * 1000:,.0f} ms after the command started; {big['load']['non_2xx']} "
+              f"responses not 2xx, {big['load']['socket_errors']} socket errors. The entries a holder applies "
+              "deltas to are its own, not shared, so the new holder reads the SET whole as it takes over, and a "
+              "change made meanwhile is served once that read ends (no target: the 2 s are the plain SET's).", ""]
     return lines
 
 
